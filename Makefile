@@ -1,0 +1,28 @@
+# The two commands a user needs: `make demo` and `make test`. Both set up .venv first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.vexkd-setup
+SETUP_INPUTS := requirements.txt requirements-ros-wheels.txt requirements-dev.txt \
+	setup.py setup.cfg package.xml tools/setup_env.sh tools/build_interfaces.py \
+	$(wildcard interfaces/*/msg/*.msg interfaces/*/CMakeLists.txt)
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): $(SETUP_INPUTS)
+	bash tools/setup_env.sh
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	$(PY) tools/demo.py
+
+bench: setup
+	$(PY) bench/bench_conversions.py
+
+clean:
+	rm -rf $(VENV) build install log .pytest_cache
