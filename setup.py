@@ -27,6 +27,7 @@ setup(
     entry_points={
         "console_scripts": [
             "vexkd-data = vexkd_core.data.cli:main",
+            "vexkd-train = vexkd_train.cli:main",
         ],
     },
 )

@@ -1,0 +1,222 @@
+"""Model, data and training configuration: frozen dataclasses with two presets.
+
+`tiny` trains on a 2-core CPU in minutes (tests, the demo); `nuscenes` is the paper-scale
+setup (BEVFusion geometry: +-54 m at 0.6 m, 256x704 images). A YAML file or `key=value`
+overrides change single fields (`model.bev_channels=64`); the full config is stored in
+every checkpoint, so a model is rebuilt from its checkpoint alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vexkd_core.structures import BEVGrid
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """The BEV raster shared by encoders, fusion, decoder and heads (LiDAR frame)."""
+
+    half_extent_m: float = 51.2
+    resolution_m: float = 0.8
+    z_min_m: float = -5.0
+    z_max_m: float = 3.0
+
+    @property
+    def bev(self) -> BEVGrid:
+        return BEVGrid.centered(self.half_extent_m, self.resolution_m)
+
+
+@dataclass(frozen=True)
+class MapGridConfig:
+    """The map-segmentation raster (BEVFusion: +-50 m at 0.5 m, 200 x 200)."""
+
+    half_extent_m: float = 50.0
+    resolution_m: float = 1.0
+
+    @property
+    def bev(self) -> BEVGrid:
+        return BEVGrid.centered(self.half_extent_m, self.resolution_m)
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    input_height: int = 96  # after resize and crop
+    input_width: int = 256
+    top_crop_fraction: float = 0.25  # share of the resized image's top (sky) cut off
+    backbone_channels: tuple[int, ...] = (16, 32, 64, 128)  # strides 4, 8, 16, 32 after the stem
+    feature_stride: int = 8
+    feature_channels: int = 64
+    depth_min_m: float = 1.0
+    depth_max_m: float = 60.0
+    depth_step_m: float = 2.0
+    pretrained_backbone: str = ""  # optional local .pt state dict for the backbone
+
+    @property
+    def depth_bins(self) -> int:
+        return int(round((self.depth_max_m - self.depth_min_m) / self.depth_step_m))
+
+
+@dataclass(frozen=True)
+class LidarConfig:
+    sweeps: int = 3  # previous sweeps accumulated with the key frame
+    max_points: int = 150_000
+    pillar_channels: int = 32
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    layers: int = 1
+    heads: int = 4
+    points: int = 4
+    ffn_channels: int = 64
+    symmetric_mode: str = "levels"  # "levels": one attention, two levels; "branches": two averaged
+    # Query grid = BEV grid / downsample; values are still sampled from the full-resolution
+    # modality maps. 1 is the paper's setup; the CPU preset uses 2 (4x fewer queries).
+    downsample: int = 2
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    bev_channels: int = 32  # low-level BEV features (encoder outputs, fused map)
+    decoder_channels: tuple[int, ...] = (32, 64)
+    decoder_out_channels: int = 64  # high-level BEV features
+    head_channels: int = 32
+    max_detections: int = 200
+    score_threshold: float = 0.05
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    lidar: LidarConfig = field(default_factory=LidarConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    rotation_deg: float = 22.5
+    scale: tuple[float, float] = (0.95, 1.05)
+    flip: bool = True
+    image_scale: tuple[float, float] = (0.95, 1.05)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 2
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-2
+    epochs: int = 20
+    max_steps: int = 0  # 0: run all epochs
+    grad_clip: float = 10.0
+    checkpoint_every: int = 200
+    seed: int = 0
+    workers: int = 0  # DataLoader processes; 0 keeps the sample cache in this process
+    detection_weight: float = 1.0
+    map_weight: float = 1.0
+    augment: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "tiny"
+    grid: GridConfig = field(default_factory=GridConfig)
+    map_grid: MapGridConfig = field(default_factory=MapGridConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def preset(name: str) -> Config:
+    if name == "tiny":
+        return Config()
+    if name == "nuscenes":
+        return Config(
+            name="nuscenes",
+            grid=GridConfig(half_extent_m=54.0, resolution_m=0.6),
+            map_grid=MapGridConfig(half_extent_m=50.0, resolution_m=0.5),
+            model=ModelConfig(
+                bev_channels=128, decoder_channels=(128, 256), decoder_out_channels=256, head_channels=64,
+                max_detections=500,
+                camera=CameraConfig(input_height=256, input_width=704, top_crop_fraction=0.4,
+                                    backbone_channels=(64, 128, 256, 512), feature_channels=256,
+                                    depth_step_m=0.5),
+                lidar=LidarConfig(sweeps=9, max_points=300_000, pillar_channels=128),
+                fusion=FusionConfig(layers=3, heads=8, points=4, ffn_channels=512, downsample=1)),
+            train=TrainConfig(batch_size=4, learning_rate=2e-4, epochs=20, checkpoint_every=2000, workers=4))
+    raise ValueError(f"unknown preset '{name}' (tiny or nuscenes)")
+
+
+PRESETS = ("tiny", "nuscenes")
+
+
+def _convert(value: Any, template: Any, path: str) -> Any:
+    """Coerce a YAML/CLI value to the type of the field it replaces."""
+    if isinstance(template, bool):
+        if isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"{path}: expected true/false, got '{value}'")
+            return value.lower() in ("true", "1")
+        return bool(value)
+    if isinstance(template, tuple):
+        items = yaml.safe_load(value) if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or len(items) == 0:
+            raise ValueError(f"{path}: expected a list, got '{value}'")
+        return tuple(_convert(v, template[0], path) for v in items)
+    if isinstance(template, (int, float)):
+        try:
+            return type(template)(yaml.safe_load(value) if isinstance(value, str) else value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: expected a {type(template).__name__}, got '{value}'") from None
+    return str(value)
+
+
+def override(config: Any, changes: dict[str, Any], prefix: str = "") -> Any:
+    """A copy of `config` with nested fields replaced; unknown keys are an error."""
+    updates = {}
+    names = {f.name for f in dataclasses.fields(config)}
+    for key, value in changes.items():
+        head, _, rest = key.partition(".")
+        path = f"{prefix}{head}"
+        if head not in names:
+            raise ValueError(f"unknown config field '{path}'")
+        current = getattr(config, head)
+        if dataclasses.is_dataclass(current):
+            nested = value if not rest else {rest: value}
+            if not isinstance(nested, dict):
+                raise ValueError(f"{path} is a section; set one of its fields, e.g. {path}.<field>=...")
+            updates[head] = override(updates.get(head, current), nested, f"{path}.")
+        else:
+            if rest:
+                raise ValueError(f"'{path}' has no field '{rest}'")
+            updates[head] = _convert(value, current, path)
+    return dataclasses.replace(config, **updates)
+
+
+def from_dict(data: dict) -> Config:
+    """Rebuild a Config saved with to_dict (e.g. from a checkpoint)."""
+    return override(preset(data.get("name", "tiny")) if data.get("name") in PRESETS else Config(), data)
+
+
+def load_config(spec: str, overrides: list[str] = ()) -> Config:
+    """`tiny`, `nuscenes` or a YAML file (with an optional `preset:` key), then key=value overrides."""
+    if spec in PRESETS:
+        config = preset(spec)
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise ValueError(f"config '{spec}' is neither a preset ({', '.join(PRESETS)}) nor a file")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} must hold a mapping of config fields")
+        config = override(preset(data.pop("preset", "tiny")), data)
+    parsed = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override '{item}' is not key=value")
+        parsed[key.strip()] = value.strip()
+    return override(config, parsed)

@@ -1,0 +1,171 @@
+"""Samples from any dataset in the nuScenes schema, read through nuscenes-devkit.
+
+Real nuScenes and the synthetic world go through this same code.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+from nuscenes.eval.detection.utils import category_to_detection_name
+from nuscenes.utils.splits import create_splits_scenes
+
+from vexkd_core.classes import DETECTION_CLASSES
+from vexkd_core.geometry import invert_transform, make_transform, quaternion_yaw, transform_points
+from vexkd_core.structures import BEVGrid, Boxes3D
+
+from .sample import CAMERA_CHANNELS, CameraView, Sample
+
+MAP_LAYERS = ("drivable_area", "ped_crossing", "walkway", "stop_line", "carpark_area", "road_divider",
+              "lane_divider")
+MIN_POINT_DISTANCE_M = 1.0  # returns from the ego vehicle itself
+
+
+class DatasetError(ValueError):
+    """The dataset is missing or not in the shape nuScenes code expects."""
+
+
+def open_nuscenes(dataroot: str | Path, version: str):
+    dataroot = Path(dataroot)
+    if not dataroot.is_dir():
+        raise DatasetError(f"dataroot {dataroot} does not exist")
+    if not (dataroot / version / "sample.json").is_file():
+        found = sorted(p.name for p in dataroot.iterdir() if (p / "sample.json").is_file())
+        raise DatasetError(f"no nuScenes tables for version '{version}' in {dataroot}"
+                           + (f" (found: {', '.join(found)})" if found else ""))
+    from nuscenes.nuscenes import NuScenes
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return NuScenes(version=version, dataroot=str(dataroot), verbose=False)
+    except (KeyError, AssertionError, FileNotFoundError, ValueError, json.JSONDecodeError) as error:
+        raise DatasetError(f"{dataroot}/{version} is not a valid nuScenes dataset: {error!r}") from None
+
+
+def split_scene_names(nusc, split: str) -> list[str]:
+    """Scene names of a split: `<version>/splits.json` first, then the devkit's own splits."""
+    custom = Path(nusc.dataroot) / nusc.version / "splits.json"
+    if custom.is_file():
+        splits = json.loads(custom.read_text())
+        if split in splits:
+            return list(splits[split])
+    predefined = create_splits_scenes()
+    if split not in predefined:
+        raise DatasetError(f"split '{split}' is neither in {custom} nor a nuScenes split")
+    return predefined[split]
+
+
+class NuScenesSource:
+    """Key frames of one split as typed Samples."""
+
+    def __init__(self, dataroot: str | Path, version: str, split: str, sweeps: int,
+                 map_source_grid: BEVGrid | None = None, nusc=None):
+        self.nusc = nusc if nusc is not None else open_nuscenes(dataroot, version)
+        names = set(split_scene_names(self.nusc, split))
+        scenes = [s for s in self.nusc.scene if s["name"] in names]
+        if not scenes:
+            raise DatasetError(f"split '{split}' has no scenes in {dataroot}/{version}")
+        self.split = split
+        self.sweeps = sweeps
+        self.map_source_grid = map_source_grid
+        self.tokens: list[str] = []
+        for scene in scenes:
+            token = scene["first_sample_token"]
+            while token:
+                self.tokens.append(token)
+                token = self.nusc.get("sample", token)["next"]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def _pose(self, sample_data: dict) -> tuple[np.ndarray, np.ndarray]:
+        """(sensor -> ego, ego -> global) of a sample_data record."""
+        calibration = self.nusc.get("calibrated_sensor", sample_data["calibrated_sensor_token"])
+        ego = self.nusc.get("ego_pose", sample_data["ego_pose_token"])
+        return (make_transform(calibration["rotation"], calibration["translation"]),
+                make_transform(ego["rotation"], ego["translation"]))
+
+    def sample(self, index: int) -> Sample:
+        record = self.nusc.get("sample", self.tokens[index])
+        lidar = self.nusc.get("sample_data", record["data"]["LIDAR_TOP"])
+        lidar_to_ego, ego_to_global = self._pose(lidar)
+        lidar_to_global = ego_to_global @ lidar_to_ego
+        global_to_lidar = invert_transform(lidar_to_global)
+        cameras = []
+        for channel in CAMERA_CHANNELS:
+            camera = self.nusc.get("sample_data", record["data"][channel])
+            camera_to_ego, camera_ego_to_global = self._pose(camera)
+            calibration = self.nusc.get("calibrated_sensor", camera["calibrated_sensor_token"])
+            image = cv2.imread(str(Path(self.nusc.dataroot) / camera["filename"]), cv2.IMREAD_COLOR)
+            if image is None:
+                raise DatasetError(f"camera image {camera['filename']} is missing or unreadable")
+            cameras.append(CameraView(channel, cv2.cvtColor(image, cv2.COLOR_BGR2RGB),
+                                      np.asarray(calibration["camera_intrinsic"], dtype=np.float64),
+                                      global_to_lidar @ camera_ego_to_global @ camera_to_ego))
+        return Sample(token=record["token"], timestamp_us=record["timestamp"],
+                      points=self._points(lidar, global_to_lidar), cameras=cameras,
+                      lidar_to_global=lidar_to_global, boxes=self._boxes(record, global_to_lidar),
+                      map_masks=self._map(record, lidar_to_global), map_source_grid=self.map_source_grid)
+
+    def _points(self, key: dict, global_to_lidar: np.ndarray) -> np.ndarray:
+        """Key sweep plus up to `sweeps` previous ones, in the key LiDAR frame, with time lag."""
+        clouds, current = [], key
+        for _ in range(self.sweeps + 1):
+            path = Path(self.nusc.dataroot) / current["filename"]
+            raw = np.fromfile(path, dtype=np.float32)
+            if raw.size % 5:
+                raise DatasetError(f"{current['filename']} is not a 5-float nuScenes point cloud")
+            raw = raw.reshape(-1, 5)
+            raw = raw[np.hypot(raw[:, 0], raw[:, 1]) >= MIN_POINT_DISTANCE_M]
+            sensor_to_ego, ego_to_global = self._pose(current)
+            xyz = transform_points(global_to_lidar @ ego_to_global @ sensor_to_ego, raw[:, :3].astype(np.float64))
+            lag = (key["timestamp"] - current["timestamp"]) * 1e-6
+            clouds.append(np.column_stack([xyz, raw[:, 3], np.full(len(raw), lag)]).astype(np.float32))
+            if not current["prev"]:
+                break
+            current = self.nusc.get("sample_data", current["prev"])
+        return np.concatenate(clouds)
+
+    def _boxes(self, record: dict, global_to_lidar: np.ndarray) -> Boxes3D:
+        rows = []
+        for token in record["anns"]:
+            annotation = self.nusc.get("sample_annotation", token)
+            name = category_to_detection_name(annotation["category_name"])
+            if name is None or annotation["num_lidar_pts"] + annotation["num_radar_pts"] == 0:
+                continue  # as the nuScenes evaluation, which ignores boxes no sensor saw
+            centre = transform_points(global_to_lidar, np.asarray([annotation["translation"]]))[0]
+            yaw = quaternion_yaw(annotation["rotation"]) + np.arctan2(global_to_lidar[1, 0], global_to_lidar[0, 0])
+            velocity = np.nan_to_num(self.nusc.box_velocity(token)[:2])
+            velocity = global_to_lidar[:2, :2] @ velocity
+            width, length, height = annotation["size"]
+            rows.append((centre, (length, width, height), yaw, velocity, DETECTION_CLASSES.index(name)))
+        if not rows:
+            return Boxes3D.empty()
+        centre, size, yaw, velocity, label = (np.array(c) for c in zip(*rows))
+        return Boxes3D(centre, size, np.arctan2(np.sin(yaw), np.cos(yaw)), velocity, label.astype(np.int64),
+                       np.ones(len(rows)))
+
+    def _map(self, record: dict, lidar_to_global: np.ndarray) -> np.ndarray | None:
+        if self.map_source_grid is None:
+            return None
+        scene = self.nusc.get("scene", record["scene_token"])
+        location = self.nusc.get("log", scene["log_token"])["location"]
+        grid = self.map_source_grid
+        yaw = np.degrees(np.arctan2(lidar_to_global[1, 0], lidar_to_global[0, 0]))
+        masks = _nuscenes_map(self.nusc.dataroot, location).get_map_mask(
+            (lidar_to_global[0, 3], lidar_to_global[1, 3], grid.height * grid.resolution,
+             grid.width * grid.resolution), yaw, list(MAP_LAYERS), (grid.height, grid.width)) > 0
+        # BEVFusion's six classes: the two divider layers form one.
+        return np.concatenate([masks[:5], masks[5:7].any(axis=0, keepdims=True)])
+
+
+@lru_cache(maxsize=8)
+def _nuscenes_map(dataroot: str, location: str):
+    from nuscenes.map_expansion.map_api import NuScenesMap
+
+    return NuScenesMap(dataroot=dataroot, map_name=location)

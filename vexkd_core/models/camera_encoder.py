@@ -1,0 +1,136 @@
+"""Camera-only BEV encoder: ResNet-style backbone + FPN + Lift-Splat-Shoot with learned depth.
+
+It receives images and calibration only, never LiDAR, so a camera student needs no
+LiDAR at inference.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vexkd_core.config import CameraConfig
+from vexkd_core.structures import BEVGrid
+
+
+def conv_bn_relu(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = conv_bn_relu(cin, cout, stride)
+        self.conv2 = nn.Sequential(nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = nn.Identity() if stride == 1 and cin == cout else \
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv2(self.conv1(x)) + self.shortcut(x))
+
+
+class ResNetBackbone(nn.Module):
+    """Stem (stride 4) then one stage per entry of `channels`, strides 4, 8, 16, 32."""
+
+    def __init__(self, channels: tuple[int, ...], blocks_per_stage: int = 1):
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn_relu(3, channels[0], 2, 7), nn.MaxPool2d(3, 2, 1))
+        stages, cin = [], channels[0]
+        for index, cout in enumerate(channels):
+            blocks = [BasicBlock(cin, cout, 1 if index == 0 else 2)]
+            blocks += [BasicBlock(cout, cout, 1) for _ in range(blocks_per_stage - 1)]
+            stages.append(nn.Sequential(*blocks))
+            cin = cout
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+class FPN(nn.Module):
+    """Top-down merge of the stride-8/16/32 maps into one stride-8 map."""
+
+    def __init__(self, in_channels: tuple[int, ...], out_channels: int):
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
+        self.smooth = conv_bn_relu(out_channels, out_channels)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        merged = self.lateral[-1](features[-1])
+        for lateral, feature in zip(reversed(self.lateral[:-1]), reversed(features[:-1])):
+            merged = lateral(feature) + F.interpolate(merged, size=feature.shape[-2:], mode="nearest")
+        return self.smooth(merged)
+
+
+class CameraEncoder(nn.Module):
+    def __init__(self, config: CameraConfig, grid: BEVGrid, z_range: tuple[float, float], bev_channels: int):
+        super().__init__()
+        self.config, self.grid, self.z_range = config, grid, z_range
+        self.backbone = ResNetBackbone(config.backbone_channels)
+        if config.pretrained_backbone:
+            self.load_backbone(Path(config.pretrained_backbone))
+        self.neck = FPN(config.backbone_channels[1:], config.feature_channels)
+        self.depth_bins = config.depth_bins
+        self.depth_and_context = nn.Sequential(conv_bn_relu(config.feature_channels, config.feature_channels),
+                                               nn.Conv2d(config.feature_channels, self.depth_bins + bev_channels, 1))
+        self.bev_smooth = conv_bn_relu(bev_channels, bev_channels)
+        self.out_channels = bev_channels
+        stride = config.feature_stride
+        height, width = config.input_height // stride, config.input_width // stride
+        depths = config.depth_min_m + (torch.arange(self.depth_bins) + 0.5) * config.depth_step_m
+        v, u = torch.meshgrid((torch.arange(height) + 0.5) * stride, (torch.arange(width) + 0.5) * stride,
+                              indexing="ij")
+        frustum = torch.stack([u.expand(self.depth_bins, -1, -1), v.expand(self.depth_bins, -1, -1),
+                               depths[:, None, None].expand(-1, height, width)], dim=-1)
+        self.register_buffer("frustum", frustum, persistent=False)  # (D, h, w, 3): input pixel u, v and depth
+
+    def load_backbone(self, path: Path) -> None:
+        """Local pretrained weights only (nothing is downloaded); loaded as plain tensors."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing, unexpected = self.backbone.load_state_dict(state, strict=False)
+        if not set(state) & set(self.backbone.state_dict()):
+            raise ValueError(f"{path} holds no weights of this backbone (missing {len(missing)} tensors)")
+
+    def frustum_in_lidar(self, intrinsics, camera_to_lidar, image_transform, lidar_augmentation) -> torch.Tensor:
+        """(B, N, D, h, w, 3) positions of the frustum points in the (augmented) LiDAR frame."""
+        pixels = torch.cat([self.frustum[..., :2], torch.ones_like(self.frustum[..., :1])], dim=-1)
+        original = torch.einsum("bnij,dhwj->bndhwi", torch.linalg.inv(image_transform), pixels)
+        rays = torch.einsum("bnij,bndhwj->bndhwi", torch.linalg.inv(intrinsics), original)
+        points = rays / rays[..., 2:3] * self.frustum[..., 2:3]
+        to_lidar = lidar_augmentation[:, None] @ camera_to_lidar
+        return torch.einsum("bnij,bndhwj->bndhwi", to_lidar[..., :3, :3], points) + to_lidar[:, :, None, None, None, :3, 3]
+
+    def forward(self, images, intrinsics, camera_to_lidar, image_transform, lidar_augmentation,
+                camera_valid) -> torch.Tensor:
+        batch, cameras = images.shape[:2]
+        features = self.neck(self.backbone(images.flatten(0, 1))[1:])
+        head = self.depth_and_context(features)
+        depth = head[:, :self.depth_bins].softmax(dim=1)
+        context = head[:, self.depth_bins:]
+        lifted = depth[:, None] * context[:, :, None]  # (B*N, C, D, h, w)
+        lifted = lifted.view(batch, cameras, -1, *lifted.shape[2:]).permute(0, 1, 3, 4, 5, 2)
+        return self.bev_smooth(self.splat(lifted, self.frustum_in_lidar(
+            intrinsics, camera_to_lidar, image_transform, lidar_augmentation), camera_valid))
+
+    def splat(self, lifted: torch.Tensor, positions: torch.Tensor, camera_valid: torch.Tensor) -> torch.Tensor:
+        """Sum-pool frustum features (B, N, D, h, w, C) into BEV cells."""
+        grid = self.grid
+        batch, channels = lifted.shape[0], lifted.shape[-1]
+        column = torch.floor((positions[..., 0] - grid.x_min) / grid.resolution).long()
+        row = torch.floor((positions[..., 1] - grid.y_min) / grid.resolution).long()
+        keep = (column >= 0) & (column < grid.width) & (row >= 0) & (row < grid.height) & \
+            (positions[..., 2] >= self.z_range[0]) & (positions[..., 2] < self.z_range[1]) & \
+            camera_valid[:, :, None, None, None]
+        batch_index = torch.arange(batch, device=lifted.device).view(batch, 1, 1, 1, 1).expand_as(column)
+        cell = (batch_index * grid.height + row) * grid.width + column
+        bev = torch.zeros(batch * grid.height * grid.width, channels, device=lifted.device, dtype=lifted.dtype)
+        bev.index_add_(0, cell[keep], lifted[keep])
+        return bev.view(batch, grid.height, grid.width, channels).permute(0, 3, 1, 2).contiguous()

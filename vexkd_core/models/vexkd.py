@@ -1,0 +1,148 @@
+"""The two models VeXKD trains, composed explicitly from the stage modules.
+
+    Teacher:  LiDAR encoder + camera encoder -> MGFM -> BEV decoder -> detection & map heads
+    Student:  one encoder (LiDAR or camera)          -> BEV decoder -> detection & map heads
+
+Both return their predictions and their BEV features at two levels: `low` (the decoder's
+input: fused map or encoder output) and `high` (the decoder's output), the maps that
+masked feature distillation compares.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from vexkd_core.classes import DETECTION_CLASSES, MAP_CLASSES
+from vexkd_core.config import Config
+from vexkd_core.data.preprocess import Batch, Targets
+
+from .camera_encoder import CameraEncoder
+from .decoder import BEVDecoder
+from .detection_head import DetectionHead
+from .fusion import MGFM
+from .lidar_encoder import LidarEncoder
+from .map_head import MapHead
+
+MODALITIES = ("fusion", "lidar", "camera")
+
+
+@dataclass
+class Output:
+    detection: dict[str, torch.Tensor]
+    map_logits: torch.Tensor
+    low: torch.Tensor  # (B, C_low, H, W)
+    high: torch.Tensor  # (B, C_high, H, W)
+
+
+@dataclass
+class StageTimer:
+    """Wall time per stage, accumulated over calls (synchronising CUDA first)."""
+
+    seconds: dict[str, list[float]] = field(default_factory=dict)
+
+    def measure(self, name: str, function, *args):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        result = function(*args)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.seconds.setdefault(name, []).append(time.perf_counter() - started)
+        return result
+
+
+def _run(timer: StageTimer | None, name: str, function, *args):
+    return timer.measure(name, function, *args) if timer is not None else function(*args)
+
+
+class _Heads(nn.Module):
+    """Decoder and the two task heads: the part every model shares."""
+
+    def __init__(self, config: Config, low_channels: int):
+        super().__init__()
+        model = config.model
+        self.decoder = BEVDecoder(low_channels, model.decoder_channels, model.decoder_out_channels)
+        self.detection_head = DetectionHead(self.decoder.out_channels, model.head_channels, len(DETECTION_CLASSES),
+                                            config.grid.bev)
+        self.map_head = MapHead(self.decoder.out_channels, model.head_channels, len(MAP_CLASSES), config.grid.bev,
+                                config.map_grid.bev)
+
+    def run(self, low: torch.Tensor, timer: StageTimer | None) -> Output:
+        high = _run(timer, "decoder", self.decoder, low)
+        detection = _run(timer, "detection_head", self.detection_head, high)
+        map_logits = _run(timer, "map_head", self.map_head, high)
+        return Output(detection, map_logits, low, high)
+
+
+def _lidar_encoder(config: Config) -> LidarEncoder:
+    return LidarEncoder(config.grid.bev, config.model.lidar.pillar_channels)
+
+
+def _camera_encoder(config: Config) -> CameraEncoder:
+    return CameraEncoder(config.model.camera, config.grid.bev, (config.grid.z_min_m, config.grid.z_max_m),
+                         config.model.bev_channels)
+
+
+def _encode_camera(encoder: CameraEncoder, batch: Batch) -> torch.Tensor:
+    return encoder(batch.images, batch.intrinsics, batch.camera_to_lidar, batch.image_transform,
+                   batch.lidar_augmentation, batch.camera_valid)
+
+
+class Teacher(nn.Module):
+    modality = "fusion"
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+        grid = config.grid.bev
+        self.lidar_encoder = _lidar_encoder(config)
+        self.camera_encoder = _camera_encoder(config)
+        self.fusion = MGFM(self.lidar_encoder.out_channels, self.camera_encoder.out_channels,
+                           config.model.bev_channels, grid.height, grid.width, config.model.fusion)
+        self.heads = _Heads(config, config.model.bev_channels)
+
+    def forward(self, batch: Batch, timer: StageTimer | None = None) -> Output:
+        lidar = _run(timer, "lidar_encoder", self.lidar_encoder, batch.points, batch.size)
+        camera = _run(timer, "camera_encoder", _encode_camera, self.camera_encoder, batch)
+        fused = _run(timer, "fusion", self.fusion, lidar, camera)
+        return self.heads.run(fused, timer)
+
+
+class Student(nn.Module):
+    """A single-modality model: exactly the baseline architecture, with or without distillation."""
+
+    def __init__(self, config: Config, modality: str):
+        super().__init__()
+        if modality not in ("lidar", "camera"):
+            raise ValueError(f"student modality must be 'lidar' or 'camera', not '{modality}'")
+        self.config, self.modality = config, modality
+        self.encoder = _lidar_encoder(config) if modality == "lidar" else _camera_encoder(config)
+        self.heads = _Heads(config, self.encoder.out_channels)
+
+    def forward(self, batch: Batch, timer: StageTimer | None = None) -> Output:
+        if self.modality == "lidar":
+            low = _run(timer, "lidar_encoder", self.encoder, batch.points, batch.size)
+        else:
+            low = _run(timer, "camera_encoder", _encode_camera, self.encoder, batch)
+        return self.heads.run(low, timer)
+
+
+def build_model(config: Config, modality: str) -> nn.Module:
+    if modality == "fusion":
+        return Teacher(config)
+    return Student(config, modality)
+
+
+def task_losses(model: nn.Module, output: Output, targets: list[Targets]) -> dict[str, torch.Tensor]:
+    """Detection (heatmap + box) and map losses, weighted by the training config."""
+    train = model.config.train
+    head = model.heads.detection_head
+    detection_targets = head.targets([t.boxes for t in targets], output.map_logits.device)
+    losses = {name: value * train.detection_weight for name, value in head.loss(output.detection,
+                                                                                  detection_targets).items()}
+    map_target = torch.stack([t.map_masks for t in targets]).to(output.map_logits.device)
+    losses["map"] = model.heads.map_head.loss(output.map_logits, map_target) * train.map_weight
+    return losses

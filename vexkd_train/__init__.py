@@ -1,0 +1,1 @@
+"""Offline training, evaluation and export tools (vexkd-train)."""
