@@ -24,6 +24,7 @@ demo: setup
 bench: setup
 	$(PY) bench/bench_conversions.py
 	$(PY) bench/bench_synthetic.py
+	$(PY) bench/bench_models.py
 
 clean:
 	rm -rf $(VENV) build install log .pytest_cache

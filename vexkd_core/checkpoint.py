@@ -33,15 +33,23 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: Config, mo
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def read_payload(path: str | Path, what: str = "checkpoint") -> dict:
+    """A torch file's contents as plain data (weights_only: no code runs), or a CheckpointError."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"{what} {path} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
-        raise CheckpointError(f"{path} is not a readable vexkd checkpoint ({type(error).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION or "model" not in payload:
+        raise CheckpointError(f"{path} is not a readable vexkd {what} ({type(error).__name__})") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path} is not a vexkd {what}")
+    return payload
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    payload = read_payload(path)
+    if payload.get("format_version") != FORMAT_VERSION or "model" not in payload:
         raise CheckpointError(f"{path} is not a vexkd checkpoint (format {FORMAT_VERSION})")
     return payload
 

@@ -12,6 +12,9 @@ import sys
 from pathlib import Path
 
 from vexkd_core.cli import CliError, OneLineParser, run_cli
+from vexkd_core.distill.distiller import MODES
+from vexkd_core.distill.losses import DISTANCES
+from vexkd_train.masks import MaskSettings
 
 
 def _training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,10 +34,31 @@ def _training_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="vexkd-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    _training_arguments(commands.add_parser("teacher", help="train the LiDAR+camera fusion teacher"))
-    student = commands.add_parser("student", help="train a single-modality student")
+    teacher = commands.add_parser("teacher", help="train the LiDAR+camera fusion teacher")
+    _training_arguments(teacher)
+    teacher.add_argument("--init-from", type=Path, metavar="LIDAR_CKPT",
+                         help="start the LiDAR encoder, decoder and heads from a trained LiDAR model "
+                              "(BEVFusion's practice: pre-train the LiDAR branch, then fine-tune fused)")
+    student = commands.add_parser("student", help="train a single-modality student, optionally distilled")
     student.add_argument("--modality", choices=("lidar", "camera"), required=True)
     _training_arguments(student)
+    student.add_argument("--teacher", type=Path, help="teacher checkpoint (needed unless --distill none)")
+    student.add_argument("--masks", type=Path, help="mask generators (for --distill vexkd / random-query)")
+    student.add_argument("--distill", choices=MODES, default="none")
+    student.add_argument("--levels", default="low,high", help="feature levels to distil: low, high or low,high")
+    student.add_argument("--loss", choices=DISTANCES, default="at", help="feature distance")
+    student.add_argument("--distill-weights", default="1.0,1.0", metavar="LOW,HIGH")
+    masks = commands.add_parser("masks", help="train the mask generators of a frozen teacher")
+    masks.add_argument("--teacher", type=Path, required=True)
+    masks.add_argument("--dataroot", type=Path, required=True)
+    masks.add_argument("--version", default="v1.0-trainval")
+    masks.add_argument("--split", default="train")
+    masks.add_argument("--out", type=Path, required=True, help="folder for masks.pt and its log")
+    masks.add_argument("--masks-per-generator", type=int, default=MaskSettings.masks_per_generator)
+    masks.add_argument("--blocks", type=int, default=MaskSettings.blocks, help="transformer blocks (paper: 3)")
+    masks.add_argument("--random-query", action="store_true", help="ablation: do not start from the MGFM query")
+    masks.add_argument("--max-epochs", type=int, default=MaskSettings.epochs)
+    masks.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     evaluation = commands.add_parser("eval", help="nuScenes detection metrics, map mIoU, latency")
     evaluation.add_argument("--checkpoint", type=Path, required=True)
     evaluation.add_argument("--dataroot", type=Path, required=True)
@@ -77,11 +101,70 @@ def run_training(args: argparse.Namespace) -> None:
                                 map_source_grid(config, config.train.augment))
         torch.manual_seed(config.train.seed)  # the same config starts from the same weights
         model = build_model(config, modality)
+        if args.command == "teacher" and args.init_from is not None:
+            _initialise_from_lidar(model, args.init_from)
+        distiller = _distiller(args, model, config) if args.command == "student" else None
         final = train(model, config, source, modality, RunOptions(args.out, args.device, args.resume,
-                                                                   args.max_steps, args.max_epochs))
+                                                                   args.max_steps, args.max_epochs), distiller)
     except _user_errors() as error:
         raise CliError(str(error)) from None
     print(f"wrote {final}")
+
+
+def _initialise_from_lidar(teacher, checkpoint: Path) -> None:
+    from vexkd_core.checkpoint import CheckpointError, model_from_checkpoint
+
+    lidar, lidar_config, _ = model_from_checkpoint(checkpoint, expected_modality="lidar")
+    if (lidar_config.grid, lidar_config.model.lidar) != (teacher.config.grid, teacher.config.model.lidar):
+        raise CheckpointError(f"{checkpoint} has another BEV grid or LiDAR encoder than the teacher")
+    teacher.lidar_encoder.load_state_dict(lidar.encoder.state_dict())
+    teacher.heads.load_state_dict(lidar.heads.state_dict())
+
+
+def _distiller(args: argparse.Namespace, student, config):
+    """The masked feature distillation loss of `--distill`, or None for a baseline student."""
+    from vexkd_core.checkpoint import model_from_checkpoint
+    from vexkd_core.distill.distiller import GENERATED, Distiller
+    from vexkd_train.masks import load_masks
+
+    if args.distill == "none":
+        return None
+    if args.teacher is None:
+        raise CliError(f"--distill {args.distill} needs --teacher")
+    teacher, teacher_config, _ = model_from_checkpoint(args.teacher, expected_modality="fusion")
+    if (teacher_config.grid, teacher_config.map_grid) != (config.grid, config.map_grid):
+        raise CliError("the student's BEV grids differ from the teacher's: distillation compares the same cells")
+    levels = tuple(level.strip() for level in args.levels.split(",") if level.strip())
+    if not levels or set(levels) - {"low", "high"}:
+        raise CliError(f"--levels must be low, high or low,high, not '{args.levels}'")
+    try:
+        low, high = (float(w) for w in args.distill_weights.split(","))
+    except ValueError:
+        raise CliError(f"--distill-weights must be two numbers LOW,HIGH, not '{args.distill_weights}'") from None
+    if args.distill in GENERATED and args.masks is None:
+        raise CliError(f"--distill {args.distill} needs --masks (from vexkd-train masks)")
+    generators = load_masks(args.masks, teacher) if args.distill in GENERATED else None
+    return Distiller(teacher, student, args.distill, levels, args.loss, {"low": low, "high": high}, generators)
+
+
+def run_masks(args: argparse.Namespace) -> None:
+    from vexkd_core.checkpoint import load_checkpoint
+    from vexkd_core.config import from_dict
+    from vexkd_core.data.dataset import map_source_grid
+    from vexkd_core.data.nuscenes_source import NuScenesSource
+    from vexkd_train.masks import MaskSettings, train_masks
+
+    _check_device(args.device)
+    try:
+        config = from_dict(load_checkpoint(args.teacher)["config"])
+        source = NuScenesSource(args.dataroot, args.version, args.split, config.model.lidar.sweeps,
+                                map_source_grid(config, config.train.augment))
+        settings = MaskSettings(masks_per_generator=args.masks_per_generator, blocks=args.blocks,
+                                random_query=args.random_query, epochs=args.max_epochs)
+        path = train_masks(args.teacher, source, args.out, settings, args.device)
+    except _user_errors() as error:
+        raise CliError(str(error)) from None
+    print(f"wrote {path}")
 
 
 def run_eval(args: argparse.Namespace) -> None:
@@ -97,7 +180,8 @@ def run_eval(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(build_parser(), {"teacher": run_training, "student": run_training, "eval": run_eval}, argv)
+    return run_cli(build_parser(), {"teacher": run_training, "student": run_training, "masks": run_masks,
+                                    "eval": run_eval}, argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -23,12 +22,10 @@ from vexkd_core.checkpoint import CheckpointError, load_checkpoint, save_checkpo
 from vexkd_core.config import Config
 from vexkd_core.data.dataset import EpochSampler, TrainingSet, collate_training
 from vexkd_core.data.nuscenes_source import NuScenesSource
-from vexkd_core.models.vexkd import Output, task_losses
+from vexkd_core.models.vexkd import task_losses
 
 LAST = "last.pt"
 FINAL = "model.pt"
-# extra_loss(model, batch, output, targets) -> named losses added to the task losses.
-ExtraLoss = Callable[[torch.nn.Module, object, Output, list], dict[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -64,14 +61,22 @@ def parameter_checksum(model: torch.nn.Module) -> float:
 
 
 def train(model: torch.nn.Module, config: Config, source: NuScenesSource, modality: str, options: RunOptions,
-          extra_loss: ExtraLoss | None = None, trainable: list[torch.nn.Parameter] | None = None) -> Path:
-    """Train `model` (only `trainable` parameters when given); returns the final checkpoint."""
+          auxiliary: torch.nn.Module | None = None) -> Path:
+    """Train `model`; returns the final checkpoint, which holds the model alone.
+
+    `auxiliary` (the distiller) adds its losses through `auxiliary(model, batch, output,
+    targets)`; its trainable parameters (adapters) are optimised and saved in last.pt for
+    resuming, its frozen ones (teacher, mask generators) only moved to the device.
+    """
     rank, world, local_rank = distributed()
     device = torch.device(f"cuda:{local_rank}" if options.device == "cuda" else options.device)
     run_dir = Path(options.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     model.to(device)
-    parameters = trainable if trainable is not None else [p for p in model.parameters() if p.requires_grad]
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if auxiliary is not None:
+        auxiliary.to(device)
+        parameters += [p for p in auxiliary.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.train.learning_rate, weight_decay=config.train.weight_decay)
     step = 0
     if options.resume and (run_dir / LAST).is_file():
@@ -81,6 +86,8 @@ def train(model: torch.nn.Module, config: Config, source: NuScenesSource, modali
                                   "use a new --out or the same settings")
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
+        if auxiliary is not None:
+            auxiliary.load_state_dict(payload["auxiliary"], strict=False)
         step = int(payload["step"])
 
     dataset = TrainingSet(source, config, augment=config.train.augment)
@@ -109,8 +116,8 @@ def train(model: torch.nn.Module, config: Config, source: NuScenesSource, modali
                 batch = batch.to(device)
                 output = network(batch)
                 losses = task_losses(model, output, targets)
-                if extra_loss is not None:
-                    losses.update(extra_loss(model, batch, output, targets))
+                if auxiliary is not None:
+                    losses.update(auxiliary(model, batch, output, targets))
             loss = sum(losses.values())
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}: {_format(losses)}")
@@ -125,7 +132,7 @@ def train(model: torch.nn.Module, config: Config, source: NuScenesSource, modali
                 bar.set_postfix_str(f"loss {loss.item():.3f} ({_format(losses)})")
                 bar.update()
             if step % config.train.checkpoint_every == 0 or step == total:
-                _checkpoint(run_dir / LAST, model, optimizer, config, modality, step, epoch, world)
+                _checkpoint(run_dir / LAST, model, optimizer, config, modality, step, epoch, world, auxiliary)
             if step >= total:
                 break
     bar.close()
@@ -151,12 +158,14 @@ def _log(path: Path, step: int, epoch: int, lr: float, loss, losses: dict, secon
 
 
 def _checkpoint(path: Path, model, optimizer, config: Config, modality: str, step: int, epoch: int,
-                world: int) -> None:
+                world: int, auxiliary: torch.nn.Module | None) -> None:
     checksum = parameter_checksum(model)
     checksums = [checksum]
     if world > 1:  # every rank must hold the same weights; say so in the checkpoint
         checksums = [None] * world
         dist.all_gather_object(checksums, checksum)
     if int(os.environ.get("RANK", "0")) == 0:
+        trained_auxiliary = {} if auxiliary is None else \
+            {name: p.detach() for name, p in auxiliary.named_parameters() if p.requires_grad}
         save_checkpoint(path, model, config, modality, optimizer=optimizer.state_dict(), step=step, epoch=epoch,
-                        world_size=world, rank_checksums=checksums)
+                        world_size=world, rank_checksums=checksums, auxiliary=trained_auxiliary)

@@ -6,8 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
 import sys
 import time
@@ -49,23 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_nuscenes(dataroot: Path, version: str):
-    """NuScenes tables, or a one-line CliError saying what is missing."""
-    if not dataroot.is_dir():
-        raise CliError(f"dataroot {dataroot} does not exist")
-    if not (dataroot / version / "sample.json").is_file():
-        found = sorted(p.name for p in dataroot.iterdir() if (p / "sample.json").is_file())
-        raise CliError(f"no nuScenes tables for version '{version}' in {dataroot}"
-                       + (f" (found: {', '.join(found)})" if found else ""))
-    from nuscenes.nuscenes import NuScenes
-
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return NuScenes(version=version, dataroot=str(dataroot), verbose=False)
-    except (KeyError, AssertionError, FileNotFoundError, ValueError) as error:
-        raise CliError(f"{dataroot}/{version} is not a valid nuScenes dataset: {error!r}") from None
-
-
 def run_synth(args: argparse.Namespace) -> None:
     from vexkd_core.data.synthetic import SynthConfig, write_dataset
 
@@ -85,10 +66,14 @@ def run_synth(args: argparse.Namespace) -> None:
 def run_render(args: argparse.Namespace) -> None:
     import cv2
 
+    from vexkd_core.data.nuscenes_source import DatasetError, open_nuscenes
     from vexkd_core.data.render import render_sample
     from vexkd_core.io import atomic_write_bytes
 
-    nusc = load_nuscenes(args.dataroot, args.version)
+    try:
+        nusc = open_nuscenes(args.dataroot, args.version)
+    except DatasetError as error:
+        raise CliError(str(error)) from None
     token = args.sample
     if token.isdigit():
         if int(token) >= len(nusc.sample):

@@ -70,8 +70,12 @@ class _Heads(nn.Module):
         self.map_head = MapHead(self.decoder.out_channels, model.head_channels, len(MAP_CLASSES), config.grid.bev,
                                 config.map_grid.bev)
 
-    def run(self, low: torch.Tensor, timer: StageTimer | None) -> Output:
-        high = _run(timer, "decoder", self.decoder, low)
+    def run(self, low: torch.Tensor, timer: StageTimer | None = None) -> Output:
+        """Everything after the low-level BEV features."""
+        return self.from_high(low, _run(timer, "decoder", self.decoder, low), timer)
+
+    def from_high(self, low: torch.Tensor, high: torch.Tensor, timer: StageTimer | None = None) -> Output:
+        """Everything after the high-level BEV features."""
         detection = _run(timer, "detection_head", self.detection_head, high)
         map_logits = _run(timer, "map_head", self.map_head, high)
         return Output(detection, map_logits, low, high)
@@ -136,13 +140,17 @@ def build_model(config: Config, modality: str) -> nn.Module:
     return Student(config, modality)
 
 
-def task_losses(model: nn.Module, output: Output, targets: list[Targets]) -> dict[str, torch.Tensor]:
+def task_losses(model: nn.Module, output: Output, targets: list[Targets],
+                tasks: tuple[str, ...] = ("detection", "segmentation")) -> dict[str, torch.Tensor]:
     """Detection (heatmap + box) and map losses, weighted by the training config."""
     train = model.config.train
-    head = model.heads.detection_head
-    detection_targets = head.targets([t.boxes for t in targets], output.map_logits.device)
-    losses = {name: value * train.detection_weight for name, value in head.loss(output.detection,
-                                                                                  detection_targets).items()}
-    map_target = torch.stack([t.map_masks for t in targets]).to(output.map_logits.device)
-    losses["map"] = model.heads.map_head.loss(output.map_logits, map_target) * train.map_weight
+    losses = {}
+    if "detection" in tasks:
+        head = model.heads.detection_head
+        detection_targets = head.targets([t.boxes for t in targets], output.map_logits.device)
+        losses.update({name: value * train.detection_weight
+                       for name, value in head.loss(output.detection, detection_targets).items()})
+    if "segmentation" in tasks:
+        map_target = torch.stack([t.map_masks for t in targets]).to(output.map_logits.device)
+        losses["map"] = model.heads.map_head.loss(output.map_logits, map_target) * train.map_weight
     return losses

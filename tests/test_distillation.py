@@ -1,0 +1,139 @@
+"""Distillation: generators start from the teacher's fusion query, the teacher never
+changes, gradients reach only what each stage trains, every mask mode yields a finite
+loss, and a distilled student is exactly the baseline architecture."""
+import numpy as np
+import pytest
+import torch
+
+from vexkd_core.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from vexkd_core.config import load_config
+from vexkd_core.data.dataset import TrainingSet, collate_training, map_source_grid
+from vexkd_core.data.nuscenes_source import NuScenesSource
+from vexkd_core.distill.distiller import MODES, Distiller
+from vexkd_core.distill.losses import MaskedDistillLoss, attention_map
+from vexkd_core.models.vexkd import build_model, task_losses
+from vexkd_train.masks import MaskSettings, build_generators, load_masks, train_masks
+from vexkd_train.trainer import RunOptions, train
+
+CONFIG = load_config("tiny", ["model.lidar.sweeps=1", "train.batch_size=1"])
+
+
+@pytest.fixture(scope="module")
+def source(tiny_world):
+    dataroot, world = tiny_world
+    return NuScenesSource(dataroot, world.version, "train", CONFIG.model.lidar.sweeps, map_source_grid(CONFIG, True))
+
+
+@pytest.fixture(scope="module")
+def teacher_and_masks(source, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("distill")
+    torch.manual_seed(0)
+    teacher = build_model(CONFIG, "fusion")
+    checkpoint = save_checkpoint(folder / "teacher.pt", teacher, CONFIG, "fusion")
+    masks = train_masks(checkpoint, source, folder / "masks", MaskSettings(blocks=1, epochs=1), progress=False)
+    return checkpoint, masks
+
+
+def checksum(module: torch.nn.Module) -> float:
+    return float(sum(p.double().abs().sum() for p in module.state_dict().values() if p.is_floating_point()))
+
+
+def test_generators_start_from_the_teachers_fusion_query(teacher_and_masks):
+    teacher, _, _ = model_from_checkpoint(teacher_and_masks[0])
+    learned = build_generators(teacher, MaskSettings(blocks=1))
+    random = build_generators(teacher, MaskSettings(blocks=1, random_query=True))
+    for key in learned:
+        assert torch.equal(learned[key].query, teacher.fusion.bev_query)
+        assert torch.equal(learned[key].position, teacher.fusion.bev_position)
+        assert not torch.allclose(random[key].query, teacher.fusion.bev_query)
+    assert set(learned) == {"detection/low", "detection/high", "segmentation/low", "segmentation/high"}
+
+
+def test_mask_training_changes_the_generators_but_not_the_teacher(teacher_and_masks):
+    checkpoint, masks = teacher_and_masks
+    teacher, _, _ = model_from_checkpoint(checkpoint)
+    before = checksum(teacher)
+    trained = load_masks(masks, teacher)
+    untrained = build_generators(teacher, MaskSettings(blocks=1))
+    assert any(not torch.equal(trained[k].head.weight, untrained[k].head.weight) for k in trained)
+    teacher_again, _, _ = model_from_checkpoint(checkpoint)
+    assert checksum(teacher_again) == before  # the checkpoint on disk is untouched too
+
+
+def one_batch(source):
+    dataset = TrainingSet(source, CONFIG, augment=True)
+    return collate_training([dataset[0]])
+
+
+@pytest.mark.parametrize("mode", [m for m in MODES if m != "none"])
+def test_every_distill_mode_trains_a_step_with_a_finite_loss_and_right_gradients(mode, source, teacher_and_masks):
+    checkpoint, masks = teacher_and_masks
+    teacher, _, _ = model_from_checkpoint(checkpoint)
+    teacher_before = checksum(teacher)
+    student = build_model(CONFIG, "lidar").train()
+    generators = load_masks(masks, teacher) if mode in ("vexkd", "random-query") else None
+    distiller = Distiller(teacher, student, mode, ("low", "high"), "mse", {"low": 1.0, "high": 1.0}, generators)
+    batch, targets = one_batch(source)
+    output = student(batch)
+    losses = distiller(student, batch, output, targets)
+    assert set(losses) == {"distill_low", "distill_high"}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values()), losses
+    (sum(losses.values()) + sum(task_losses(student, output, targets).values())).backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is None for g in distiller.generators.values() for p in g.parameters())
+    assert student.encoder.linear.weight.grad.abs().sum() > 0
+    assert teacher.training is False and checksum(teacher) == teacher_before
+
+
+def test_distilled_student_is_the_baseline_architecture(source, teacher_and_masks, tmp_path):
+    checkpoint, masks = teacher_and_masks
+    teacher, _, _ = model_from_checkpoint(checkpoint)
+    teacher_before = checksum(teacher)
+    options = dict(max_steps=2, progress=False)
+    torch.manual_seed(0)
+    baseline = train(build_model(CONFIG, "camera"), CONFIG, source, "camera", RunOptions(tmp_path / "base", **options))
+    torch.manual_seed(0)
+    student = build_model(CONFIG, "camera")
+    distiller = Distiller(teacher, student, "vexkd", ("low", "high"), "at", {"low": 1.0, "high": 1.0},
+                          load_masks(masks, teacher))
+    distilled = train(student, CONFIG, source, "camera", RunOptions(tmp_path / "kd", **options), distiller)
+    base_state, kd_state = load_checkpoint(baseline)["model"], load_checkpoint(distilled)["model"]
+    assert list(base_state) == list(kd_state)
+    assert all(base_state[k].shape == kd_state[k].shape for k in base_state)
+    assert checksum(teacher) == teacher_before
+    log = (tmp_path / "kd" / "log.csv").read_text().splitlines()[0]
+    assert "distill_low" in log and "distill_high" in log
+
+
+def test_attention_transfer_needs_no_adapter_and_detaches_teacher_and_masks():
+    student, teacher = torch.randn(2, 8, 6, 6, requires_grad=True), torch.randn(2, 16, 6, 6, requires_grad=True)
+    masks = torch.rand(2, 3, 6, 6, requires_grad=True)
+    at = MaskedDistillLoss(8, 16, "at")
+    assert isinstance(at.adapter, torch.nn.Identity)
+    at(student, teacher, masks).backward()
+    assert student.grad is not None and teacher.grad is None and masks.grad is None
+    assert isinstance(MaskedDistillLoss(8, 16, "mse").adapter, torch.nn.Conv2d)
+    same = torch.randn(2, 8, 6, 6)
+    assert MaskedDistillLoss(8, 8, "at")(same, same, torch.ones(2, 1, 6, 6)).item() == pytest.approx(0.0, abs=1e-9)
+    np.testing.assert_allclose(attention_map(same).norm(dim=1).numpy(), 1.0, rtol=1e-6)
+
+
+def test_masks_and_distilled_student_from_the_command_line(tiny_world, teacher_and_masks, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    binary = str(Path(sys.executable).parent / "vexkd-train")
+    teacher = str(teacher_and_masks[0])
+    masks = subprocess.run([binary, "masks", "--teacher", teacher, "--dataroot", str(tiny_world[0]), "--out",
+                            str(tmp_path / "masks"), "--max-epochs", "1", "--blocks", "1"], capture_output=True, text=True)
+    assert masks.returncode == 0, masks.stderr[-2000:]
+    common = [binary, "student", "--modality", "lidar", "--dataroot", str(tiny_world[0]), "--set", "model.lidar.sweeps=1",
+              "--set", "train.batch_size=1", "--teacher", teacher, "--out", str(tmp_path / "kd"), "--max-steps", "1"]
+    distilled = subprocess.run(common + ["--distill", "vexkd", "--masks", str(tmp_path / "masks" / "masks.pt")],
+                               capture_output=True, text=True)
+    assert distilled.returncode == 0, distilled.stderr[-2000:]
+    assert "distill_low" in (tmp_path / "kd" / "log.csv").read_text()
+    missing = subprocess.run(common + ["--distill", "vexkd"], capture_output=True, text=True)
+    assert missing.returncode == 2 and "needs --masks" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1

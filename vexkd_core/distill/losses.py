@@ -1,0 +1,51 @@
+"""Masked BEV feature distillation: for each feature level and each mask m,
+distance(m * F_student, m * F_teacher), with the teacher's features and the masks detached.
+
+Attention transfer (AT) is the default distance: the channel-mean of squared features,
+flattened and L2-normalised, compared by squared difference; it needs no channel adapter.
+MSE, L1 and Smooth-L1 compare features directly, through a 1x1 adapter when the
+channel counts differ. Adapters live here, never in the student.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DISTANCES = ("at", "mse", "l1", "smoothl1")
+
+
+def attention_map(feature: torch.Tensor) -> torch.Tensor:
+    return F.normalize(feature.pow(2).mean(dim=1).flatten(1), dim=1)
+
+
+def feature_distance(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "at":
+        return (attention_map(student) - attention_map(teacher)).pow(2).sum(dim=1).mean()
+    if kind == "mse":
+        return F.mse_loss(student, teacher)
+    if kind == "l1":
+        return F.l1_loss(student, teacher)
+    if kind == "smoothl1":
+        return F.smooth_l1_loss(student, teacher)
+    raise ValueError(f"distance must be one of {DISTANCES}, not '{kind}'")
+
+
+class MaskedDistillLoss(nn.Module):
+    """Sum over masks of the masked feature distance at one level."""
+
+    def __init__(self, student_channels: int, teacher_channels: int, kind: str = "at"):
+        super().__init__()
+        if kind not in DISTANCES:
+            raise ValueError(f"distance must be one of {DISTANCES}, not '{kind}'")
+        self.kind = kind
+        needs_adapter = kind != "at" and student_channels != teacher_channels
+        self.adapter = nn.Conv2d(student_channels, teacher_channels, 1) if needs_adapter else nn.Identity()
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """student/teacher (B, C, H, W); masks (B, T, H, W). Teacher and masks get no gradient."""
+        student = self.adapter(student.float())
+        teacher, masks = teacher.detach().float(), masks.detach().float()
+        losses = [feature_distance(student * masks[:, t:t + 1], teacher * masks[:, t:t + 1], self.kind)
+                  for t in range(masks.shape[1])]
+        return torch.stack(losses).mean()
