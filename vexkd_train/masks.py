@@ -16,7 +16,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vexkd_core.checkpoint import CheckpointError, model_from_checkpoint, read_payload
-from vexkd_core.config import Config
 from vexkd_core.data.dataset import EpochSampler, TrainingSet, collate_training
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.distill.distiller import freeze

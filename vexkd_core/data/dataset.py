@@ -6,7 +6,6 @@ multi-process run sees exactly the data an uninterrupted single-process run woul
 from __future__ import annotations
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset, Sampler
 
 from vexkd_core.config import Config
