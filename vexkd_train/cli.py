@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--random-query", action="store_true", help="ablation: do not start from the MGFM query")
     masks.add_argument("--max-epochs", type=int, default=MaskSettings.epochs)
     masks.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    experiment = commands.add_parser("experiment", help="the paper's comparison and ablation tables, resumable")
+    experiment.add_argument("--suite", choices=("quick", "paper"), default="quick")
+    experiment.add_argument("--dataroot", type=Path, required=True)
+    experiment.add_argument("--version", default="v1.0-trainval")
+    experiment.add_argument("--config", default="tiny", help="tiny, nuscenes, or a YAML file")
+    experiment.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    experiment.add_argument("--out", type=Path, required=True)
     evaluation = commands.add_parser("eval", help="nuScenes detection metrics, map mIoU, latency")
     evaluation.add_argument("--checkpoint", type=Path, required=True)
     evaluation.add_argument("--dataroot", type=Path, required=True)
@@ -117,8 +124,7 @@ def _initialise_from_lidar(teacher, checkpoint: Path) -> None:
     lidar, lidar_config, _ = model_from_checkpoint(checkpoint, expected_modality="lidar")
     if (lidar_config.grid, lidar_config.model.lidar) != (teacher.config.grid, teacher.config.model.lidar):
         raise CheckpointError(f"{checkpoint} has another BEV grid or LiDAR encoder than the teacher")
-    teacher.lidar_encoder.load_state_dict(lidar.encoder.state_dict())
-    teacher.heads.load_state_dict(lidar.heads.state_dict())
+    teacher.load_lidar_branch(lidar)
 
 
 def _distiller(args: argparse.Namespace, student, config):
@@ -167,6 +173,16 @@ def run_masks(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def run_experiment_command(args: argparse.Namespace) -> None:
+    from vexkd_train.experiment import run_experiment
+
+    try:
+        run_experiment(args.dataroot, args.version, args.out, args.suite, args.config, args.set)
+    except _user_errors() as error:
+        raise CliError(str(error)) from None
+    print(f"wrote {args.out / 'results.md'} and {args.out / 'results.json'}")
+
+
 def run_eval(args: argparse.Namespace) -> None:
     from vexkd_train.evaluate import evaluate, metrics_table
 
@@ -181,7 +197,7 @@ def run_eval(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     return run_cli(build_parser(), {"teacher": run_training, "student": run_training, "masks": run_masks,
-                                    "eval": run_eval}, argv)
+                                    "experiment": run_experiment_command, "eval": run_eval}, argv)
 
 
 if __name__ == "__main__":

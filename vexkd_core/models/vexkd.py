@@ -108,6 +108,14 @@ class Teacher(nn.Module):
                            config.model.bev_channels, grid.height, grid.width, config.model.fusion)
         self.heads = _Heads(config, config.model.bev_channels)
 
+    def load_lidar_branch(self, lidar_student: "Student") -> None:
+        """Start from a trained LiDAR model: its encoder, decoder and heads (BEVFusion's
+        practice of pre-training the LiDAR branch before fine-tuning the fused model)."""
+        if lidar_student.modality != "lidar":
+            raise ValueError(f"the teacher's LiDAR branch needs a lidar model, not {lidar_student.modality}")
+        self.lidar_encoder.load_state_dict(lidar_student.encoder.state_dict())
+        self.heads.load_state_dict(lidar_student.heads.state_dict())
+
     def forward(self, batch: Batch, timer: StageTimer | None = None) -> Output:
         lidar = _run(timer, "lidar_encoder", self.lidar_encoder, batch.points, batch.size)
         camera = _run(timer, "camera_encoder", _encode_camera, self.camera_encoder, batch)

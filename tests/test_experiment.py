@@ -1,0 +1,31 @@
+"""The `quick` experiment suite runs every table of the paper end to end, and a re-run
+reuses every finished run."""
+import json
+
+from vexkd_train.experiment import run_experiment, tables
+
+
+def test_quick_suite_end_to_end_then_resumes_without_retraining(tiny_world, tmp_path):
+    dataroot, world = tiny_world
+    results = run_experiment(dataroot, world.version, tmp_path, "quick", progress=False)
+    assert set(results["tables"]) == {"comparison", "components", "masks", "blocks", "distance"}
+    assert len(results["tables"]["masks"]) == 7 and len(results["tables"]["blocks"]) == 4
+    for table in results["tables"].values():
+        for entry in table.values():
+            assert 0.0 <= entry["NDS"]["mean"] <= 1.0 and 0.0 <= entry["mIoU"]["mean"] <= 1.0
+    # A distilled student is the baseline network: same parameter count.
+    comparison = results["tables"]["comparison"]
+    assert comparison["LiDAR student + VeXKD"]["parameters"] == comparison["LiDAR student"]["parameters"]
+    students = {student.name for rows in tables((0,)).values() for _, student in rows}
+    runs = {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/metrics.json")}
+    assert students <= set(runs) and "teacher" in runs
+    import cv2
+
+    masks, features = cv2.imread(str(tmp_path / "masks.png")), cv2.imread(str(tmp_path / "features.png"))
+    assert masks.shape[0] == 4 * 200 and features.shape[:2] == (2 * 200, 5 * 200)  # 4 generators; teacher + 4 students
+    markdown = (tmp_path / "results.md").read_text()
+    assert "## Mask choice (LiDAR student)" in markdown and "generated, fusion query (VeXKD)" in markdown
+
+    again = run_experiment(dataroot, world.version, tmp_path, "quick", progress=False)
+    assert {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/metrics.json")} == runs
+    assert json.dumps(again, sort_keys=True) == json.dumps(results, sort_keys=True)

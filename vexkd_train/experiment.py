@@ -1,0 +1,237 @@
+"""`vexkd-train experiment`: the paper's comparison and ablation tables, end to end.
+
+Trains and evaluates the LiDAR student, the camera student, the teacher (started from the
+LiDAR student, BEVFusion's practice), the mask generators and every distilled student the
+tables need, then writes results.json, results.md and pictures. Each run lives in its own
+folder with the spec it was made from; a finished run (metrics.json present, same spec)
+is reused, so an interrupted experiment resumes where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from vexkd_core.checkpoint import model_from_checkpoint
+from vexkd_core.config import Config, load_config
+from vexkd_core.data.dataset import map_source_grid
+from vexkd_core.data.nuscenes_source import NuScenesSource
+from vexkd_core.distill.distiller import Distiller
+from vexkd_core.io import atomic_write_json, atomic_write_text
+from vexkd_core.models.vexkd import build_model
+from vexkd_train.evaluate import evaluate
+from vexkd_train.masks import MaskSettings, load_masks, train_masks
+from vexkd_train.trainer import RunOptions, train
+
+
+@dataclass(frozen=True)
+class Student:
+    """One distilled (or baseline) student run."""
+
+    modality: str
+    distill: str = "none"
+    levels: tuple[str, ...] = ("low", "high")
+    loss: str = "at"
+    blocks: int = 3
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        if self.distill == "none":
+            return f"{self.modality}-baseline-s{self.seed}"
+        return (f"{self.modality}-{self.distill}-{'+'.join(self.levels)}-{self.loss}-b{self.blocks}"
+                f"-s{self.seed}")
+
+    @property
+    def masks(self) -> str | None:
+        if self.distill in ("vexkd", "random-query"):
+            return f"masks-{'random' if self.distill == 'random-query' else 'learned'}-b{self.blocks}"
+        return None
+
+
+@dataclass(frozen=True)
+class Suite:
+    epochs: int  # student and teacher epochs
+    mask_epochs: int
+    seeds: tuple[int, ...]
+    max_steps: int = 0  # 0: full epochs (the quick suite caps steps to stay seconds long)
+
+
+SUITES = {"quick": Suite(epochs=1, mask_epochs=1, seeds=(0,), max_steps=2),
+          "paper": Suite(epochs=15, mask_epochs=1, seeds=(0, 1, 2))}
+
+
+def tables(seeds: tuple[int, ...]) -> dict[str, list[tuple[str, Student]]]:
+    """Row label -> student, per table (the paper's ablations are on the LiDAR student)."""
+    def each(label: str, student: Student) -> list[tuple[str, Student]]:
+        return [(label, replace(student, seed=seed)) for seed in seeds]
+
+    vexkd = Student("lidar", "vexkd")
+    return {
+        "comparison": each("LiDAR student", Student("lidar")) + each("LiDAR student + VeXKD", vexkd)
+        + each("camera student", Student("camera")) + each("camera student + VeXKD", Student("camera", "vexkd")),
+        "components": each("baseline", Student("lidar")) + each("+ MGFM teacher (whole-map FD, low)",
+                                                                 Student("lidar", "full", ("low",)))
+        + each("+ low-level MFD", Student("lidar", "vexkd", ("low",))) + each("+ high-level MFD", vexkd),
+        "masks": [row for label, mode in (("no FD", "none"), ("whole map", "full"), ("GT foreground key points",
+                  "foreground"), ("GT-centred Gaussian", "gaussian"), ("top activation", "activation"),
+                  ("generated, random query", "random-query"), ("generated, fusion query (VeXKD)", "vexkd"))
+                  for row in each(label, Student("lidar", mode))],
+        "blocks": [row for blocks in (1, 2, 3, 4) for row in each(f"{blocks} blocks", replace(vexkd, blocks=blocks))],
+        "distance": [row for label, loss in (("AT", "at"), ("L1", "l1"), ("L2", "mse"), ("Smooth-L1", "smoothl1"))
+                     for row in each(label, replace(vexkd, loss=loss))],
+    }
+
+
+def _spec(value: dict) -> dict:
+    """As it is stored: through JSON, so tuples compare equal to their saved lists."""
+    return json.loads(json.dumps(value))
+
+
+class Experiment:
+    def __init__(self, dataroot: Path, version: str, out: Path, config: Config, suite: Suite, progress: bool = True):
+        self.dataroot, self.version, self.out = dataroot, version, out
+        self.config, self.suite, self.progress = config, suite, progress
+        self.train_source = NuScenesSource(dataroot, version, "train", config.model.lidar.sweeps,
+                                           map_source_grid(config, config.train.augment))
+
+    def _options(self, folder: Path) -> RunOptions:
+        return RunOptions(folder, max_epochs=self.suite.epochs, max_steps=self.suite.max_steps, progress=self.progress)
+
+    def _done(self, folder: Path, spec: dict) -> bool:
+        return (folder / "metrics.json").is_file() and (folder / "spec.json").is_file() and \
+            json.loads((folder / "spec.json").read_text()) == spec
+
+    def _finish(self, folder: Path, spec: dict, checkpoint: Path) -> dict:
+        evaluate(checkpoint, self.dataroot, self.version, "val", folder / "eval", progress=self.progress)
+        metrics = json.loads((folder / "eval" / "metrics.json").read_text())
+        atomic_write_json(folder / "metrics.json", metrics)
+        atomic_write_json(folder / "spec.json", spec)
+        return metrics
+
+    def student(self, student: Student) -> dict:
+        folder = self.out / "runs" / student.name
+        spec = _spec({"student": asdict(student), "suite": asdict(self.suite), "config": self.config.to_dict()})
+        if self._done(folder, spec):
+            return json.loads((folder / "metrics.json").read_text())
+        config = replace(self.config, train=replace(self.config.train, seed=student.seed))
+        torch.manual_seed(student.seed)
+        model = build_model(config, student.modality)
+        distiller = None
+        if student.distill != "none":
+            teacher, _, _ = model_from_checkpoint(self.teacher(), expected_modality="fusion")
+            generators = load_masks(self.masks(student.masks, student.blocks), teacher) if student.masks else None
+            distiller = Distiller(teacher, model, student.distill, student.levels, student.loss,
+                                  {"low": 1.0, "high": 1.0}, generators)
+        checkpoint = train(model, config, self.train_source, student.modality, self._options(folder / "train"), distiller)
+        return self._finish(folder, spec, checkpoint)
+
+    def teacher(self) -> Path:
+        folder = self.out / "runs" / "teacher"
+        spec = _spec({"teacher": "init from lidar-baseline-s0", "suite": asdict(self.suite),
+                      "config": self.config.to_dict()})
+        if not self._done(folder, spec):
+            self.student(Student("lidar"))
+            lidar, _, _ = model_from_checkpoint(self.out / "runs" / Student("lidar").name / "train" / "model.pt")
+            torch.manual_seed(self.config.train.seed)
+            teacher = build_model(self.config, "fusion")
+            teacher.load_lidar_branch(lidar)
+            self._finish(folder, spec, train(teacher, self.config, self.train_source, "fusion",
+                                             self._options(folder / "train")))
+        return folder / "train" / "model.pt"
+
+    def masks(self, name: str, blocks: int) -> Path:
+        folder = self.out / "runs" / name
+        settings = MaskSettings(blocks=blocks, random_query=name.startswith("masks-random"), epochs=self.suite.mask_epochs)
+        spec = _spec({"masks": asdict(settings), "teacher": str(self.teacher())})
+        if not ((folder / "masks.pt").is_file() and (folder / "spec.json").is_file()
+                and json.loads((folder / "spec.json").read_text()) == spec):
+            train_masks(self.teacher(), self.train_source, folder, settings, progress=self.progress)
+            atomic_write_json(folder / "spec.json", spec)
+        return folder / "masks.pt"
+
+    def run(self) -> dict:
+        self.teacher()
+        teacher_metrics = json.loads((self.out / "runs" / "teacher" / "metrics.json").read_text())
+        results = {"teacher": summarise([teacher_metrics]), "tables": {}}
+        for table, rows in tables(self.suite.seeds).items():
+            grouped: dict[str, list[dict]] = {}
+            for label, student in rows:
+                grouped.setdefault(label, []).append(self.student(student))
+            results["tables"][table] = {label: summarise(runs) for label, runs in grouped.items()}
+        atomic_write_json(self.out / "results.json", results)
+        self.pictures()
+        atomic_write_text(self.out / "results.md", markdown(results))
+        return results
+
+    def pictures(self) -> None:
+        """masks.png and features.png for the first val sample."""
+        import cv2
+
+        from vexkd_core.data.preprocess import collate, preprocess
+        from vexkd_core.io import atomic_write_bytes
+
+        from .pictures import features_picture, masks_picture
+
+        source = NuScenesSource(self.dataroot, self.version, "val", self.config.model.lidar.sweeps,
+                                map_source_grid(self.config, False), nusc=self.train_source.nusc)
+        batch = collate([preprocess(source.sample(0), self.config)[0]])
+        teacher, _, _ = model_from_checkpoint(self.teacher(), expected_modality="fusion")
+        students = {}
+        for label, student in (("LiDAR", Student("lidar")), ("LiDAR+VeXKD", Student("lidar", "vexkd")),
+                               ("camera", Student("camera")), ("camera+VeXKD", Student("camera", "vexkd"))):
+            students[label] = model_from_checkpoint(self.out / "runs" / student.name / "train" / "model.pt")[0]
+        generators = load_masks(self.masks("masks-learned-b3", 3), teacher)
+        for name, picture in (("masks.png", masks_picture(teacher, generators, batch)),
+                              ("features.png", features_picture(teacher, students, batch))):
+            atomic_write_bytes(self.out / name, cv2.imencode(".png", picture)[1].tobytes())
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Mean and spread (population std) over seeds of mAP, NDS, mIoU; latency and size."""
+    def stats(values: list[float]) -> dict:
+        return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
+
+    return {"mAP": stats([r["detection"]["mAP"] for r in runs]), "NDS": stats([r["detection"]["NDS"] for r in runs]),
+            "mIoU": stats([r["map"]["mIoU"] for r in runs]), "seeds": len(runs),
+            "latency_ms": statistics.fmean(r["latency_ms"]["total"] for r in runs),
+            "parameters": runs[0]["parameters"]}
+
+
+TITLES = {"comparison": "Teacher and students", "components": "Components (LiDAR student)",
+          "masks": "Mask choice (LiDAR student)", "blocks": "Mask-generator blocks (LiDAR student)",
+          "distance": "Distillation distance (LiDAR student)"}
+
+
+def markdown(results: dict) -> str:
+    def cell(entry: dict, key: str, base: dict | None) -> str:
+        text = f"{entry[key]['mean']:.4f}" + (f" +- {entry[key]['std']:.4f}" if entry["seeds"] > 1 else "")
+        return text + (f" ({entry[key]['mean'] - base[key]['mean']:+.4f})" if base else "")
+
+    baselines = ("LiDAR student", "camera student", "baseline", "no FD")
+    teacher = results["teacher"]
+    lines = ["# VeXKD experiment", "", "![Generated masks per task and level (first val sample)](masks.png)", "",
+             "![Attention maps of the BEV features: teacher, students before and after VeXKD](features.png)", "", f"Teacher: mAP {teacher['mAP']['mean']:.4f}, NDS {teacher['NDS']['mean']:.4f}, "
+             f"mIoU {teacher['mIoU']['mean']:.4f}, {teacher['latency_ms']:.0f} ms, {teacher['parameters'] / 1e6:.2f} M "
+             "parameters.", ""]
+    for table, rows in results["tables"].items():
+        baseline = rows.get("LiDAR student") or rows.get("baseline") or rows.get("no FD")
+        lines += [f"## {TITLES[table]}", "", "| row | mAP (gain) | NDS (gain) | mIoU (gain) | latency ms | parameters |",
+                  "|---|---|---|---|---|---|"]
+        for label, entry in rows.items():
+            base = None if label in baselines else \
+                rows["camera student"] if label.startswith("camera student +") else baseline
+            lines.append(f"| {label} | {cell(entry, 'mAP', base)} | {cell(entry, 'NDS', base)} | "
+                         f"{cell(entry, 'mIoU', base)} | {entry['latency_ms']:.0f} | {entry['parameters'] / 1e6:.2f} M |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run_experiment(dataroot: Path, version: str, out: Path, suite_name: str, config_name: str = "tiny",
+                   overrides: list[str] = (), progress: bool = True) -> dict:
+    if suite_name not in SUITES:
+        raise ValueError(f"suite must be one of {', '.join(SUITES)}, not '{suite_name}'")
+    return Experiment(dataroot, version, out, load_config(config_name, overrides), SUITES[suite_name], progress).run()
