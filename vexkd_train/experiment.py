@@ -101,8 +101,9 @@ class Experiment:
     def _options(self, folder: Path) -> RunOptions:
         return RunOptions(folder, max_epochs=self.suite.epochs, max_steps=self.suite.max_steps, progress=self.progress)
 
-    def _done(self, folder: Path, spec: dict) -> bool:
-        return (folder / "metrics.json").is_file() and (folder / "spec.json").is_file() and \
+    def _done(self, folder: Path, spec: dict, output: str = "metrics.json") -> bool:
+        """The run's output exists and was made from this very spec."""
+        return (folder / output).is_file() and (folder / "spec.json").is_file() and \
             json.loads((folder / "spec.json").read_text()) == spec
 
     def _finish(self, folder: Path, spec: dict, checkpoint: Path) -> dict:
@@ -147,8 +148,7 @@ class Experiment:
         folder = self.out / "runs" / name
         settings = MaskSettings(blocks=blocks, random_query=name.startswith("masks-random"), epochs=self.suite.mask_epochs)
         spec = _spec({"masks": asdict(settings), "teacher": str(self.teacher())})
-        if not ((folder / "masks.pt").is_file() and (folder / "spec.json").is_file()
-                and json.loads((folder / "spec.json").read_text()) == spec):
+        if not self._done(folder, spec, "masks.pt"):
             train_masks(self.teacher(), self.train_source, folder, settings, progress=self.progress)
             atomic_write_json(folder / "spec.json", spec)
         return folder / "masks.pt"

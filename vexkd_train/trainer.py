@@ -132,7 +132,7 @@ def train(model: torch.nn.Module, config: Config, source: NuScenesSource, modali
                 bar.set_postfix_str(f"loss {loss.item():.3f} ({_format(losses)})")
                 bar.update()
             if step % config.train.checkpoint_every == 0 or step == total:
-                _checkpoint(run_dir / LAST, model, optimizer, config, modality, step, epoch, world, auxiliary)
+                _checkpoint(run_dir / LAST, model, optimizer, config, modality, step, epoch, rank, world, auxiliary)
             if step >= total:
                 break
     bar.close()
@@ -158,13 +158,13 @@ def _log(path: Path, step: int, epoch: int, lr: float, loss, losses: dict, secon
 
 
 def _checkpoint(path: Path, model, optimizer, config: Config, modality: str, step: int, epoch: int,
-                world: int, auxiliary: torch.nn.Module | None) -> None:
+                rank: int, world: int, auxiliary: torch.nn.Module | None) -> None:
     checksum = parameter_checksum(model)
     checksums = [checksum]
     if world > 1:  # every rank must hold the same weights; say so in the checkpoint
         checksums = [None] * world
         dist.all_gather_object(checksums, checksum)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if rank == 0:
         trained_auxiliary = {} if auxiliary is None else \
             {name: p.detach() for name, p in auxiliary.named_parameters() if p.requires_grad}
         save_checkpoint(path, model, config, modality, optimizer=optimizer.state_dict(), step=step, epoch=epoch,
