@@ -28,6 +28,11 @@ setup(
         "console_scripts": [
             "vexkd-data = vexkd_core.data.cli:main",
             "vexkd-train = vexkd_train.cli:main",
+            "vexkd-ros = vexkd_ros.cli:main",
+            "lidar_detector = vexkd_ros.detector_node:lidar_main",
+            "camera_detector = vexkd_ros.detector_node:camera_main",
+            "fusion_detector = vexkd_ros.detector_node:fusion_main",
+            "bag_player = vexkd_ros.cli:player_main",
         ],
     },
 )

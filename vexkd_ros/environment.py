@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 PROFILE_NAME = "fastdds.xml"
+OLD_FAST_DDS_DISTROS = ("humble", "iron", "jazzy")
 
 
 def fastdds_profile_path() -> Path:
@@ -24,11 +25,12 @@ def default_ros_environment() -> dict[str, str]:
     defaults = {
         # Discovery stays on this host; a robot spanning hosts sets SUBNET itself.
         "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-        # Kilted reads the first name, Jazzy only the second.
         "FASTDDS_DEFAULT_PROFILES_FILE": profile,
-        "FASTRTPS_DEFAULT_PROFILES_FILE": profile,
         "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
     }
+    if os.environ.get("ROS_DISTRO", "kilted") in OLD_FAST_DDS_DISTROS:
+        # These read only the old name; Kilted reads the new one and warns about the old.
+        defaults["FASTRTPS_DEFAULT_PROFILES_FILE"] = profile
     if "ROS_LOG_DIR" not in os.environ and not os.environ.get("HOME"):
         # rclpy.init fails when neither is set.
         defaults["ROS_LOG_DIR"] = str(Path(tempfile.gettempdir()) / "vexkd-ros-logs")

@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--config", default="tiny", help="tiny, nuscenes, or a YAML file")
     experiment.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     experiment.add_argument("--out", type=Path, required=True)
+    experiment.add_argument("--seeds", type=int, nargs="+", help="replace the suite's seeds (paper: 0 1 2)")
     evaluation = commands.add_parser("eval", help="nuScenes detection metrics, map mIoU, latency")
     evaluation.add_argument("--checkpoint", type=Path, required=True)
     evaluation.add_argument("--dataroot", type=Path, required=True)
@@ -73,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--split", default="val")
     evaluation.add_argument("--out", type=Path, required=True)
     evaluation.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    evaluation.add_argument("--save-maps", action="store_true",
+                            help="also write maps.npz: each sample's map probabilities (float16)")
     return parser
 
 
@@ -177,7 +180,8 @@ def run_experiment_command(args: argparse.Namespace) -> None:
     from vexkd_train.experiment import run_experiment
 
     try:
-        run_experiment(args.dataroot, args.version, args.out, args.suite, args.config, args.set)
+        run_experiment(args.dataroot, args.version, args.out, args.suite, args.config, args.set,
+                       seeds=args.seeds)
     except _user_errors() as error:
         raise CliError(str(error)) from None
     print(f"wrote {args.out / 'results.md'} and {args.out / 'results.json'}")
@@ -188,7 +192,8 @@ def run_eval(args: argparse.Namespace) -> None:
 
     _check_device(args.device)
     try:
-        metrics = evaluate(args.checkpoint, args.dataroot, args.version, args.split, args.out, args.device)
+        metrics = evaluate(args.checkpoint, args.dataroot, args.version, args.split, args.out, args.device,
+                           save_maps=args.save_maps)
     except _user_errors() as error:
         raise CliError(str(error)) from None
     print(metrics_table(metrics))

@@ -10,21 +10,22 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from vexkd_core.checkpoint import model_from_checkpoint
 from vexkd_core.classes import DETECTION_CLASSES, MAP_CLASSES
 from vexkd_core.data.dataset import map_source_grid
 from vexkd_core.data.nuscenes_source import NuScenesSource
-from vexkd_core.data.preprocess import collate, preprocess
+from vexkd_core.data.preprocess import Augmentation, map_targets
 from vexkd_core.geometry import yaw_to_quaternion
-from vexkd_core.io import atomic_write_json, atomic_write_text
+from vexkd_core.inference import Predictor
+from vexkd_core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from vexkd_core.models.vexkd import StageTimer
 from vexkd_core.structures import Boxes3D
 
 MAP_THRESHOLDS = tuple(round(0.35 + 0.05 * i, 2) for i in range(7))
 VEHICLES = ("car", "truck", "bus", "trailer", "construction_vehicle")
+DEVKIT_MAX_BOXES = 500
 MOVING_SPEED = 0.2  # m/s, as CenterPoint assigns attributes
 
 
@@ -95,23 +96,24 @@ def detection_metrics(nusc, results: dict, split: str, out_dir: Path) -> dict:
             "tp_errors": summary["tp_errors"]}
 
 
-@torch.no_grad()
 def evaluate(checkpoint: Path, dataroot: Path, version: str, split: str, out_dir: Path, device: str = "cpu",
-             progress: bool = True) -> dict:
+             progress: bool = True, save_maps: bool = False) -> dict:
+    """Metrics of a checkpoint on a split; `save_maps` also writes maps.npz (token -> map probability)."""
     model, config, payload = model_from_checkpoint(checkpoint)
-    model.to(device)
+    predictor = Predictor(model, config, device)
     source = NuScenesSource(dataroot, version, split, config.model.lidar.sweeps, map_source_grid(config, False))
-    head = model.heads.detection_head
-    timer, map_iou, results = StageTimer(), MapIoU(), {}
+    timer, map_iou, results, maps = StageTimer(), MapIoU(), {}, {}
     for index in tqdm(range(len(source)), desc=f"eval {payload['modality']}", unit="sample", disable=not progress):
         sample = source.sample(index)
-        inputs, targets = preprocess(sample, config)
-        batch = collate([inputs]).to(device)
-        output = timer.measure("total", model, batch, timer)
-        boxes = timer.measure("decode", head.decode, output.detection, config.model.max_detections,
-                              config.model.score_threshold)[0]
-        results[sample.token] = boxes_to_results(boxes, sample.lidar_to_global, sample.token)
-        map_iou.add(torch.sigmoid(output.map_logits[0].float()).cpu().numpy(), targets.map_masks.numpy() > 0.5)
+        prediction = predictor(sample, timer)
+        # The devkit refuses more than 500 boxes per sample: keep the best 500.
+        best = sorted(boxes_to_results(prediction.boxes, sample.lidar_to_global, sample.token),
+                      key=lambda record: -record["detection_score"])
+        results[sample.token] = best[:DEVKIT_MAX_BOXES]
+        target = _map_target(sample, config)
+        map_iou.add(prediction.map_probability, target)
+        if save_maps:
+            maps[sample.token] = prediction.map_probability.astype(np.float16)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "results.json", json.dumps({"meta": {
         "use_camera": payload["modality"] != "lidar", "use_lidar": payload["modality"] != "camera",
@@ -120,12 +122,29 @@ def evaluate(checkpoint: Path, dataroot: Path, version: str, split: str, out_dir
         "checkpoint": str(checkpoint), "modality": payload["modality"], "split": split, "samples": len(source),
         "detection": detection_metrics(source.nusc, results, split, out_dir),
         "map": map_iou.summary(),
-        "latency_ms": {stage: 1e3 * statistics.median(values) for stage, values in timer.seconds.items()},
+        "latency_ms": _latency_ms(timer),
         "parameters": sum(p.numel() for p in model.parameters()),
         "device": device,
     }
+    if save_maps:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **maps)
+        atomic_write_bytes(out_dir / "maps.npz", buffer.getvalue())
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def _map_target(sample, config) -> np.ndarray:
+    """The ground-truth map on the model's map grid, as training sees it without augmentation."""
+    return map_targets(sample, Augmentation(), config.map_grid.bev).numpy() > 0.5
+
+
+def _latency_ms(timer: StageTimer) -> dict[str, float]:
+    """Median per stage; `total` is preprocess + infer + postprocess of the same samples."""
+    latency = {stage: 1e3 * statistics.median(values) for stage, values in timer.seconds.items()}
+    totals = [sum(stages) for stages in zip(*(timer.seconds[s] for s in ("preprocess", "infer", "postprocess")))]
+    latency["total"] = 1e3 * statistics.median(totals)
+    return latency
 
 
 def metrics_table(metrics: dict) -> str:

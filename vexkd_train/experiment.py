@@ -98,6 +98,10 @@ class Experiment:
         self.train_source = NuScenesSource(dataroot, version, "train", config.model.lidar.sweeps,
                                            map_source_grid(config, config.train.augment))
 
+    def _schedule(self) -> dict:
+        """What shapes one run; the seed list is left out so adding seeds reuses finished runs."""
+        return {"epochs": self.suite.epochs, "mask_epochs": self.suite.mask_epochs, "max_steps": self.suite.max_steps}
+
     def _options(self, folder: Path) -> RunOptions:
         return RunOptions(folder, max_epochs=self.suite.epochs, max_steps=self.suite.max_steps, progress=self.progress)
 
@@ -115,7 +119,7 @@ class Experiment:
 
     def student(self, student: Student) -> dict:
         folder = self.out / "runs" / student.name
-        spec = _spec({"student": asdict(student), "suite": asdict(self.suite), "config": self.config.to_dict()})
+        spec = _spec({"student": asdict(student), "schedule": self._schedule(), "config": self.config.to_dict()})
         if self._done(folder, spec):
             return json.loads((folder / "metrics.json").read_text())
         config = replace(self.config, train=replace(self.config.train, seed=student.seed))
@@ -132,7 +136,7 @@ class Experiment:
 
     def teacher(self) -> Path:
         folder = self.out / "runs" / "teacher"
-        spec = _spec({"teacher": "init from lidar-baseline-s0", "suite": asdict(self.suite),
+        spec = _spec({"teacher": "init from lidar-baseline-s0", "schedule": self._schedule(),
                       "config": self.config.to_dict()})
         if not self._done(folder, spec):
             self.student(Student("lidar"))
@@ -231,7 +235,11 @@ def markdown(results: dict) -> str:
 
 
 def run_experiment(dataroot: Path, version: str, out: Path, suite_name: str, config_name: str = "tiny",
-                   overrides: list[str] = (), progress: bool = True) -> dict:
+                   overrides: list[str] = (), progress: bool = True, seeds: tuple[int, ...] | None = None) -> dict:
+    """Run a suite; `seeds` replaces the suite's seeds (finished runs of other seeds stay reusable)."""
     if suite_name not in SUITES:
         raise ValueError(f"suite must be one of {', '.join(SUITES)}, not '{suite_name}'")
-    return Experiment(dataroot, version, out, load_config(config_name, overrides), SUITES[suite_name], progress).run()
+    suite = SUITES[suite_name] if seeds is None else replace(SUITES[suite_name], seeds=tuple(seeds))
+    if not suite.seeds:
+        raise ValueError("at least one seed is needed")
+    return Experiment(dataroot, version, out, load_config(config_name, overrides), suite, progress).run()

@@ -20,10 +20,10 @@ from vexkd_core.geometry import invert_transform, make_transform, quaternion_yaw
 from vexkd_core.structures import BEVGrid, Boxes3D
 
 from .sample import CAMERA_CHANNELS, CameraView, Sample
+from .sweeps import sweep_in_key_frame
 
 MAP_LAYERS = ("drivable_area", "ped_crossing", "walkway", "stop_line", "carpark_area", "road_divider",
               "lane_divider")
-MIN_POINT_DISTANCE_M = 1.0  # returns from the ego vehicle itself
 
 
 class DatasetError(ValueError):
@@ -61,13 +61,13 @@ def split_scene_names(nusc, split: str) -> list[str]:
 
 
 class NuScenesSource:
-    """Key frames of one split as typed Samples."""
+    """Key frames of one split (None: every scene) as typed Samples."""
 
-    def __init__(self, dataroot: str | Path, version: str, split: str, sweeps: int,
+    def __init__(self, dataroot: str | Path, version: str, split: str | None, sweeps: int,
                  map_source_grid: BEVGrid | None = None, nusc=None):
         self.nusc = nusc if nusc is not None else open_nuscenes(dataroot, version)
-        names = set(split_scene_names(self.nusc, split))
-        scenes = [s for s in self.nusc.scene if s["name"] in names]
+        names = set(split_scene_names(self.nusc, split)) if split is not None else None
+        scenes = [s for s in self.nusc.scene if names is None or s["name"] in names]
         if not scenes:
             raise DatasetError(f"split '{split}' has no scenes in {dataroot}/{version}")
         self.split = split
@@ -112,6 +112,14 @@ class NuScenesSource:
                       lidar_to_global=lidar_to_global, boxes=self._boxes(record, global_to_lidar),
                       map_masks=self._map(record, lidar_to_global), map_source_grid=self.map_source_grid)
 
+    def ground_truth(self, sample_token: str) -> tuple[np.ndarray, Boxes3D, np.ndarray | None]:
+        """(lidar_to_global, boxes, map masks) of a key frame, without reading any sensor data."""
+        record = self.nusc.get("sample", sample_token)
+        lidar_to_ego, ego_to_global = self._pose(self.nusc.get("sample_data", record["data"]["LIDAR_TOP"]))
+        lidar_to_global = ego_to_global @ lidar_to_ego
+        return lidar_to_global, self._boxes(record, invert_transform(lidar_to_global)), \
+            self._map(record, lidar_to_global)
+
     def _points(self, key: dict, global_to_lidar: np.ndarray) -> np.ndarray:
         """Key sweep plus up to `sweeps` previous ones, in the key LiDAR frame, with time lag."""
         clouds, current = [], key
@@ -120,12 +128,9 @@ class NuScenesSource:
             raw = np.fromfile(path, dtype=np.float32)
             if raw.size % 5:
                 raise DatasetError(f"{current['filename']} is not a 5-float nuScenes point cloud")
-            raw = raw.reshape(-1, 5)
-            raw = raw[np.hypot(raw[:, 0], raw[:, 1]) >= MIN_POINT_DISTANCE_M]
             sensor_to_ego, ego_to_global = self._pose(current)
-            xyz = transform_points(global_to_lidar @ ego_to_global @ sensor_to_ego, raw[:, :3].astype(np.float64))
-            lag = (key["timestamp"] - current["timestamp"]) * 1e-6
-            clouds.append(np.column_stack([xyz, raw[:, 3], np.full(len(raw), lag)]).astype(np.float32))
+            clouds.append(sweep_in_key_frame(raw.reshape(-1, 5), global_to_lidar @ ego_to_global @ sensor_to_ego,
+                                             (key["timestamp"] - current["timestamp"]) * 1e-6))
             if not current["prev"]:
                 break
             current = self.nusc.get("sample_data", current["prev"])

@@ -96,7 +96,7 @@ def _points(points: np.ndarray, matrix: np.ndarray, config: Config, rng: np.rand
     return out
 
 
-def _map_targets(sample: Sample, augmentation: Augmentation, target: BEVGrid) -> torch.Tensor:
+def map_targets(sample: Sample, augmentation: Augmentation, target: BEVGrid) -> torch.Tensor:
     """Resample the source map (LiDAR frame) onto the target grid in the augmented frame."""
     source = sample.map_source_grid
     xs, ys = target.cell_centers()
@@ -132,14 +132,16 @@ def preprocess(sample: Sample, config: Config, augmentation: Augmentation | None
         camera_to_lidar.append(view.camera_to_lidar)
         transforms.append(transform)
         valid.append(view.image is not None)
+    # A LiDAR-only sample (a LiDAR node) carries no cameras: stacks of zero views.
+    stack = lambda arrays, shape: np.stack(arrays) if arrays else np.zeros((0,) + shape, np.float32)  # noqa: E731
     inputs = ModelInputs(
         points=torch.from_numpy(_points(sample.points, lidar_matrix, config, rng)),
-        images=torch.from_numpy(np.stack(images)),
-        intrinsics=torch.tensor(np.stack(intrinsics), dtype=torch.float32),
-        camera_to_lidar=torch.tensor(np.stack(camera_to_lidar), dtype=torch.float32),
-        image_transform=torch.tensor(np.stack(transforms), dtype=torch.float32),
+        images=torch.from_numpy(stack(images, (3, camera.input_height, camera.input_width))),
+        intrinsics=torch.tensor(stack(intrinsics, (3, 3)), dtype=torch.float32),
+        camera_to_lidar=torch.tensor(stack(camera_to_lidar, (4, 4)), dtype=torch.float32),
+        image_transform=torch.tensor(stack(transforms, (3, 3)), dtype=torch.float32),
         lidar_augmentation=torch.tensor(lidar_matrix, dtype=torch.float32),
-        camera_valid=torch.tensor(valid))
+        camera_valid=torch.tensor(valid, dtype=torch.bool))
     if sample.boxes is None:
         return inputs, None
     boxes = augmentation.boxes(sample.boxes)
@@ -147,7 +149,7 @@ def preprocess(sample: Sample, config: Config, augmentation: Augmentation | None
     inside = (np.abs(boxes.center[:, 0]) < extent) & (np.abs(boxes.center[:, 1]) < extent)
     boxes = Boxes3D(boxes.center[inside], boxes.size_lwh[inside], boxes.yaw[inside], boxes.velocity[inside],
                     boxes.label[inside], boxes.score[inside])
-    map_masks = _map_targets(sample, augmentation, config.map_grid.bev) if sample.map_masks is not None else \
+    map_masks = map_targets(sample, augmentation, config.map_grid.bev) if sample.map_masks is not None else \
         torch.zeros((6, config.map_grid.bev.height, config.map_grid.bev.width))
     return inputs, Targets(boxes, map_masks)
 

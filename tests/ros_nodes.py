@@ -1,0 +1,124 @@
+"""Test harness for the detector nodes: start one as its own process, feed it messages from
+this process through real rclpy, collect what it publishes."""
+from __future__ import annotations
+
+import subprocess
+import time
+
+import rclpy
+from nav_msgs.msg import OccupancyGrid
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import DurabilityPolicy, QoSProfile
+from vision_msgs.msg import Detection3DArray
+
+from vexkd_core.data.sample import CAMERA_CHANNELS
+from vexkd_ros.conversions import stamp_to_ns
+from vexkd_ros.stack import NodeSpec
+
+LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def start_node(modality: str, checkpoint, *parameters: str) -> subprocess.Popen:
+    """The node exactly as `vexkd-ros stack` starts it, plus extra `name:=value` parameters."""
+    command = NodeSpec(modality, checkpoint).command()
+    for parameter in parameters:
+        command += ["-p", parameter]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def stop_node(process: subprocess.Popen) -> str:
+    """SIGINT, wait, and return everything the node printed."""
+    if process.poll() is None:
+        process.send_signal(2)
+    try:
+        output, _ = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+    return output
+
+
+class Harness:
+    """Publishes to any topic and records the node's objects and map outputs by stamp."""
+
+    def __init__(self, context, node_name: str):
+        self.node = rclpy.create_node("vexkd_test_harness", context=context)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        self.publishers = {}
+        self.objects: dict[int, Detection3DArray] = {}
+        self.arrivals: list[tuple[float, int]] = []  # (wall time, stamp) of each objects message
+        self.maps: dict[str, dict[int, OccupancyGrid]] = {}
+        self.node.create_subscription(Detection3DArray, f"/{node_name}/output/objects", self._on_objects, 100)
+        for name in ("drivable_area", "divider"):
+            self.maps[name] = {}
+            self.node.create_subscription(OccupancyGrid, f"/{node_name}/output/map/{name}",
+                                          lambda m, n=name: self.maps[n].__setitem__(stamp_to_ns(m.header.stamp), m),
+                                          100)
+        self.node_name = node_name
+
+    def _on_objects(self, msg: Detection3DArray) -> None:
+        stamp = stamp_to_ns(msg.header.stamp)
+        self.objects[stamp] = msg
+        self.arrivals.append((time.monotonic(), stamp))
+
+    def publish(self, topic: str, msg) -> None:
+        if topic not in self.publishers:
+            qos = LATCHED if topic == "/tf_static" else 100
+            self.publishers[topic] = self.node.create_publisher(type(msg), topic, qos)
+        self.publishers[topic].publish(msg)
+
+    def spin_until(self, condition, timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def wait_until_connected(self, process: subprocess.Popen, input_topic: str, timeout_s: float = 90.0) -> None:
+        """The node is up: it subscribes to its trigger input and our subscription matched its output."""
+        def connected() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"the node exited with {process.returncode}:\n{process.stdout.read()}")
+            return self.node.count_subscribers(input_topic) > 0 and \
+                self.node.count_publishers(f"/{self.node_name}/output/objects") > 0
+        self.spin_until(connected, timeout_s, f"{self.node_name} to start")
+        time.sleep(0.3)  # let both ends finish matching
+
+    def answered(self, stamp_ns: int, timeout_s: float = 60.0) -> Detection3DArray:
+        self.spin_until(lambda: stamp_ns in self.objects, timeout_s, f"an answer to the input stamped {stamp_ns}")
+        return self.objects[stamp_ns]
+
+
+def trigger_topic(modality: str) -> str:
+    return "/LIDAR_TOP" if modality != "camera" else f"/{CAMERA_CHANNELS[0]}/image/compressed"
+
+
+def is_trigger(modality: str, record: dict) -> bool:
+    return record["channel"] == ("LIDAR_TOP" if modality != "camera" else CAMERA_CHANNELS[0])
+
+
+def feed_order(records: list[dict], modality: str) -> list[dict]:
+    """Stream order, except that a key frame's trigger waits for the rest of its key frame.
+
+    A node uses the images it holds when its trigger arrives; in a scene, cameras to the
+    right fire a few ms after the LiDAR, so the trigger is published after them here to make
+    the node see exactly the key frame the dataset reader sees.
+    """
+    ordered, held = [], {}
+    key_left = {}
+    for record in records:
+        if record["is_key_frame"]:
+            key_left[record["sample_token"]] = key_left.get(record["sample_token"], 0) + 1
+    for record in records:
+        token = record["sample_token"]
+        if record["is_key_frame"] and is_trigger(modality, record):
+            held[token] = record
+        else:
+            ordered.append(record)
+        if record["is_key_frame"]:
+            key_left[token] -= 1
+            if key_left[token] == 0 and token in held:
+                ordered.append(held.pop(token))
+    return ordered
+

@@ -1,0 +1,258 @@
+"""The detector nodes: `lidar_detector`, `camera_detector` (students) and `fusion_detector`
+(the teacher), one class with the contract of Autoware's perception nodes.
+
+Callbacks only file messages away (clouds are converted, images kept encoded); one worker
+thread runs the model on the newest trigger and drops older ones, so a slow model never
+builds a backlog. Every output carries the trigger's header. Bad messages are logged with
+a throttled warning and skipped.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import replace
+
+import numpy as np
+import rclpy
+from nav_msgs.msg import OccupancyGrid
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from std_msgs.msg import Float64, Header
+from tf2_msgs.msg import TFMessage
+from vision_msgs.msg import Detection3DArray
+from visualization_msgs.msg import MarkerArray
+
+from vexkd_core.checkpoint import CheckpointError, model_from_checkpoint
+from vexkd_core.classes import DETECTION_CLASSES, MAP_CLASSES
+from vexkd_core.data.sample import CAMERA_CHANNELS
+from vexkd_core.inference import Predictor
+from vexkd_core.models.vexkd import StageTimer
+
+from .conversions import (MessageError, boxes_to_detections, boxes_to_markers, cloud_to_points, probability_to_grid,
+                          stamp_to_ns)
+from .detector_parameters import DetectorSettings, ParameterError, declare_and_read
+from .environment import apply_default_ros_environment
+from .node_inputs import CameraCache, Sweep, SweepHistory, build_sample
+from .tf_buffer import TransformBuffer
+
+SENSOR_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+OUTPUT_QOS = QoSProfile(depth=1)
+TF_QOS = QoSProfile(depth=100)
+TF_STATIC_QOS = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+STAGES = ("convert", "preprocess", "infer", "postprocess", "publish")
+WARN_PERIOD_S = 5.0
+TF_WAIT_S = 0.1  # how long a trigger waits for /tf at its own stamp
+NODE_NAMES = {"lidar": "lidar_detector", "camera": "camera_detector", "fusion": "fusion_detector"}
+
+
+class DetectorNode(Node):
+    def __init__(self, modality: str, **node_options):
+        super().__init__(NODE_NAMES[modality], **node_options)
+        self.modality = modality
+        self.settings: DetectorSettings = declare_and_read(self, modality)
+        model, self.config, _ = model_from_checkpoint(self.settings.checkpoint, expected_modality=modality)
+        if self.settings.score_threshold < 0:
+            self.settings = replace(self.settings, score_threshold=self.config.model.score_threshold)
+        self.predictor = Predictor(model, self.config, self.settings.device)
+        self.sweeps = SweepHistory(self.config.model.lidar.sweeps if self.settings.sweeps < 0 else self.settings.sweeps)
+        self.cameras = CameraCache()
+        self.tf = TransformBuffer()
+        self.frames_in = self.frames_out = self.frames_dropped = 0
+        self._pending = None  # the newest trigger not yet processed
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._release = self.create_guard_condition(self._release_worker)
+        self._create_outputs()
+        self._create_inputs()
+        self._worker = threading.Thread(target=self._work, name=f"{self.get_name()}-worker", daemon=True)
+        self._worker.start()
+        self.get_logger().info(f"{modality} model from {self.settings.checkpoint} on {self.settings.device}; "
+                               f"{self.sweeps.sweeps} past sweeps; publishing map classes "
+                               f"{', '.join(self.settings.map_classes) or 'none'}")
+
+    # ------------------------------------------------------------------ wiring
+    def _create_outputs(self) -> None:
+        self.objects_pub = self.create_publisher(Detection3DArray, "~/output/objects", OUTPUT_QOS)
+        self.markers_pub = self.create_publisher(MarkerArray, "~/output/markers", OUTPUT_QOS) \
+            if self.settings.publish_markers else None
+        self.map_pubs = {name: self.create_publisher(OccupancyGrid, f"~/output/map/{name}", OUTPUT_QOS)
+                         for name in self.settings.map_classes}
+        self.time_pubs = {stage: self.create_publisher(Float64, f"~/debug/processing_time_ms/{stage}", OUTPUT_QOS)
+                          for stage in STAGES}
+        self.total_time_pub = self.create_publisher(Float64, "~/debug/processing_time_ms", OUTPUT_QOS)
+
+    def _create_inputs(self) -> None:
+        self.create_subscription(TFMessage, "/tf", lambda m: self.tf.add(m, static=False), TF_QOS)
+        self.create_subscription(TFMessage, "/tf_static", lambda m: self.tf.add(m, static=True), TF_STATIC_QOS)
+        if self.modality != "camera":
+            self.create_subscription(PointCloud2, "~/input/pointcloud", self._on_cloud, SENSOR_QOS)
+        if self.modality != "lidar":
+            image_type = CompressedImage if self.settings.image_transport == "compressed" else Image
+            for index in range(len(CAMERA_CHANNELS)):
+                self.create_subscription(image_type, f"~/input/image{index}",
+                                         lambda m, i=index: self._on_image(i, m), SENSOR_QOS)
+                self.create_subscription(CameraInfo, f"~/input/camera_info{index}",
+                                         lambda m, i=index: self._on_camera_info(i, m), SENSOR_QOS)
+
+    # ------------------------------------------------------------------ callbacks
+    def _warn(self, message: str) -> None:
+        self.get_logger().warning(message, throttle_duration_sec=WARN_PERIOD_S)
+
+    def _on_cloud(self, msg: PointCloud2) -> None:
+        started = time.perf_counter()
+        try:
+            points = cloud_to_points(msg, optional=())
+        except MessageError as error:
+            self._warn(f"point cloud skipped: {error}")
+            return
+        finite = np.isfinite(points).all(axis=1)
+        if not finite.all():
+            self._warn(f"{int((~finite).sum())} of {len(points)} points are NaN/inf; they are dropped")
+            points = points[finite]
+        if len(points) == 0:
+            self._warn("point cloud skipped: it has no (finite) points")
+            return
+        sweep = Sweep(stamp_to_ns(msg.header.stamp), msg.header.frame_id, points)
+        self.sweeps.add(sweep)
+        self._trigger(msg.header, sweep, time.perf_counter() - started)
+
+    def _on_image(self, index: int, msg) -> None:
+        self.cameras.add_image(index, msg)
+        if self.modality == "camera" and index == 0:
+            self._trigger(msg.header, None, 0.0)
+
+    def _on_camera_info(self, index: int, msg: CameraInfo) -> None:
+        try:
+            self.cameras.add_info(index, msg)
+        except MessageError as error:
+            self._warn(f"camera_info{index} skipped: {error}")
+
+    def _trigger(self, header: Header, sweep: Sweep | None, convert_s: float) -> None:
+        with self._wake:
+            self.frames_in += 1
+            if self._pending is not None:
+                self.frames_dropped += 1  # a newer input arrived before the worker got to this one
+            self._pending = (header, sweep, convert_s)
+        # The worker starts only after the executor has handled every message that was ready
+        # together with the trigger (a guard condition fires in the next wait), so an image that
+        # arrived with it is not missed just because its subscription comes later in the list.
+        self._release.trigger()
+
+    def _release_worker(self) -> None:
+        with self._wake:
+            self._wake.notify()
+
+    # ------------------------------------------------------------------ the model
+    def _has_subscribers(self) -> bool:
+        publishers = [self.objects_pub, self.markers_pub, *self.map_pubs.values()]
+        return any(p is not None and p.get_subscription_count() > 0 for p in publishers)
+
+    def _work(self) -> None:
+        while True:
+            with self._wake:
+                self._wake.wait_for(lambda: self._pending is not None or self._stopping)
+                if self._stopping:
+                    return
+                (header, sweep, convert_s), self._pending = self._pending, None
+            if not self._has_subscribers():
+                continue
+            try:
+                self._process(header, sweep, convert_s)
+            except Exception as error:  # noqa: BLE001 - one bad frame must not stop the node
+                self.get_logger().error(f"frame {header.stamp.sec}.{header.stamp.nanosec:09d} failed: "
+                                        f"{type(error).__name__}: {error}", throttle_duration_sec=WARN_PERIOD_S)
+
+    def _process(self, header: Header, sweep: Sweep | None, convert_s: float) -> None:
+        settings, timer = self.settings, StageTimer()
+        started = time.perf_counter()
+        stamp_ns = stamp_to_ns(header.stamp)
+        points, notes = np.zeros((0, 5), np.float32), []
+        reference = header.frame_id if sweep is not None else settings.bev_frame
+        if (self.sweeps.sweeps > 0 or self.modality != "lidar") and \
+                not self.tf.wait_for(settings.fixed_frame, reference, stamp_ns, TF_WAIT_S):
+            notes.append(f"no transform {settings.fixed_frame} <- {reference} at the trigger's stamp "
+                         f"within {TF_WAIT_S} s: past sweeps and cameras off the trigger time cannot be placed")
+        if sweep is not None:
+            points, notes = self.sweeps.points(sweep, self.tf, settings.fixed_frame)
+        cameras = []
+        if self.modality != "lidar":
+            cameras, camera_notes = self.cameras.views(reference, stamp_ns, int(settings.max_camera_delay * 1e9), self.tf,
+                                                       settings.fixed_frame)
+            notes += camera_notes
+            if all(view.image is None for view in cameras) and self.modality == "camera":
+                self._warn("camera frame skipped: " + "; ".join(notes))
+                return
+        for note in notes:
+            self._warn(note)
+        output_header = header if sweep is not None else Header(stamp=header.stamp, frame_id=settings.bev_frame)
+        sample = build_sample(f"{header.frame_id}@{stamp_ns}", stamp_ns, points, cameras)
+        timer.seconds["convert"] = [convert_s + time.perf_counter() - started]
+        prediction = self.predictor(sample, timer, score_threshold=settings.lowest_threshold())
+        publish_started = time.perf_counter()
+        boxes = settings.filter(prediction.boxes)
+        self.objects_pub.publish(boxes_to_detections(boxes, DETECTION_CLASSES, output_header))
+        if self.markers_pub is not None:
+            self.markers_pub.publish(boxes_to_markers(boxes, DETECTION_CLASSES, output_header))
+        grid = self.config.map_grid.bev
+        for name, publisher in self.map_pubs.items():
+            publisher.publish(probability_to_grid(prediction.map_probability[MAP_CLASSES.index(name)], grid,
+                                                  output_header))
+        timer.seconds["publish"] = [time.perf_counter() - publish_started]
+        self.frames_out += 1
+        for stage, publisher in self.time_pubs.items():
+            publisher.publish(Float64(data=1e3 * timer.seconds[stage][0]))
+        self.total_time_pub.publish(Float64(data=1e3 * sum(timer.seconds[s][0] for s in STAGES)))
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._worker.join(timeout=10.0)
+
+
+def run(modality: str, argv: list[str] | None = None) -> int:
+    """Console-script entry: one node, spun until Ctrl-C or shutdown; exit 2 on a bad setup."""
+    apply_default_ros_environment()
+    argv = sys.argv if argv is None else argv
+    rclpy.init(args=argv)
+    node = None
+    try:
+        node = DetectorNode(modality)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (ParameterError, CheckpointError) as error:
+        print(f"{NODE_NAMES[modality]}: error: {error}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.stop()
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+def lidar_main() -> int:
+    return run("lidar")
+
+
+def camera_main() -> int:
+    return run("camera")
+
+
+def fusion_main() -> int:
+    return run("fusion")
+
+
+
+if __name__ == "__main__":  # `python -m vexkd_ros.detector_node lidar|camera|fusion --ros-args ...`
+    if len(sys.argv) < 2 or sys.argv[1] not in NODE_NAMES:
+        print(f"usage: python -m vexkd_ros.detector_node {{{','.join(NODE_NAMES)}}} --ros-args ...", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(run(sys.argv[1], sys.argv))

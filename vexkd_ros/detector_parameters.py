@@ -1,0 +1,125 @@
+"""The detector nodes' parameters: declared with descriptors, validated once at start.
+
+Everything about the model (grids, classes, sweeps trained with, thresholds it decodes
+with) comes from the checkpoint; parameters only choose how the node serves it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.node import Node
+
+from vexkd_core.classes import DETECTION_CLASSES, MAP_CLASSES
+from vexkd_core.structures import Boxes3D
+
+IMAGE_TRANSPORTS = ("raw", "compressed")
+DEVICES = ("cpu", "cuda")
+
+
+class ParameterError(ValueError):
+    """A parameter value the node cannot start with."""
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    checkpoint: str
+    device: str
+    score_threshold: float
+    class_score_thresholds: dict[str, float]  # per class; the higher of it and the global one applies
+    max_camera_delay: float  # seconds
+    sweeps: int  # past sweeps; -1: as the model was trained
+    map_classes: tuple[str, ...]
+    publish_markers: bool
+    image_transport: str
+    fixed_frame: str  # a world-fixed frame to move past sweeps and camera frames through
+    bev_frame: str  # camera_detector only: the frame its boxes and grids are in (the trained LiDAR frame)
+
+    def lowest_threshold(self) -> float:
+        return min([self.score_threshold, *self.class_score_thresholds.values()]) \
+            if self.class_score_thresholds else self.score_threshold
+
+    def filter(self, boxes: Boxes3D) -> Boxes3D:
+        thresholds = np.array([max(self.score_threshold, self.class_score_thresholds.get(name, 0.0))
+                               for name in DETECTION_CLASSES])
+        keep = boxes.score >= thresholds[boxes.label.astype(np.int64)] if len(boxes) else np.zeros(0, bool)
+        return Boxes3D(boxes.center[keep], boxes.size_lwh[keep], boxes.yaw[keep], boxes.velocity[keep],
+                       boxes.label[keep], boxes.score[keep])
+
+
+def _descriptor(text: str, **limits) -> ParameterDescriptor:
+    return ParameterDescriptor(description=text, **limits)
+
+
+def _unit_range() -> list[FloatingPointRange]:
+    return [FloatingPointRange(from_value=0.0, to_value=1.0, step=0.0)]
+
+
+# name -> (default, descriptor, which modalities declare it)
+PARAMETERS = {
+    "checkpoint": ("", _descriptor("path of the model.pt to serve (required; its modality must match the node)",
+                                   read_only=True), ("lidar", "camera", "fusion")),
+    "device": ("cpu", _descriptor("torch device: cpu or cuda", read_only=True), ("lidar", "camera", "fusion")),
+    "score_threshold": (-1.0, _descriptor("minimum detection score, all classes; -1: the checkpoint's own",
+                                          floating_point_range=[FloatingPointRange(from_value=-1.0, to_value=1.0)]),
+                        ("lidar", "camera", "fusion")),
+    **{f"class_score_threshold.{name}": (0.0, _descriptor(
+        f"minimum score of {name}; the higher of this and score_threshold applies",
+        floating_point_range=_unit_range()), ("lidar", "camera", "fusion")) for name in DETECTION_CLASSES},
+    "max_camera_delay": (0.12, _descriptor("seconds an image may be away from the trigger to be used",
+                                           floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0)]),
+                         ("camera", "fusion")),
+    "sweeps": (-1, _descriptor("past LiDAR sweeps to accumulate; -1: as many as the model was trained with",
+                               integer_range=[IntegerRange(from_value=-1, to_value=20, step=1)]),
+               ("lidar", "fusion")),
+    "map_classes": (list(MAP_CLASSES), _descriptor(f"map classes to publish, of {', '.join(MAP_CLASSES)}; "
+                                                   "[''] for none"),
+                    ("lidar", "camera", "fusion")),
+    "publish_markers": (True, _descriptor("publish ~/output/markers for RViz"), ("lidar", "camera", "fusion")),
+    "image_transport": ("compressed", _descriptor("image topics carry sensor_msgs/Image (raw) or CompressedImage",
+                                                  read_only=True), ("camera", "fusion")),
+    "fixed_frame": ("map", _descriptor("world-fixed TF frame through which past sweeps and images are moved"),
+                    ("lidar", "camera", "fusion")),
+    "bev_frame": ("LIDAR_TOP", _descriptor("frame of the outputs: the LiDAR frame the model was trained in"),
+                  ("camera",)),
+}
+
+
+def declared_names(modality: str) -> list[str]:
+    return [name for name, (_, _, modalities) in PARAMETERS.items() if modality in modalities]
+
+
+def declare_and_read(node: Node, modality: str) -> DetectorSettings:
+    values = {}
+    for name in declared_names(modality):
+        default, descriptor, _ = PARAMETERS[name]
+        node.declare_parameter(name, default, descriptor)
+        values[name] = node.get_parameter(name).value
+    return validate(values, modality)
+
+
+def validate(values: dict, modality: str) -> DetectorSettings:
+    if not values["checkpoint"]:
+        raise ParameterError("parameter 'checkpoint' is required (path of a model.pt)")
+    if values["device"] not in DEVICES:
+        raise ParameterError(f"parameter 'device' must be one of {', '.join(DEVICES)}, not '{values['device']}'")
+    if values["device"] == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ParameterError("parameter 'device' is cuda but no CUDA device is available")
+    map_classes = tuple(name for name in values["map_classes"] if name)
+    unknown = [name for name in map_classes if name not in MAP_CLASSES]
+    if unknown:
+        raise ParameterError(f"parameter 'map_classes' has unknown classes {unknown}; known: {', '.join(MAP_CLASSES)}")
+    transport = values.get("image_transport", "compressed")
+    if transport not in IMAGE_TRANSPORTS:
+        raise ParameterError(f"parameter 'image_transport' must be raw or compressed, not '{transport}'")
+    return DetectorSettings(
+        checkpoint=values["checkpoint"], device=values["device"], score_threshold=values["score_threshold"],
+        class_score_thresholds={name: values[f"class_score_threshold.{name}"] for name in DETECTION_CLASSES
+                                if values[f"class_score_threshold.{name}"] > 0.0},
+        max_camera_delay=values.get("max_camera_delay", 0.0), sweeps=values.get("sweeps", -1),
+        map_classes=map_classes, publish_markers=values["publish_markers"], image_transport=transport,
+        fixed_frame=values["fixed_frame"], bev_frame=values.get("bev_frame", ""))
