@@ -1,6 +1,7 @@
 """The detector nodes as separate processes, fed from the synthetic world through rclpy:
 answers carry the input's stamp and frame, equal what `vexkd-train eval` predicts for the
 same sample (one preprocessing path), survive bad input, and never build a backlog."""
+import array
 import json
 import subprocess
 import sys
@@ -17,8 +18,14 @@ from vexkd_core.config import load_config
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.data.preprocess import collate, preprocess
 from vexkd_core.models.vexkd import build_model
-from vexkd_ros.conversions import detections_to_boxes, grid_to_probability, stamp_to_ns
+from sensor_msgs.msg import CompressedImage
+from std_msgs.msg import Header
+
+from vexkd_ros.conversions import (array_to_cloud, detections_to_boxes, encoded_to_compressed, grid_to_probability,
+                                   intrinsics_to_camera_info, matrices_to_tf_message, ns_to_stamp, rgb_to_compressed,
+                                   stamp_to_ns, structured_points)
 from vexkd_ros.scene_messages import SceneMessages, scene_source
+from vexkd_ros.stack import NodeSpec
 from vexkd_train.evaluate import boxes_to_results
 
 # Every box above the threshold is kept (no top-k cut), so equal scores cannot swap places.
@@ -118,3 +125,127 @@ def test_node_answers_each_key_frame_as_eval_predicts(modality, checkpoints, tin
     assert process.returncode == 0, output
     assert "Traceback" not in output, output
 
+
+
+def cloud(stamp_ns: int, n: int = 20000, frame: str = "LIDAR_TOP", **overrides):
+    rng = np.random.default_rng(stamp_ns % 1000)
+    columns = {"x": rng.uniform(-40, 40, n).astype(np.float32), "y": rng.uniform(-40, 40, n).astype(np.float32),
+               "z": rng.uniform(-2, 2, n).astype(np.float32), "intensity": rng.uniform(0, 100, n).astype(np.float32)}
+    columns.update(overrides)
+    return array_to_cloud(structured_points(**columns), Header(stamp=ns_to_stamp(stamp_ns), frame_id=frame))
+
+
+def static_and_pose(harness, stamps):
+    """A vehicle standing still at the origin: base_link -> LIDAR_TOP and map -> base_link at each stamp."""
+    harness.publish("/tf_static", matrices_to_tf_message([("base_link", "LIDAR_TOP", np.eye(4), ns_to_stamp(0))]))
+    harness.publish("/tf", matrices_to_tf_message([("map", "base_link", np.eye(4), ns_to_stamp(s)) for s in stamps]))
+
+
+def test_lidar_node_survives_bad_clouds_and_skips_to_the_newest(checkpoints, rclpy_context):
+    process = start_node("lidar", checkpoints["lidar"])
+    harness = Harness(rclpy_context, NODE["lidar"])
+    second = 1_000_000_000
+    try:
+        harness.wait_until_connected(process, "/LIDAR_TOP")
+        static_and_pose(harness, [k * second // 100 for k in range(0, 2000)])
+        stamp = 10 * second
+        good = lambda: cloud(stamp)  # noqa: E731
+        n = 1000
+        bad_inputs = {
+            "no x/y/z": array_to_cloud(structured_points(intensity=np.ones(n, np.float32)),
+                                       Header(stamp=ns_to_stamp(stamp), frame_id="LIDAR_TOP")),
+            "NaN and inf points": cloud(stamp, n, x=np.full(n, np.nan, np.float32), y=np.full(n, np.inf, np.float32)),
+            "empty cloud": cloud(stamp, 0),
+            "unknown frame (no TF)": cloud(stamp, n, frame="nowhere"),
+        }
+        for what, bad in bad_inputs.items():
+            harness.publish("/LIDAR_TOP", bad)
+            time.sleep(0.3)
+            assert process.poll() is None, f"the node died on: {what}"
+            harness.publish("/LIDAR_TOP", good())
+            harness.answered(stamp, timeout_s=60)  # still serving
+            harness.objects.clear()
+            stamp += second // 10
+        # One million points: answered (the model keeps its max_points, evenly spread).
+        harness.publish("/LIDAR_TOP", cloud(stamp, 1_000_000))
+        harness.answered(stamp, timeout_s=120)
+
+        # A burst of 50 clouds at 100 Hz: the node skips to the newest instead of queueing.
+        harness.objects.clear()
+        harness.arrivals.clear()
+        burst = [stamp + second + k * second // 100 for k in range(50)]
+        for k, burst_stamp in enumerate(burst):
+            harness.publish("/LIDAR_TOP", cloud(burst_stamp, 5000))
+            harness.executor.spin_once(timeout_sec=0.0)
+            time.sleep(0.01)
+        burst_end = time.monotonic()
+        harness.answered(burst[-1], timeout_s=30)
+        answered = sorted(harness.objects)
+        assert len(answered) < len(burst), "every cloud of the burst was processed: no skipping"
+        assert answered[-1] == burst[-1]
+        assert set(answered) <= set(burst)
+        # No backlog: the newest cloud is answered about one model run after the burst, not 50.
+        last_arrival = max(t for t, s in harness.arrivals if s == burst[-1])
+        assert last_arrival - burst_end < 10.0
+    finally:
+        output = stop_node(process)
+    assert process.returncode == 0, output
+    for warning in ("point cloud skipped", "NaN/inf", "no (finite) points", "nowhere"):
+        assert warning in output, f"no warning about {warning!r} in:\n{output}"
+
+
+def test_camera_node_survives_bad_images_and_calibration(checkpoints, tiny_world, rclpy_context):
+    dataroot, world = tiny_world
+    source = scene_source(dataroot, world.version)
+    scene = SceneMessages(source, sorted(source.nusc.scene, key=lambda s: s["name"])[-1]["name"])
+    key = [r for r in scene.records if r["is_key_frame"]]
+    first_key = [r for r in key if r["sample_token"] == key[0]["sample_token"]]
+    process = start_node("camera", checkpoints["camera"])
+    harness = Harness(rclpy_context, NODE["camera"])
+    try:
+        harness.wait_until_connected(process, trigger_topic("camera"))
+        harness.publish("/tf_static", scene.static_transforms().msg)
+        messages = [m for record in first_key for m in scene.record_messages(record)]
+        trigger = next(m for m in messages if m.topic == "/CAM_FRONT/image/compressed")
+
+        def replay(replace_topic=None, replacement=None):
+            harness.objects.clear()
+            for message in messages:
+                if message is not trigger:
+                    harness.publish(message.topic, replacement if message.topic == replace_topic else message.msg)
+            time.sleep(0.05)
+            harness.publish(trigger.topic, trigger.msg)
+            return harness.answered(trigger.stamp_ns)
+
+        replay()
+        header = trigger.msg.header
+        corrupt = encoded_to_compressed(b"\xff\xd8 not a jpeg", header)
+        tiny_jpeg = rgb_to_compressed(np.zeros((10, 10, 3), np.uint8), header)
+        png_as_garbage = CompressedImage(header=header, format="bmp", data=array.array("B", b"\x00" * 10))
+        zero_info = intrinsics_to_camera_info(np.zeros((3, 3)), 320, 180, header)
+        for topic, bad in (("/CAM_BACK/image/compressed", corrupt), ("/CAM_BACK/image/compressed", tiny_jpeg),
+                           ("/CAM_BACK/image/compressed", png_as_garbage), ("/CAM_BACK/camera_info", zero_info)):
+            answer = replay(topic, bad)
+            assert process.poll() is None
+            assert stamp_to_ns(answer.header.stamp) == trigger.stamp_ns
+    finally:
+        output = stop_node(process)
+    assert process.returncode == 0, output
+    for warning in ("could not be decoded", "but its CameraInfo says", "no valid focal length"):
+        assert warning in output, f"no warning about {warning!r} in:\n{output}"
+
+
+def test_bad_checkpoint_is_one_line_and_nonzero_exit(checkpoints, tmp_path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    for modality, path, expected in (("lidar", tmp_path / "missing.pt", "missing.pt"),
+                                     ("lidar", corrupt, "corrupt.pt"),
+                                     ("camera", checkpoints["lidar"], "lidar")):
+        result = subprocess.run(NodeSpec(modality, path).command(), capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr
+        errors = [line for line in result.stderr.splitlines() if "error:" in line]
+        assert len(errors) == 1 and expected in errors[0], result.stderr
+        assert "Traceback" not in result.stderr
+    result = subprocess.run(NodeSpec("lidar", checkpoints["lidar"]).command() + ["-p", "map_classes:=['roads']"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "map_classes" in result.stderr and "Traceback" not in result.stderr

@@ -58,7 +58,7 @@ def typestore_for(message_classes) -> object:
 
 
 class AtomicBagWriter:
-    """A rosbag2 written under `<name>.partial` and renamed to `<name>` only when closed cleanly."""
+    """A rosbag2 written under `<name>.partial/` and moved to `<name>` only when closed cleanly."""
 
     def __init__(self, path: Path, storage: str = "mcap"):
         if storage not in STORAGES:
@@ -66,10 +66,11 @@ class AtomicBagWriter:
         self.path = Path(path)
         if self.path.exists():
             raise BagError(f"{self.path} already exists; remove it or choose another --out")
+        # Written as <name>.partial/<name> so the storage file already has its final name inside.
         self.partial = self.path.with_name(self.path.name + ".partial")
         shutil.rmtree(self.partial, ignore_errors=True)  # what an interrupted earlier run left
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.writer = Writer(self.partial, version=9, storage_plugin=STORAGES[storage])
+        self.partial.mkdir(parents=True)
+        self.writer = Writer(self.partial / self.path.name, version=9, storage_plugin=STORAGES[storage])
         self.connections: dict[str, object] = {}
         self.typestore = None
         self.counts: dict[str, int] = {}
@@ -97,9 +98,8 @@ class AtomicBagWriter:
             self.writer.close()
         finally:
             if kind is None:
-                os.replace(self.partial, self.path)
-            else:
-                shutil.rmtree(self.partial, ignore_errors=True)
+                os.replace(self.partial / self.path.name, self.path)
+            shutil.rmtree(self.partial, ignore_errors=True)
 
 
 def write_scene_bag(messages: SceneMessages, path: Path, storage: str = "mcap", progress: bool = True) -> dict:

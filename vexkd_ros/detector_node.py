@@ -8,6 +8,7 @@ a throttled warning and skipped.
 """
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -64,6 +65,7 @@ class DetectorNode(Node):
         self._pending = None  # the newest trigger not yet processed
         self._wake = threading.Condition()
         self._stopping = False
+        self._last_warning: dict[str, float] = {}
         self._release = self.create_guard_condition(self._release_worker)
         self._create_outputs()
         self._create_inputs()
@@ -98,22 +100,27 @@ class DetectorNode(Node):
                                          lambda m, i=index: self._on_camera_info(i, m), SENSOR_QOS)
 
     # ------------------------------------------------------------------ callbacks
-    def _warn(self, message: str) -> None:
-        self.get_logger().warning(message, throttle_duration_sec=WARN_PERIOD_S)
+    def _warn(self, kind: str, message: str) -> None:
+        """At most one warning of each kind per WARN_PERIOD_S (rclpy throttles per call site,
+        which would let one kind of bad input hide every other)."""
+        now = time.monotonic()
+        if now - self._last_warning.get(kind, -WARN_PERIOD_S) >= WARN_PERIOD_S:
+            self._last_warning[kind] = now
+            self.get_logger().warning(message)
 
     def _on_cloud(self, msg: PointCloud2) -> None:
         started = time.perf_counter()
         try:
             points = cloud_to_points(msg, optional=())
         except MessageError as error:
-            self._warn(f"point cloud skipped: {error}")
+            self._warn("cloud", f"point cloud skipped: {error}")
             return
         finite = np.isfinite(points).all(axis=1)
         if not finite.all():
-            self._warn(f"{int((~finite).sum())} of {len(points)} points are NaN/inf; they are dropped")
+            self._warn("nan", f"{int((~finite).sum())} of {len(points)} points are NaN/inf; they are dropped")
             points = points[finite]
         if len(points) == 0:
-            self._warn("point cloud skipped: it has no (finite) points")
+            self._warn("empty", "point cloud skipped: it has no (finite) points")
             return
         sweep = Sweep(stamp_to_ns(msg.header.stamp), msg.header.frame_id, points)
         self.sweeps.add(sweep)
@@ -128,7 +135,7 @@ class DetectorNode(Node):
         try:
             self.cameras.add_info(index, msg)
         except MessageError as error:
-            self._warn(f"camera_info{index} skipped: {error}")
+            self._warn(f"info{index}", f"camera_info{index} skipped: {error}")
 
     def _trigger(self, header: Header, sweep: Sweep | None, convert_s: float) -> None:
         with self._wake:
@@ -162,6 +169,8 @@ class DetectorNode(Node):
             try:
                 self._process(header, sweep, convert_s)
             except Exception as error:  # noqa: BLE001 - one bad frame must not stop the node
+                if self._stopping or not self.context.ok():
+                    return  # shutting down mid-frame: the publishers are gone
                 self.get_logger().error(f"frame {header.stamp.sec}.{header.stamp.nanosec:09d} failed: "
                                         f"{type(error).__name__}: {error}", throttle_duration_sec=WARN_PERIOD_S)
 
@@ -183,10 +192,10 @@ class DetectorNode(Node):
                                                        settings.fixed_frame)
             notes += camera_notes
             if all(view.image is None for view in cameras) and self.modality == "camera":
-                self._warn("camera frame skipped: " + "; ".join(notes))
+                self._warn("no cameras", "camera frame skipped: " + "; ".join(notes))
                 return
         for note in notes:
-            self._warn(note)
+            self._warn(re.sub(r"[0-9.]+", "#", note), note)  # same text up to numbers: one kind
         output_header = header if sweep is not None else Header(stamp=header.stamp, frame_id=settings.bev_frame)
         sample = build_sample(f"{header.frame_id}@{stamp_ns}", stamp_ns, points, cameras)
         timer.seconds["convert"] = [convert_s + time.perf_counter() - started]

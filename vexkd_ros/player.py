@@ -56,10 +56,10 @@ def open_bag(path: Path) -> Reader:
 
 class BagPlayer(Node):
     def __init__(self, bag: Path, options: PlayOptions, **node_options):
-        super().__init__("bag_player", **node_options)
         if options.rate <= 0:
             raise BagError(f"--rate must be positive, not {options.rate}")
-        self.reader, self.options = open_bag(bag), options
+        self.reader, self.options = open_bag(bag), options  # before the node exists: nothing to clean up
+        super().__init__("bag_player", **node_options)
         unknown = set(options.topics) - {c.topic for c in self.reader.connections}
         if unknown:
             raise BagError(f"topics not in the bag: {', '.join(sorted(unknown))}")

@@ -15,7 +15,7 @@ from tf2_msgs.msg import TFMessage
 
 from vexkd_core.geometry import invert_transform, matrix_to_quaternion, quaternion_to_matrix
 
-from .conversions import tf_message_to_matrices
+from .conversions import stamp_to_ns, transform_to_matrix
 
 
 class TransformError(LookupError):
@@ -76,7 +76,9 @@ class TransformBuffer:
 
     def add(self, msg: TFMessage, static: bool) -> None:
         with self._lock:
-            for (parent, child), (stamp_ns, matrix) in tf_message_to_matrices(msg).items():
+            for transform in msg.transforms:  # one message may hold several stamps of one edge
+                parent, child = transform.header.frame_id, transform.child_frame_id
+                stamp_ns, matrix = stamp_to_ns(transform.header.stamp), transform_to_matrix(transform)
                 if static:
                     self._static[child] = (parent, matrix)
                     continue
