@@ -63,10 +63,24 @@ class Harness:
         self.arrivals.append((time.monotonic(), stamp))
 
     def publish(self, topic: str, msg) -> None:
+        self.publish_later(topic, msg)
+        self.publishers[topic].publish(msg)
+
+    def connect(self, messages: dict[str, object], timeout_s: float = 30.0) -> None:
+        """Publishers for {topic: example message}, each matched with the node's subscription.
+
+        A publisher created on first use loses its first messages while discovery matches it,
+        so every input the node subscribes to is connected before anything is sent.
+        """
+        for topic, msg in messages.items():
+            self.publish_later(topic, msg)
+        self.spin_until(lambda: all(self.publishers[t].get_subscription_count() > 0 for t in messages), timeout_s,
+                        f"the node to subscribe to {', '.join(messages)}")
+
+    def publish_later(self, topic: str, msg) -> None:
         if topic not in self.publishers:
             qos = LATCHED if topic == "/tf_static" else 100
             self.publishers[topic] = self.node.create_publisher(type(msg), topic, qos)
-        self.publishers[topic].publish(msg)
 
     def spin_until(self, condition, timeout_s: float, what: str) -> None:
         deadline = time.monotonic() + timeout_s
@@ -88,6 +102,20 @@ class Harness:
     def answered(self, stamp_ns: int, timeout_s: float = 60.0) -> Detection3DArray:
         self.spin_until(lambda: stamp_ns in self.objects, timeout_s, f"an answer to the input stamped {stamp_ns}")
         return self.objects[stamp_ns]
+
+
+def node_inputs(modality: str, messages) -> dict[str, object]:
+    """{topic: example} of the scene messages a node of `modality` subscribes to."""
+    wanted = {"/tf", "/tf_static"}
+    if modality != "camera":
+        wanted.add("/LIDAR_TOP")
+    if modality != "lidar":
+        wanted |= {f"/{c}/image/compressed" for c in CAMERA_CHANNELS} | {f"/{c}/camera_info" for c in CAMERA_CHANNELS}
+    examples = {}
+    for message in messages:
+        if message.topic in wanted:
+            examples.setdefault(message.topic, message.msg)
+    return examples
 
 
 def trigger_topic(modality: str) -> str:

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from ros_nodes import Harness, feed_order, is_trigger, start_node, stop_node, trigger_topic
+from ros_nodes import Harness, feed_order, is_trigger, node_inputs, start_node, stop_node, trigger_topic
 
 from vexkd_core.checkpoint import save_checkpoint
 from vexkd_core.classes import DETECTION_CLASSES
@@ -20,6 +20,7 @@ from vexkd_core.data.preprocess import collate, preprocess
 from vexkd_core.models.vexkd import build_model
 from sensor_msgs.msg import CompressedImage
 from std_msgs.msg import Header
+from tf2_msgs.msg import TFMessage
 
 from vexkd_ros.conversions import (array_to_cloud, detections_to_boxes, encoded_to_compressed, grid_to_probability,
                                    intrinsics_to_camera_info, matrices_to_tf_message, ns_to_stamp, rgb_to_compressed,
@@ -95,6 +96,7 @@ def test_node_answers_each_key_frame_as_eval_predicts(modality, checkpoints, tin
     harness = Harness(rclpy_context, NODE[modality])
     try:
         harness.wait_until_connected(process, trigger_topic(modality))
+        harness.connect(node_inputs(modality, scene))
         harness.publish("/tf_static", scene.static_transforms().msg)
         compared = 0
         for record in feed_order(scene.records, modality):
@@ -122,6 +124,7 @@ def test_node_answers_each_key_frame_as_eval_predicts(modality, checkpoints, tin
         assert compared == scene.scene["nbr_samples"]
     finally:
         output = stop_node(process)
+        print(output)  # shown by pytest when the test fails
     assert process.returncode == 0, output
     assert "Traceback" not in output, output
 
@@ -147,6 +150,7 @@ def test_lidar_node_survives_bad_clouds_and_skips_to_the_newest(checkpoints, rcl
     second = 1_000_000_000
     try:
         harness.wait_until_connected(process, "/LIDAR_TOP")
+        harness.connect({"/LIDAR_TOP": cloud(0, 1), "/tf": TFMessage(), "/tf_static": TFMessage()})
         static_and_pose(harness, [k * second // 100 for k in range(0, 2000)])
         stamp = 10 * second
         good = lambda: cloud(stamp)  # noqa: E731
@@ -204,8 +208,9 @@ def test_camera_node_survives_bad_images_and_calibration(checkpoints, tiny_world
     harness = Harness(rclpy_context, NODE["camera"])
     try:
         harness.wait_until_connected(process, trigger_topic("camera"))
-        harness.publish("/tf_static", scene.static_transforms().msg)
         messages = [m for record in first_key for m in scene.record_messages(record)]
+        harness.connect(node_inputs("camera", [scene.static_transforms(), *messages]))
+        harness.publish("/tf_static", scene.static_transforms().msg)
         trigger = next(m for m in messages if m.topic == "/CAM_FRONT/image/compressed")
 
         def replay(replace_topic=None, replacement=None):

@@ -126,8 +126,16 @@ def test_masks_and_distilled_student_from_the_command_line(tiny_world, teacher_a
     binary = str(Path(sys.executable).parent / "vexkd-train")
     teacher = str(teacher_and_masks[0])
     masks = subprocess.run([binary, "masks", "--teacher", teacher, "--dataroot", str(tiny_world[0]), "--out",
-                            str(tmp_path / "masks"), "--max-epochs", "1", "--blocks", "1"], capture_output=True, text=True)
+                            str(tmp_path / "masks"), "--max-epochs", "1", "--blocks", "1", "--export-split", "val"],
+                           capture_output=True, text=True)
     assert masks.returncode == 0, masks.stderr[-2000:]
+    # Exported on request: every val sample's masks, per task and level, T masks each at the feature size.
+    exported = np.load(tmp_path / "masks" / "masks_val.npz")
+    val = NuScenesSource(tiny_world[0], tiny_world[1].version, "val", 1)
+    assert set(exported.files) == {f"{token}/{task}/{level}" for token in val.tokens
+                                   for task in ("detection", "segmentation") for level in ("low", "high")}
+    first = exported[f"{val.tokens[0]}/detection/low"]
+    assert first.shape[0] == MaskSettings().masks_per_generator and 0.0 <= first.min() <= first.max() <= 1.0
     common = [binary, "student", "--modality", "lidar", "--dataroot", str(tiny_world[0]), "--set", "model.lidar.sweeps=1",
               "--set", "train.batch_size=1", "--teacher", teacher, "--out", str(tmp_path / "kd"), "--max-steps", "1"]
     distilled = subprocess.run(common + ["--distill", "vexkd", "--masks", str(tmp_path / "masks" / "masks.pt")],

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import io
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -24,6 +25,8 @@ BIN = Path(sys.executable).parent
 EPOCHS = 15  # the demo schedule: 15 epochs over the 48 train samples, batch 2
 TEACHER = RUNS / "teacher" / "model.pt"
 MASKS = RUNS / "masks" / "masks.pt"
+REPLAY = DEMO / "replay"
+PICTURES = ("bev.png", "cameras.jpg", "masks.png", "features.png")
 # The LiDAR student first: the teacher starts its LiDAR branch, decoder and heads from it
 # (BEVFusion's practice; without it the short CPU schedule leaves the fusion teacher behind).
 MODELS = (("lidar", ["student", "--modality", "lidar"]), ("camera", ["student", "--modality", "camera"]),
@@ -49,12 +52,16 @@ class Stages:
         self.folder = folder
         self.stamps_file = folder / "stamps.json"
         self.stamps = json.loads(self.stamps_file.read_text()) if self.stamps_file.is_file() else {}
-        self.seconds: dict[str, float] = {}
+        # Seconds each stage took when it last ran, so a re-run's report still shows them.
+        self.seconds_file = folder / "seconds.json"
+        self.seconds: dict[str, float] = json.loads(self.seconds_file.read_text()) if self.seconds_file.is_file() \
+            else {}
+        self.reused: set[str] = set()
 
     def run(self, name: str, stamp: str, outputs: list[Path], action) -> None:
         if self.stamps.get(name) == stamp and all(p.exists() for p in outputs):
             print(f"[demo] {name}: reused from an earlier run", flush=True)
-            self.seconds[name] = 0.0
+            self.reused.add(name)
             return
         print(f"[demo] {name} ...", flush=True)
         started = time.monotonic()
@@ -65,6 +72,7 @@ class Stages:
 
         self.stamps[name] = stamp
         atomic_write_json(self.stamps_file, self.stamps)
+        atomic_write_json(self.seconds_file, self.seconds)
 
 
 def command(*arguments) -> None:
@@ -120,9 +128,58 @@ def main() -> int:
         metrics[name] = json.loads((run / "eval" / "metrics.json").read_text())
         metrics[name]["step_seconds"] = _median_step_seconds(run / "log.csv")
 
-    atomic_write_text(DEMO / "report.md", report(config, stages.seconds, metrics))
+    replay_summary = replay(config, stages, world_stamp)
+    pictures_stamp = digest(stages.stamps["replay through the stack"], stages.stamps["train mask generators"],
+                            REPO / "vexkd_ros" / "replay_pictures.py", REPO / "vexkd_train" / "pictures.py")
+    stages.run("pictures", pictures_stamp, [DEMO / name for name in PICTURES], lambda: pictures(config))
+    atomic_write_text(DEMO / "report.md", report(config, stages, metrics, replay_summary))
     print(f"[demo] report: {DEMO / 'report.md'}")
     return 0
+
+
+def replay(config, stages: Stages, world_stamp: str) -> str:
+    """One val scene to a bag, replayed through the LiDAR and camera students (separate processes)."""
+    from vexkd_core.data.nuscenes_source import open_nuscenes, split_scene_names
+
+    nusc = open_nuscenes(WORLD, config.version)
+    scene = sorted(set(split_scene_names(nusc, "val")) & {s["name"] for s in nusc.scene})[0]
+    bag = DEMO / "bags" / scene
+    ros_code = digest(REPO / "vexkd_ros")
+
+    def write_bag() -> None:
+        shutil.rmtree(bag, ignore_errors=True)
+        command(BIN / "vexkd-ros", "nuscenes-to-bag", "--dataroot", WORLD, "--version", config.version,
+                "--scene", scene, "--out", bag.parent)
+
+    stages.run("scene to a bag", digest(world_stamp, ros_code), [bag], write_bag)
+    outputs, summary = REPLAY / "outputs", REPLAY / "summary.txt"
+
+    def run_stack() -> None:
+        shutil.rmtree(outputs, ignore_errors=True)
+        REPLAY.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run([str(BIN / "vexkd-ros"), "stack", "--bag", str(bag), "--checkpoint",
+                                 str(RUNS / "lidar-vexkd" / "model.pt"), str(RUNS / "camera-vexkd" / "model.pt"),
+                                 "--record", str(outputs)], check=True, capture_output=True, text=True)
+        print(result.stdout, end="")
+        from vexkd_core.io import atomic_write_text
+
+        atomic_write_text(summary, result.stdout)
+
+    stages.run("replay through the stack", digest(stages.stamps["scene to a bag"], ros_code,
+                                                  stages.stamps["train lidar-vexkd"], stages.stamps["train camera-vexkd"]),
+               [outputs, summary], run_stack)
+    return summary.read_text()
+
+
+def pictures(config) -> None:
+    from vexkd_ros.replay_pictures import replay_pictures
+    from vexkd_train.pictures import write_distillation_pictures
+
+    replay_pictures(WORLD, config.version, REPLAY / "outputs", DEMO)
+    write_distillation_pictures(WORLD, config.version, TEACHER, MASKS,
+                                {"LiDAR": RUNS / "lidar" / "model.pt", "LiDAR+VeXKD": RUNS / "lidar-vexkd" / "model.pt",
+                                 "camera": RUNS / "camera" / "model.pt",
+                                 "camera+VeXKD": RUNS / "camera-vexkd" / "model.pt"}, DEMO)
 
 
 def _median_step_seconds(log: Path) -> float:
@@ -132,7 +189,7 @@ def _median_step_seconds(log: Path) -> float:
     return statistics.median(float(row.split(",")[-1]) for row in rows) if rows else float("nan")
 
 
-def report(config, seconds: dict[str, float], metrics: dict[str, dict]) -> str:
+def report(config, stages: Stages, metrics: dict[str, dict], replay_summary: str) -> str:
     from nuscenes.eval.detection.utils import category_to_detection_name
     from nuscenes.nuscenes import NuScenes
 
@@ -166,8 +223,23 @@ def report(config, seconds: dict[str, float], metrics: dict[str, dict]) -> str:
               "|---" * 7 + "|"]
     for name, m in metrics.items():
         lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in m["map"]["iou"].values()) + " |")
-    lines += ["", "## Stage timings", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {name} | {value:.0f} |" for name, value in seconds.items()]
+    lines += ["", "## Distillation, seen", "",
+              "![Generated masks per task (detection, segmentation) and level (low, high), first val sample]"
+              "(masks.png)", "",
+              "![Student BEV features (attention maps) before and after distillation, next to the teacher's]"
+              "(features.png)", "",
+              "## Replay through ROS 2", "",
+              "A val scene written to a rosbag2 (`vexkd-ros nuscenes-to-bag`) and replayed at its own timing "
+              "through the distilled LiDAR and camera students, each a separate process (`vexkd-ros stack`), "
+              "outputs recorded to `demo/replay/outputs`:", "", "```", replay_summary.strip(), "```", "",
+              "Last key frame answered by both nodes, boxes with score >= 0.3 (ground truth in white, "
+              "predicted map classes tinted):", "", "![BEV: LiDAR and camera students vs ground truth](bev.png)", "",
+              "![The six cameras with the LiDAR student's boxes projected](cameras.jpg)", ""]
+    lines += ["", "## Stage timings", "", "Seconds each stage took when it last ran (2-core CPU); "
+              "stages this run reused are marked.", "", "| stage | seconds | |", "|---|---|---|"]
+    lines += [f"| {name} | {stages.seconds.get(name, float('nan')):.0f} | {'reused' if name in stages.reused else ''} |"
+              for name in stages.stamps]
+    lines.append(f"| total | {sum(stages.seconds.get(name, 0.0) for name in stages.stamps):.0f} | |")
     return "\n".join(lines) + "\n"
 
 

@@ -73,6 +73,11 @@ class Boxes3D:
         return cls(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0), np.zeros((0, 2)),
                    np.zeros(0, dtype=np.int64), np.zeros(0))
 
+    def select(self, keep: np.ndarray) -> "Boxes3D":
+        """The boxes where `keep` (a boolean mask or index array) says so."""
+        return Boxes3D(self.center[keep], self.size_lwh[keep], self.yaw[keep], self.velocity[keep],
+                       self.label[keep], self.score[keep])
+
     def corners(self) -> np.ndarray:
         """(N, 8, 3) corners: the 4 bottom ones counter-clockwise, then the 4 top ones."""
         signs = np.array([[1, 1, -1], [-1, 1, -1], [-1, -1, -1], [1, -1, -1],

@@ -174,7 +174,8 @@ class DetectorNode(Node):
                 self.get_logger().error(f"frame {header.stamp.sec}.{header.stamp.nanosec:09d} failed: "
                                         f"{type(error).__name__}: {error}", throttle_duration_sec=WARN_PERIOD_S)
 
-    def _process(self, header: Header, sweep: Sweep | None, convert_s: float) -> None:
+    def _process(self, header: Header, sweep: Sweep | None, convert_s: float) -> dict[str, float] | None:
+        """Run the model on one trigger and publish; returns milliseconds per stage (None: skipped)."""
         settings, timer = self.settings, StageTimer()
         started = time.perf_counter()
         stamp_ns = stamp_to_ns(header.stamp)
@@ -193,7 +194,7 @@ class DetectorNode(Node):
             notes += camera_notes
             if all(view.image is None for view in cameras) and self.modality == "camera":
                 self._warn("no cameras", "camera frame skipped: " + "; ".join(notes))
-                return
+                return None
         for note in notes:
             self._warn(re.sub(r"[0-9.]+", "#", note), note)  # same text up to numbers: one kind
         output_header = header if sweep is not None else Header(stamp=header.stamp, frame_id=settings.bev_frame)
@@ -204,16 +205,19 @@ class DetectorNode(Node):
         boxes = settings.filter(prediction.boxes)
         self.objects_pub.publish(boxes_to_detections(boxes, DETECTION_CLASSES, output_header))
         if self.markers_pub is not None:
-            self.markers_pub.publish(boxes_to_markers(boxes, DETECTION_CLASSES, output_header))
+            shown = boxes.select(boxes.score >= settings.marker_score_threshold)
+            self.markers_pub.publish(boxes_to_markers(shown, DETECTION_CLASSES, output_header))
         grid = self.config.map_grid.bev
         for name, publisher in self.map_pubs.items():
             publisher.publish(probability_to_grid(prediction.map_probability[MAP_CLASSES.index(name)], grid,
                                                   output_header))
         timer.seconds["publish"] = [time.perf_counter() - publish_started]
         self.frames_out += 1
+        milliseconds = {stage: 1e3 * timer.seconds[stage][0] for stage in STAGES}
         for stage, publisher in self.time_pubs.items():
-            publisher.publish(Float64(data=1e3 * timer.seconds[stage][0]))
-        self.total_time_pub.publish(Float64(data=1e3 * sum(timer.seconds[s][0] for s in STAGES)))
+            publisher.publish(Float64(data=milliseconds[stage]))
+        self.total_time_pub.publish(Float64(data=sum(milliseconds.values())))
+        return milliseconds
 
     def stop(self) -> None:
         with self._wake:

@@ -32,6 +32,7 @@ class DetectorSettings:
     sweeps: int  # past sweeps; -1: as the model was trained
     map_classes: tuple[str, ...]
     publish_markers: bool
+    marker_score_threshold: float  # markers are for eyes: low-score boxes would bury the scene
     image_transport: str
     fixed_frame: str  # a world-fixed frame to move past sweeps and camera frames through
     bev_frame: str  # camera_detector only: the frame its boxes and grids are in (the trained LiDAR frame)
@@ -43,9 +44,7 @@ class DetectorSettings:
     def filter(self, boxes: Boxes3D) -> Boxes3D:
         thresholds = np.array([max(self.score_threshold, self.class_score_thresholds.get(name, 0.0))
                                for name in DETECTION_CLASSES])
-        keep = boxes.score >= thresholds[boxes.label.astype(np.int64)] if len(boxes) else np.zeros(0, bool)
-        return Boxes3D(boxes.center[keep], boxes.size_lwh[keep], boxes.yaw[keep], boxes.velocity[keep],
-                       boxes.label[keep], boxes.score[keep])
+        return boxes.select(boxes.score >= thresholds[boxes.label.astype(np.int64)])
 
 
 def _descriptor(text: str, **limits) -> ParameterDescriptor:
@@ -77,6 +76,8 @@ PARAMETERS = {
                                                    "[''] for none"),
                     ("lidar", "camera", "fusion")),
     "publish_markers": (True, _descriptor("publish ~/output/markers for RViz"), ("lidar", "camera", "fusion")),
+    "marker_score_threshold": (0.3, _descriptor("minimum score of the boxes drawn in ~/output/markers",
+                                                floating_point_range=_unit_range()), ("lidar", "camera", "fusion")),
     "image_transport": ("compressed", _descriptor("image topics carry sensor_msgs/Image (raw) or CompressedImage",
                                                   read_only=True), ("camera", "fusion")),
     "fixed_frame": ("map", _descriptor("world-fixed TF frame through which past sweeps and images are moved"),
@@ -121,5 +122,6 @@ def validate(values: dict, modality: str) -> DetectorSettings:
         class_score_thresholds={name: values[f"class_score_threshold.{name}"] for name in DETECTION_CLASSES
                                 if values[f"class_score_threshold.{name}"] > 0.0},
         max_camera_delay=values.get("max_camera_delay", 0.0), sweeps=values.get("sweeps", -1),
-        map_classes=map_classes, publish_markers=values["publish_markers"], image_transport=transport,
+        map_classes=map_classes, publish_markers=values["publish_markers"],
+        marker_score_threshold=values["marker_score_threshold"], image_transport=transport,
         fixed_frame=values["fixed_frame"], bev_frame=values.get("bev_frame", ""))

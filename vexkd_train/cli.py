@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--random-query", action="store_true", help="ablation: do not start from the MGFM query")
     masks.add_argument("--max-epochs", type=int, default=MaskSettings.epochs)
     masks.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    masks.add_argument("--export-split", metavar="SPLIT",
+                       help="also write <out>/masks_<SPLIT>.npz: every sample's generated masks")
     experiment = commands.add_parser("experiment", help="the paper's comparison and ablation tables, resumable")
     experiment.add_argument("--suite", choices=("quick", "paper"), default="quick")
     experiment.add_argument("--dataroot", type=Path, required=True)
@@ -161,7 +163,7 @@ def run_masks(args: argparse.Namespace) -> None:
     from vexkd_core.config import from_dict
     from vexkd_core.data.dataset import map_source_grid
     from vexkd_core.data.nuscenes_source import NuScenesSource
-    from vexkd_train.masks import MaskSettings, train_masks
+    from vexkd_train.masks import MaskSettings, export_masks, train_masks
 
     _check_device(args.device)
     try:
@@ -171,9 +173,13 @@ def run_masks(args: argparse.Namespace) -> None:
         settings = MaskSettings(masks_per_generator=args.masks_per_generator, blocks=args.blocks,
                                 random_query=args.random_query, epochs=args.max_epochs)
         path = train_masks(args.teacher, source, args.out, settings, args.device)
+        print(f"wrote {path}")
+        if args.export_split:
+            split = NuScenesSource(args.dataroot, args.version, args.export_split, config.model.lidar.sweeps,
+                                   nusc=source.nusc)
+            print(f"wrote {export_masks(args.teacher, path, split, args.out / f'masks_{args.export_split}.npz', args.device)}")
     except _user_errors() as error:
         raise CliError(str(error)) from None
-    print(f"wrote {path}")
 
 
 def run_experiment_command(args: argparse.Namespace) -> None:

@@ -173,25 +173,13 @@ class Experiment:
 
     def pictures(self) -> None:
         """masks.png and features.png for the first val sample."""
-        import cv2
+        from .pictures import write_distillation_pictures
 
-        from vexkd_core.data.preprocess import collate, preprocess
-        from vexkd_core.io import atomic_write_bytes
-
-        from .pictures import features_picture, masks_picture
-
-        source = NuScenesSource(self.dataroot, self.version, "val", self.config.model.lidar.sweeps,
-                                map_source_grid(self.config, False), nusc=self.train_source.nusc)
-        batch = collate([preprocess(source.sample(0), self.config)[0]])
-        teacher, _, _ = model_from_checkpoint(self.teacher(), expected_modality="fusion")
-        students = {}
-        for label, student in (("LiDAR", Student("lidar")), ("LiDAR+VeXKD", Student("lidar", "vexkd")),
-                               ("camera", Student("camera")), ("camera+VeXKD", Student("camera", "vexkd"))):
-            students[label] = model_from_checkpoint(self.out / "runs" / student.name / "train" / "model.pt")[0]
-        generators = load_masks(self.masks("masks-learned-b3", 3), teacher)
-        for name, picture in (("masks.png", masks_picture(teacher, generators, batch)),
-                              ("features.png", features_picture(teacher, students, batch))):
-            atomic_write_bytes(self.out / name, cv2.imencode(".png", picture)[1].tobytes())
+        students = {label: self.out / "runs" / student.name / "train" / "model.pt"
+                    for label, student in (("LiDAR", Student("lidar")), ("LiDAR+VeXKD", Student("lidar", "vexkd")),
+                                           ("camera", Student("camera")), ("camera+VeXKD", Student("camera", "vexkd")))}
+        write_distillation_pictures(self.dataroot, self.version, self.teacher(), self.masks("masks-learned-b3", 3),
+                                    students, self.out, nusc=self.train_source.nusc)
 
 
 def summarise(runs: list[dict]) -> dict:

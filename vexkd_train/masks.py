@@ -126,3 +126,30 @@ def load_masks(path: Path, teacher) -> dict[str, MaskGenerator]:
     for key, generator in generators.items():
         generator.load_state_dict(payload["generators"][key])
     return generators
+
+
+@torch.no_grad()
+def export_masks(teacher_checkpoint: Path, masks_path: Path, source: NuScenesSource, out: Path,
+                 device: str = "cpu", progress: bool = True) -> Path:
+    """The generated masks of every sample of `source` (no augmentation), in one .npz:
+    key '<sample token>/<task>/<level>' -> (T, H, W) float16 at that feature's resolution."""
+    import io
+
+    import numpy as np
+
+    from vexkd_core.data.preprocess import collate, preprocess
+
+    teacher, config, _ = model_from_checkpoint(teacher_checkpoint, expected_modality="fusion")
+    teacher.to(device)
+    generators = {key: generator.to(device).eval() for key, generator in load_masks(masks_path, teacher).items()}
+    arrays = {}
+    for index in tqdm(range(len(source)), desc="export masks", unit="sample", disable=not progress):
+        sample = source.sample(index)
+        output = teacher(collate([preprocess(sample, config)[0]]).to(device))
+        features = {"low": output.low, "high": output.high}
+        for key, generator in generators.items():
+            task, level = key.split("/")
+            arrays[f"{sample.token}/{task}/{level}"] = generator(features[level])[0].cpu().numpy().astype(np.float16)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return atomic_write_bytes(out, buffer.getvalue())

@@ -3,6 +3,8 @@ the generated masks per task and feature level, and student BEV features (as att
 maps) before and after distillation next to the teacher's."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import torch
@@ -52,3 +54,26 @@ def features_picture(teacher, students: dict[str, torch.nn.Module], batch) -> np
             row.append(_panel(attention_map(feature)[0].view(shape).cpu().numpy(), f"{name} {level}"))
         rows.append(row)
     return _grid(rows)
+
+
+def write_distillation_pictures(dataroot, version: str, teacher_path: Path, masks_path: Path,
+                                students: dict[str, Path], out_dir: Path, nusc=None) -> list[Path]:
+    """masks.png and features.png for the first val sample, written into `out_dir`."""
+    from vexkd_core.checkpoint import model_from_checkpoint
+    from vexkd_core.data.dataset import map_source_grid
+    from vexkd_core.data.nuscenes_source import NuScenesSource
+    from vexkd_core.data.preprocess import collate, preprocess
+    from vexkd_core.io import atomic_write_bytes
+    from vexkd_train.masks import load_masks
+
+    teacher, config, _ = model_from_checkpoint(teacher_path, expected_modality="fusion")
+    source = NuScenesSource(dataroot, version, "val", config.model.lidar.sweeps, map_source_grid(config, False),
+                            nusc=nusc)
+    batch = collate([preprocess(source.sample(0), config)[0]])
+    models = {label: model_from_checkpoint(path)[0] for label, path in students.items()}
+    generators = load_masks(masks_path, teacher)
+    written = []
+    for name, picture in (("masks.png", masks_picture(teacher, generators, batch)),
+                          ("features.png", features_picture(teacher, models, batch))):
+        written.append(atomic_write_bytes(out_dir / name, cv2.imencode(".png", picture)[1].tobytes()))
+    return written

@@ -147,8 +147,7 @@ def preprocess(sample: Sample, config: Config, augmentation: Augmentation | None
     boxes = augmentation.boxes(sample.boxes)
     extent = config.grid.half_extent_m
     inside = (np.abs(boxes.center[:, 0]) < extent) & (np.abs(boxes.center[:, 1]) < extent)
-    boxes = Boxes3D(boxes.center[inside], boxes.size_lwh[inside], boxes.yaw[inside], boxes.velocity[inside],
-                    boxes.label[inside], boxes.score[inside])
+    boxes = boxes.select(inside)
     map_masks = map_targets(sample, augmentation, config.map_grid.bev) if sample.map_masks is not None else \
         torch.zeros((6, config.map_grid.bev.height, config.map_grid.bev.width))
     return inputs, Targets(boxes, map_masks)

@@ -1,0 +1,124 @@
+"""Per-stage latency of the LiDAR and camera detector nodes on CPU, `tiny` and `nuscenes`
+presets, and the ROS overhead (message conversion + publishing) as a share of model time.
+
+Runs the real DetectorNode in this process (random-weight checkpoints: latency does not
+depend on the weights) on nuScenes-sized inputs: a 34,720-point cloud per sweep with the
+preset's past sweeps through TF, six 1600x900 JPEG cameras. The worker thread is stopped
+and each frame is processed in the foreground, so every frame is timed. Records
+bench/results/nodes.json.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+import rclpy  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+
+from vexkd_core.checkpoint import save_checkpoint  # noqa: E402
+from vexkd_core.config import preset  # noqa: E402
+from vexkd_core.data.sample import CAMERA_CHANNELS  # noqa: E402
+from vexkd_core.io import atomic_write_json  # noqa: E402
+from vexkd_core.models.vexkd import build_model  # noqa: E402
+from vexkd_ros.conversions import (array_to_cloud, intrinsics_to_camera_info, matrices_to_tf_message,  # noqa: E402
+                                   ns_to_stamp, rgb_to_compressed, structured_points)
+from vexkd_ros.detector_node import STAGES, DetectorNode  # noqa: E402
+from vexkd_ros.environment import apply_default_ros_environment  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "nodes.json"
+POINTS_PER_SWEEP = 34_720  # nuScenes LIDAR_TOP average
+SWEEP_PERIOD_NS = 50_000_000
+
+
+def cloud(stamp_ns: int, seed: int):
+    rng = np.random.default_rng(seed)
+    r = rng.uniform(2, 60, POINTS_PER_SWEEP)
+    angle = rng.uniform(-np.pi, np.pi, POINTS_PER_SWEEP)
+    columns = dict(x=(r * np.cos(angle)).astype(np.float32), y=(r * np.sin(angle)).astype(np.float32),
+                   z=rng.uniform(-2, 1, POINTS_PER_SWEEP).astype(np.float32),
+                   intensity=rng.uniform(0, 100, POINTS_PER_SWEEP).astype(np.float32),
+                   ring=rng.integers(0, 32, POINTS_PER_SWEEP).astype(np.uint16))
+    return array_to_cloud(structured_points(**columns), Header(stamp=ns_to_stamp(stamp_ns), frame_id="LIDAR_TOP"))
+
+
+def feed_rig(node: DetectorNode, stamps: list[int]) -> None:
+    """A vehicle standing still: static sensors, map -> base_link at every stamp, camera calibration."""
+    static = [("base_link", name, np.eye(4), ns_to_stamp(0)) for name in ("LIDAR_TOP", *CAMERA_CHANNELS)]
+    node.tf.add(matrices_to_tf_message(static), static=True)
+    node.tf.add(matrices_to_tf_message([("map", "base_link", np.eye(4), ns_to_stamp(s)) for s in stamps]), static=False)
+    k = np.array([[1266.0, 0, 816], [0, 1266.0, 491], [0, 0, 1]])
+    for index, channel in enumerate(CAMERA_CHANNELS):
+        node.cameras.add_info(index, intrinsics_to_camera_info(k, 1600, 900, Header(frame_id=channel)))
+
+
+def measure(modality: str, preset_name: str, repeats: int, folder: Path) -> dict:
+    config = preset(preset_name)
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(folder / f"{modality}-{preset_name}.pt", build_model(config, modality), config,
+                                 modality)
+    node = DetectorNode(modality, parameter_overrides=[Parameter("checkpoint", value=str(checkpoint))])
+    node.stop()  # frames are processed in the foreground below, every one timed
+    node.create_subscription(node.objects_pub.msg_type, f"/{node.get_name()}/output/objects", lambda m: None, 1)
+    sweeps = node.sweeps.sweeps
+    stamps = [k * SWEEP_PERIOD_NS + 10**9 for k in range(sweeps + repeats + 2)]
+    feed_rig(node, stamps)
+    rng = np.random.default_rng(0)
+    jpeg = [rgb_to_compressed(rng.integers(0, 255, (900, 1600, 3), dtype=np.uint8), Header(frame_id=c))
+            for c in CAMERA_CHANNELS]
+    rows = []
+    for k, stamp in enumerate(stamps):
+        header = Header(stamp=ns_to_stamp(stamp), frame_id="LIDAR_TOP" if modality != "camera" else CAMERA_CHANNELS[0])
+        for index, image in enumerate(jpeg):
+            image.header.stamp = ns_to_stamp(stamp)
+            node.cameras.add_image(index, image)
+        if modality == "camera":
+            node._trigger(header, None, 0.0)
+        else:
+            node._on_cloud(cloud(stamp, k))
+        pending, node._pending = node._pending, None
+        milliseconds = node._process(*pending)
+        if k > sweeps and milliseconds is not None:  # warm: full sweep history, allocator settled
+            rows.append(milliseconds)
+    node.destroy_node()
+    median = {stage: statistics.median(r[stage] for r in rows) for stage in STAGES}
+    model_ms = median["preprocess"] + median["infer"] + median["postprocess"]
+    return {"stages_ms": median, "total_ms": sum(median.values()), "model_ms": model_ms,
+            "ros_overhead_share": (median["convert"] + median["publish"]) / model_ms, "frames": len(rows),
+            "past_sweeps": sweeps}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--presets", nargs="+", default=["tiny", "nuscenes"])
+    args = parser.parse_args()
+    apply_default_ros_environment()
+    rclpy.init()
+    results = {"machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
+               "nodes": {}}
+    with tempfile.TemporaryDirectory() as folder:
+        for preset_name in args.presets:
+            for modality in ("lidar", "camera"):
+                row = measure(modality, preset_name, args.repeats, Path(folder))
+                results["nodes"][f"{modality} {preset_name}"] = row
+                stages = ", ".join(f"{k} {v:.1f}" for k, v in row["stages_ms"].items())
+                print(f"{modality:6s} {preset_name:8s} total {row['total_ms']:8.1f} ms  ({stages})  "
+                      f"ROS overhead {100 * row['ros_overhead_share']:.1f}% of model time", flush=True)
+    rclpy.shutdown()
+    atomic_write_json(RESULTS, results)
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
