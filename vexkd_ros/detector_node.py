@@ -61,7 +61,6 @@ class DetectorNode(Node):
         self.sweeps = SweepHistory(self.config.model.lidar.sweeps if self.settings.sweeps < 0 else self.settings.sweeps)
         self.cameras = CameraCache()
         self.tf = TransformBuffer()
-        self.frames_in = self.frames_out = self.frames_dropped = 0
         self._pending = None  # the newest trigger not yet processed
         self._wake = threading.Condition()
         self._stopping = False
@@ -139,10 +138,7 @@ class DetectorNode(Node):
 
     def _trigger(self, header: Header, sweep: Sweep | None, convert_s: float) -> None:
         with self._wake:
-            self.frames_in += 1
-            if self._pending is not None:
-                self.frames_dropped += 1  # a newer input arrived before the worker got to this one
-            self._pending = (header, sweep, convert_s)
+            self._pending = (header, sweep, convert_s)  # replaces an older trigger the worker has not taken
         # The worker starts only after the executor has handled every message that was ready
         # together with the trigger (a guard condition fires in the next wait), so an image that
         # arrived with it is not missed just because its subscription comes later in the list.
@@ -212,7 +208,6 @@ class DetectorNode(Node):
             publisher.publish(probability_to_grid(prediction.map_probability[MAP_CLASSES.index(name)], grid,
                                                   output_header))
         timer.seconds["publish"] = [time.perf_counter() - publish_started]
-        self.frames_out += 1
         milliseconds = {stage: 1e3 * timer.seconds[stage][0] for stage in STAGES}
         for stage, publisher in self.time_pubs.items():
             publisher.publish(Float64(data=milliseconds[stage]))

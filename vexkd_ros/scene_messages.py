@@ -21,7 +21,7 @@ from vexkd_core.geometry import make_transform
 from vexkd_core.structures import BEVGrid
 
 from .conversions import (array_to_cloud, boxes_to_markers, encoded_to_compressed, intrinsics_to_camera_info,
-                          matrices_to_tf_message, ns_to_stamp, probability_to_grid, stamp_to_ns, structured_points)
+                          matrices_to_tf_message, ns_to_stamp, probability_to_grid, structured_points)
 
 LIDAR_CHANNEL = "LIDAR_TOP"
 FIXED_FRAME, VEHICLE_FRAME = "map", "base_link"
@@ -135,7 +135,7 @@ class SceneMessages:
         if channel == LIDAR_CHANNEL:
             yield Message(LIDAR_TOPIC, stamp_ns, _cloud(path, header), key)
             if key:
-                yield from self._ground_truth(record["sample_token"], header)
+                yield from self._ground_truth(record["sample_token"], stamp_ns, header)
             return
         calibration = self.nusc.get("calibrated_sensor", record["calibrated_sensor_token"])
         if not path.is_file():
@@ -145,8 +145,7 @@ class SceneMessages:
             np.asarray(calibration["camera_intrinsic"]), record["width"], record["height"], header), key)
         yield Message(image_topic(channel), stamp_ns, encoded_to_compressed(path.read_bytes(), header), key)
 
-    def _ground_truth(self, sample_token: str, header: Header) -> Iterator[Message]:
-        stamp_ns = stamp_to_ns(header.stamp)
+    def _ground_truth(self, sample_token: str, stamp_ns: int, header: Header) -> Iterator[Message]:
         _, boxes, masks = self.source.ground_truth(sample_token)
         yield Message(GT_MARKERS_TOPIC, stamp_ns, boxes_to_markers(boxes, DETECTION_CLASSES, header, "ground_truth"))
         if masks is not None:
