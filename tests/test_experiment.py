@@ -23,9 +23,21 @@ def test_quick_suite_end_to_end_then_resumes_without_retraining(tiny_world, tmp_
 
     masks, features = cv2.imread(str(tmp_path / "masks.png")), cv2.imread(str(tmp_path / "features.png"))
     assert masks.shape[0] == 4 * 200 and features.shape[:2] == (2 * 200, 5 * 200)  # 4 generators; teacher + 4 students
+    # The generalisation check: teacher and comparison rows evaluated on the training split too.
+    fitted = results["training_split"]
+    assert list(fitted) == ["teacher"] + list(comparison)
+    teacher_fit = json.loads((tmp_path / "runs" / "teacher" / "training_split.json").read_text())["metrics"]
+    train_samples = (world.scenes - world.val_scenes) * world.samples_per_scene
+    assert teacher_fit["split"] == "train" and teacher_fit["samples"] == train_samples
+    assert fitted["teacher"]["mAP"]["mean"] == teacher_fit["detection"]["mAP"]
     markdown = (tmp_path / "results.md").read_text()
     assert "## Mask choice (LiDAR student)" in markdown and "generated, fusion query (VeXKD)" in markdown
+    assert "## Training split against val (generalisation check)" in markdown
+    fit_files = {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/training_split.json")}
+    assert len(fit_files) == 5
 
     again = run_experiment(dataroot, world.version, tmp_path, "quick", progress=False)
     assert {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/metrics.json")} == runs
+    assert {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/training_split.json")} \
+        == fit_files
     assert json.dumps(again, sort_keys=True) == json.dumps(results, sort_keys=True)

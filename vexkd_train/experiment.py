@@ -117,9 +117,16 @@ class Experiment:
         atomic_write_json(folder / "spec.json", spec)
         return metrics
 
+    def _student_spec(self, student: Student) -> dict:
+        return _spec({"student": asdict(student), "schedule": self._schedule(), "config": self.config.to_dict()})
+
+    def _teacher_spec(self) -> dict:
+        return _spec({"teacher": "init from lidar-baseline-s0", "schedule": self._schedule(),
+                      "config": self.config.to_dict()})
+
     def student(self, student: Student) -> dict:
         folder = self.out / "runs" / student.name
-        spec = _spec({"student": asdict(student), "schedule": self._schedule(), "config": self.config.to_dict()})
+        spec = self._student_spec(student)
         if self._done(folder, spec):
             return json.loads((folder / "metrics.json").read_text())
         config = replace(self.config, train=replace(self.config.train, seed=student.seed))
@@ -136,8 +143,7 @@ class Experiment:
 
     def teacher(self) -> Path:
         folder = self.out / "runs" / "teacher"
-        spec = _spec({"teacher": "init from lidar-baseline-s0", "schedule": self._schedule(),
-                      "config": self.config.to_dict()})
+        spec = self._teacher_spec()
         if not self._done(folder, spec):
             self.student(Student("lidar"))
             lidar, _, _ = model_from_checkpoint(self.out / "runs" / Student("lidar").name / "train" / "model.pt")
@@ -157,6 +163,18 @@ class Experiment:
             atomic_write_json(folder / "spec.json", spec)
         return folder / "masks.pt"
 
+    def training_split_metrics(self, name: str, spec: dict) -> dict:
+        """A finished run's metrics on the split it was trained on: a lead on val that is not
+        a lead here (or the reverse) is a generalisation gap, not a modelling result."""
+        folder = self.out / "runs" / name
+        stored = folder / "training_split.json"
+        if stored.is_file() and json.loads(stored.read_text())["spec"] == spec:
+            return json.loads(stored.read_text())["metrics"]
+        metrics = evaluate(folder / "train" / "model.pt", self.dataroot, self.version, "train",
+                           folder / "eval_train", progress=self.progress)
+        atomic_write_json(stored, {"spec": spec, "metrics": metrics})
+        return metrics
+
     def run(self) -> dict:
         self.teacher()
         teacher_metrics = json.loads((self.out / "runs" / "teacher" / "metrics.json").read_text())
@@ -166,6 +184,10 @@ class Experiment:
             for label, student in rows:
                 grouped.setdefault(label, []).append(self.student(student))
             results["tables"][table] = {label: summarise(runs) for label, runs in grouped.items()}
+        fitted = {"teacher": [self.training_split_metrics("teacher", self._teacher_spec())]}
+        for label, student in tables(self.suite.seeds)["comparison"]:
+            fitted.setdefault(label, []).append(self.training_split_metrics(student.name, self._student_spec(student)))
+        results["training_split"] = {label: summarise(runs) for label, runs in fitted.items()}
         atomic_write_json(self.out / "results.json", results)
         self.pictures()
         atomic_write_text(self.out / "results.md", markdown(results))
@@ -205,10 +227,12 @@ def markdown(results: dict) -> str:
 
     baselines = ("LiDAR student", "camera student", "baseline", "no FD")
     teacher = results["teacher"]
+    summary = (f"Teacher: mAP {teacher['mAP']['mean']:.4f}, NDS {teacher['NDS']['mean']:.4f}, "
+               f"mIoU {teacher['mIoU']['mean']:.4f}, {teacher['latency_ms']:.0f} ms, "
+               f"{teacher['parameters'] / 1e6:.2f} M parameters.")
     lines = ["# VeXKD experiment", "", "![Generated masks per task and level (first val sample)](masks.png)", "",
-             "![Attention maps of the BEV features: teacher, students before and after VeXKD](features.png)", "", f"Teacher: mAP {teacher['mAP']['mean']:.4f}, NDS {teacher['NDS']['mean']:.4f}, "
-             f"mIoU {teacher['mIoU']['mean']:.4f}, {teacher['latency_ms']:.0f} ms, {teacher['parameters'] / 1e6:.2f} M "
-             "parameters.", ""]
+             "![Attention maps of the BEV features: teacher, students before and after VeXKD](features.png)", "",
+             summary, ""]
     for table, rows in results["tables"].items():
         baseline = rows.get("LiDAR student") or rows.get("baseline") or rows.get("no FD")
         lines += [f"## {TITLES[table]}", "", "| row | mAP (gain) | NDS (gain) | mIoU (gain) | latency ms | parameters |",
@@ -219,6 +243,13 @@ def markdown(results: dict) -> str:
             lines.append(f"| {label} | {cell(entry, 'mAP', base)} | {cell(entry, 'NDS', base)} | "
                          f"{cell(entry, 'mIoU', base)} | {entry['latency_ms']:.0f} | {entry['parameters'] / 1e6:.2f} M |")
         lines.append("")
+    validation = {"teacher": teacher, **results["tables"]["comparison"]}
+    lines += ["## Training split against val (generalisation check)", "",
+              "| row | mAP train / val | NDS train / val | mIoU train / val |", "|---|---|---|---|"]
+    for label, entry in results["training_split"].items():
+        lines.append(f"| {label} | " + " | ".join(f"{entry[key]['mean']:.4f} / {validation[label][key]['mean']:.4f}"
+                                                  for key in ("mAP", "NDS", "mIoU")) + " |")
+    lines.append("")
     return "\n".join(lines)
 
 
