@@ -2,7 +2,7 @@
 reuses every finished run."""
 import json
 
-from vexkd_train.experiment import run_experiment, tables
+from vexkd_train.experiment import markdown, run_experiment, summarise, tables
 
 
 def test_quick_suite_end_to_end_then_resumes_without_retraining(tiny_world, tmp_path):
@@ -41,3 +41,19 @@ def test_quick_suite_end_to_end_then_resumes_without_retraining(tiny_world, tmp_
     assert {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/training_split.json")} \
         == fit_files
     assert json.dumps(again, sort_keys=True) == json.dumps(results, sort_keys=True)
+
+
+def test_gains_are_paired_seed_by_seed():
+    def run(map_, nds, miou):
+        return {"detection": {"mAP": map_, "NDS": nds}, "map": {"mIoU": miou}, "latency_ms": {"total": 50.0},
+                "parameters": 1000}
+
+    # The distilled student is exactly 0.02 mAP better in each seed, while the seeds differ by 0.05.
+    baseline = summarise([run(0.20, 0.30, 0.20), run(0.25, 0.30, 0.24)])
+    distilled = summarise([run(0.22, 0.30, 0.20), run(0.27, 0.30, 0.20)])
+    results = {"teacher": summarise([run(0.3, 0.3, 0.3)]),
+               "tables": {"comparison": {"LiDAR student": baseline, "LiDAR student + VeXKD": distilled}},
+               "training_split": {"teacher": summarise([run(0.5, 0.4, 0.4)])}}
+    row = next(line for line in markdown(results).splitlines() if line.startswith("| LiDAR student + VeXKD"))
+    assert "0.2450 +- 0.0250 (+0.0200 +- 0.0000)" in row  # mAP: paired gain has no spread
+    assert "0.2000 +- 0.0000 (-0.0200 +- 0.0200)" in row  # mIoU: gains 0.00 and -0.04

@@ -205,9 +205,10 @@ class Experiment:
 
 
 def summarise(runs: list[dict]) -> dict:
-    """Mean and spread (population std) over seeds of mAP, NDS, mIoU; latency and size."""
+    """Mean and spread (population std) over seeds of mAP, NDS, mIoU, with the per-seed values
+    (in seed order, so gains can be paired seed by seed); latency and size."""
     def stats(values: list[float]) -> dict:
-        return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
+        return {"mean": statistics.fmean(values), "std": _spread(values), "values": values}
 
     return {"mAP": stats([r["detection"]["mAP"] for r in runs]), "NDS": stats([r["detection"]["NDS"] for r in runs]),
             "mIoU": stats([r["map"]["mIoU"] for r in runs]), "seeds": len(runs),
@@ -220,10 +221,19 @@ TITLES = {"comparison": "Teacher and students", "components": "Components (LiDAR
           "distance": "Distillation distance (LiDAR student)"}
 
 
+def _spread(values: list[float]) -> float:
+    return statistics.pstdev(values) if len(values) > 1 else 0.0
+
+
 def markdown(results: dict) -> str:
     def cell(entry: dict, key: str, base: dict | None) -> str:
-        text = f"{entry[key]['mean']:.4f}" + (f" +- {entry[key]['std']:.4f}" if entry["seeds"] > 1 else "")
-        return text + (f" ({entry[key]['mean'] - base[key]['mean']:+.4f})" if base else "")
+        several = entry["seeds"] > 1
+        text = f"{entry[key]['mean']:.4f}" + (f" +- {entry[key]['std']:.4f}" if several else "")
+        if not base:
+            return text
+        # Same seed, same data order: the gain's spread is that of the seed-by-seed differences.
+        gains = [value - reference for value, reference in zip(entry[key]["values"], base[key]["values"])]
+        return text + f" ({statistics.fmean(gains):+.4f}" + (f" +- {_spread(gains):.4f})" if several else ")")
 
     baselines = ("LiDAR student", "camera student", "baseline", "no FD")
     teacher = results["teacher"]
@@ -233,6 +243,10 @@ def markdown(results: dict) -> str:
     lines = ["# VeXKD experiment", "", "![Generated masks per task and level (first val sample)](masks.png)", "",
              "![Attention maps of the BEV features: teacher, students before and after VeXKD](features.png)", "",
              summary, ""]
+    seeds = results["tables"]["comparison"]["LiDAR student"]["seeds"]
+    if seeds > 1:
+        lines += [(f"Mean +- spread over {seeds} seeds; a gain is the mean +- spread of the seed-by-seed "
+                  "difference from its baseline."), ""]
     for table, rows in results["tables"].items():
         baseline = rows.get("LiDAR student") or rows.get("baseline") or rows.get("no FD")
         lines += [f"## {TITLES[table]}", "", "| row | mAP (gain) | NDS (gain) | mIoU (gain) | latency ms | parameters |",
