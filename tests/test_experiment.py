@@ -57,3 +57,11 @@ def test_gains_are_paired_seed_by_seed():
     row = next(line for line in markdown(results).splitlines() if line.startswith("| LiDAR student + VeXKD"))
     assert "0.2450 +- 0.0250 (+0.0200 +- 0.0000)" in row  # mAP: paired gain has no spread
     assert "0.2000 +- 0.0000 (-0.0200 +- 0.0200)" in row  # mIoU: gains 0.00 and -0.04
+
+
+def test_ablation_tables_can_run_fewer_seeds():
+    chosen = tables((0, 1, 2), ablation_seeds=(0,))
+    seeds = {table: {student.seed for _, student in rows} for table, rows in chosen.items()}
+    assert seeds == {"comparison": {0, 1, 2}, "components": {0, 1, 2}, "masks": {0, 1, 2},
+                     "blocks": {0}, "distance": {0}}
+    assert tables((0, 1))["blocks"] == tables((0, 1), ablation_seeds=(0, 1))["blocks"]

@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     experiment.add_argument("--out", type=Path, required=True)
     experiment.add_argument("--seeds", type=int, nargs="+", help="replace the suite's seeds (paper: 0 1 2)")
+    experiment.add_argument("--ablation-seeds", type=int, nargs="+",
+                            help="seeds of the generator-blocks and distance tables (default: --seeds)")
     evaluation = commands.add_parser("eval", help="nuScenes detection metrics, map mIoU, latency")
     evaluation.add_argument("--checkpoint", type=Path, required=True)
     evaluation.add_argument("--dataroot", type=Path, required=True)
@@ -187,7 +189,7 @@ def run_experiment_command(args: argparse.Namespace) -> None:
 
     try:
         run_experiment(args.dataroot, args.version, args.out, args.suite, args.config, args.set,
-                       seeds=args.seeds)
+                       seeds=args.seeds, ablation_seeds=args.ablation_seeds)
     except _user_errors() as error:
         raise CliError(str(error)) from None
     print(f"wrote {args.out / 'results.md'} and {args.out / 'results.json'}")

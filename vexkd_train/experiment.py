@@ -58,16 +58,21 @@ class Suite:
     mask_epochs: int
     seeds: tuple[int, ...]
     max_steps: int = 0  # 0: full epochs (the quick suite caps steps to stay seconds long)
+    ablation_seeds: tuple[int, ...] | None = None  # blocks and distance tables; None: `seeds`
 
 
 SUITES = {"quick": Suite(epochs=1, mask_epochs=1, seeds=(0,), max_steps=2),
           "paper": Suite(epochs=15, mask_epochs=1, seeds=(0, 1, 2))}
 
 
-def tables(seeds: tuple[int, ...]) -> dict[str, list[tuple[str, Student]]]:
-    """Row label -> student, per table (the paper's ablations are on the LiDAR student)."""
-    def each(label: str, student: Student) -> list[tuple[str, Student]]:
-        return [(label, replace(student, seed=seed)) for seed in seeds]
+def tables(seeds: tuple[int, ...], ablation_seeds: tuple[int, ...] | None = None) \
+        -> dict[str, list[tuple[str, Student]]]:
+    """Row label -> student, per table (the paper's ablations are on the LiDAR student).
+    `ablation_seeds` (default: `seeds`) are those of the generator-blocks and distance tables."""
+    def each(label: str, student: Student, chosen: tuple[int, ...] = seeds) -> list[tuple[str, Student]]:
+        return [(label, replace(student, seed=seed)) for seed in chosen]
+
+    ablation_seeds = seeds if ablation_seeds is None else ablation_seeds
 
     vexkd = Student("lidar", "vexkd")
     return {
@@ -80,9 +85,10 @@ def tables(seeds: tuple[int, ...]) -> dict[str, list[tuple[str, Student]]]:
                   "foreground"), ("GT-centred Gaussian", "gaussian"), ("top activation", "activation"),
                   ("generated, random query", "random-query"), ("generated, fusion query (VeXKD)", "vexkd"))
                   for row in each(label, Student("lidar", mode))],
-        "blocks": [row for blocks in (1, 2, 3, 4) for row in each(f"{blocks} blocks", replace(vexkd, blocks=blocks))],
+        "blocks": [row for blocks in (1, 2, 3, 4)
+                   for row in each(f"{blocks} blocks", replace(vexkd, blocks=blocks), ablation_seeds)],
         "distance": [row for label, loss in (("AT", "at"), ("L1", "l1"), ("L2", "mse"), ("Smooth-L1", "smoothl1"))
-                     for row in each(label, replace(vexkd, loss=loss))],
+                     for row in each(label, replace(vexkd, loss=loss), ablation_seeds)],
     }
 
 
@@ -179,7 +185,7 @@ class Experiment:
         self.teacher()
         teacher_metrics = json.loads((self.out / "runs" / "teacher" / "metrics.json").read_text())
         results = {"teacher": summarise([teacher_metrics]), "tables": {}}
-        for table, rows in tables(self.suite.seeds).items():
+        for table, rows in tables(self.suite.seeds, self.suite.ablation_seeds).items():
             grouped: dict[str, list[dict]] = {}
             for label, student in rows:
                 grouped.setdefault(label, []).append(self.student(student))
@@ -221,6 +227,10 @@ TITLES = {"comparison": "Teacher and students", "components": "Components (LiDAR
           "distance": "Distillation distance (LiDAR student)"}
 
 
+SPREAD_NOTE = ("Mean +- spread (population std) over a table's seeds; a gain is the mean +- spread of the "
+               "seed-by-seed difference from its baseline.")
+
+
 def _spread(values: list[float]) -> float:
     return statistics.pstdev(values) if len(values) > 1 else 0.0
 
@@ -242,15 +252,12 @@ def markdown(results: dict) -> str:
                f"{teacher['parameters'] / 1e6:.2f} M parameters.")
     lines = ["# VeXKD experiment", "", "![Generated masks per task and level (first val sample)](masks.png)", "",
              "![Attention maps of the BEV features: teacher, students before and after VeXKD](features.png)", "",
-             summary, ""]
-    seeds = results["tables"]["comparison"]["LiDAR student"]["seeds"]
-    if seeds > 1:
-        lines += [(f"Mean +- spread over {seeds} seeds; a gain is the mean +- spread of the seed-by-seed "
-                  "difference from its baseline."), ""]
+             summary, "", SPREAD_NOTE, ""]
     for table, rows in results["tables"].items():
         baseline = rows.get("LiDAR student") or rows.get("baseline") or rows.get("no FD")
-        lines += [f"## {TITLES[table]}", "", "| row | mAP (gain) | NDS (gain) | mIoU (gain) | latency ms | parameters |",
-                  "|---|---|---|---|---|---|"]
+        seeds = max(entry["seeds"] for entry in rows.values())
+        lines += [f"## {TITLES[table]} ({seeds} seed{'s' if seeds > 1 else ''})", "",
+                  "| row | mAP (gain) | NDS (gain) | mIoU (gain) | latency ms | parameters |", "|---|---|---|---|---|---|"]
         for label, entry in rows.items():
             base = None if label in baselines else \
                 rows["camera student"] if label.startswith("camera student +") else baseline
@@ -268,11 +275,17 @@ def markdown(results: dict) -> str:
 
 
 def run_experiment(dataroot: Path, version: str, out: Path, suite_name: str, config_name: str = "tiny",
-                   overrides: list[str] = (), progress: bool = True, seeds: tuple[int, ...] | None = None) -> dict:
-    """Run a suite; `seeds` replaces the suite's seeds (finished runs of other seeds stay reusable)."""
+                   overrides: list[str] = (), progress: bool = True, seeds: tuple[int, ...] | None = None,
+                   ablation_seeds: tuple[int, ...] | None = None) -> dict:
+    """Run a suite; `seeds` replaces the suite's seeds and `ablation_seeds` those of the blocks and
+    distance tables (default: `seeds`). Finished runs of other seeds stay reusable."""
     if suite_name not in SUITES:
         raise ValueError(f"suite must be one of {', '.join(SUITES)}, not '{suite_name}'")
-    suite = SUITES[suite_name] if seeds is None else replace(SUITES[suite_name], seeds=tuple(seeds))
-    if not suite.seeds:
+    suite = SUITES[suite_name]
+    if seeds is not None:
+        suite = replace(suite, seeds=tuple(seeds))
+    if ablation_seeds is not None:
+        suite = replace(suite, ablation_seeds=tuple(ablation_seeds))
+    if not suite.seeds or suite.ablation_seeds == ():
         raise ValueError("at least one seed is needed")
     return Experiment(dataroot, version, out, load_config(config_name, overrides), suite, progress).run()
