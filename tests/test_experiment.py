@@ -2,6 +2,8 @@
 reuses every finished run."""
 import json
 
+from vexkd_core.classes import DETECTION_CLASSES
+from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_train.experiment import markdown, run_experiment, summarise, tables
 
 
@@ -33,6 +35,13 @@ def test_quick_suite_end_to_end_then_resumes_without_retraining(tiny_world, tmp_
     markdown = (tmp_path / "results.md").read_text()
     assert "## Mask choice (LiDAR student)" in markdown and "generated, fusion query (VeXKD)" in markdown
     assert "## Training split against val (generalisation check)" in markdown
+    # Per-class AP: what mAP averages, next to how many val objects each class has.
+    val_objects = NuScenesSource(dataroot, world.version, "val", 0).objects_per_class()
+    assert results["val_objects"] == val_objects and set(val_objects) == set(DETECTION_CLASSES)
+    baseline_run = json.loads((tmp_path / "runs" / "lidar-baseline-s0" / "metrics.json").read_text())
+    assert {name: entry["mean"] for name, entry in comparison["LiDAR student"]["per_class_ap"].items()} \
+        == baseline_run["detection"]["per_class_ap"]
+    assert "| val objects | " + " | ".join(str(val_objects[name]) for name in DETECTION_CLASSES) in markdown
     fit_files = {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/training_split.json")}
     assert len(fit_files) == 5
 
@@ -45,15 +54,16 @@ def test_quick_suite_end_to_end_then_resumes_without_retraining(tiny_world, tmp_
 
 def test_gains_are_paired_seed_by_seed():
     def run(map_, nds, miou):
-        return {"detection": {"mAP": map_, "NDS": nds}, "map": {"mIoU": miou}, "latency_ms": {"total": 50.0},
-                "parameters": 1000}
+        return {"detection": {"mAP": map_, "NDS": nds, "per_class_ap": dict.fromkeys(DETECTION_CLASSES, map_)},
+                "map": {"mIoU": miou}, "latency_ms": {"total": 50.0}, "parameters": 1000}
 
     # The distilled student is exactly 0.02 mAP better in each seed, while the seeds differ by 0.05.
     baseline = summarise([run(0.20, 0.30, 0.20), run(0.25, 0.30, 0.24)])
     distilled = summarise([run(0.22, 0.30, 0.20), run(0.27, 0.30, 0.20)])
     results = {"teacher": summarise([run(0.3, 0.3, 0.3)]),
                "tables": {"comparison": {"LiDAR student": baseline, "LiDAR student + VeXKD": distilled}},
-               "training_split": {"teacher": summarise([run(0.5, 0.4, 0.4)])}}
+               "training_split": {"teacher": summarise([run(0.5, 0.4, 0.4)])},
+               "val_objects": dict.fromkeys(DETECTION_CLASSES, 3)}
     row = next(line for line in markdown(results).splitlines() if line.startswith("| LiDAR student + VeXKD"))
     assert "0.2450 +- 0.0250 (+0.0200 +- 0.0000)" in row  # mAP: paired gain has no spread
     assert "0.2000 +- 0.0000 (-0.0200 +- 0.0200)" in row  # mIoU: gains 0.00 and -0.04

@@ -173,3 +173,20 @@ def test_same_seed_gives_identical_bytes_and_another_seed_another_world(tmp_path
     write_dataset(SynthConfig(out=tmp_path / "c", seed=6, workers=1, **small), progress=False)
     assert _tree_digest(tmp_path / "a") == _tree_digest(tmp_path / "b")
     assert _tree_digest(tmp_path / "a") != _tree_digest(tmp_path / "c")
+
+
+def test_objects_per_class_counts_each_seen_instance_once(tiny_nusc, tiny_world):
+    from vexkd_core.data.nuscenes_source import NuScenesSource, split_scene_names
+
+    counts = NuScenesSource(tiny_world[0], tiny_world[1].version, "val", 0, nusc=tiny_nusc).objects_per_class()
+    # Independently, from the devkit's instance table: an instance counts once if any of its
+    # annotations lies in a val scene and was seen by a sensor.
+    val_scenes = {scene["token"] for scene in tiny_nusc.scene if scene["name"] in split_scene_names(tiny_nusc, "val")}
+    expected = dict.fromkeys(DETECTION_CLASSES, 0)
+    for instance in tiny_nusc.instance:
+        name = category_to_detection_name(tiny_nusc.get("category", instance["category_token"])["name"])
+        annotations = [a for a in tiny_nusc.sample_annotation if a["instance_token"] == instance["token"]]
+        if name and any(tiny_nusc.get("sample", a["sample_token"])["scene_token"] in val_scenes
+                        and a["num_lidar_pts"] + a["num_radar_pts"] > 0 for a in annotations):
+            expected[name] += 1
+    assert counts == expected and sum(counts.values()) > 0

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from vexkd_core.checkpoint import model_from_checkpoint
+from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.config import Config, load_config
 from vexkd_core.data.dataset import map_source_grid
 from vexkd_core.data.nuscenes_source import NuScenesSource
@@ -194,6 +195,8 @@ class Experiment:
         for label, student in tables(self.suite.seeds)["comparison"]:
             fitted.setdefault(label, []).append(self.training_split_metrics(student.name, self._student_spec(student)))
         results["training_split"] = {label: summarise(runs) for label, runs in fitted.items()}
+        val = NuScenesSource(self.dataroot, self.version, "val", 0, nusc=self.train_source.nusc)
+        results["val_objects"] = val.objects_per_class()
         atomic_write_json(self.out / "results.json", results)
         self.pictures()
         atomic_write_text(self.out / "results.md", markdown(results))
@@ -218,6 +221,8 @@ def summarise(runs: list[dict]) -> dict:
 
     return {"mAP": stats([r["detection"]["mAP"] for r in runs]), "NDS": stats([r["detection"]["NDS"] for r in runs]),
             "mIoU": stats([r["map"]["mIoU"] for r in runs]), "seeds": len(runs),
+            "per_class_ap": {name: stats([r["detection"]["per_class_ap"][name] for r in runs])
+                             for name in DETECTION_CLASSES},
             "latency_ms": statistics.fmean(r["latency_ms"]["total"] for r in runs),
             "parameters": runs[0]["parameters"]}
 
@@ -270,6 +275,14 @@ def markdown(results: dict) -> str:
     for label, entry in results["training_split"].items():
         lines.append(f"| {label} | " + " | ".join(f"{entry[key]['mean']:.4f} / {validation[label][key]['mean']:.4f}"
                                                   for key in ("mAP", "NDS", "mIoU")) + " |")
+    lines.append("")
+    lines += ["## Per-class AP on val (mean over seeds)", "",
+              "mAP averages these ten; a class resting on a handful of val objects swings it on its own.", "",
+              "| row | " + " | ".join(DETECTION_CLASSES) + " |", "|---" * (len(DETECTION_CLASSES) + 1) + "|",
+              "| val objects | " + " | ".join(str(results["val_objects"][name]) for name in DETECTION_CLASSES) + " |"]
+    for label, entry in validation.items():
+        lines.append(f"| {label} | " + " | ".join(f"{entry['per_class_ap'][name]['mean']:.2f}"
+                                                  for name in DETECTION_CLASSES) + " |")
     lines.append("")
     return "\n".join(lines)
 

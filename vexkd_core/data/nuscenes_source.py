@@ -136,16 +136,30 @@ class NuScenesSource:
             current = self.nusc.get("sample_data", current["prev"])
         return np.concatenate(clouds)
 
-    def _boxes(self, record: dict, global_to_lidar: np.ndarray) -> Boxes3D:
-        rows = []
+    def _annotations(self, record: dict):
+        """(annotation, detection class) of a key frame's boxes that count in evaluation."""
         for token in record["anns"]:
             annotation = self.nusc.get("sample_annotation", token)
             name = category_to_detection_name(annotation["category_name"])
-            if name is None or annotation["num_lidar_pts"] + annotation["num_radar_pts"] == 0:
-                continue  # as the nuScenes evaluation, which ignores boxes no sensor saw
+            # As the nuScenes evaluation, which ignores boxes no sensor saw.
+            if name is not None and annotation["num_lidar_pts"] + annotation["num_radar_pts"] > 0:
+                yield annotation, name
+
+    def objects_per_class(self) -> dict[str, int]:
+        """Distinct annotated objects (instances) per detection class over the split's key
+        frames: how many objects one class's AP rests on."""
+        instances: dict[str, set[str]] = {name: set() for name in DETECTION_CLASSES}
+        for token in self.tokens:
+            for annotation, name in self._annotations(self.nusc.get("sample", token)):
+                instances[name].add(annotation["instance_token"])
+        return {name: len(tokens) for name, tokens in instances.items()}
+
+    def _boxes(self, record: dict, global_to_lidar: np.ndarray) -> Boxes3D:
+        rows = []
+        for annotation, name in self._annotations(record):
             centre = transform_points(global_to_lidar, np.asarray([annotation["translation"]]))[0]
             yaw = quaternion_yaw(annotation["rotation"]) + np.arctan2(global_to_lidar[1, 0], global_to_lidar[0, 0])
-            velocity = np.nan_to_num(self.nusc.box_velocity(token)[:2])
+            velocity = np.nan_to_num(self.nusc.box_velocity(annotation["token"])[:2])
             velocity = global_to_lidar[:2, :2] @ velocity
             width, length, height = annotation["size"]
             rows.append((centre, (length, width, height), yaw, velocity, DETECTION_CLASSES.index(name)))
