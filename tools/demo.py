@@ -193,6 +193,9 @@ def report(config, stages: Stages, metrics: dict[str, dict], replay_summary: str
     from nuscenes.eval.detection.utils import category_to_detection_name
     from nuscenes.nuscenes import NuScenes
 
+    from vexkd_core.classes import DETECTION_CLASSES
+    from vexkd_core.data.nuscenes_source import NuScenesSource
+
     with contextlib.redirect_stdout(io.StringIO()):
         nusc = NuScenes(config.version, str(WORLD), verbose=False)
     per_class = Counter(category_to_detection_name(a["category_name"]) for a in nusc.sample_annotation)
@@ -223,6 +226,13 @@ def report(config, stages: Stages, metrics: dict[str, dict], replay_summary: str
               "|---" * 7 + "|"]
     for name, m in metrics.items():
         lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in m["map"]["iou"].values()) + " |")
+    val_objects = NuScenesSource(WORLD, config.version, "val", 0, nusc=nusc).objects_per_class()
+    lines += ["", "Detection AP per class (mAP is their mean; a class with a handful of val objects moves it on "
+              "its own):", "", "| model | " + " | ".join(DETECTION_CLASSES) + " |", "|---" * 11 + "|",
+              "| val objects | " + " | ".join(str(val_objects[name]) for name in DETECTION_CLASSES) + " |"]
+    for name, m in metrics.items():
+        lines.append(f"| {name} | " + " | ".join(f"{m['detection']['per_class_ap'][c]:.2f}" for c in DETECTION_CLASSES)
+                     + " |")
     lines += ["", "## Distillation, seen", "",
               "![Generated masks per task (detection, segmentation) and level (low, high), first val sample]"
               "(masks.png)", "",
