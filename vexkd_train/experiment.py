@@ -270,21 +270,28 @@ def markdown(results: dict) -> str:
                          f"{cell(entry, 'mIoU', base)} | {entry['latency_ms']:.0f} | {entry['parameters'] / 1e6:.2f} M |")
         lines.append("")
     validation = {"teacher": teacher, **results["tables"]["comparison"]}
-    lines += ["## Training split against val (generalisation check)", "",
-              "| row | mAP train / val | NDS train / val | mIoU train / val |", "|---|---|---|---|"]
-    for label, entry in results["training_split"].items():
+    return "\n".join(lines + _training_split_table(results["training_split"], validation)
+                     + _per_class_table(validation, results["val_objects"]))
+
+
+def _training_split_table(fitted: dict, validation: dict) -> list[str]:
+    lines = ["## Training split against val (generalisation check)", "",
+             "| row | mAP train / val | NDS train / val | mIoU train / val |", "|---|---|---|---|"]
+    for label, entry in fitted.items():
         lines.append(f"| {label} | " + " | ".join(f"{entry[key]['mean']:.4f} / {validation[label][key]['mean']:.4f}"
                                                   for key in ("mAP", "NDS", "mIoU")) + " |")
-    lines.append("")
-    lines += ["## Per-class AP on val (mean over seeds)", "",
-              "mAP averages these ten; a class resting on a handful of val objects swings it on its own.", "",
-              "| row | " + " | ".join(DETECTION_CLASSES) + " |", "|---" * (len(DETECTION_CLASSES) + 1) + "|",
-              "| val objects | " + " | ".join(str(results["val_objects"][name]) for name in DETECTION_CLASSES) + " |"]
+    return lines + [""]
+
+
+def _per_class_table(validation: dict, val_objects: dict[str, int]) -> list[str]:
+    lines = ["## Per-class AP on val (mean over seeds)", "",
+             "mAP averages these ten; a class resting on a handful of val objects swings it on its own.", "",
+             "| row | " + " | ".join(DETECTION_CLASSES) + " |", "|---" * (len(DETECTION_CLASSES) + 1) + "|",
+             "| val objects | " + " | ".join(str(val_objects[name]) for name in DETECTION_CLASSES) + " |"]
     for label, entry in validation.items():
         lines.append(f"| {label} | " + " | ".join(f"{entry['per_class_ap'][name]['mean']:.2f}"
                                                   for name in DETECTION_CLASSES) + " |")
-    lines.append("")
-    return "\n".join(lines)
+    return lines + [""]
 
 
 def run_experiment(dataroot: Path, version: str, out: Path, suite_name: str, config_name: str = "tiny",
