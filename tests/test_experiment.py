@@ -9,7 +9,8 @@ from vexkd_train.experiment import markdown, run_experiment, summarise, tables
 
 def test_quick_suite_end_to_end_then_resumes_without_retraining(tiny_world, tmp_path):
     dataroot, world = tiny_world
-    results = run_experiment(dataroot, world.version, tmp_path, "quick", progress=False)
+    # The tiny world doubles as the "held-out" world: its val metrics must then come out again.
+    results = run_experiment(dataroot, world.version, tmp_path, "quick", progress=False, heldout=dataroot)
     assert set(results["tables"]) == {"comparison", "components", "masks", "blocks", "distance"}
     assert len(results["tables"]["masks"]) == 7 and len(results["tables"]["blocks"]) == 4
     for table in results["tables"].values():
@@ -44,11 +45,18 @@ def test_quick_suite_end_to_end_then_resumes_without_retraining(tiny_world, tmp_
     assert "| val objects | " + " | ".join(str(val_objects[name]) for name in DETECTION_CLASSES) in markdown
     fit_files = {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/training_split.json")}
     assert len(fit_files) == 5
+    held = results["heldout"]
+    assert set(held["tables"]) == {"comparison", "components", "masks"} and held["val_objects"] == val_objects
+    assert held["teacher"]["mAP"]["values"] == results["teacher"]["mAP"]["values"]
+    assert held["tables"]["masks"]["whole map"]["mIoU"] == results["tables"]["masks"]["whole map"]["mIoU"]
+    assert f"# Held-out world: val split of {dataroot}" in markdown
+    held_files = {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/heldout.json")}
 
-    again = run_experiment(dataroot, world.version, tmp_path, "quick", progress=False)
+    again = run_experiment(dataroot, world.version, tmp_path, "quick", progress=False, heldout=dataroot)
     assert {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/metrics.json")} == runs
     assert {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/training_split.json")} \
         == fit_files
+    assert {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/heldout.json")} == held_files
     assert json.dumps(again, sort_keys=True) == json.dumps(results, sort_keys=True)
 
 

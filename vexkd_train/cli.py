@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--seeds", type=int, nargs="+", help="replace the suite's seeds (paper: 0 1 2)")
     experiment.add_argument("--ablation-seeds", type=int, nargs="+",
                             help="seeds of the generator-blocks and distance tables (default: --seeds)")
+    experiment.add_argument("--heldout", type=Path, metavar="DATAROOT",
+                            help="also evaluate the main tables' checkpoints on this dataset's val split")
     evaluation = commands.add_parser("eval", help="nuScenes detection metrics, map mIoU, latency")
     evaluation.add_argument("--checkpoint", type=Path, required=True)
     evaluation.add_argument("--dataroot", type=Path, required=True)
@@ -189,7 +191,8 @@ def run_experiment_command(args: argparse.Namespace) -> None:
 
     try:
         run_experiment(args.dataroot, args.version, args.out, args.suite, args.config, args.set,
-                       seeds=args.seeds, ablation_seeds=args.ablation_seeds)
+                       seeds=args.seeds, ablation_seeds=args.ablation_seeds,
+                       heldout=args.heldout)
     except _user_errors() as error:
         raise CliError(str(error)) from None
     print(f"wrote {args.out / 'results.md'} and {args.out / 'results.json'}")

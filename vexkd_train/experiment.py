@@ -99,8 +99,9 @@ def _spec(value: dict) -> dict:
 
 
 class Experiment:
-    def __init__(self, dataroot: Path, version: str, out: Path, config: Config, suite: Suite, progress: bool = True):
-        self.dataroot, self.version, self.out = dataroot, version, out
+    def __init__(self, dataroot: Path, version: str, out: Path, config: Config, suite: Suite, progress: bool = True,
+                 heldout: Path | None = None):
+        self.dataroot, self.version, self.out, self.heldout = dataroot, version, out, heldout
         self.config, self.suite, self.progress = config, suite, progress
         self.train_source = NuScenesSource(dataroot, version, "train", config.model.lidar.sweeps,
                                            map_source_grid(config, config.train.augment))
@@ -170,17 +171,39 @@ class Experiment:
             atomic_write_json(folder / "spec.json", spec)
         return folder / "masks.pt"
 
+    def extra_evaluation(self, name: str, spec: dict, dataroot: Path, split: str, tag: str) -> dict:
+        """A finished run evaluated on another split or dataset; kept in <tag>.json and reused
+        while the run's spec, the dataset and the split stay the same."""
+        folder = self.out / "runs" / name
+        stored, key = folder / f"{tag}.json", {"spec": spec, "dataroot": str(dataroot), "split": split}
+        if stored.is_file():
+            saved = json.loads(stored.read_text())
+            if {field: saved.get(field) for field in key} == key:
+                return saved["metrics"]
+        metrics = evaluate(folder / "train" / "model.pt", dataroot, self.version, split, folder / f"eval_{tag}",
+                           progress=self.progress)
+        atomic_write_json(stored, {**key, "metrics": metrics})
+        return metrics
+
     def training_split_metrics(self, name: str, spec: dict) -> dict:
         """A finished run's metrics on the split it was trained on: a lead on val that is not
         a lead here (or the reverse) is a generalisation gap, not a modelling result."""
-        folder = self.out / "runs" / name
-        stored = folder / "training_split.json"
-        if stored.is_file() and json.loads(stored.read_text())["spec"] == spec:
-            return json.loads(stored.read_text())["metrics"]
-        metrics = evaluate(folder / "train" / "model.pt", self.dataroot, self.version, "train",
-                           folder / "eval_train", progress=self.progress)
-        atomic_write_json(stored, {"spec": spec, "metrics": metrics})
-        return metrics
+        return self.extra_evaluation(name, spec, self.dataroot, "train", "training_split")
+
+    def heldout_results(self) -> dict:
+        """Teacher and the comparison, components and mask-choice rows on the val split of a
+        second world: more objects per class than one small val split gives."""
+        teacher = self.extra_evaluation("teacher", self._teacher_spec(), self.heldout, "val", "heldout")
+        held = {"dataroot": str(self.heldout), "teacher": summarise([teacher]), "tables": {}}
+        for table in ("comparison", "components", "masks"):
+            grouped: dict[str, list[dict]] = {}
+            for label, student in tables(self.suite.seeds)[table]:
+                grouped.setdefault(label, []).append(
+                    self.extra_evaluation(student.name, self._student_spec(student), self.heldout, "val", "heldout"))
+            held["tables"][table] = {label: summarise(runs) for label, runs in grouped.items()}
+        source = NuScenesSource(self.heldout, self.version, "val", 0)
+        held["val_objects"] = source.objects_per_class()
+        return held
 
     def run(self) -> dict:
         self.teacher()
@@ -197,6 +220,8 @@ class Experiment:
         results["training_split"] = {label: summarise(runs) for label, runs in fitted.items()}
         val = NuScenesSource(self.dataroot, self.version, "val", 0, nusc=self.train_source.nusc)
         results["val_objects"] = val.objects_per_class()
+        if self.heldout is not None:
+            results["heldout"] = self.heldout_results()
         atomic_write_json(self.out / "results.json", results)
         self.pictures()
         atomic_write_text(self.out / "results.md", markdown(results))
@@ -240,17 +265,10 @@ def _spread(values: list[float]) -> float:
     return statistics.pstdev(values) if len(values) > 1 else 0.0
 
 
-def markdown(results: dict) -> str:
-    def cell(entry: dict, key: str, base: dict | None) -> str:
-        several = entry["seeds"] > 1
-        text = f"{entry[key]['mean']:.4f}" + (f" +- {entry[key]['std']:.4f}" if several else "")
-        if not base:
-            return text
-        # Same seed, same data order: the gain's spread is that of the seed-by-seed differences.
-        gains = [value - reference for value, reference in zip(entry[key]["values"], base[key]["values"])]
-        return text + f" ({statistics.fmean(gains):+.4f}" + (f" +- {_spread(gains):.4f})" if several else ")")
+BASELINES = ("LiDAR student", "camera student", "baseline", "no FD")  # rows the others are compared with
 
-    baselines = ("LiDAR student", "camera student", "baseline", "no FD")
+
+def markdown(results: dict) -> str:
     teacher = results["teacher"]
     summary = (f"Teacher: mAP {teacher['mAP']['mean']:.4f}, NDS {teacher['NDS']['mean']:.4f}, "
                f"mIoU {teacher['mIoU']['mean']:.4f}, {teacher['latency_ms']:.0f} ms, "
@@ -259,19 +277,42 @@ def markdown(results: dict) -> str:
              "![Attention maps of the BEV features: teacher, students before and after VeXKD](features.png)", "",
              summary, "", SPREAD_NOTE, ""]
     for table, rows in results["tables"].items():
-        baseline = rows.get("LiDAR student") or rows.get("baseline") or rows.get("no FD")
-        seeds = max(entry["seeds"] for entry in rows.values())
-        lines += [f"## {TITLES[table]} ({seeds} seed{'s' if seeds > 1 else ''})", "",
-                  "| row | mAP (gain) | NDS (gain) | mIoU (gain) | latency ms | parameters |", "|---|---|---|---|---|---|"]
-        for label, entry in rows.items():
-            base = None if label in baselines else \
-                rows["camera student"] if label.startswith("camera student +") else baseline
-            lines.append(f"| {label} | {cell(entry, 'mAP', base)} | {cell(entry, 'NDS', base)} | "
-                         f"{cell(entry, 'mIoU', base)} | {entry['latency_ms']:.0f} | {entry['parameters'] / 1e6:.2f} M |")
-        lines.append("")
+        lines += _metric_table(f"## {TITLES[table]}", rows)
     validation = {"teacher": teacher, **results["tables"]["comparison"]}
-    return "\n".join(lines + _training_split_table(results["training_split"], validation)
-                     + _per_class_table(validation, results["val_objects"]))
+    lines += _training_split_table(results["training_split"], validation)
+    lines += _per_class_table(validation, results["val_objects"])
+    if "heldout" in results:
+        held, held_teacher = results["heldout"], results["heldout"]["teacher"]
+        introduction = (f"The same checkpoints, evaluated on a second world. Teacher: mAP "
+                        f"{held_teacher['mAP']['mean']:.4f}, NDS {held_teacher['NDS']['mean']:.4f}, "
+                        f"mIoU {held_teacher['mIoU']['mean']:.4f}.")
+        lines += [f"# Held-out world: val split of {held['dataroot']}", "", introduction, ""]
+        for table, rows in held["tables"].items():
+            lines += _metric_table(f"## {TITLES[table]}, held-out world", rows)
+        lines += _per_class_table({"teacher": held["teacher"], **held["tables"]["comparison"]}, held["val_objects"])
+    return "\n".join(lines)
+
+
+def _metric_table(title: str, rows: dict) -> list[str]:
+    baseline = rows.get("LiDAR student") or rows.get("baseline") or rows.get("no FD")
+    seeds = max(entry["seeds"] for entry in rows.values())
+    lines = [f"{title} ({seeds} seed{'s' if seeds > 1 else ''})", "",
+             "| row | mAP (gain) | NDS (gain) | mIoU (gain) | latency ms | parameters |", "|---|---|---|---|---|---|"]
+    for label, entry in rows.items():
+        base = None if label in BASELINES else rows["camera student"] if label.startswith("camera student +") else baseline
+        lines.append(f"| {label} | {_cell(entry, 'mAP', base)} | {_cell(entry, 'NDS', base)} | "
+                     f"{_cell(entry, 'mIoU', base)} | {entry['latency_ms']:.0f} | {entry['parameters'] / 1e6:.2f} M |")
+    return lines + [""]
+
+
+def _cell(entry: dict, key: str, base: dict | None) -> str:
+    several = entry["seeds"] > 1
+    text = f"{entry[key]['mean']:.4f}" + (f" +- {entry[key]['std']:.4f}" if several else "")
+    if not base:
+        return text
+    # Same seed, same data order: the gain's spread is that of the seed-by-seed differences.
+    gains = [value - reference for value, reference in zip(entry[key]["values"], base[key]["values"])]
+    return text + f" ({statistics.fmean(gains):+.4f}" + (f" +- {_spread(gains):.4f})" if several else ")")
 
 
 def _training_split_table(fitted: dict, validation: dict) -> list[str]:
@@ -296,9 +337,10 @@ def _per_class_table(validation: dict, val_objects: dict[str, int]) -> list[str]
 
 def run_experiment(dataroot: Path, version: str, out: Path, suite_name: str, config_name: str = "tiny",
                    overrides: list[str] = (), progress: bool = True, seeds: tuple[int, ...] | None = None,
-                   ablation_seeds: tuple[int, ...] | None = None) -> dict:
+                   ablation_seeds: tuple[int, ...] | None = None, heldout: Path | None = None) -> dict:
     """Run a suite; `seeds` replaces the suite's seeds and `ablation_seeds` those of the blocks and
-    distance tables (default: `seeds`). Finished runs of other seeds stay reusable."""
+    distance tables (default: `seeds`). Finished runs of other seeds stay reusable. `heldout`: a
+    second dataset whose val split the main tables' checkpoints are also evaluated on."""
     if suite_name not in SUITES:
         raise ValueError(f"suite must be one of {', '.join(SUITES)}, not '{suite_name}'")
     suite = SUITES[suite_name]
@@ -308,4 +350,4 @@ def run_experiment(dataroot: Path, version: str, out: Path, suite_name: str, con
         suite = replace(suite, ablation_seeds=tuple(ablation_seeds))
     if not suite.seeds or suite.ablation_seeds == ():
         raise ValueError("at least one seed is needed")
-    return Experiment(dataroot, version, out, load_config(config_name, overrides), suite, progress).run()
+    return Experiment(dataroot, version, out, load_config(config_name, overrides), suite, progress, heldout).run()
