@@ -196,11 +196,8 @@ class Experiment:
         teacher = self.extra_evaluation("teacher", self._teacher_spec(), self.heldout, "val", "heldout")
         held = {"dataroot": str(self.heldout), "teacher": summarise([teacher]), "tables": {}}
         for table in ("comparison", "components", "masks"):
-            grouped: dict[str, list[dict]] = {}
-            for label, student in tables(self.suite.seeds)[table]:
-                grouped.setdefault(label, []).append(
-                    self.extra_evaluation(student.name, self._student_spec(student), self.heldout, "val", "heldout"))
-            held["tables"][table] = {label: summarise(runs) for label, runs in grouped.items()}
+            held["tables"][table] = _summarised(tables(self.suite.seeds)[table], lambda student: self.extra_evaluation(
+                student.name, self._student_spec(student), self.heldout, "val", "heldout"))
         source = NuScenesSource(self.heldout, self.version, "val", 0)
         held["val_objects"] = source.objects_per_class()
         return held
@@ -210,14 +207,11 @@ class Experiment:
         teacher_metrics = json.loads((self.out / "runs" / "teacher" / "metrics.json").read_text())
         results = {"teacher": summarise([teacher_metrics]), "tables": {}}
         for table, rows in tables(self.suite.seeds, self.suite.ablation_seeds).items():
-            grouped: dict[str, list[dict]] = {}
-            for label, student in rows:
-                grouped.setdefault(label, []).append(self.student(student))
-            results["tables"][table] = {label: summarise(runs) for label, runs in grouped.items()}
-        fitted = {"teacher": [self.training_split_metrics("teacher", self._teacher_spec())]}
-        for label, student in tables(self.suite.seeds)["comparison"]:
-            fitted.setdefault(label, []).append(self.training_split_metrics(student.name, self._student_spec(student)))
-        results["training_split"] = {label: summarise(runs) for label, runs in fitted.items()}
+            results["tables"][table] = _summarised(rows, self.student)
+        results["training_split"] = {
+            "teacher": summarise([self.training_split_metrics("teacher", self._teacher_spec())]),
+            **_summarised(tables(self.suite.seeds)["comparison"],
+                          lambda student: self.training_split_metrics(student.name, self._student_spec(student)))}
         val = NuScenesSource(self.dataroot, self.version, "val", 0, nusc=self.train_source.nusc)
         results["val_objects"] = val.objects_per_class()
         if self.heldout is not None:
@@ -236,6 +230,14 @@ class Experiment:
                                            ("camera", Student("camera")), ("camera+VeXKD", Student("camera", "vexkd")))}
         write_distillation_pictures(self.dataroot, self.version, self.teacher(), self.masks("masks-learned-b3", 3),
                                     students, self.out, nusc=self.train_source.nusc)
+
+
+def _summarised(rows: list[tuple[str, Student]], metrics_of) -> dict[str, dict]:
+    """Row label -> summary over the row's seeds, with `metrics_of(student)` giving one run's metrics."""
+    grouped: dict[str, list[dict]] = {}
+    for label, student in rows:
+        grouped.setdefault(label, []).append(metrics_of(student))
+    return {label: summarise(runs) for label, runs in grouped.items()}
 
 
 def summarise(runs: list[dict]) -> dict:
