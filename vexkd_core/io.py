@@ -1,16 +1,39 @@
-"""Atomic file writes: a reader never sees a half-written file under the final name."""
+"""Atomic file writes: a reader never sees a half-written file under the final name.
+
+Files get the mode any other program would give them (0o666 less the umask), so
+checkpoints, reports and datasets stay readable by whoever may read the user's files.
+"""
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
+
+_NEW_FILE_MODE = 0o666  # what open() asks for; the kernel takes the umask off
+
+
+def _create_temporary(folder: Path, name: str) -> tuple[int, Path]:
+    """A new, uniquely named file next to `name`, opened for writing.
+
+    Not tempfile.mkstemp: it creates mode 0600 whatever the umask. Creating the file with
+    O_CREAT | O_EXCL and mode 0o666 lets the kernel apply the umask (and any default ACL)
+    itself, so the umask is never read, which would need os.umask(0) and back, a window
+    in which another thread's files would be created world-writable.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        temporary = folder / f".{name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(temporary, flags, _NEW_FILE_MODE), temporary
+        except FileExistsError:  # a name clash: draw another, as mkstemp does
+            continue
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temporary = _create_temporary(path.parent, path.name)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
@@ -18,7 +41,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             os.fsync(stream.fileno())
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     return path
 

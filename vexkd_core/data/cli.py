@@ -1,6 +1,6 @@
 """vexkd-data: write the synthetic nuScenes-format world, and render samples of any dataset.
 
-    vexkd-data synth --out DIR [--scenes N] [--samples-per-scene M] [--sweeps K] ...
+    vexkd-data synth --out DIR [--overwrite] [--scenes N] [--samples-per-scene M] [--sweeps K] ...
     vexkd-data render --dataroot DIR [--version V] --sample TOKEN|INDEX --out PNG
 """
 from __future__ import annotations
@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--version", default="v1.0-trainval",
                        help="table folder name; its suffix picks the scene names (trainval or mini)")
     synth.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="scenes simulated in parallel")
+    synth.add_argument("--overwrite", action="store_true",
+                       help="replace a world vexkd-data wrote earlier at --out (known by its marker file); "
+                            "a folder without the marker is never removed")
 
     render = commands.add_parser("render", help="picture of a sample: BEV + 6 cameras with GT boxes")
     render.add_argument("--dataroot", type=Path, required=True)
@@ -56,7 +59,7 @@ def run_synth(args: argparse.Namespace) -> None:
                          workers=max(1, args.workers))
     started = time.monotonic()
     try:
-        counts = write_dataset(config)
+        counts = write_dataset(config, overwrite=args.overwrite)
     except (ValueError, FileExistsError) as error:
         raise CliError(str(error)) from None
     summary = ", ".join(f"{value} {name}" for name, value in counts.items())

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import shutil
-from dataclasses import dataclass
+import uuid
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -122,32 +124,91 @@ def _semantic_prior_png(city: City) -> bytes:
     return encoded.tobytes()
 
 
-def _clear_previous_output(out: Path, version: str) -> None:
-    """Remove an earlier synthetic dataset at `out`; refuse to touch anything else."""
+MARKER = ".vexkd-synthetic.json"  # in every world write_dataset wrote: the only licence to remove one
+
+
+def check_destination(out: Path, overwrite: bool) -> None:
+    """Refuse `out` unless it is absent, empty, or a marked world we may overwrite.
+
+    Only the marker counts: a real nuScenes download has exactly the folders a synthetic
+    world has (samples/ sweeps/ maps/ <version>/), so the layout proves nothing.
+    """
     if not out.exists():
         return
-    ours = {"samples", "sweeps", "maps", version}
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith("."))
-    if foreign:
-        raise FileExistsError(f"{out} holds other files ({', '.join(foreign[:3])}); choose an empty folder")
-    for name in ours:
-        if (out / name).exists():
-            shutil.rmtree(out / name)
+    if not out.is_dir():
+        raise FileExistsError(f"{out} is a file; choose a folder for the dataset")
+    if not any(out.iterdir()):
+        return
+    if not (out / MARKER).is_file():
+        raise FileExistsError(f"{out} holds data vexkd-data did not write (no marker); refusing to remove it"
+                              " (delete it yourself, or choose another --out)")
+    if not overwrite:
+        raise FileExistsError(f"{out} already holds a synthetic world; pass --overwrite to replace it")
 
 
-def write_dataset(config: SynthConfig, progress: bool = True) -> dict[str, int]:
-    """Write the dataset under config.out; returns counts of what was written."""
+def _write_marker(root: Path, config: SynthConfig) -> None:
+    """The marker: what was asked for, and a write id that tells two writes apart."""
+    settings = {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(config).items()}
+    atomic_write_text(root / MARKER, json.dumps({"writer": "vexkd-data synth", "write_id": uuid.uuid4().hex,
+                                                 "config": settings}, indent=2))
+
+
+def _sibling(out: Path, kind: str) -> Path:
+    """A fresh name next to `out` (same file system, so renames are atomic)."""
+    return out.with_name(f"{out.name}.{kind}-{uuid.uuid4().hex[:8]}")
+
+
+def _move_into_place(partial: Path, out: Path, overwrite: bool) -> None:
+    """Rename the complete world to `out`; a replaced world is deleted only once the new one is in."""
+    check_destination(out, overwrite)  # again: the folder may have changed while the world was written
+    old = None
+    if out.exists() and any(out.iterdir()):
+        old = _sibling(out, "old")
+        os.rename(out, old)
+    try:
+        os.replace(partial, out)  # an empty `out` is replaced, as rename(2) allows
+    except BaseException:
+        if old is not None:
+            os.rename(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def write_dataset(config: SynthConfig, progress: bool = True, overwrite: bool = False) -> dict[str, int]:
+    """Write the dataset to config.out; returns counts of what was written.
+
+    An existing non-empty config.out is replaced only if it holds a world written here
+    (its marker) and `overwrite` is set. The world is written to a sibling folder and
+    renamed into place when complete, so an interrupted write leaves nothing under
+    config.out, and the sibling is removed.
+    """
     config.validate()
     out = Path(config.out)
-    _clear_previous_output(out, config.version)
+    if out.is_symlink():  # replace the world the link points to, and keep the link
+        out = out.resolve()
+    check_destination(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = _sibling(out, "partial")
+    partial.mkdir()  # plain mkdir, not mkdtemp (mode 0700): the world gets the umask's mode
+    try:
+        counts = _write_world(config, partial, progress)
+        _write_marker(partial, config)
+        _move_into_place(partial, out, overwrite)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # gone already after a successful move
+    return counts
+
+
+def _simulate_scenes(config: SynthConfig, jobs: list[SceneJob], root: Path, progress: bool) -> dict[str, list]:
+    """Every scene's sensor files under `root`; returns all tables, scene records in job order."""
     for folder in ("samples", "sweeps"):
         for channel in (LIDAR_CHANNEL,) + CAMERA_CHANNELS:
-            (out / folder / channel).mkdir(parents=True, exist_ok=True)
-    jobs = scene_jobs(config)
+            (root / folder / channel).mkdir(parents=True, exist_ok=True)
     tables = _static_tables(config.seed)
     for name in TABLES:
         tables.setdefault(name, [])
-    work = [(job, str(out)) for job in jobs]
+    work = [(job, str(root)) for job in jobs]
     bar = tqdm(total=len(jobs), desc="synthetic scenes", unit="scene", disable=not progress)
     if config.workers > 1:
         with multiprocessing.get_context("fork").Pool(config.workers) as pool:
@@ -164,7 +225,13 @@ def write_dataset(config: SynthConfig, progress: bool = True) -> dict[str, int]:
     for result in results:
         for name, records in result.items():
             tables[name].extend(records)
+    return tables
 
+
+def _write_world(config: SynthConfig, out: Path, progress: bool) -> dict[str, int]:
+    """The whole dataset under `out` (the partial folder); returns counts of what was written."""
+    jobs = scene_jobs(config)
+    tables = _simulate_scenes(config, jobs, out, progress)
     used_locations = sorted({job.location for job in jobs}, key=LOCATIONS.index)
     for location in used_locations:
         city = _city(location, config.seed)
