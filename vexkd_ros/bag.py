@@ -65,7 +65,7 @@ class AtomicBagWriter:
             raise BagError(f"storage must be mcap or sqlite3, not '{storage}'")
         self.path = Path(path)
         if self.path.exists():
-            raise BagError(f"{self.path} already exists; remove it or choose another --out")
+            raise BagError(f"{self.path} already exists; remove it or write the bag elsewhere")
         # Written as <name>.partial/<name> so the storage file already has its final name inside.
         self.partial = self.path.with_name(self.path.name + ".partial")
         shutil.rmtree(self.partial, ignore_errors=True)  # what an interrupted earlier run left

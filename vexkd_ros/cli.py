@@ -42,6 +42,12 @@ def _check_file(path: Path, what: str) -> None:
         raise CliError(f"{what} {path} does not exist")
 
 
+def _check_new(path: Path, flag: str) -> None:
+    """Refuse up front, naming the flag to change, a bag the writer would refuse at the end."""
+    if path.exists():
+        raise CliError(f"{flag} {path} already exists; remove it or choose another {flag}")
+
+
 def run_to_bag(args: argparse.Namespace) -> None:
     from vexkd_core.data.nuscenes_source import DatasetError
 
@@ -52,6 +58,8 @@ def run_to_bag(args: argparse.Namespace) -> None:
         source = scene_source(args.dataroot, args.version)
         names = [s["name"] for s in source.nusc.scene] if args.all else args.scene
         scenes = [SceneMessages(source, name, sweeps=not args.no_sweeps) for name in names]
+        for scene in scenes:
+            _check_new(args.out / scene.scene["name"], "--out")
         for scene in scenes:
             counts = write_scene_bag(scene, args.out / scene.scene["name"], args.storage)
             print(f"wrote {args.out / scene.scene['name']}: {sum(counts.values())} messages on {len(counts)} topics")
@@ -91,6 +99,8 @@ def run_stack_command(args: argparse.Namespace) -> None:
 
     for path in args.checkpoint:
         _check_file(path, "checkpoint")
+    if args.record is not None:
+        _check_new(args.record, "--record")
     try:
         run_stack(args.bag, args.checkpoint, args.modality, args.record, args.rate)
     except (BagError, CheckpointError) as error:

@@ -44,8 +44,11 @@ def message_class(type_name: str):
 
 
 def open_bag(path: Path) -> Reader:
-    if not Path(path).exists():
-        raise BagError(f"bag {path} does not exist")
+    path = Path(path)
+    if not path.exists():
+        raise BagError(f"{path} does not exist")
+    if path.is_dir() and not (path / "metadata.yaml").is_file():  # rosbags would name the folder as the file
+        raise BagError(f"no metadata.yaml in {path}: not a rosbag2 folder")
     try:
         reader = Reader(path)
         reader.open()

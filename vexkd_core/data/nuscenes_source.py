@@ -32,8 +32,10 @@ class DatasetError(ValueError):
 
 def open_nuscenes(dataroot: str | Path, version: str):
     dataroot = Path(dataroot)
-    if not dataroot.is_dir():
+    if not dataroot.exists():
         raise DatasetError(f"dataroot {dataroot} does not exist")
+    if not dataroot.is_dir():
+        raise DatasetError(f"dataroot {dataroot} is a file, not a folder")
     if not (dataroot / version / "sample.json").is_file():
         found = sorted(p.name for p in dataroot.iterdir() if (p / "sample.json").is_file())
         raise DatasetError(f"no nuScenes tables for version '{version}' in {dataroot}"
