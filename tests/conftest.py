@@ -1,4 +1,5 @@
-"""Test-session ROS environment: localhost-only discovery, a random domain, private logs.
+"""Test-session ROS environment: localhost-only discovery, the user's domain or a random
+one, private logs.
 
 Set at import, before any test calls rclpy.init(), and inherited by every process a
 test starts, so parallel runs on one machine never see each other's topics.
@@ -7,6 +8,7 @@ import os
 import random
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -16,9 +18,20 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from vexkd_ros.environment import default_ros_environment  # noqa: E402
 
+# ROS maps a domain to UDP ports; on Linux only 0..101 stay clear of the ephemeral range.
+SAFE_DOMAIN_IDS = range(0, 102)
+
+
+def session_domain_id(environ: Mapping[str, str]) -> str:
+    """The user's ROS_DOMAIN_ID when set (they chose it, e.g. to keep clear of a robot's),
+    otherwise a random one, so two test runs on one host rarely share a domain."""
+    return environ.get("ROS_DOMAIN_ID") or str(random.SystemRandom().choice(SAFE_DOMAIN_IDS))
+
+
+USER_DOMAIN_ID = os.environ.get("ROS_DOMAIN_ID")
 os.environ.update(default_ros_environment())
-os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ["ROS_DOMAIN_ID"] = str(random.SystemRandom().randint(1, 200))
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"  # forced: tests never talk to other hosts
+os.environ["ROS_DOMAIN_ID"] = session_domain_id(os.environ)
 os.environ["ROS_LOG_DIR"] = tempfile.mkdtemp(prefix="vexkd-test-roslog-")
 
 
