@@ -93,7 +93,7 @@ def main() -> int:
         BIN / "vexkd-data", "synth", "--out", WORLD, "--scenes", config.scenes, "--val-scenes", config.val_scenes,
         "--samples-per-scene", config.samples_per_scene, "--sweeps", config.sweeps,
         "--camera-sweeps", config.camera_sweeps, "--image-size", "x".join(map(str, config.image_size)),
-        "--seed", config.seed, "--version", config.version, "--workers", config.workers))
+        "--seed", config.seed, "--version", config.version, "--workers", config.workers, "--overwrite"))
     first_val_sample = config.samples_per_scene * (config.scenes - config.val_scenes)
     stages.run("render a val sample", world_stamp, [DEMO / "sample.png"], lambda: command(
         BIN / "vexkd-data", "render", "--dataroot", WORLD, "--sample", first_val_sample, "--out", DEMO / "sample.png"))
