@@ -1,5 +1,6 @@
 """The `quick` experiment suite runs every table of the paper end to end, and a re-run
-reuses every finished run."""
+reuses every finished run; a run is redone when its dataset is rewritten or a checkpoint
+it started from is retrained."""
 import json
 
 from vexkd_core.classes import DETECTION_CLASSES
@@ -83,3 +84,84 @@ def test_ablation_tables_can_run_fewer_seeds():
     assert seeds == {"comparison": {0, 1, 2}, "components": {0, 1, 2}, "masks": {0, 1, 2},
                      "blocks": {0}, "distance": {0}}
     assert tables((0, 1))["blocks"] == tables((0, 1), ablation_seeds=(0, 1))["blocks"]
+
+
+# A world small enough to write twice in a test (seconds each).
+SMALL_WORLD = dict(scenes=2, val_scenes=1, samples_per_scene=2, sweeps=1, camera_sweeps=1, image_size=(64, 36),
+                   workers=1)
+
+
+def _write_world(out, seed):
+    from vexkd_core.data.synthetic import SynthConfig, write_dataset
+
+    config = SynthConfig(out=out, seed=seed, **SMALL_WORLD)
+    write_dataset(config, progress=False)
+    return config
+
+
+def _experiment(dataroot, version, out):
+    from vexkd_core.config import load_config
+    from vexkd_train.experiment import SUITES, Experiment
+
+    return Experiment(dataroot, version, out, load_config("tiny"), SUITES["quick"], progress=False)
+
+
+def _finish_by_hand(folder, spec, checkpoint: bytes | None = None):
+    """What a finished run leaves, without the training: spec, metrics (and a checkpoint)."""
+    from vexkd_core.io import atomic_write_bytes, atomic_write_json
+
+    if checkpoint is not None:
+        atomic_write_bytes(folder / "train" / "model.pt", checkpoint)
+    atomic_write_json(folder / "metrics.json", {})
+    atomic_write_json(folder / "spec.json", spec)
+
+
+def test_a_run_is_redone_when_its_dataset_is_rewritten(tmp_path, monkeypatch):
+    import shutil
+
+    from vexkd_train import experiment as module
+    from vexkd_train.experiment import Student
+
+    evaluations = []  # extra evaluations that ran, not read from <tag>.json
+    monkeypatch.setattr(module, "evaluate", lambda *arguments, **_: evaluations.append(arguments) or {})
+    world = tmp_path / "world"
+    version = _write_world(world, seed=1).version
+    student, folder = Student("lidar"), tmp_path / "out" / "runs" / Student("lidar").name
+    first = _experiment(world, version, tmp_path / "out")
+    spec = first._student_spec(student)
+    _finish_by_hand(folder, spec, b"lidar")
+    first.training_split_metrics(student.name, spec)
+    again = _experiment(world, version, tmp_path / "out")  # a later run, nothing changed
+    assert again._student_spec(student) == spec and again._done(folder, again._student_spec(student))
+    again.training_split_metrics(student.name, spec)
+    assert len(evaluations) == 1
+
+    _write_world(tmp_path / "new", seed=2)  # `vexkd-data synth` again: a new world moved into place
+    shutil.rmtree(world)
+    (tmp_path / "new").rename(world)
+    rewritten = _experiment(world, version, tmp_path / "out")
+    assert rewritten._student_spec(student) != spec and not rewritten._done(folder, rewritten._student_spec(student))
+    rewritten.training_split_metrics(student.name, spec)  # even with the run's old spec: the data changed
+    assert len(evaluations) == 2
+
+
+def test_a_distilled_run_is_redone_when_its_teacher_is_retrained(tiny_world, tmp_path):
+    from vexkd_train.experiment import Student
+
+    dataroot, world = tiny_world
+    experiment = _experiment(dataroot, world.version, tmp_path)
+    runs, baseline = tmp_path / "runs", Student("lidar")
+    _finish_by_hand(runs / baseline.name, experiment._student_spec(baseline), b"lidar")
+    _finish_by_hand(runs / "teacher", experiment._teacher_spec(), b"teacher")
+    distilled = Student("lidar", "full", ("low",))
+    spec = experiment._student_spec(distilled)  # finds the teacher finished: nothing trains
+    assert spec["inputs"]["teacher"][0] == "runs/teacher/train/model.pt"
+    assert _experiment(dataroot, world.version, tmp_path)._student_spec(distilled) == spec
+
+    teacher = runs / "teacher" / "train" / "model.pt"
+    teacher.write_bytes(b"retrained")
+    assert experiment._student_spec(distilled) != spec
+    # The same holds one step up: a retrained LiDAR baseline is a new start for the teacher.
+    teacher_spec = experiment._teacher_spec()
+    (runs / baseline.name / "train" / "model.pt").write_bytes(b"lidar, retrained")
+    assert experiment._teacher_spec() != teacher_spec

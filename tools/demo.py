@@ -1,23 +1,28 @@
 """`make demo`: the user journey on the built-in synthetic world, ending in demo/report.md.
 
-Stages run in order; each is skipped when its output from an earlier run is still valid
-(its inputs unchanged), so a re-run only redoes what changed. Everything lands in demo/.
+Stages run in order; each is reused when its outputs from an earlier run exist and its
+fingerprint (a digest of everything it consumed: arguments, code, the world as it is on
+disk, the checkpoints it reads) is the one it ran with, so a re-run only redoes what
+changed. Everything lands in demo/.
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import json
+import math
 import shutil
 import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from vexkd_core.fingerprint import code_digest, dataset_identity, digest, file_stamp  # noqa: E402
+from vexkd_core.io import atomic_write_json, atomic_write_text  # noqa: E402
+
 DEMO = REPO / "demo"
 WORLD = DEMO / "world"
 RUNS = DEMO / "runs"
@@ -32,141 +37,159 @@ PICTURES = ("bev.png", "cameras.jpg", "masks.png", "features.png")
 MODELS = (("lidar", ["student", "--modality", "lidar"]), ("camera", ["student", "--modality", "camera"]),
           ("teacher", ["teacher", "--init-from", RUNS / "lidar" / "model.pt"]))
 DISTILLED = (("lidar-vexkd", "lidar"), ("camera-vexkd", "camera"))
+# The students shown in the pictures (by their label there); the replay runs the distilled two.
+STUDENTS = {"LiDAR": RUNS / "lidar" / "model.pt", "LiDAR+VeXKD": RUNS / "lidar-vexkd" / "model.pt",
+            "camera": RUNS / "camera" / "model.pt", "camera+VeXKD": RUNS / "camera-vexkd" / "model.pt"}
 
 
-def digest(*parts) -> str:
-    hasher = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, Path):
-            for path in sorted(part.glob("**/*.py")) if part.is_dir() else [part]:
-                hasher.update(path.name.encode() + path.read_bytes())
-        else:
-            hasher.update(json.dumps(part, sort_keys=True, default=str).encode())
-    return hasher.hexdigest()[:16]
+@dataclass(frozen=True)
+class StageTime:
+    """One stage of this run: the seconds it took, and whether it was reused instead (then
+    `seconds` are those of the earlier run that made its outputs, NaN if unknown)."""
+
+    name: str
+    seconds: float
+    reused: bool
 
 
 class Stages:
-    """Runs stages whose stamp (a digest of their inputs) changed since the last run."""
+    """Runs a stage unless an earlier run left its outputs with the same fingerprint.
+
+    `folder`/stamps.json keeps each stage's fingerprint, seconds.json the seconds it took when
+    it last ran (shown, marked, for a reused stage); `timings` lists this run's stages."""
 
     def __init__(self, folder: Path):
-        self.folder = folder
-        self.stamps_file = folder / "stamps.json"
-        self.stamps = json.loads(self.stamps_file.read_text()) if self.stamps_file.is_file() else {}
-        # Seconds each stage took when it last ran, so a re-run's report still shows them.
-        self.seconds_file = folder / "seconds.json"
-        self.seconds: dict[str, float] = json.loads(self.seconds_file.read_text()) if self.seconds_file.is_file() \
-            else {}
-        self.reused: set[str] = set()
+        self.stamps_file, self.seconds_file = folder / "stamps.json", folder / "seconds.json"
+        self.stamps: dict[str, str] = _read_json(self.stamps_file)
+        self.seconds: dict[str, float] = _read_json(self.seconds_file)
+        self.timings: list[StageTime] = []
 
-    def run(self, name: str, stamp: str, outputs: list[Path], action) -> None:
-        if self.stamps.get(name) == stamp and all(p.exists() for p in outputs):
+    def run(self, name: str, fingerprint: str, outputs: list[Path], action) -> bool:
+        """Runs `action` unless reusable; returns whether it ran."""
+        if self.stamps.get(name) == fingerprint and all(p.exists() for p in outputs):
             print(f"[demo] {name}: reused from an earlier run", flush=True)
-            self.reused.add(name)
-            return
+            self.timings.append(StageTime(name, self.seconds.get(name, math.nan), reused=True))
+            return False
         print(f"[demo] {name} ...", flush=True)
+        self.stamps.pop(name, None)  # a stage that fails half way is not reusable
+        atomic_write_json(self.stamps_file, self.stamps)
         started = time.monotonic()
         action()
         self.seconds[name] = time.monotonic() - started
         print(f"[demo] {name}: {self.seconds[name]:.0f} s", flush=True)
-        from vexkd_core.io import atomic_write_json
-
-        self.stamps[name] = stamp
+        self.stamps[name] = fingerprint
         atomic_write_json(self.stamps_file, self.stamps)
         atomic_write_json(self.seconds_file, self.seconds)
+        self.timings.append(StageTime(name, self.seconds[name], reused=False))
+        return True
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def command(*arguments) -> None:
     subprocess.run([str(a) for a in arguments], check=True)
 
 
+def checkpoint(path: Path) -> list:
+    """An input file's stamp (vexkd_core.fingerprint.file_stamp), its path relative to demo/."""
+    return file_stamp(path, root=DEMO)
+
+
 def main() -> int:
-    sys.path.insert(0, str(REPO))
+    from vexkd_core.data.nuscenes_source import open_nuscenes
     from vexkd_core.data.synthetic import demo_config
-    from vexkd_core.io import atomic_write_text
 
     config = demo_config(WORLD)
-    stages = Stages(DEMO)
     DEMO.mkdir(exist_ok=True)
-    world_stamp = digest({k: v for k, v in asdict(config).items() if k != "workers"},
-                         REPO / "vexkd_core" / "data" / "synthetic")
-    stages.run("synthetic world", world_stamp, [WORLD / config.version / "sample.json"], lambda: command(
+    stages = Stages(DEMO)
+    # The world stage is keyed by what it is asked to write; what it did write, or what replaced
+    # it since (`vexkd-data synth --out demo/world` by hand), is `world` below.
+    world_request = digest({k: v for k, v in asdict(config).items() if k != "workers"},
+                           code_digest(REPO / "vexkd_core" / "data" / "synthetic"))
+    stages.run("synthetic world", world_request, [WORLD / config.version / "sample.json"], lambda: command(
         BIN / "vexkd-data", "synth", "--out", WORLD, "--scenes", config.scenes, "--val-scenes", config.val_scenes,
         "--samples-per-scene", config.samples_per_scene, "--sweeps", config.sweeps,
         "--camera-sweeps", config.camera_sweeps, "--image-size", "x".join(map(str, config.image_size)),
         "--seed", config.seed, "--version", config.version, "--workers", config.workers, "--overwrite"))
-    first_val_sample = config.samples_per_scene * (config.scenes - config.val_scenes)
-    stages.run("render a val sample", world_stamp, [DEMO / "sample.png"], lambda: command(
-        BIN / "vexkd-data", "render", "--dataroot", WORLD, "--sample", first_val_sample, "--out", DEMO / "sample.png"))
+    # Every stage below reads the world, so each has its on-disk identity in its fingerprint.
+    world = dataset_identity(WORLD, config.version)
+    nusc = open_nuscenes(WORLD, config.version)
+    scene = val_scenes(nusc)[0]
+    render_inputs = digest(world, scene["first_sample_token"], code_digest(REPO / "vexkd_core" / "data"))
+    stages.run("render a val sample", render_inputs, [DEMO / "sample.png"], lambda: command(
+        BIN / "vexkd-data", "render", "--dataroot", WORLD, "--version", config.version,
+        "--sample", scene["first_sample_token"], "--out", DEMO / "sample.png"))
 
-    model_code = digest(REPO / "vexkd_core", REPO / "vexkd_train", EPOCHS)
-    metrics = {}
-    for name, arguments in MODELS:
-        run = RUNS / name
-        stamp = digest(world_stamp, model_code, arguments, [stages.stamps.get("train lidar")] if name == "teacher" else [])
-        stages.run(f"train {name}", stamp, [run / "model.pt"], lambda: command(
-            BIN / "vexkd-train", *arguments, "--dataroot", WORLD, "--config", "tiny", "--out", run,
-            "--max-epochs", EPOCHS))
-        stages.run(f"evaluate {name}", stamp, [run / "eval" / "metrics.json"], lambda: command(
-            BIN / "vexkd-train", "eval", "--checkpoint", run / "model.pt", "--dataroot", WORLD, "--split", "val",
-            "--out", run / "eval"))
-        metrics[name] = json.loads((run / "eval" / "metrics.json").read_text())
-        metrics[name]["step_seconds"] = _median_step_seconds(run / "log.csv")
-
-    teacher_stamp = stages.stamps["train teacher"]
-    stages.run("train mask generators", digest(teacher_stamp, model_code), [MASKS], lambda: command(
+    model_code = digest(code_digest(REPO / "vexkd_core", REPO / "vexkd_train"), EPOCHS)
+    metrics = {name: train_and_evaluate(stages, world, model_code, name, arguments) for name, arguments in MODELS}
+    stages.run("train mask generators", digest(world, model_code, checkpoint(TEACHER)), [MASKS], lambda: command(
         BIN / "vexkd-train", "masks", "--teacher", TEACHER, "--dataroot", WORLD, "--out", MASKS.parent,
         "--max-epochs", 1))
     for name, modality in DISTILLED:
-        run = RUNS / name
-        stamp = digest(stages.stamps["train mask generators"], name)
-        stages.run(f"train {name}", stamp, [run / "model.pt"], lambda: command(
-            BIN / "vexkd-train", "student", "--modality", modality, "--teacher", TEACHER, "--masks", MASKS,
-            "--distill", "vexkd", "--dataroot", WORLD, "--config", "tiny", "--out", run, "--max-epochs", EPOCHS))
-        stages.run(f"evaluate {name}", stamp, [run / "eval" / "metrics.json"], lambda: command(
-            BIN / "vexkd-train", "eval", "--checkpoint", run / "model.pt", "--dataroot", WORLD, "--split", "val",
-            "--out", run / "eval"))
-        metrics[name] = json.loads((run / "eval" / "metrics.json").read_text())
-        metrics[name]["step_seconds"] = _median_step_seconds(run / "log.csv")
+        metrics[name] = train_and_evaluate(stages, world, model_code, name, [
+            "student", "--modality", modality, "--teacher", TEACHER, "--masks", MASKS, "--distill", "vexkd"])
 
-    replay_summary = replay(config, stages, world_stamp)
-    pictures_stamp = digest(stages.stamps["replay through the stack"], stages.stamps["train mask generators"],
-                            REPO / "vexkd_ros" / "replay_pictures.py", REPO / "vexkd_train" / "pictures.py")
-    stages.run("pictures", pictures_stamp, [DEMO / name for name in PICTURES], lambda: pictures(config))
-    atomic_write_text(DEMO / "report.md", report(config, stages, metrics, replay_summary))
+    replay_summary = replay(config, stages, world, scene["name"])
+    pictures_inputs = digest(world, code_digest(REPO / "vexkd_ros" / "replay_pictures.py",
+                                                REPO / "vexkd_train" / "pictures.py"),
+                             [checkpoint(path) for path in (REPLAY / "outputs", TEACHER, MASKS, *STUDENTS.values())])
+    stages.run("pictures", pictures_inputs, [DEMO / name for name in PICTURES], lambda: pictures(config))
+    atomic_write_text(DEMO / "report.md", report(config, nusc, stages.timings, metrics, replay_summary))
     print(f"[demo] report: {DEMO / 'report.md'}")
     return 0
 
 
-def replay(config, stages: Stages, world_stamp: str) -> str:
-    """One val scene to a bag, replayed through the LiDAR and camera students (separate processes)."""
-    from vexkd_core.data.nuscenes_source import open_nuscenes, split_scene_names
+def val_scenes(nusc) -> list[dict]:
+    """The val scenes of the world as it is on disk, by name; the demo renders and replays the first."""
+    from vexkd_core.data.nuscenes_source import split_scene_names
 
-    nusc = open_nuscenes(WORLD, config.version)
-    scene = sorted(set(split_scene_names(nusc, "val")) & {s["name"] for s in nusc.scene})[0]
+    names = set(split_scene_names(nusc, "val"))
+    return sorted((s for s in nusc.scene if s["name"] in names), key=lambda s: s["name"])
+
+
+def train_and_evaluate(stages: Stages, world: str, code: str, name: str, arguments: list) -> dict:
+    """`vexkd-train <arguments>` into runs/<name>, then its val metrics. The checkpoints among the
+    arguments (Paths) are inputs: retraining one re-runs this, as does a new world or code."""
+    run = RUNS / name
+    inputs = [checkpoint(argument) for argument in arguments if isinstance(argument, Path)]
+    stages.run(f"train {name}", digest(world, code, arguments, inputs), [run / "model.pt"], lambda: command(
+        BIN / "vexkd-train", *arguments, "--dataroot", WORLD, "--config", "tiny", "--out", run,
+        "--max-epochs", EPOCHS))
+    stages.run(f"evaluate {name}", digest(world, code, checkpoint(run / "model.pt")),
+               [run / "eval" / "metrics.json"], lambda: command(
+        BIN / "vexkd-train", "eval", "--checkpoint", run / "model.pt", "--dataroot", WORLD, "--split", "val",
+        "--out", run / "eval"))
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    metrics["step_seconds"] = _median_step_seconds(run / "log.csv")
+    return metrics
+
+
+def replay(config, stages: Stages, world: str, scene: str) -> str:
+    """One val scene to a bag, replayed through the LiDAR and camera students (separate processes)."""
     bag = DEMO / "bags" / scene
-    ros_code = digest(REPO / "vexkd_ros")
+    ros_code = code_digest(REPO / "vexkd_ros")
 
     def write_bag() -> None:
         shutil.rmtree(bag, ignore_errors=True)
         command(BIN / "vexkd-ros", "nuscenes-to-bag", "--dataroot", WORLD, "--version", config.version,
                 "--scene", scene, "--out", bag.parent)
 
-    stages.run("scene to a bag", digest(world_stamp, ros_code), [bag], write_bag)
+    stages.run("scene to a bag", digest(world, ros_code, scene), [bag], write_bag)
     outputs, summary = REPLAY / "outputs", REPLAY / "summary.txt"
 
     def run_stack() -> None:
         shutil.rmtree(outputs, ignore_errors=True)
         REPLAY.mkdir(parents=True, exist_ok=True)
         result = subprocess.run([str(BIN / "vexkd-ros"), "stack", "--bag", str(bag), "--checkpoint",
-                                 str(RUNS / "lidar-vexkd" / "model.pt"), str(RUNS / "camera-vexkd" / "model.pt"),
+                                 str(STUDENTS["LiDAR+VeXKD"]), str(STUDENTS["camera+VeXKD"]),
                                  "--record", str(outputs)], check=True, capture_output=True, text=True)
         print(result.stdout, end="")
-        from vexkd_core.io import atomic_write_text
-
         atomic_write_text(summary, result.stdout)
 
-    stages.run("replay through the stack", digest(stages.stamps["scene to a bag"], ros_code,
-                                                  stages.stamps["train lidar-vexkd"], stages.stamps["train camera-vexkd"]),
+    students = [checkpoint(STUDENTS[label]) for label in ("LiDAR+VeXKD", "camera+VeXKD")]
+    stages.run("replay through the stack", digest(world, ros_code, checkpoint(bag), students),
                [outputs, summary], run_stack)
     return summary.read_text()
 
@@ -176,10 +199,7 @@ def pictures(config) -> None:
     from vexkd_train.pictures import write_distillation_pictures
 
     replay_pictures(WORLD, config.version, REPLAY / "outputs", DEMO)
-    write_distillation_pictures(WORLD, config.version, TEACHER, MASKS,
-                                {"LiDAR": RUNS / "lidar" / "model.pt", "LiDAR+VeXKD": RUNS / "lidar-vexkd" / "model.pt",
-                                 "camera": RUNS / "camera" / "model.pt",
-                                 "camera+VeXKD": RUNS / "camera-vexkd" / "model.pt"}, DEMO)
+    write_distillation_pictures(WORLD, config.version, TEACHER, MASKS, STUDENTS, DEMO)
 
 
 def _median_step_seconds(log: Path) -> float:
@@ -189,19 +209,17 @@ def _median_step_seconds(log: Path) -> float:
     return statistics.median(float(row.split(",")[-1]) for row in rows) if rows else float("nan")
 
 
-def report(config, stages: Stages, metrics: dict[str, dict], replay_summary: str) -> str:
+def report(config, nusc, timings: list[StageTime], metrics: dict[str, dict], replay_summary: str) -> str:
+    """The report on the world as it is on disk (`nusc`), whatever config asked for."""
     from nuscenes.eval.detection.utils import category_to_detection_name
-    from nuscenes.nuscenes import NuScenes
 
     from vexkd_core.classes import DETECTION_CLASSES
     from vexkd_core.data.nuscenes_source import NuScenesSource
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        nusc = NuScenes(config.version, str(WORLD), verbose=False)
     per_class = Counter(category_to_detection_name(a["category_name"]) for a in nusc.sample_annotation)
     per_class.pop(None, None)
     lines = ["# VeXKD demo report", "", "## Synthetic world", "",
-             f"{len(nusc.scene)} scenes ({config.val_scenes} val), {len(nusc.sample)} samples, "
+             f"{len(nusc.scene)} scenes ({len(val_scenes(nusc))} val), {len(nusc.sample)} samples, "
              f"{len(nusc.sample_data)} sensor frames, {len(nusc.sample_annotation)} boxes, written in the nuScenes "
              "schema and read back with nuscenes-devkit.", "",
              "| class | " + " | ".join(sorted(per_class)) + " |", "|---" * (len(per_class) + 1) + "|",
@@ -245,12 +263,22 @@ def report(config, stages: Stages, metrics: dict[str, dict], replay_summary: str
               "Last key frame answered by both nodes, boxes with score >= 0.3 (ground truth in white, "
               "predicted map classes tinted):", "", "![BEV: LiDAR and camera students vs ground truth](bev.png)", "",
               "![The six cameras with the LiDAR student's boxes projected](cameras.jpg)", ""]
-    lines += ["", "## Stage timings", "", "Seconds each stage took when it last ran (2-core CPU); "
-              "stages this run reused are marked.", "", "| stage | seconds | |", "|---|---|---|"]
-    lines += [f"| {name} | {stages.seconds.get(name, float('nan')):.0f} | {'reused' if name in stages.reused else ''} |"
-              for name in stages.stamps]
-    lines.append(f"| total | {sum(stages.seconds.get(name, 0.0) for name in stages.stamps):.0f} | |")
+    lines += timings_table(timings)
     return "\n".join(lines) + "\n"
+
+
+def timings_table(timings: list[StageTime]) -> list[str]:
+    """This run's stages; the total is the time this run spent: reused stages show, in brackets,
+    the seconds the earlier run that made their outputs took, and are not in it."""
+    lines = ["", "## Stage timings", "", "Seconds each stage took in this run (2-core CPU). A reused stage did not "
+             "run: its seconds, in brackets, are those of the earlier run that made its outputs, and are not in "
+             "the total.", "", "| stage | seconds | |", "|---|---|---|"]
+    lines += [f"| {t.name} | ({t.seconds:.0f}) | reused |" if t.reused else f"| {t.name} | {t.seconds:.0f} | |"
+              for t in timings]
+    reused = sum(t.reused for t in timings)
+    lines.append(f"| total (this run) | {sum(t.seconds for t in timings if not t.reused):.0f} | "
+                 f"{reused} of {len(timings)} reused |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 Trains and evaluates the LiDAR student, the camera student, the teacher (started from the
 LiDAR student, BEVFusion's practice), the mask generators and every distilled student the
 tables need, then writes results.json, results.md and pictures. Each run lives in its own
-folder with the spec it was made from; a finished run (metrics.json present, same spec)
-is reused, so an interrupted experiment resumes where it stopped.
+folder with the spec it was made from: its settings, the identity of the dataset on disk and
+the stamps of the checkpoints it started from. A finished run (metrics.json present, same
+spec) is reused, so an interrupted experiment resumes where it stopped, and a rewritten
+dataset or a retrained teacher redoes what depended on it.
 """
 from __future__ import annotations
 
@@ -21,11 +23,24 @@ from vexkd_core.config import Config, load_config
 from vexkd_core.data.dataset import map_source_grid
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.distill.distiller import Distiller
+from vexkd_core.fingerprint import dataset_identity, file_stamp
 from vexkd_core.io import atomic_write_json, atomic_write_text
 from vexkd_core.models.vexkd import build_model
 from vexkd_train.evaluate import evaluate
 from vexkd_train.masks import MaskSettings, load_masks, train_masks
 from vexkd_train.trainer import RunOptions, train
+
+
+@dataclass(frozen=True)
+class MaskRun:
+    """One mask-generator run: generators of `blocks` blocks, with the fusion query or a random one."""
+
+    blocks: int = 3
+    random_query: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"masks-{'random' if self.random_query else 'learned'}-b{self.blocks}"
 
 
 @dataclass(frozen=True)
@@ -47,9 +62,9 @@ class Student:
                 f"-s{self.seed}")
 
     @property
-    def masks(self) -> str | None:
+    def masks(self) -> MaskRun | None:
         if self.distill in ("vexkd", "random-query"):
-            return f"masks-{'random' if self.distill == 'random-query' else 'learned'}-b{self.blocks}"
+            return MaskRun(self.blocks, random_query=self.distill == "random-query")
         return None
 
 
@@ -105,6 +120,22 @@ class Experiment:
         self.config, self.suite, self.progress = config, suite, progress
         self.train_source = NuScenesSource(dataroot, version, "train", config.model.lidar.sweeps,
                                            map_source_grid(config, config.train.augment))
+        # Each dataset's identity is taken once: the experiment's own reads leave the dataset as
+        # it was, and taking it at every reuse check would hash its tables again each time.
+        self.identities: dict[Path, str] = {}
+
+    def _identity(self, dataroot: Path) -> str:
+        """The dataset's identity on disk (vexkd_core.fingerprint): it changes when it is rewritten."""
+        if dataroot not in self.identities:
+            self.identities[dataroot] = dataset_identity(dataroot, self.version)
+        return self.identities[dataroot]
+
+    def _stamp(self, path: Path) -> list:
+        """An input checkpoint's stamp, its path relative to `out` so a moved experiment stays reusable."""
+        return file_stamp(path, root=self.out)
+
+    def _checkpoint(self, name: str) -> Path:
+        return self.out / "runs" / name / "train" / "model.pt"
 
     def _schedule(self) -> dict:
         """What shapes one run; the seed list is left out so adding seeds reuses finished runs."""
@@ -126,11 +157,21 @@ class Experiment:
         return metrics
 
     def _student_spec(self, student: Student) -> dict:
-        return _spec({"student": asdict(student), "schedule": self._schedule(), "config": self.config.to_dict()})
+        """A distilled student's spec holds its teacher's (and mask generators') stamps, so it
+        is redone when they are retrained; asking for them finishes those runs first."""
+        inputs = {}
+        if student.distill != "none":
+            inputs["teacher"] = self._stamp(self.teacher())
+        if student.masks:
+            inputs["masks"] = self._stamp(self.masks(student.masks))
+        return _spec({"student": asdict(student), "schedule": self._schedule(), "config": self.config.to_dict(),
+                      "data": self._identity(self.dataroot), "inputs": inputs})
 
     def _teacher_spec(self) -> dict:
+        """Needs the LiDAR baseline's checkpoint (the teacher starts from it): teacher() makes it first."""
         return _spec({"teacher": "init from lidar-baseline-s0", "schedule": self._schedule(),
-                      "config": self.config.to_dict()})
+                      "config": self.config.to_dict(), "data": self._identity(self.dataroot),
+                      "inputs": {"lidar": self._stamp(self._checkpoint(Student("lidar").name))}})
 
     def student(self, student: Student) -> dict:
         folder = self.out / "runs" / student.name
@@ -143,7 +184,7 @@ class Experiment:
         distiller = None
         if student.distill != "none":
             teacher, _, _ = model_from_checkpoint(self.teacher(), expected_modality="fusion")
-            generators = load_masks(self.masks(student.masks, student.blocks), teacher) if student.masks else None
+            generators = load_masks(self.masks(student.masks), teacher) if student.masks else None
             distiller = Distiller(teacher, model, student.distill, student.levels, student.loss,
                                   {"low": 1.0, "high": 1.0}, generators)
         checkpoint = train(model, config, self.train_source, student.modality, self._options(folder / "train"), distiller)
@@ -151,37 +192,40 @@ class Experiment:
 
     def teacher(self) -> Path:
         folder = self.out / "runs" / "teacher"
+        self.student(Student("lidar"))
         spec = self._teacher_spec()
         if not self._done(folder, spec):
-            self.student(Student("lidar"))
-            lidar, _, _ = model_from_checkpoint(self.out / "runs" / Student("lidar").name / "train" / "model.pt")
+            lidar, _, _ = model_from_checkpoint(self._checkpoint(Student("lidar").name))
             torch.manual_seed(self.config.train.seed)
             teacher = build_model(self.config, "fusion")
             teacher.load_lidar_branch(lidar)
             self._finish(folder, spec, train(teacher, self.config, self.train_source, "fusion",
                                              self._options(folder / "train")))
-        return folder / "train" / "model.pt"
+        return self._checkpoint("teacher")
 
-    def masks(self, name: str, blocks: int) -> Path:
-        folder = self.out / "runs" / name
-        settings = MaskSettings(blocks=blocks, random_query=name.startswith("masks-random"), epochs=self.suite.mask_epochs)
-        spec = _spec({"masks": asdict(settings), "teacher": str(self.teacher())})
+    def masks(self, run: MaskRun) -> Path:
+        folder = self.out / "runs" / run.name
+        settings = MaskSettings(blocks=run.blocks, random_query=run.random_query, epochs=self.suite.mask_epochs)
+        teacher = self.teacher()
+        spec = _spec({"masks": asdict(settings), "data": self._identity(self.dataroot),
+                      "inputs": {"teacher": self._stamp(teacher)}})
         if not self._done(folder, spec, "masks.pt"):
-            train_masks(self.teacher(), self.train_source, folder, settings, progress=self.progress)
+            train_masks(teacher, self.train_source, folder, settings, progress=self.progress)
             atomic_write_json(folder / "spec.json", spec)
         return folder / "masks.pt"
 
     def extra_evaluation(self, name: str, spec: dict, dataroot: Path, split: str, tag: str) -> dict:
         """A finished run evaluated on another split or dataset; kept in <tag>.json and reused
-        while the run's spec, the dataset and the split stay the same."""
-        folder = self.out / "runs" / name
-        stored, key = folder / f"{tag}.json", {"spec": spec, "dataroot": str(dataroot), "split": split}
+        while the run's spec and checkpoint, the dataset (as it is on disk) and the split stay the same."""
+        folder, checkpoint = self.out / "runs" / name, self._checkpoint(name)
+        key = _spec({"spec": spec, "checkpoint": self._stamp(checkpoint), "dataroot": str(dataroot),
+                     "data": self._identity(dataroot), "split": split})
+        stored = folder / f"{tag}.json"
         if stored.is_file():
             saved = json.loads(stored.read_text())
             if {field: saved.get(field) for field in key} == key:
                 return saved["metrics"]
-        metrics = evaluate(folder / "train" / "model.pt", dataroot, self.version, split, folder / f"eval_{tag}",
-                           progress=self.progress)
+        metrics = evaluate(checkpoint, dataroot, self.version, split, folder / f"eval_{tag}", progress=self.progress)
         atomic_write_json(stored, {**key, "metrics": metrics})
         return metrics
 
@@ -225,10 +269,10 @@ class Experiment:
         """masks.png and features.png for the first val sample."""
         from .pictures import write_distillation_pictures
 
-        students = {label: self.out / "runs" / student.name / "train" / "model.pt"
+        students = {label: self._checkpoint(student.name)
                     for label, student in (("LiDAR", Student("lidar")), ("LiDAR+VeXKD", Student("lidar", "vexkd")),
                                            ("camera", Student("camera")), ("camera+VeXKD", Student("camera", "vexkd")))}
-        write_distillation_pictures(self.dataroot, self.version, self.teacher(), self.masks("masks-learned-b3", 3),
+        write_distillation_pictures(self.dataroot, self.version, self.teacher(), self.masks(MaskRun(blocks=3)),
                                     students, self.out, nusc=self.train_source.nusc)
 
 

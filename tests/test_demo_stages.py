@@ -1,0 +1,111 @@
+"""The demo's stages are reused only while what they consumed is the same, and its report's
+total counts only the time the run itself spent. Trivial actions stand in for the real ones."""
+import importlib.util
+import json
+import os
+import sys
+import types
+from pathlib import Path
+
+from vexkd_core.fingerprint import dataset_identity, digest, file_stamp
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _demo():
+    spec = importlib.util.spec_from_file_location("vexkd_demo", REPO / "tools" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+demo = _demo()
+
+
+def _world(root: Path, samples: list[str]) -> Path:
+    """A stand-in world: the tables and folders dataset_identity looks at."""
+    (root / "v-test").mkdir(parents=True, exist_ok=True)
+    (root / "v-test" / "sample.json").write_text(json.dumps([{"token": token} for token in samples]))
+    (root / "samples" / "LIDAR_TOP").mkdir(parents=True, exist_ok=True)
+    return root
+
+
+class Action:
+    """Writes the stage's output and counts its calls."""
+
+    def __init__(self, output: Path):
+        self.output, self.calls = output, 0
+
+    def __call__(self):
+        self.calls += 1
+        self.output.write_text(str(self.calls))
+
+
+def test_a_stage_reruns_when_the_world_it_read_is_rewritten(tmp_path):
+    world = _world(tmp_path / "world", ["a", "b"])
+    render = Action(tmp_path / "sample.png")
+
+    def run() -> bool:  # as the demo does it: a fresh Stages per run, the world's identity read from disk
+        return demo.Stages(tmp_path).run("render", digest(dataset_identity(world, "v-test"), "code"),
+                                         [render.output], render)
+
+    assert run() and render.calls == 1
+    assert not run() and render.calls == 1  # nothing changed: reused
+    _world(world, ["a", "c"])  # rewritten by hand: same table, other contents
+    assert run() and render.calls == 2
+    assert not run()
+    render.output.unlink()  # an output gone is made again, whatever the fingerprint
+    assert run() and render.calls == 3
+
+
+def test_a_stage_reruns_when_an_input_checkpoint_is_rewritten(tmp_path):
+    model = tmp_path / "runs" / "lidar" / "model.pt"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"first")
+    evaluate = Action(tmp_path / "metrics.json")
+
+    def run() -> bool:
+        return demo.Stages(tmp_path).run("evaluate lidar", digest("world", file_stamp(model, tmp_path)),
+                                         [evaluate.output], evaluate)
+
+    assert run() and not run()
+    model.write_bytes(b"other")  # retrained: same size, new mtime
+    os.utime(model, ns=(model.stat().st_atime_ns, model.stat().st_mtime_ns + 1_000_000))
+    assert run() and evaluate.calls == 2
+
+
+def test_a_stage_that_failed_is_not_reused(tmp_path):
+    output = tmp_path / "model.pt"
+
+    def fails():
+        output.write_text("half")
+        raise RuntimeError("interrupted")
+
+    stages = demo.Stages(tmp_path)
+    assert stages.run("train", "same", [output], Action(output))
+    output.unlink()
+    try:
+        stages.run("train", "same", [output], fails)
+    except RuntimeError:
+        pass
+    # The half-written output exists and the fingerprint is the same: still made again.
+    again = Action(output)
+    assert demo.Stages(tmp_path).run("train", "same", [output], again) and again.calls == 1
+
+
+def test_the_report_total_sums_only_the_time_this_run_spent(tmp_path, monkeypatch):
+    clock = iter([0.0, 500.0, 1000.0, 1003.0, 1010.0, 1017.0])  # start and end of each stage that runs
+    monkeypatch.setattr(demo, "time", types.SimpleNamespace(monotonic=lambda: next(clock)))
+    first = demo.Stages(tmp_path)
+    first.run("train lidar", "lidar v1", [], lambda: None)  # 500 s
+    first.run("evaluate lidar", "eval v1", [], lambda: None)  # 3 s
+
+    second = demo.Stages(tmp_path)
+    second.run("train lidar", "lidar v1", [], lambda: None)  # reused: its 500 s were spent by the first run
+    second.run("evaluate lidar", "eval v2", [], lambda: None)  # runs again: 7 s
+    assert second.timings == [demo.StageTime("train lidar", 500.0, reused=True),
+                              demo.StageTime("evaluate lidar", 7.0, reused=False)]
+    table = demo.timings_table(second.timings)
+    assert "| train lidar | (500) | reused |" in table and "| evaluate lidar | 7 | |" in table
+    assert table[-1] == "| total (this run) | 7 | 1 of 2 reused |"
