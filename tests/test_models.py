@@ -1,5 +1,7 @@
 """Model building blocks against independent references: deformable attention, box
 coding, camera geometry, pillar scatter, augmentation, and camera-only inputs."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -62,6 +64,24 @@ def test_deformable_attention_equals_a_naive_loop():
                         accumulated += weights[b, q, h, level, p] * sample
                 slow[b, q, h * per_head:(h + 1) * per_head] = accumulated
     torch.testing.assert_close(fast, attention.output(slow), atol=1e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_deformable_attention_starts_as_in_mmcv():
+    """Head h samples along its own direction (angle 2 pi h / heads), point k at k + 1 cells
+    (square ring), on every level; attention weights start uniform."""
+    heads, levels, points = 8, 2, 3
+    attention = DeformableAttention(16, heads, levels, points)
+    offsets = attention.offsets(torch.randn(1, 4, 16)).view(4, heads, levels, points, 2)
+    assert torch.allclose(offsets, offsets[:1].expand_as(offsets))  # no dependence on the query yet
+    for h in range(heads):
+        angle = 2 * math.pi * h / heads
+        direction = torch.tensor([math.cos(angle), math.sin(angle)])
+        direction /= direction.abs().max()
+        for k in range(points):
+            torch.testing.assert_close(offsets[0, h, :, k], (k + 1) * direction.expand(levels, 2))
+    weights = attention.attention(torch.randn(3, 16))
+    assert torch.count_nonzero(weights) == 0  # softmax over zeros: uniform
 
 
 def test_box_targets_decode_back_to_the_boxes():

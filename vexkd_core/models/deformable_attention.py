@@ -1,11 +1,15 @@
 """Multi-scale deformable attention (Deformable DETR) in plain PyTorch with grid_sample.
 
 Each query attends to `points` sampling locations per head and per level (feature map),
-placed around its reference point by learned offsets (initialised to zero, so training
-starts from the reference point itself) and weighted by learned, softmax-normalised
-attention weights.
+placed around its reference point by learned offsets and weighted by learned,
+softmax-normalised attention weights. Initialised as in mmcv / BEVFormer: the offset bias
+places each head's points on a ray of its own direction (point k at k + 1 cells), so the
+heads start out looking in different directions at growing distances instead of all at
+the reference cell; attention weights start uniform (zero weight and bias).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +26,23 @@ class DeformableAttention(nn.Module):
         self.attention = nn.Linear(dim, heads * levels * points)
         self.value = nn.Linear(dim, dim)
         self.output = nn.Linear(dim, dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
         nn.init.zeros_(self.offsets.weight)
-        nn.init.zeros_(self.offsets.bias)
+        angles = torch.arange(self.heads, dtype=torch.float32) * (2 * math.pi / self.heads)
+        directions = torch.stack([angles.cos(), angles.sin()], dim=-1)
+        # Scaled so the larger component is 1 cell: the ring is a square, as in mmcv.
+        directions = directions / directions.abs().max(dim=-1, keepdim=True).values
+        distances = torch.arange(1, self.points + 1, dtype=torch.float32)
+        bias = directions[:, None, None, :] * distances[None, None, :, None]  # (heads, 1, points, 2)
+        with torch.no_grad():
+            self.offsets.bias.copy_(bias.expand(self.heads, self.levels, self.points, 2).flatten())
+        nn.init.zeros_(self.attention.weight)
+        nn.init.zeros_(self.attention.bias)
+        for projection in (self.value, self.output):
+            nn.init.xavier_uniform_(projection.weight)
+            nn.init.zeros_(projection.bias)
 
     def forward(self, query: torch.Tensor, reference: torch.Tensor, maps: list[torch.Tensor]) -> torch.Tensor:
         """query (B, Q, C); reference (B, Q, 2) as (x, y) in [0, 1]; maps: `levels` x (B, C, H, W)."""
