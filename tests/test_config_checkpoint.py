@@ -69,7 +69,7 @@ def test_bad_checkpoints_are_refused_clearly(tmp_path):
 
 
 def test_teacher_starts_its_lidar_branch_decoder_and_heads_from_a_lidar_model(tmp_path):
-    from vexkd_train.cli import _initialise_from_lidar
+    from vexkd_train.training_setup import initialise_from_lidar
 
     config = preset("tiny")
     torch.manual_seed(1)
@@ -77,7 +77,7 @@ def test_teacher_starts_its_lidar_branch_decoder_and_heads_from_a_lidar_model(tm
     path = save_checkpoint(tmp_path / "lidar.pt", lidar, config, "lidar")
     torch.manual_seed(2)
     teacher = build_model(config, "fusion")
-    _initialise_from_lidar(teacher, path)
+    initialise_from_lidar(teacher, path)
     for name, value in lidar.encoder.state_dict().items():
         assert torch.equal(teacher.lidar_encoder.state_dict()[name], value), name
     for name, value in lidar.heads.state_dict().items():
@@ -85,4 +85,4 @@ def test_teacher_starts_its_lidar_branch_decoder_and_heads_from_a_lidar_model(tm
     other = load_config("tiny", ["grid.resolution_m=0.4"])
     mismatched = save_checkpoint(tmp_path / "other.pt", build_model(other, "lidar"), other, "lidar")
     with pytest.raises(CheckpointError, match="another BEV grid"):
-        _initialise_from_lidar(teacher, mismatched)
+        initialise_from_lidar(teacher, mismatched)

@@ -5,15 +5,30 @@ import json
 
 from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.data.nuscenes_source import NuScenesSource
-from vexkd_train.experiment import markdown, run_experiment, summarise, tables
+from vexkd_train.experiment import run_experiment, summarise, tables
+from vexkd_train.experiment_report import markdown
 
 
 def test_quick_suite_end_to_end_then_resumes_without_retraining(tiny_world, tmp_path):
     dataroot, world = tiny_world
     # The tiny world doubles as the "held-out" world: its val metrics must then come out again.
     results = run_experiment(dataroot, world.version, tmp_path, "quick", progress=False, heldout=dataroot)
-    assert set(results["tables"]) == {"comparison", "components", "masks", "blocks", "distance"}
+    assert set(results["tables"]) == {"comparison", "components", "masks", "blocks", "distance", "fusers"}
     assert len(results["tables"]["masks"]) == 7 and len(results["tables"]["blocks"]) == 4
+    assert list(results["tables"]["fusers"]) == [
+        "LiDAR student", "camera student", "LiDAR student + MGFM teacher (whole-map FD)",
+        "LiDAR student + ConvFuser teacher (whole-map FD)", "camera student + MGFM teacher (whole-map FD)",
+        "camera student + ConvFuser teacher (whole-map FD)"]
+    # Each teacher with both sensors, LiDAR only, camera only; "both" is its val evaluation.
+    robustness = results["robustness"]
+    assert {fuser: list(cases) for fuser, cases in robustness.items()} == {
+        "MGFM": ["both", "LiDAR only", "camera only"], "ConvFuser": ["both", "LiDAR only", "camera only"]}
+    assert robustness["MGFM"]["both"]["mAP"]["values"] == results["teacher"]["mAP"]["values"]
+    without_camera = json.loads((tmp_path / "runs" / "teacher-convfuser" / "val_without_camera.json").read_text())
+    assert without_camera["metrics"]["drop_sensor"] == "camera"
+    # The selectivity report of the generators the mask-choice table uses, per mask.
+    assert set(results["selectivity"]) == {"fusion query (VeXKD)", "random query"}
+    assert len(results["selectivity"]["fusion query (VeXKD)"]["detection/low"]) == 6
     for table in results["tables"].values():
         for entry in table.values():
             assert 0.0 <= entry["NDS"]["mean"] <= 1.0 and 0.0 <= entry["mIoU"]["mean"] <= 1.0
@@ -37,6 +52,8 @@ def test_quick_suite_end_to_end_then_resumes_without_retraining(tiny_world, tmp_
     markdown = (tmp_path / "results.md").read_text()
     assert "## Mask choice (LiDAR student)" in markdown and "generated, fusion query (VeXKD)" in markdown
     assert "## Training split against val (generalisation check)" in markdown
+    assert "## Each teacher with a sensor missing (val)" in markdown
+    assert "## Mask selectivity on val: generators from the fusion query (VeXKD)" in markdown
     # Per-class AP: what mAP averages, next to how many val objects each class has.
     val_objects = NuScenesSource(dataroot, world.version, "val", 0).objects_per_class()
     assert results["val_objects"] == val_objects and set(val_objects) == set(DETECTION_CLASSES)

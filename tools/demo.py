@@ -125,8 +125,7 @@ def main() -> int:
     model_code = digest(code_digest(REPO / "vexkd_core", REPO / "vexkd_train"), EPOCHS)
     metrics = {name: train_and_evaluate(stages, world, model_code, name, arguments) for name, arguments in MODELS}
     stages.run("train mask generators", digest(world, model_code, checkpoint(TEACHER)), [MASKS], lambda: command(
-        BIN / "vexkd-train", "masks", "--teacher", TEACHER, "--dataroot", WORLD, "--out", MASKS.parent,
-        "--max-epochs", 1))
+        BIN / "vexkd-train", "masks", "--teacher", TEACHER, "--dataroot", WORLD, "--out", MASKS.parent))
     for name, modality in DISTILLED:
         metrics[name] = train_and_evaluate(stages, world, model_code, name, [
             "student", "--modality", modality, "--teacher", TEACHER, "--masks", MASKS, "--distill", "vexkd"])
@@ -252,8 +251,11 @@ def report(config, nusc, timings: list[StageTime], metrics: dict[str, dict], rep
         lines.append(f"| {name} | " + " | ".join(f"{m['detection']['per_class_ap'][c]:.2f}" for c in DETECTION_CLASSES)
                      + " |")
     lines += ["", "## Distillation, seen", "",
-              "![Generated masks per task (detection, segmentation) and level (low, high), first val sample]"
-              "(masks.png)", "",
+              "How selective the generated masks are on the val split (`vexkd-train masks` prints and stores "
+              "this; a uniform mask, of any value, would be whole-map distillation):", "",
+              (MASKS.parent / "selectivity.md").read_text().strip(), "",
+              "![Generated masks per task (detection, segmentation) and level (low, high), first val sample, "
+              "on one 0..1 colour scale](masks.png)", "",
               "![Student BEV features (attention maps) before and after distillation, next to the teacher's]"
               "(features.png)", "",
               "## Replay through ROS 2", "",

@@ -82,7 +82,8 @@ class FusionConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    bev_channels: int = 32  # low-level BEV features (encoder outputs, fused map)
+    bev_channels: int = 32  # encoder outputs and fused map
+    fuser: str = "mgfm"  # the teacher's fusion: "mgfm" (VeXKD) or "convfuser" (BEVFusion's, for comparison)
     decoder_channels: tuple[int, ...] = (32, 64)
     decoder_out_channels: int = 64  # high-level BEV features
     head_channels: int = 32

@@ -14,6 +14,7 @@ from pathlib import Path
 from vexkd_core.cli import CliError, OneLineParser, run_cli
 from vexkd_core.distill.distiller import MODES
 from vexkd_core.distill.losses import DISTANCES
+from vexkd_core.models.fusion import FUSERS
 from vexkd_train.masks import MaskSettings
 
 
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--init-from", type=Path, metavar="LIDAR_CKPT",
                          help="start the LiDAR encoder, decoder and heads from a trained LiDAR model "
                               "(BEVFusion's practice: pre-train the LiDAR branch, then fine-tune fused)")
+    teacher.add_argument("--fuser", choices=FUSERS, help="mgfm (VeXKD's fusion module, the default) or convfuser "
+                         "(BEVFusion's concatenation + conv, for comparison); sets model.fuser")
     student = commands.add_parser("student", help="train a single-modality student, optionally distilled")
     student.add_argument("--modality", choices=("lidar", "camera"), required=True)
     _training_arguments(student)
@@ -57,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--masks-per-generator", type=int, default=MaskSettings.masks_per_generator)
     masks.add_argument("--blocks", type=int, default=MaskSettings.blocks, help="transformer blocks (paper: 3)")
     masks.add_argument("--random-query", action="store_true", help="ablation: do not start from the MGFM query")
+    masks.add_argument("--area-budget", type=float, default=MaskSettings.area_budget,
+                       help="largest share of the map one mask may cover")
     masks.add_argument("--max-epochs", type=int, default=MaskSettings.epochs)
+    masks.add_argument("--report-split", default="val", metavar="SPLIT",
+                       help="split the selectivity report is measured on")
     masks.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     masks.add_argument("--export-split", metavar="SPLIT",
                        help="also write <out>/masks_<SPLIT>.npz: every sample's generated masks")
@@ -80,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--split", default="val")
     evaluation.add_argument("--out", type=Path, required=True)
     evaluation.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    evaluation.add_argument("--drop-sensor", choices=("lidar", "camera"),
+                            help="evaluate with this sensor missing (a fusion model's robustness)")
     evaluation.add_argument("--save-maps", action="store_true",
                             help="also write maps.npz: each sample's map probabilities (float16)")
     return parser
@@ -108,18 +117,20 @@ def run_training(args: argparse.Namespace) -> None:
     from vexkd_core.data.nuscenes_source import NuScenesSource
     from vexkd_core.models.vexkd import build_model
     from vexkd_train.trainer import RunOptions, train
+    from vexkd_train.training_setup import initialise_from_lidar
 
     _check_device(args.device)
     modality = "fusion" if args.command == "teacher" else args.modality
     try:
-        config = load_config(args.config, args.set)
+        config = load_config(args.config, args.set + ([f"model.fuser={args.fuser}"]
+                                                      if args.command == "teacher" and args.fuser else []))
         source = NuScenesSource(args.dataroot, args.version, args.split, config.model.lidar.sweeps,
                                 map_source_grid(config, config.train.augment))
         torch.manual_seed(config.train.seed)  # the same config starts from the same weights
         model = build_model(config, modality)
         if args.command == "teacher" and args.init_from is not None:
-            _initialise_from_lidar(model, args.init_from)
-        distiller = _distiller(args, model, config) if args.command == "student" else None
+            initialise_from_lidar(model, args.init_from)
+        distiller = _distiller(args, model) if args.command == "student" else None
         final = train(model, config, source, modality, RunOptions(args.out, args.device, args.resume,
                                                                    args.max_steps, args.max_epochs), distiller)
     except _user_errors() as error:
@@ -127,39 +138,21 @@ def run_training(args: argparse.Namespace) -> None:
     print(f"wrote {final}")
 
 
-def _initialise_from_lidar(teacher, checkpoint: Path) -> None:
-    from vexkd_core.checkpoint import CheckpointError, model_from_checkpoint
-
-    lidar, lidar_config, _ = model_from_checkpoint(checkpoint, expected_modality="lidar")
-    if (lidar_config.grid, lidar_config.model.lidar) != (teacher.config.grid, teacher.config.model.lidar):
-        raise CheckpointError(f"{checkpoint} has another BEV grid or LiDAR encoder than the teacher")
-    teacher.load_lidar_branch(lidar)
-
-
-def _distiller(args: argparse.Namespace, student, config):
+def _distiller(args: argparse.Namespace, student):
     """The masked feature distillation loss of `--distill`, or None for a baseline student."""
-    from vexkd_core.checkpoint import model_from_checkpoint
-    from vexkd_core.distill.distiller import GENERATED, Distiller
-    from vexkd_train.masks import load_masks
+    from vexkd_train.training_setup import build_distiller
 
     if args.distill == "none":
         return None
     if args.teacher is None:
         raise CliError(f"--distill {args.distill} needs --teacher")
-    teacher, teacher_config, _ = model_from_checkpoint(args.teacher, expected_modality="fusion")
-    if (teacher_config.grid, teacher_config.map_grid) != (config.grid, config.map_grid):
-        raise CliError("the student's BEV grids differ from the teacher's: distillation compares the same cells")
     levels = tuple(level.strip() for level in args.levels.split(",") if level.strip())
-    if not levels or set(levels) - {"low", "high"}:
-        raise CliError(f"--levels must be low, high or low,high, not '{args.levels}'")
     try:
         low, high = (float(w) for w in args.distill_weights.split(","))
     except ValueError:
         raise CliError(f"--distill-weights must be two numbers LOW,HIGH, not '{args.distill_weights}'") from None
-    if args.distill in GENERATED and args.masks is None:
-        raise CliError(f"--distill {args.distill} needs --masks (from vexkd-train masks)")
-    generators = load_masks(args.masks, teacher) if args.distill in GENERATED else None
-    return Distiller(teacher, student, args.distill, levels, args.loss, {"low": low, "high": high}, generators)
+    return build_distiller(args.teacher, student, args.distill, levels, args.loss, {"low": low, "high": high},
+                           args.masks)
 
 
 def run_masks(args: argparse.Namespace) -> None:
@@ -175,9 +168,13 @@ def run_masks(args: argparse.Namespace) -> None:
         source = NuScenesSource(args.dataroot, args.version, args.split, config.model.lidar.sweeps,
                                 map_source_grid(config, config.train.augment))
         settings = MaskSettings(masks_per_generator=args.masks_per_generator, blocks=args.blocks,
-                                random_query=args.random_query, epochs=args.max_epochs)
-        path = train_masks(args.teacher, source, args.out, settings, args.device)
+                                random_query=args.random_query, area_budget=args.area_budget, epochs=args.max_epochs)
+        report_source = NuScenesSource(args.dataroot, args.version, args.report_split, config.model.lidar.sweeps,
+                                       map_source_grid(config, False), nusc=source.nusc)
+        path = train_masks(args.teacher, source, args.out, settings, args.device, report_source=report_source)
         print(f"wrote {path}")
+        print(f"mask selectivity on {args.report_split} ({args.out / 'selectivity.json'}):")
+        print((args.out / "selectivity.md").read_text().rstrip())
         if args.export_split:
             split = NuScenesSource(args.dataroot, args.version, args.export_split, config.model.lidar.sweeps,
                                    nusc=source.nusc)
@@ -204,7 +201,7 @@ def run_eval(args: argparse.Namespace) -> None:
     _check_device(args.device)
     try:
         metrics = evaluate(args.checkpoint, args.dataroot, args.version, args.split, args.out, args.device,
-                           save_maps=args.save_maps)
+                           save_maps=args.save_maps, drop_sensor=args.drop_sensor)
     except _user_errors() as error:
         raise CliError(str(error)) from None
     print(metrics_table(metrics))

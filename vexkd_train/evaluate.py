@@ -17,6 +17,7 @@ from vexkd_core.classes import DETECTION_CLASSES, MAP_CLASSES
 from vexkd_core.data.dataset import map_source_grid
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.data.preprocess import Augmentation, map_targets
+from vexkd_core.data.sample import without_sensor
 from vexkd_core.geometry import yaw_to_quaternion
 from vexkd_core.inference import Predictor
 from vexkd_core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -97,14 +98,17 @@ def detection_metrics(nusc, results: dict, split: str, out_dir: Path) -> dict:
 
 
 def evaluate(checkpoint: Path, dataroot: Path, version: str, split: str, out_dir: Path, device: str = "cpu",
-             progress: bool = True, save_maps: bool = False) -> dict:
-    """Metrics of a checkpoint on a split; `save_maps` also writes maps.npz (token -> map probability)."""
+             progress: bool = True, save_maps: bool = False, drop_sensor: str | None = None) -> dict:
+    """Metrics of a checkpoint on a split; `save_maps` also writes maps.npz (token -> map
+    probability); `drop_sensor` ('lidar' or 'camera') evaluates with that sensor missing."""
     model, config, payload = model_from_checkpoint(checkpoint)
     predictor = Predictor(model, config, device)
     source = NuScenesSource(dataroot, version, split, config.model.lidar.sweeps, map_source_grid(config, False))
     timer, map_iou, results, maps = StageTimer(), MapIoU(), {}, {}
     for index in tqdm(range(len(source)), desc=f"eval {payload['modality']}", unit="sample", disable=not progress):
         sample = source.sample(index)
+        if drop_sensor is not None:
+            sample = without_sensor(sample, drop_sensor)
         prediction = predictor(sample, timer)
         # The devkit refuses more than 500 boxes per sample: keep the best 500.
         best = sorted(boxes_to_results(prediction.boxes, sample.lidar_to_global, sample.token),
@@ -116,10 +120,12 @@ def evaluate(checkpoint: Path, dataroot: Path, version: str, split: str, out_dir
             maps[sample.token] = prediction.map_probability.astype(np.float16)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "results.json", json.dumps({"meta": {
-        "use_camera": payload["modality"] != "lidar", "use_lidar": payload["modality"] != "camera",
+        "use_camera": payload["modality"] != "lidar" and drop_sensor != "camera",
+        "use_lidar": payload["modality"] != "camera" and drop_sensor != "lidar",
         "use_radar": False, "use_map": False, "use_external": False}, "results": results}))
     metrics = {
         "checkpoint": str(checkpoint), "modality": payload["modality"], "split": split, "samples": len(source),
+        "drop_sensor": drop_sensor,
         "detection": detection_metrics(source.nusc, results, split, out_dir),
         "map": map_iou.summary(),
         "latency_ms": _latency_ms(timer),

@@ -17,18 +17,18 @@ from pathlib import Path
 
 import torch
 
-from vexkd_core.checkpoint import model_from_checkpoint
 from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.config import Config, load_config
 from vexkd_core.data.dataset import map_source_grid
 from vexkd_core.data.nuscenes_source import NuScenesSource
-from vexkd_core.distill.distiller import Distiller
 from vexkd_core.fingerprint import dataset_identity, file_stamp
 from vexkd_core.io import atomic_write_json, atomic_write_text
 from vexkd_core.models.vexkd import build_model
 from vexkd_train.evaluate import evaluate
-from vexkd_train.masks import MaskSettings, load_masks, train_masks
+from vexkd_train.experiment_report import markdown, spread
+from vexkd_train.masks import MaskSettings, train_masks
 from vexkd_train.trainer import RunOptions, train
+from vexkd_train.training_setup import build_distiller, initialise_from_lidar
 
 
 @dataclass(frozen=True)
@@ -53,13 +53,15 @@ class Student:
     loss: str = "at"
     blocks: int = 3
     seed: int = 0
+    fuser: str = "mgfm"  # the teacher's fuser (the paper's MGFM / ConvFuser comparison)
 
     @property
     def name(self) -> str:
         if self.distill == "none":
             return f"{self.modality}-baseline-s{self.seed}"
+        teacher = "" if self.fuser == "mgfm" else f"-{self.fuser}"
         return (f"{self.modality}-{self.distill}-{'+'.join(self.levels)}-{self.loss}-b{self.blocks}"
-                f"-s{self.seed}")
+                f"{teacher}-s{self.seed}")
 
     @property
     def masks(self) -> MaskRun | None:
@@ -78,7 +80,9 @@ class Suite:
 
 
 SUITES = {"quick": Suite(epochs=1, mask_epochs=1, seeds=(0,), max_steps=2),
-          "paper": Suite(epochs=15, mask_epochs=1, seeds=(0, 1, 2))}
+          "paper": Suite(epochs=15, mask_epochs=MaskSettings.epochs, seeds=(0, 1, 2))}
+FUSER_LABELS = {"mgfm": "MGFM", "convfuser": "ConvFuser"}
+SENSOR_CASES = {"both": None, "LiDAR only": "camera", "camera only": "lidar"}  # label -> sensor dropped
 
 
 def tables(seeds: tuple[int, ...], ablation_seeds: tuple[int, ...] | None = None) \
@@ -105,6 +109,12 @@ def tables(seeds: tuple[int, ...], ablation_seeds: tuple[int, ...] | None = None
                    for row in each(f"{blocks} blocks", replace(vexkd, blocks=blocks), ablation_seeds)],
         "distance": [row for label, loss in (("AT", "at"), ("L1", "l1"), ("L2", "mse"), ("Smooth-L1", "smoothl1"))
                      for row in each(label, replace(vexkd, loss=loss), ablation_seeds)],
+        # The paper's motivation for the MGFM: the same distillation (whole map, both levels:
+        # ConvFuser has no query to generate masks from) from each teacher.
+        "fusers": each("LiDAR student", Student("lidar")) + each("camera student", Student("camera")) + [
+            row for modality, name in (("lidar", "LiDAR student"), ("camera", "camera student"))
+            for fuser, label in FUSER_LABELS.items()
+            for row in each(f"{name} + {label} teacher (whole-map FD)", Student(modality, "full", fuser=fuser))],
     }
 
 
@@ -161,16 +171,19 @@ class Experiment:
         is redone when they are retrained; asking for them finishes those runs first."""
         inputs = {}
         if student.distill != "none":
-            inputs["teacher"] = self._stamp(self.teacher())
+            inputs["teacher"] = self._stamp(self.teacher(student.fuser))
         if student.masks:
             inputs["masks"] = self._stamp(self.masks(student.masks))
         return _spec({"student": asdict(student), "schedule": self._schedule(), "config": self.config.to_dict(),
                       "data": self._identity(self.dataroot), "inputs": inputs})
 
-    def _teacher_spec(self) -> dict:
+    def _teacher_config(self, fuser: str) -> Config:
+        return replace(self.config, model=replace(self.config.model, fuser=fuser))
+
+    def _teacher_spec(self, fuser: str = "mgfm") -> dict:
         """Needs the LiDAR baseline's checkpoint (the teacher starts from it): teacher() makes it first."""
         return _spec({"teacher": "init from lidar-baseline-s0", "schedule": self._schedule(),
-                      "config": self.config.to_dict(), "data": self._identity(self.dataroot),
+                      "config": self._teacher_config(fuser).to_dict(), "data": self._identity(self.dataroot),
                       "inputs": {"lidar": self._stamp(self._checkpoint(Student("lidar").name))}})
 
     def student(self, student: Student) -> dict:
@@ -183,25 +196,29 @@ class Experiment:
         model = build_model(config, student.modality)
         distiller = None
         if student.distill != "none":
-            teacher, _, _ = model_from_checkpoint(self.teacher(), expected_modality="fusion")
-            generators = load_masks(self.masks(student.masks), teacher) if student.masks else None
-            distiller = Distiller(teacher, model, student.distill, student.levels, student.loss,
-                                  {"low": 1.0, "high": 1.0}, generators)
+            distiller = build_distiller(self.teacher(student.fuser), model, student.distill, student.levels,
+                                        student.loss, {"low": 1.0, "high": 1.0},
+                                        self.masks(student.masks) if student.masks else None)
         checkpoint = train(model, config, self.train_source, student.modality, self._options(folder / "train"), distiller)
         return self._finish(folder, spec, checkpoint)
 
-    def teacher(self) -> Path:
-        folder = self.out / "runs" / "teacher"
+    @staticmethod
+    def _teacher_name(fuser: str) -> str:
+        return "teacher" if fuser == "mgfm" else f"teacher-{fuser}"
+
+    def teacher(self, fuser: str = "mgfm") -> Path:
+        name = self._teacher_name(fuser)
+        folder = self.out / "runs" / name
         self.student(Student("lidar"))
-        spec = self._teacher_spec()
+        spec = self._teacher_spec(fuser)
         if not self._done(folder, spec):
-            lidar, _, _ = model_from_checkpoint(self._checkpoint(Student("lidar").name))
-            torch.manual_seed(self.config.train.seed)
-            teacher = build_model(self.config, "fusion")
-            teacher.load_lidar_branch(lidar)
-            self._finish(folder, spec, train(teacher, self.config, self.train_source, "fusion",
+            config = self._teacher_config(fuser)
+            torch.manual_seed(config.train.seed)
+            teacher = build_model(config, "fusion")
+            initialise_from_lidar(teacher, self._checkpoint(Student("lidar").name))
+            self._finish(folder, spec, train(teacher, config, self.train_source, "fusion",
                                              self._options(folder / "train")))
-        return self._checkpoint("teacher")
+        return self._checkpoint(name)
 
     def masks(self, run: MaskRun) -> Path:
         folder = self.out / "runs" / run.name
@@ -210,22 +227,42 @@ class Experiment:
         spec = _spec({"masks": asdict(settings), "data": self._identity(self.dataroot),
                       "inputs": {"teacher": self._stamp(teacher)}})
         if not self._done(folder, spec, "masks.pt"):
-            train_masks(teacher, self.train_source, folder, settings, progress=self.progress)
+            val = NuScenesSource(self.dataroot, self.version, "val", self.config.model.lidar.sweeps,
+                                 map_source_grid(self.config, False), nusc=self.train_source.nusc)
+            train_masks(teacher, self.train_source, folder, settings, progress=self.progress, report_source=val)
             atomic_write_json(folder / "spec.json", spec)
         return folder / "masks.pt"
 
-    def extra_evaluation(self, name: str, spec: dict, dataroot: Path, split: str, tag: str) -> dict:
-        """A finished run evaluated on another split or dataset; kept in <tag>.json and reused
-        while the run's spec and checkpoint, the dataset (as it is on disk) and the split stay the same."""
+    def selectivity(self) -> dict[str, dict]:
+        """The selectivity report (on val) of the generators the mask-choice table uses."""
+        return {label: json.loads((self.masks(run).parent / "selectivity.json").read_text())
+                for label, run in (("fusion query (VeXKD)", MaskRun()), ("random query", MaskRun(random_query=True)))}
+
+    def robustness(self) -> dict[str, dict]:
+        """Each teacher on val with both sensors, LiDAR only and camera only: a fuser that leans
+        on one sensor collapses without it."""
+        return {FUSER_LABELS[fuser]: {
+            label: summarise([self.extra_evaluation(self._teacher_name(fuser), self._teacher_spec(fuser),
+                                                    self.dataroot, "val", f"val_without_{dropped}", dropped)
+                              if dropped else json.loads((self.out / "runs" / self._teacher_name(fuser)
+                                                          / "metrics.json").read_text())])
+            for label, dropped in SENSOR_CASES.items()} for fuser in FUSER_LABELS}
+
+    def extra_evaluation(self, name: str, spec: dict, dataroot: Path, split: str, tag: str,
+                         drop_sensor: str | None = None) -> dict:
+        """A finished run evaluated on another split or dataset (or with a sensor dropped); kept in
+        <tag>.json and reused while the run's spec and checkpoint, the dataset (as it is on disk),
+        the split and the dropped sensor stay the same."""
         folder, checkpoint = self.out / "runs" / name, self._checkpoint(name)
         key = _spec({"spec": spec, "checkpoint": self._stamp(checkpoint), "dataroot": str(dataroot),
-                     "data": self._identity(dataroot), "split": split})
+                     "data": self._identity(dataroot), "split": split, "drop_sensor": drop_sensor})
         stored = folder / f"{tag}.json"
         if stored.is_file():
             saved = json.loads(stored.read_text())
             if {field: saved.get(field) for field in key} == key:
                 return saved["metrics"]
-        metrics = evaluate(checkpoint, dataroot, self.version, split, folder / f"eval_{tag}", progress=self.progress)
+        metrics = evaluate(checkpoint, dataroot, self.version, split, folder / f"eval_{tag}", progress=self.progress,
+                           drop_sensor=drop_sensor)
         atomic_write_json(stored, {**key, "metrics": metrics})
         return metrics
 
@@ -258,6 +295,8 @@ class Experiment:
                           lambda student: self.training_split_metrics(student.name, self._student_spec(student)))}
         val = NuScenesSource(self.dataroot, self.version, "val", 0, nusc=self.train_source.nusc)
         results["val_objects"] = val.objects_per_class()
+        results["selectivity"] = self.selectivity()
+        results["robustness"] = self.robustness()
         if self.heldout is not None:
             results["heldout"] = self.heldout_results()
         atomic_write_json(self.out / "results.json", results)
@@ -288,7 +327,7 @@ def summarise(runs: list[dict]) -> dict:
     """Mean and spread (population std) over seeds of mAP, NDS, mIoU, with the per-seed values
     (in seed order, so gains can be paired seed by seed); latency and size."""
     def stats(values: list[float]) -> dict:
-        return {"mean": statistics.fmean(values), "std": _spread(values), "values": values}
+        return {"mean": statistics.fmean(values), "std": spread(values), "values": values}
 
     return {"mAP": stats([r["detection"]["mAP"] for r in runs]), "NDS": stats([r["detection"]["NDS"] for r in runs]),
             "mIoU": stats([r["map"]["mIoU"] for r in runs]), "seeds": len(runs),
@@ -296,89 +335,6 @@ def summarise(runs: list[dict]) -> dict:
                              for name in DETECTION_CLASSES},
             "latency_ms": statistics.fmean(r["latency_ms"]["total"] for r in runs),
             "parameters": runs[0]["parameters"]}
-
-
-TITLES = {"comparison": "Teacher and students", "components": "Components (LiDAR student)",
-          "masks": "Mask choice (LiDAR student)", "blocks": "Mask-generator blocks (LiDAR student)",
-          "distance": "Distillation distance (LiDAR student)"}
-
-
-SPREAD_NOTE = ("Mean +- spread (population std) over a table's seeds; a gain is the mean +- spread of the "
-               "seed-by-seed difference from its baseline.")
-
-
-def _spread(values: list[float]) -> float:
-    return statistics.pstdev(values) if len(values) > 1 else 0.0
-
-
-BASELINES = ("LiDAR student", "camera student", "baseline", "no FD")  # rows the others are compared with
-
-
-def markdown(results: dict) -> str:
-    teacher = results["teacher"]
-    summary = (f"Teacher: mAP {teacher['mAP']['mean']:.4f}, NDS {teacher['NDS']['mean']:.4f}, "
-               f"mIoU {teacher['mIoU']['mean']:.4f}, {teacher['latency_ms']:.0f} ms, "
-               f"{teacher['parameters'] / 1e6:.2f} M parameters.")
-    lines = ["# VeXKD experiment", "", "![Generated masks per task and level (first val sample)](masks.png)", "",
-             "![Attention maps of the BEV features: teacher, students before and after VeXKD](features.png)", "",
-             summary, "", SPREAD_NOTE, ""]
-    for table, rows in results["tables"].items():
-        lines += _metric_table(f"## {TITLES[table]}", rows)
-    validation = {"teacher": teacher, **results["tables"]["comparison"]}
-    lines += _training_split_table(results["training_split"], validation)
-    lines += _per_class_table(validation, results["val_objects"])
-    if "heldout" in results:
-        held, held_teacher = results["heldout"], results["heldout"]["teacher"]
-        introduction = (f"The same checkpoints, evaluated on a second world. Teacher: mAP "
-                        f"{held_teacher['mAP']['mean']:.4f}, NDS {held_teacher['NDS']['mean']:.4f}, "
-                        f"mIoU {held_teacher['mIoU']['mean']:.4f}.")
-        lines += [f"# Held-out world: val split of {held['dataroot']}", "", introduction, ""]
-        for table, rows in held["tables"].items():
-            lines += _metric_table(f"## {TITLES[table]}, held-out world", rows)
-        lines += _per_class_table({"teacher": held["teacher"], **held["tables"]["comparison"]}, held["val_objects"])
-    return "\n".join(lines)
-
-
-def _metric_table(title: str, rows: dict) -> list[str]:
-    baseline = rows.get("LiDAR student") or rows.get("baseline") or rows.get("no FD")
-    seeds = max(entry["seeds"] for entry in rows.values())
-    lines = [f"{title} ({seeds} seed{'s' if seeds > 1 else ''})", "",
-             "| row | mAP (gain) | NDS (gain) | mIoU (gain) | latency ms | parameters |", "|---|---|---|---|---|---|"]
-    for label, entry in rows.items():
-        base = None if label in BASELINES else rows["camera student"] if label.startswith("camera student +") else baseline
-        lines.append(f"| {label} | {_cell(entry, 'mAP', base)} | {_cell(entry, 'NDS', base)} | "
-                     f"{_cell(entry, 'mIoU', base)} | {entry['latency_ms']:.0f} | {entry['parameters'] / 1e6:.2f} M |")
-    return lines + [""]
-
-
-def _cell(entry: dict, key: str, base: dict | None) -> str:
-    several = entry["seeds"] > 1
-    text = f"{entry[key]['mean']:.4f}" + (f" +- {entry[key]['std']:.4f}" if several else "")
-    if not base:
-        return text
-    # Same seed, same data order: the gain's spread is that of the seed-by-seed differences.
-    gains = [value - reference for value, reference in zip(entry[key]["values"], base[key]["values"])]
-    return text + f" ({statistics.fmean(gains):+.4f}" + (f" +- {_spread(gains):.4f})" if several else ")")
-
-
-def _training_split_table(fitted: dict, validation: dict) -> list[str]:
-    lines = ["## Training split against val (generalisation check)", "",
-             "| row | mAP train / val | NDS train / val | mIoU train / val |", "|---|---|---|---|"]
-    for label, entry in fitted.items():
-        lines.append(f"| {label} | " + " | ".join(f"{entry[key]['mean']:.4f} / {validation[label][key]['mean']:.4f}"
-                                                  for key in ("mAP", "NDS", "mIoU")) + " |")
-    return lines + [""]
-
-
-def _per_class_table(validation: dict, val_objects: dict[str, int]) -> list[str]:
-    lines = ["## Per-class AP on val (mean over seeds)", "",
-             "mAP averages these ten; a class resting on a handful of val objects swings it on its own.", "",
-             "| row | " + " | ".join(DETECTION_CLASSES) + " |", "|---" * (len(DETECTION_CLASSES) + 1) + "|",
-             "| val objects | " + " | ".join(str(val_objects[name]) for name in DETECTION_CLASSES) + " |"]
-    for label, entry in validation.items():
-        lines.append(f"| {label} | " + " | ".join(f"{entry['per_class_ap'][name]['mean']:.2f}"
-                                                  for name in DETECTION_CLASSES) + " |")
-    return lines + [""]
 
 
 def run_experiment(dataroot: Path, version: str, out: Path, suite_name: str, config_name: str = "tiny",

@@ -1,9 +1,19 @@
 """Train the mask generators of a frozen teacher (one per task x feature level).
 
-For a generator at a level, the teacher's feature there is replaced by the mask-weighted
-feature and passed through the frozen rest of the teacher; the generator minimises that
-task's loss (averaged over its T masks) plus a Dice penalty that keeps the masks diverse
-(the MasKD recipe). The teacher's weights never change.
+The objective, per generator with T masks m_1..m_T over the teacher's feature F at its level:
+
+    (1/T) sum_t TaskLoss(teacher_rest(m_t * F))     each mask alone must keep that task working
+  + diversity_weight * mean Dice(m_i, m_j), i < j   the T masks must pick different cells
+  + area_weight * mean_t relu(mean(m_t) - area_budget)   no mask may cover more than its budget
+
+where teacher_rest is the frozen rest of the teacher after that level. Without the budget
+the optimum is m = 1 (the teacher was trained unmasked, so its loss is lowest on the whole
+map) and Dice alone is satisfied by one mask of ones and T - 1 masks of zeros: that is what
+the first version converged to. With the budget, a mask has to spend its area where the
+task loss needs the feature most; with Dice over all pairs, each mask spends it elsewhere.
+(MasKD instead sums token-weighted masked copies into one feature; with softmax token
+weights that sum collapses onto one token of ones just the same, so it is not used here.)
+The teacher's weights never change.
 """
 from __future__ import annotations
 
@@ -19,53 +29,93 @@ from vexkd_core.checkpoint import CheckpointError, model_from_checkpoint, read_p
 from vexkd_core.data.dataset import EpochSampler, TrainingSet, collate_training
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.distill.distiller import freeze
-from vexkd_core.distill.mask_generator import LEVELS, TASKS, MaskGenerator, dice_overlap
-from vexkd_core.io import atomic_write_bytes
+from vexkd_core.distill.mask_generator import LEVELS, TASKS, MaskGenerator, area_excess, dice_overlap
+from vexkd_core.io import atomic_write_bytes, atomic_write_json
 
-MASKS_FORMAT = 1
+MASKS_FORMAT = 2
 
 
 @dataclass(frozen=True)
 class MaskSettings:
-    masks_per_generator: int = 2
+    masks_per_generator: int = 6  # MasKD uses 6-8 tokens
     blocks: int = 3
     random_query: bool = False
     diversity_weight: float = 1.0
+    area_budget: float = 0.25  # the largest share of the map one mask may cover
+    area_weight: float = 10.0
     learning_rate: float = 2e-3
-    epochs: int = 3
+    epochs: int = 4
+
+    def validate(self) -> None:
+        if self.masks_per_generator < 1:
+            raise ValueError("--masks-per-generator must be at least 1")
+        if self.blocks < 1:
+            raise ValueError("--blocks must be at least 1")
+        if not 0.0 < self.area_budget <= 1.0:
+            raise ValueError(f"--area-budget must be in (0, 1], not {self.area_budget}")
+        if self.epochs < 1:
+            raise ValueError("--max-epochs must be at least 1")
 
 
 def build_generators(teacher, settings: MaskSettings, seed: int = 0) -> dict[str, MaskGenerator]:
-    fusion, config = teacher.fusion, teacher.config.model.fusion
-    channels = {"low": fusion.out_channels, "high": teacher.heads.decoder.out_channels}
+    config = teacher.config
+    fusion = config.model.fusion
+    decoder = teacher.heads.decoder
+    channels = {"low": decoder.low_channels, "high": decoder.out_channels}
+    grid = config.grid.bev
+    # A fuser without a query (ConvFuser) gets a random one on the tiny preset's query grid.
+    query_size = (grid.height // 2, grid.width // 2)
     return {f"{task}/{level}": MaskGenerator.from_teacher(
-        fusion, channels[level], settings.masks_per_generator, settings.blocks, config.heads, config.points,
-        config.ffn_channels, random_query=settings.random_query, seed=seed)
+        teacher.fusion, channels[level], settings.masks_per_generator, settings.blocks, fusion.heads, fusion.points,
+        fusion.ffn_channels, random_query=settings.random_query, seed=seed, query_size=query_size,
+        query_dim=config.model.bev_channels)
         for task in TASKS for level in LEVELS}
 
 
-def generator_loss(teacher, key: str, generator: MaskGenerator, feature_low, feature_high, targets,
-                   settings: MaskSettings) -> torch.Tensor:
-    """That task's teacher loss with the feature replaced by each mask-weighted copy, plus diversity."""
-    task, level = key.split("/")
-    feature = feature_low if level == "low" else feature_high
-    masks = generator(feature)
+@dataclass
+class GeneratorLoss:
+    task: torch.Tensor
+    diversity: torch.Tensor
+    area: torch.Tensor
+
+    def total(self, settings: MaskSettings) -> torch.Tensor:
+        return self.task + settings.diversity_weight * self.diversity + settings.area_weight * self.area
+
+
+def masked_task_loss(teacher, task: str, level: str, feature: torch.Tensor, masks: torch.Tensor, targets,
+                     detection_targets: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """The teacher's loss for `task` with its feature at `level` replaced by each masked copy
+    (all T copies through the frozen rest of the teacher as one batch), averaged over them.
+    `detection_targets` may carry the heads' targets for the T-fold repeated batch."""
     count = masks.shape[1]
-    # All T masked copies go through the frozen rest of the teacher as one batch.
     masked = (feature[:, None] * masks[:, :, None]).flatten(0, 1)
-    high = teacher.heads.decoder(masked) if level == "low" else masked
-    repeated = [target for target in targets for _ in range(count)]
+    heads = teacher.heads
+    high = heads.decoder.from_first_stage(masked) if level == "low" else masked
     if task == "detection":
-        head = teacher.heads.detection_head
-        loss = sum(head.loss(head(high), head.targets([t.boxes for t in repeated], high.device)).values())
-    else:
-        target = torch.stack([t.map_masks for t in repeated]).to(high.device)
-        loss = teacher.heads.map_head.loss(teacher.heads.map_head(high), target)
-    return loss + settings.diversity_weight * dice_overlap(masks)
+        if detection_targets is None:
+            detection_targets = repeated_detection_targets(teacher, targets, count, high.device)
+        return sum(heads.detection_head.loss(heads.detection_head(high), detection_targets).values())
+    target = torch.stack([t.map_masks for t in targets for _ in range(count)]).to(high.device)
+    return heads.map_head.loss(heads.map_head(high), target)
+
+
+def repeated_detection_targets(teacher, targets, count: int, device) -> dict[str, torch.Tensor]:
+    return teacher.heads.detection_head.targets([t.boxes for t in targets for _ in range(count)], device)
+
+
+def generator_loss(teacher, key: str, generator: MaskGenerator, features: dict[str, torch.Tensor], targets,
+                   settings: MaskSettings, detection_targets=None) -> GeneratorLoss:
+    task, level = key.split("/")
+    masks = generator(features[level])
+    return GeneratorLoss(masked_task_loss(teacher, task, level, features[level], masks, targets, detection_targets),
+                         dice_overlap(masks), area_excess(masks, settings.area_budget))
 
 
 def train_masks(teacher_checkpoint: Path, source: NuScenesSource, out: Path, settings: MaskSettings,
-                device: str = "cpu", progress: bool = True) -> Path:
+                device: str = "cpu", progress: bool = True, report_source: NuScenesSource | None = None) -> Path:
+    """Train, write masks.pt and masks_log.csv (every term of every generator per step) and,
+    on `report_source` (default: the training source), selectivity.json and selectivity.md."""
+    settings.validate()
     teacher, config, payload = model_from_checkpoint(teacher_checkpoint, expected_modality="fusion")
     teacher = freeze(teacher).to(device)
     torch.manual_seed(config.train.seed)
@@ -76,11 +126,13 @@ def train_masks(teacher_checkpoint: Path, source: NuScenesSource, out: Path, set
     sampler = EpochSampler(len(dataset), config.train.batch_size, config.train.seed)
     loader = DataLoader(dataset, batch_size=config.train.batch_size, sampler=sampler, collate_fn=collate_training)
     total = settings.epochs * sampler.batches_per_epoch()
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings.learning_rate, total_steps=total,
+                                                    pct_start=0.1)
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=total, desc="train mask generators", unit="step", disable=not progress)
     with (out / "masks_log.csv").open("w", newline="") as stream:
         log = csv.writer(stream)
-        log.writerow(["step", *generators])
+        log.writerow(["step", *(f"{key}/{term}" for key in generators for term in ("total", "task", "dice", "area"))])
         step = 0
         for epoch in range(settings.epochs):
             sampler.set_epoch(epoch)
@@ -89,17 +141,56 @@ def train_masks(teacher_checkpoint: Path, source: NuScenesSource, out: Path, set
                 batch = batch.to(device)
                 with torch.no_grad():
                     output = teacher(batch)
-                losses = {key: generator_loss(teacher, key, generator, output.low, output.high, targets, settings)
+                    detection_targets = repeated_detection_targets(teacher, targets, settings.masks_per_generator,
+                                                                   output.low.device)
+                features = {"low": output.low, "high": output.high}
+                losses = {key: generator_loss(teacher, key, generator, features, targets, settings, detection_targets)
                           for key, generator in generators.items()}
+                totals = {key: loss.total(settings) for key, loss in losses.items()}
                 optimizer.zero_grad(set_to_none=True)
-                sum(losses.values()).backward()
+                sum(totals.values()).backward()
                 optimizer.step()
+                scheduler.step()
                 step += 1
-                log.writerow([step, *(f"{v.item():.5f}" for v in losses.values())])
-                bar.set_postfix_str(", ".join(f"{k} {v.item():.3f}" for k, v in losses.items()))
+                log.writerow([step, *(f"{v.item():.5f}" for key, loss in losses.items()
+                                      for v in (totals[key], loss.task, loss.diversity, loss.area))])
+                bar.set_postfix_str(", ".join(f"{k} {v.item():.3f}" for k, v in totals.items()))
                 bar.update()
     bar.close()
-    return save_masks(out / "masks.pt", generators, settings, payload["config"], teacher_checkpoint)
+    path = save_masks(out / "masks.pt", generators, settings, payload["config"], teacher_checkpoint)
+    write_selectivity(teacher, generators, report_source or source, out, device, progress)
+    return path
+
+
+@torch.no_grad()
+def measure_selectivity(teacher, generators: dict[str, MaskGenerator], source: NuScenesSource, device: str = "cpu",
+                        progress: bool = True) -> dict[str, list[dict]]:
+    """Selectivity of every generator's masks over the samples of `source`, unaugmented."""
+    from vexkd_core.data.preprocess import Augmentation, collate, map_targets, preprocess
+    from vexkd_core.distill.selectivity import SelectivityMeter, as_report, box_footprints
+
+    config = teacher.config
+    grid = config.grid.bev
+    meters = {key: SelectivityMeter(key.split("/")[0]) for key in generators}
+    for index in tqdm(range(len(source)), desc="mask selectivity", unit="sample", disable=not progress):
+        sample = source.sample(index)
+        inputs, targets = preprocess(sample, config)
+        output = teacher(collate([inputs]).to(device))
+        regions = {"detection": box_footprints(targets.boxes, grid), "segmentation": None if sample.map_masks is None
+                   else map_targets(sample, Augmentation(), grid).numpy().max(axis=0) > 0.5}
+        for key, generator in generators.items():
+            task, level = key.split("/")
+            meters[key].add(generator.eval()(getattr(output, level))[0], regions[task])
+    return as_report(meters)
+
+
+def write_selectivity(teacher, generators, source: NuScenesSource, out: Path, device: str, progress: bool) -> dict:
+    from vexkd_core.distill.selectivity import selectivity_table
+
+    report = measure_selectivity(teacher, generators, source, device, progress)
+    atomic_write_json(out / "selectivity.json", report)
+    atomic_write_bytes(out / "selectivity.md", (selectivity_table(report) + "\n").encode())
+    return report
 
 
 def save_masks(path: Path, generators: dict[str, MaskGenerator], settings: MaskSettings, teacher_config: dict,
@@ -119,6 +210,9 @@ def load_masks(path: Path, teacher) -> dict[str, MaskGenerator]:
     payload = read_payload(path, "mask generators")
     if payload.get("kind") != "mask_generators":
         raise CheckpointError(f"{path} holds no vexkd mask generators")
+    if payload.get("format_version") != MASKS_FORMAT:
+        raise CheckpointError(f"{path} has mask-generator format {payload.get('format_version')}, this vexkd reads "
+                              f"{MASKS_FORMAT}: train them again with vexkd-train masks")
     if payload["teacher_config"] != teacher.config.to_dict():
         raise CheckpointError(f"{path} was trained for a teacher with another config")
     settings = MaskSettings(**payload["settings"])
@@ -146,10 +240,10 @@ def export_masks(teacher_checkpoint: Path, masks_path: Path, source: NuScenesSou
     for index in tqdm(range(len(source)), desc="export masks", unit="sample", disable=not progress):
         sample = source.sample(index)
         output = teacher(collate([preprocess(sample, config)[0]]).to(device))
-        features = {"low": output.low, "high": output.high}
         for key, generator in generators.items():
             task, level = key.split("/")
-            arrays[f"{sample.token}/{task}/{level}"] = generator(features[level])[0].cpu().numpy().astype(np.float16)
+            arrays[f"{sample.token}/{task}/{level}"] = generator(getattr(output, level))[0].cpu().numpy().astype(
+                np.float16)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     return atomic_write_bytes(out, buffer.getvalue())

@@ -14,14 +14,26 @@ from vexkd_core.distill.losses import attention_map
 PANEL = 200  # pixels per BEV panel
 
 
-def _panel(values: np.ndarray, title: str) -> np.ndarray:
-    """A [y, x] map as a coloured, labelled square with forward up and left to the left."""
-    span = values.max() - values.min()
-    scaled = ((values - values.min()) / (span if span > 0 else 1.0) * 255).astype(np.uint8)
+def _panel(values: np.ndarray, title: str, value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """A [y, x] map as a coloured, labelled square with forward up and left to the left;
+    coloured over `value_range`, or stretched to the map's own min..max when None."""
+    low, high = value_range if value_range is not None else (values.min(), values.max())
+    span = high - low
+    scaled = (np.clip((values - low) / (span if span > 0 else 1.0), 0, 1) * 255).astype(np.uint8)
     image = cv2.applyColorMap(np.ascontiguousarray(np.rot90(scaled)[:, ::-1]), cv2.COLORMAP_VIRIDIS)
     image = cv2.resize(image, (PANEL, PANEL), interpolation=cv2.INTER_NEAREST)
     cv2.putText(image, title, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
     return image
+
+
+def _colour_bar(low: float, high: float, height: int) -> np.ndarray:
+    """A vertical bar of the panels' colour scale, `high` at the top."""
+    ramp = np.linspace(255, 0, height).astype(np.uint8)[:, None].repeat(24, axis=1)
+    bar = np.zeros((height, 64, 3), np.uint8)
+    bar[:, 4:28] = cv2.applyColorMap(ramp, cv2.COLORMAP_VIRIDIS)
+    for value, y in ((high, 12), ((low + high) / 2, height // 2 + 4), (low, height - 4)):
+        cv2.putText(bar, f"{value:g}", (30, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    return bar
 
 
 def _grid(rows: list[list[np.ndarray]]) -> np.ndarray:
@@ -32,14 +44,17 @@ def _grid(rows: list[list[np.ndarray]]) -> np.ndarray:
 
 @torch.no_grad()
 def masks_picture(teacher, generators: dict, batch) -> np.ndarray:
-    """One row per generator (task/level), one panel per mask."""
+    """One row per generator (task/level), one panel per mask, all on one 0..1 colour scale
+    (a per-panel stretch would make a uniform mask look selective); each title gives the
+    mask's share of cells above 0.5."""
     output = teacher(batch)
     rows = []
     for key, generator in generators.items():
-        feature = output.low if key.endswith("low") else output.high
-        masks = generator(feature)[0].cpu().numpy()
-        rows.append([_panel(mask, f"{key} mask {t + 1}") for t, mask in enumerate(masks)])
-    return _grid(rows)
+        masks = generator(getattr(output, key.split("/")[1]))[0].cpu().numpy()
+        rows.append([_panel(mask, f"{key} {t + 1}: {(mask > 0.5).mean():.0%} > 0.5", (0.0, 1.0))
+                     for t, mask in enumerate(masks)])
+    grid = _grid(rows)
+    return np.hstack([grid, _colour_bar(0.0, 1.0, grid.shape[0])])
 
 
 @torch.no_grad()

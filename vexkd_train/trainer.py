@@ -22,7 +22,7 @@ from vexkd_core.checkpoint import CheckpointError, load_checkpoint, save_checkpo
 from vexkd_core.config import Config
 from vexkd_core.data.dataset import EpochSampler, TrainingSet, collate_training
 from vexkd_core.data.nuscenes_source import NuScenesSource
-from vexkd_core.models.vexkd import task_losses
+from vexkd_core.models.vexkd import detection_targets, task_losses
 
 LAST = "last.pt"
 FINAL = "model.pt"
@@ -65,7 +65,7 @@ def train(model: torch.nn.Module, config: Config, source: NuScenesSource, modali
     """Train `model`; returns the final checkpoint, which holds the model alone.
 
     `auxiliary` (the distiller) adds its losses through `auxiliary(model, batch, output,
-    targets)`; its trainable parameters (adapters) are optimised and saved in last.pt for
+    targets, box_targets)`; its trainable parameters (adapters) are optimised and saved in last.pt for
     resuming, its frozen ones (teacher, mask generators) only moved to the device.
     """
     rank, world, local_rank = distributed()
@@ -115,9 +115,10 @@ def train(model: torch.nn.Module, config: Config, source: NuScenesSource, modali
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 batch = batch.to(device)
                 output = network(batch)
-                losses = task_losses(model, output, targets)
+                box_targets = detection_targets(model, targets, device)
+                losses = task_losses(model, output, targets, box_targets=box_targets)
                 if auxiliary is not None:
-                    losses.update(auxiliary(model, batch, output, targets))
+                    losses.update(auxiliary(model, batch, output, targets, box_targets))
             loss = sum(losses.values())
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}: {_format(losses)}")

@@ -1,6 +1,7 @@
 """The one contract between data sources (nuScenes devkit, ROS messages) and the models."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,3 +33,16 @@ class Sample:
     boxes: Boxes3D | None = None  # ground truth in the LiDAR frame (training, evaluation)
     map_masks: np.ndarray | None = None  # (6, H, W) bool on map_source_grid, MAP_CLASSES order
     map_source_grid: BEVGrid | None = None  # larger than the model's map grid, for augmentation
+
+
+SENSORS = ("lidar", "camera")
+
+
+def without_sensor(sample: Sample, sensor: str) -> Sample:
+    """The sample as a rig with that sensor missing: no points, or every camera left out
+    (as the ROS nodes leave out a camera that did not arrive)."""
+    if sensor == "lidar":
+        return dataclasses.replace(sample, points=np.zeros((0, sample.points.shape[1]), np.float32))
+    if sensor == "camera":
+        return dataclasses.replace(sample, cameras=[dataclasses.replace(view, image=None) for view in sample.cameras])
+    raise ValueError(f"sensor must be one of {SENSORS}, not '{sensor}'")

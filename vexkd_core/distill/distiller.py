@@ -2,14 +2,19 @@
 
 The frozen teacher sees the same batch as the student; at each chosen level the masks
 (generated, or one of the hand-made baselines) weight both feature maps before the
-distance. Nothing here becomes part of the student.
+distance. Generated masks stay per task: the detection generator's masks give the loss
+`distill_<level>_detection`, the segmentation generator's `distill_<level>_segmentation`,
+each the mean over its own masks. A multi-task student gets both, summed with the level's
+weight times the task's training weight (`train.detection_weight`, `train.map_weight`),
+so each task's masks pull with that task's strength; a student trained for one task
+(`tasks`) gets only its own. Nothing here becomes part of the student.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from vexkd_core.models.vexkd import Output
+from vexkd_core.models.vexkd import Output, detection_targets
 
 from .baselines import activation_mask, foreground_mask, full_mask, gaussian_mask
 from .losses import MaskedDistillLoss
@@ -29,7 +34,8 @@ def freeze(module: nn.Module) -> nn.Module:
 
 class Distiller(nn.Module):
     def __init__(self, teacher: nn.Module, student: nn.Module, mode: str, levels: tuple[str, ...], distance: str,
-                 weights: dict[str, float], generators: dict[str, MaskGenerator] | None = None):
+                 weights: dict[str, float], generators: dict[str, MaskGenerator] | None = None,
+                 tasks: tuple[str, ...] = TASKS):
         super().__init__()
         if mode not in MODES or mode == "none":
             raise ValueError(f"distill mode must be one of {MODES[1:]}, not '{mode}'")
@@ -38,32 +44,42 @@ class Distiller(nn.Module):
         self.teacher = freeze(teacher)
         self.generators = nn.ModuleDict({k.replace("/", "__"): freeze(g) for k, g in (generators or {}).items()})
         self.mode, self.levels, self.weights = mode, levels, weights
-        teacher_channels = {"low": teacher.fusion.out_channels, "high": teacher.heads.decoder.out_channels}
-        student_channels = {"low": student.encoder.out_channels, "high": student.heads.decoder.out_channels}
+        train = student.config.train
+        self.task_weights = {task: weight for task, weight in
+                             (("detection", train.detection_weight), ("segmentation", train.map_weight))
+                             if task in tasks}
+        teacher_channels = {"low": teacher.heads.decoder.low_channels, "high": teacher.heads.decoder.out_channels}
+        student_channels = {"low": student.heads.decoder.low_channels, "high": student.heads.decoder.out_channels}
         self.losses = nn.ModuleDict({level: MaskedDistillLoss(student_channels[level], teacher_channels[level], distance)
                                      for level in levels})
 
     @torch.no_grad()
-    def masks(self, level: str, teacher_feature: torch.Tensor, heatmap_targets: torch.Tensor) -> torch.Tensor:
+    def masks(self, level: str, teacher_feature: torch.Tensor, heatmap_targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Loss name suffix -> masks (B, T, H, W): one entry per task for generated masks,
+        one shared entry for the hand-made baselines."""
         if self.mode == "full":
-            return full_mask(teacher_feature)
+            return {"": full_mask(teacher_feature)}
         if self.mode == "foreground":
-            return foreground_mask(heatmap_targets)
+            return {"": foreground_mask(heatmap_targets)}
         if self.mode == "gaussian":
-            return gaussian_mask(heatmap_targets)
+            return {"": gaussian_mask(heatmap_targets)}
         if self.mode == "activation":
-            return activation_mask(teacher_feature)
-        # Generated masks of both tasks: the student learns detection and segmentation.
-        return torch.cat([self.generators[f"{task}__{level}"](teacher_feature) for task in TASKS], dim=1)
+            return {"": activation_mask(teacher_feature)}
+        return {f"_{task}": self.generators[f"{task}__{level}"](teacher_feature) for task in self.task_weights}
 
-    def forward(self, student: nn.Module, batch, output: Output, targets) -> dict[str, torch.Tensor]:
+    def forward(self, student: nn.Module, batch, output: Output, targets,
+                box_targets: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """`box_targets`: the student's detection targets of this batch, when the trainer has them."""
         with torch.no_grad():
             teacher_output = self.teacher(batch)
-            heatmap = student.heads.detection_head.targets([t.boxes for t in targets], output.low.device)["heatmap"]
+            if box_targets is None and self.mode in ("foreground", "gaussian"):
+                box_targets = detection_targets(student, targets, output.low.device)
+        heatmap = box_targets["heatmap"] if box_targets is not None else None
         losses = {}
         for level in self.levels:
             teacher_feature = getattr(teacher_output, level)
-            masks = self.masks(level, teacher_feature, heatmap)
-            losses[f"distill_{level}"] = self.weights[level] * self.losses[level](
-                getattr(output, level), teacher_feature, masks)
+            for suffix, masks in self.masks(level, teacher_feature, heatmap).items():
+                weight = self.weights[level] * (self.task_weights[suffix[1:]] if suffix else 1.0)
+                losses[f"distill_{level}{suffix}"] = weight * self.losses[level](getattr(output, level),
+                                                                                 teacher_feature, masks)
         return losses

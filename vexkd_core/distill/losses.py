@@ -3,8 +3,11 @@ distance(m * F_student, m * F_teacher), with the teacher's features and the mask
 
 Attention transfer (AT) is the default distance: the channel-mean of squared features,
 flattened and L2-normalised, compared by squared difference; it needs no channel adapter.
-MSE, L1 and Smooth-L1 compare features directly, through a 1x1 adapter when the
-channel counts differ. Adapters live here, never in the student.
+Because it normalises after masking, it weighs a mask's cells the same whatever the mask's
+area (and a spatially uniform mask of any value is the whole map). MSE, L1 and Smooth-L1
+compare features directly, through a 1x1 adapter when the channel counts differ, and are
+divided by the mask's mean so that they too are a mean over the masked cells (MasKD's
+normalisation), not shrunk by a small mask. Adapters live here, never in the student.
 """
 from __future__ import annotations
 
@@ -46,6 +49,9 @@ class MaskedDistillLoss(nn.Module):
         """student/teacher (B, C, H, W); masks (B, T, H, W). Teacher and masks get no gradient."""
         student = self.adapter(student.float())
         teacher, masks = teacher.detach().float(), masks.detach().float()
-        losses = [feature_distance(student * masks[:, t:t + 1], teacher * masks[:, t:t + 1], self.kind)
-                  for t in range(masks.shape[1])]
+        losses = []
+        for t in range(masks.shape[1]):
+            mask = masks[:, t:t + 1]
+            distance = feature_distance(student * mask, teacher * mask, self.kind)
+            losses.append(distance if self.kind == "at" else distance / mask.mean().clamp(min=1e-6))
         return torch.stack(losses).mean()

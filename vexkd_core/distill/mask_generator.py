@@ -1,9 +1,10 @@
 """BEV-query-guided mask generator (one per task x feature level).
 
 Its query starts as the trained teacher's MGFM BEV query and positional embedding (or
-random, for the ablation). N blocks of deformable cross-attention from the query into the
-frozen teacher's feature map, each with an FFN, then a linear head and a sigmoid give T
-soft spatial masks, resized to the feature map.
+random, for the ablation, and for a ConvFuser teacher, which has no query). N blocks of
+deformable cross-attention from the query into the frozen teacher's feature map, each with
+an FFN, then a linear head and a sigmoid give T soft spatial masks, resized to the feature
+map. How they are trained (and why they cannot all become 1) is in vexkd_train/masks.py.
 """
 from __future__ import annotations
 
@@ -44,17 +45,25 @@ class MaskGenerator(nn.Module):
         self.register_buffer("reference", reference_points(*query_size), persistent=False)
 
     @classmethod
-    def from_teacher(cls, fusion: MGFM, feature_channels: int, masks: int, blocks: int, heads: int, points: int,
-                     ffn_channels: int, random_query: bool = False, seed: int = 0) -> "MaskGenerator":
+    def from_teacher(cls, fusion: nn.Module, feature_channels: int, masks: int, blocks: int, heads: int, points: int,
+                     ffn_channels: int, random_query: bool = False, seed: int = 0,
+                     query_size: tuple[int, int] = (0, 0), query_dim: int = 0) -> "MaskGenerator":
         """The VeXKD generator: query and position copied from the teacher's MGFM (or random
-        with the same shape and scale, for the ablation)."""
-        query, position = fusion.bev_query.detach(), fusion.bev_position.detach()
+        with the same shape and scale, for the ablation). A fuser without a query (ConvFuser)
+        takes a random query of `query_size` cells x `query_dim` channels."""
+        if isinstance(fusion, MGFM):
+            query, position = fusion.bev_query.detach(), fusion.bev_position.detach()
+            query_size = (fusion.height, fusion.width)
+        elif not random_query:
+            raise ValueError("this teacher's fuser has no BEV query to start the mask generators from: "
+                             "use --random-query")
+        else:
+            query = position = torch.full((query_size[0] * query_size[1], query_dim), 0.02)
         if random_query:
             generator = torch.Generator().manual_seed(seed)
-            query = torch.randn(query.shape, generator=generator) * query.std()
-            position = torch.randn(position.shape, generator=generator) * position.std()
-        return cls(feature_channels, query, position, (fusion.height, fusion.width), masks, blocks, heads, points,
-                   ffn_channels)
+            query = torch.randn(query.shape, generator=generator) * query.std().clamp(min=0.02)
+            position = torch.randn(position.shape, generator=generator) * position.std().clamp(min=0.02)
+        return cls(feature_channels, query, position, query_size, masks, blocks, heads, points, ffn_channels)
 
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
         """feature (B, C, H, W) -> masks (B, T, H, W) in [0, 1]."""
@@ -70,14 +79,18 @@ class MaskGenerator(nn.Module):
 
 
 def dice_overlap(masks: torch.Tensor) -> torch.Tensor:
-    """Mean Dice coefficient over pairs of masks (B, T, H, W): the diversity penalty."""
+    """Mean Dice coefficient over all pairs of masks (B, T, H, W): the diversity penalty."""
     count = masks.shape[1]
     if count < 2:
         return masks.new_zeros(())
     flat = masks.flatten(2)
-    overlaps = []
-    for i in range(count):
-        for j in range(i + 1, count):
-            intersection = (flat[:, i] * flat[:, j]).sum(-1)
-            overlaps.append(2 * intersection / ((flat[:, i] ** 2).sum(-1) + (flat[:, j] ** 2).sum(-1) + 1e-6))
-    return torch.stack(overlaps).mean()
+    intersection = flat @ flat.transpose(1, 2)  # (B, T, T)
+    energy = intersection.diagonal(dim1=1, dim2=2)
+    dice = 2 * intersection / (energy[:, :, None] + energy[:, None, :] + 1e-6)
+    pairs = torch.triu_indices(count, count, offset=1, device=masks.device)
+    return dice[:, pairs[0], pairs[1]].mean()
+
+
+def area_excess(masks: torch.Tensor, budget: float) -> torch.Tensor:
+    """How far each mask's mean value (its share of the map) exceeds `budget`, averaged."""
+    return torch.relu(masks.flatten(2).mean(-1) - budget).mean()

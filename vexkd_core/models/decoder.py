@@ -1,4 +1,12 @@
-"""SECOND-style BEV backbone + FPN: low-level BEV features in, high-level BEV features out."""
+"""SECOND-style BEV backbone + FPN: encoder (or fused) BEV features in, high-level BEV out.
+
+The first stage keeps the grid's resolution; its output is the *low-level* feature that
+distillation compares. It is tapped there and not at the decoder's input because the
+input carries no spatial structure to match at the `nuscenes` preset: the MGFM's output
+is a LayerNorm (every cell's channel energy is about the same) and the LiDAR encoder's is
+94 % exact zeros (empty pillars). Three conv-BN-ReLU layers later both are dense and
+structured, and teacher and student have the same channels there.
+"""
 from __future__ import annotations
 
 import torch
@@ -22,11 +30,20 @@ class BEVDecoder(nn.Module):
                 nn.ConvTranspose2d(c, share, 2 ** index, 2 ** index, bias=False), nn.BatchNorm2d(share),
                 nn.ReLU(inplace=True))
             for index, c in enumerate(channels))
+        self.low_channels = channels[0]
         self.out_channels = share * len(channels)
 
-    def forward(self, low_level: torch.Tensor) -> torch.Tensor:
-        x, outputs = low_level, []
-        for stage, upsample in zip(self.stages, self.upsample):
+    def first_stage(self, encoded: torch.Tensor) -> torch.Tensor:
+        """Encoder (or fused) BEV map -> the low-level feature."""
+        return self.stages[0](encoded)
+
+    def from_first_stage(self, low_level: torch.Tensor) -> torch.Tensor:
+        """Low-level feature -> high-level feature (the rest of the backbone and the FPN)."""
+        x, outputs = low_level, [self.upsample[0](low_level)]
+        for stage, upsample in zip(self.stages[1:], self.upsample[1:]):
             x = stage(x)
             outputs.append(upsample(x))
         return torch.cat(outputs, dim=1)
+
+    def forward(self, encoded: torch.Tensor) -> torch.Tensor:
+        return self.from_first_stage(self.first_stage(encoded))

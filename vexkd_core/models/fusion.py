@@ -4,6 +4,9 @@ BEV maps, then an FFN, each followed by Add & Norm. The refined query is the fus
 
 The query and its positional embedding are learned per BEV cell; the mask generators of
 the distillation stage start from them.
+
+`ConvFuser` is BEVFusion's fuser, the comparison the paper uses to motivate the MGFM:
+concatenate the two BEV maps, one conv-BN-ReLU. It has no query.
 """
 from __future__ import annotations
 
@@ -90,3 +93,18 @@ class MGFM(nn.Module):
         if fused.shape[-2:] != self.output_size:
             fused = self.refine(F.interpolate(fused, size=self.output_size, mode="bilinear", align_corners=False))
         return fused
+
+
+class ConvFuser(nn.Module):
+    """BEVFusion's fuser: the LiDAR and camera BEV maps concatenated, then conv3x3-BN-ReLU."""
+
+    def __init__(self, lidar_channels: int, camera_channels: int, dim: int):
+        super().__init__()
+        self.fuse = conv_bn_relu(lidar_channels + camera_channels, dim)
+        self.out_channels = dim
+
+    def forward(self, lidar_bev: torch.Tensor, camera_bev: torch.Tensor) -> torch.Tensor:
+        return self.fuse(torch.cat([lidar_bev, camera_bev], dim=1))
+
+
+FUSERS = ("mgfm", "convfuser")

@@ -3,9 +3,10 @@
     Teacher:  LiDAR encoder + camera encoder -> MGFM -> BEV decoder -> detection & map heads
     Student:  one encoder (LiDAR or camera)          -> BEV decoder -> detection & map heads
 
-Both return their predictions and their BEV features at two levels: `low` (the decoder's
-input: fused map or encoder output) and `high` (the decoder's output), the maps that
-masked feature distillation compares.
+Both return their predictions and their BEV features at two levels: `low` (the output of
+the decoder's first, full-resolution stage, right after the fused map or encoder output;
+see decoder.py for why it is tapped there) and `high` (the decoder's output), the maps
+that masked feature distillation compares.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from vexkd_core.data.preprocess import Batch, Targets
 from .camera_encoder import CameraEncoder
 from .decoder import BEVDecoder
 from .detection_head import DetectionHead
-from .fusion import MGFM
+from .fusion import FUSERS, MGFM, ConvFuser
 from .lidar_encoder import LidarEncoder
 from .map_head import MapHead
 
@@ -33,7 +34,7 @@ MODALITIES = ("fusion", "lidar", "camera")
 class Output:
     detection: dict[str, torch.Tensor]
     map_logits: torch.Tensor
-    low: torch.Tensor  # (B, C_low, H, W)
+    low: torch.Tensor  # (B, C_low, H, W): the decoder's first stage
     high: torch.Tensor  # (B, C_high, H, W)
 
 
@@ -70,9 +71,18 @@ class _Heads(nn.Module):
         self.map_head = MapHead(self.decoder.out_channels, model.head_channels, len(MAP_CLASSES), config.grid.bev,
                                 config.map_grid.bev)
 
-    def run(self, low: torch.Tensor, timer: StageTimer | None = None) -> Output:
+    def run(self, encoded: torch.Tensor, timer: StageTimer | None = None) -> Output:
+        """Everything after the encoder (or fusion)."""
+        low, high = _run(timer, "decoder", self._decode, encoded)
+        return self.from_high(low, high, timer)
+
+    def _decode(self, encoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        low = self.decoder.first_stage(encoded)
+        return low, self.decoder.from_first_stage(low)
+
+    def from_low(self, low: torch.Tensor) -> Output:
         """Everything after the low-level BEV features."""
-        return self.from_high(low, _run(timer, "decoder", self.decoder, low), timer)
+        return self.from_high(low, self.decoder.from_first_stage(low))
 
     def from_high(self, low: torch.Tensor, high: torch.Tensor, timer: StageTimer | None = None) -> Output:
         """Everything after the high-level BEV features."""
@@ -96,6 +106,8 @@ def _encode_camera(encoder: CameraEncoder, batch: Batch) -> torch.Tensor:
 
 
 class Teacher(nn.Module):
+    """Both encoders, the fuser (`model.fuser`: the MGFM, or BEVFusion's ConvFuser), decoder, heads."""
+
     modality = "fusion"
 
     def __init__(self, config: Config):
@@ -104,8 +116,14 @@ class Teacher(nn.Module):
         grid = config.grid.bev
         self.lidar_encoder = _lidar_encoder(config)
         self.camera_encoder = _camera_encoder(config)
-        self.fusion = MGFM(self.lidar_encoder.out_channels, self.camera_encoder.out_channels,
-                           config.model.bev_channels, grid.height, grid.width, config.model.fusion)
+        lidar_channels, camera_channels = self.lidar_encoder.out_channels, self.camera_encoder.out_channels
+        if config.model.fuser == "mgfm":
+            self.fusion = MGFM(lidar_channels, camera_channels, config.model.bev_channels, grid.height, grid.width,
+                               config.model.fusion)
+        elif config.model.fuser == "convfuser":
+            self.fusion = ConvFuser(lidar_channels, camera_channels, config.model.bev_channels)
+        else:
+            raise ValueError(f"model.fuser must be one of {FUSERS}, not '{config.model.fuser}'")
         self.heads = _Heads(config, config.model.bev_channels)
 
     def load_lidar_branch(self, lidar_student: "Student") -> None:
@@ -136,10 +154,10 @@ class Student(nn.Module):
 
     def forward(self, batch: Batch, timer: StageTimer | None = None) -> Output:
         if self.modality == "lidar":
-            low = _run(timer, "lidar_encoder", self.encoder, batch.points, batch.size)
+            encoded = _run(timer, "lidar_encoder", self.encoder, batch.points, batch.size)
         else:
-            low = _run(timer, "camera_encoder", _encode_camera, self.encoder, batch)
-        return self.heads.run(low, timer)
+            encoded = _run(timer, "camera_encoder", _encode_camera, self.encoder, batch)
+        return self.heads.run(encoded, timer)
 
 
 def build_model(config: Config, modality: str) -> nn.Module:
@@ -148,16 +166,25 @@ def build_model(config: Config, modality: str) -> nn.Module:
     return Student(config, modality)
 
 
+def detection_targets(model: nn.Module, targets: list[Targets], device) -> dict[str, torch.Tensor]:
+    """The detection head's targets of a batch: computed once per step, read by the task loss
+    and by distillation's ground-truth masks."""
+    return model.heads.detection_head.targets([t.boxes for t in targets], device)
+
+
 def task_losses(model: nn.Module, output: Output, targets: list[Targets],
-                tasks: tuple[str, ...] = ("detection", "segmentation")) -> dict[str, torch.Tensor]:
-    """Detection (heatmap + box) and map losses, weighted by the training config."""
+                tasks: tuple[str, ...] = ("detection", "segmentation"),
+                box_targets: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Detection (heatmap + box) and map losses, weighted by the training config;
+    `box_targets`: `detection_targets(...)` when the caller has them already."""
     train = model.config.train
     losses = {}
     if "detection" in tasks:
         head = model.heads.detection_head
-        detection_targets = head.targets([t.boxes for t in targets], output.map_logits.device)
+        if box_targets is None:
+            box_targets = detection_targets(model, targets, output.map_logits.device)
         losses.update({name: value * train.detection_weight
-                       for name, value in head.loss(output.detection, detection_targets).items()})
+                       for name, value in head.loss(output.detection, box_targets).items()})
     if "segmentation" in tasks:
         map_target = torch.stack([t.map_masks for t in targets]).to(output.map_logits.device)
         losses["map"] = model.heads.map_head.loss(output.map_logits, map_target) * train.map_weight

@@ -1,0 +1,185 @@
+"""Mask generation that masks: the objective cannot be met by uniform masks, trained
+generators pick cells (and differ from each other), the selectivity report measures what
+it says, and the ConvFuser teacher of the paper's comparison trains, evaluates and gets
+random-query masks."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vexkd_core.checkpoint import model_from_checkpoint, save_checkpoint
+from vexkd_core.config import load_config
+from vexkd_core.data.dataset import TrainingSet, collate_training, map_source_grid
+from vexkd_core.data.nuscenes_source import NuScenesSource
+from vexkd_core.distill.distiller import freeze
+from vexkd_core.distill.losses import MaskedDistillLoss
+from vexkd_core.distill.mask_generator import area_excess, dice_overlap
+from vexkd_core.distill.selectivity import SelectivityMeter, box_footprints
+from vexkd_core.models.vexkd import build_model
+from vexkd_core.structures import BEVGrid, Boxes3D
+from vexkd_train.masks import MaskSettings, load_masks, masked_task_loss, train_masks
+from vexkd_train.trainer import RunOptions, train
+
+CONFIG = load_config("tiny", ["model.lidar.sweeps=1", "train.batch_size=1"])
+BIN = Path(sys.executable).parent
+
+
+def test_dice_counts_every_pair_and_the_area_budget_only_what_exceeds_it():
+    ones, zeros = torch.ones(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)
+    left = torch.zeros(1, 1, 4, 4)
+    left[..., :2] = 1
+    # Pairs (ones, left), (ones, left), (left, left): Dice 2/3, 2/3, 1.
+    assert dice_overlap(torch.cat([ones, left, left], 1)).item() == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    assert dice_overlap(torch.cat([left, 1 - left], 1)).item() == pytest.approx(0.0, abs=1e-6)
+    assert area_excess(torch.cat([ones, zeros], 1), 0.25).item() == pytest.approx(0.75 / 2)
+    assert area_excess(left * 0.5, 0.25).item() == pytest.approx(0.0)
+
+
+def test_box_footprints_cover_a_rotated_box():
+    grid = BEVGrid(x_min=-10, y_min=-10, resolution=0.5, width=40, height=40)
+    box = Boxes3D(center=np.array([[2.0, -3.0, 0.0]]), size_lwh=np.array([[4.0, 1.0, 1.5]]), yaw=np.array([np.pi / 2]),
+                  velocity=np.zeros((1, 2)), label=np.zeros(1, int), score=np.ones(1))
+    covered = box_footprints(box, grid)
+    xs, ys = grid.cell_centers()
+    # Turned by 90 degrees the 4 m length runs along y.
+    assert covered[(np.abs(xs - 2.0) < 0.3) & (np.abs(ys + 3.0) < 1.9)].all()
+    assert not covered[(np.abs(xs - 2.0) > 1.0) | (np.abs(ys + 3.0) > 2.5)].any()
+
+
+def test_selectivity_tells_a_uniform_mask_from_a_selective_one():
+    region = np.zeros((8, 8), bool)
+    region[2:4, 2:4] = True
+    selective = torch.from_numpy(np.where(region, 0.9, 0.05).astype(np.float32))
+    meter = SelectivityMeter("detection")
+    meter.add(torch.stack([torch.full((8, 8), 0.8), selective]), region)
+    uniform, picked = meter.summary()
+    assert (uniform.above_half, uniform.variation, uniform.object_ratio) == (1.0, pytest.approx(0.0, abs=1e-6),
+                                                                            pytest.approx(1.0))
+    assert picked.above_half == pytest.approx(4 / 64) and picked.object_ratio == pytest.approx(18.0)
+    segmentation = SelectivityMeter("segmentation")
+    segmentation.add(selective[None], region)
+    assert segmentation.summary()[0].map_share == pytest.approx(3.6 / (3.6 + 60 * 0.05))
+
+
+def test_attention_transfer_of_a_uniform_mask_is_the_whole_map():
+    """Why a uniform mask, of any value, is whole-map distillation (and so not a mask)."""
+    teacher = torch.randn(2, 8, 6, 6)
+    picked = torch.zeros(2, 1, 6, 6)
+    picked[..., :3, :3] = 1
+    student = torch.where(picked > 0, teacher, torch.randn(2, 8, 6, 6))  # agrees with the teacher where picked
+    at = MaskedDistillLoss(8, 8, "at")
+    whole = at(student, teacher, torch.ones(2, 1, 6, 6))
+    assert whole.item() > 0.05
+    assert at(student, teacher, torch.full((2, 1, 6, 6), 0.02)).item() == pytest.approx(whole.item(), rel=1e-5)
+    assert at(student, teacher, picked).item() == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.fixture(scope="module")
+def trained_teacher(tiny_world, tmp_path_factory):
+    """A teacher trained a few dozen steps on the tiny world: enough for its task loss to
+    care where the feature is kept."""
+    dataroot, world = tiny_world
+    folder = tmp_path_factory.mktemp("masks")
+    source = NuScenesSource(dataroot, world.version, "train", 1, map_source_grid(CONFIG, True))
+    torch.manual_seed(0)
+    teacher = train(build_model(CONFIG, "fusion"), CONFIG, source, "fusion",
+                    RunOptions(folder / "teacher", max_steps=40, max_epochs=10, progress=False))
+    return teacher, source, folder
+
+
+@pytest.fixture(scope="module")
+def trained_masks(trained_teacher):
+    checkpoint, source, folder = trained_teacher
+    settings = MaskSettings(masks_per_generator=4, blocks=1, epochs=6)
+    return train_masks(checkpoint, source, folder / "generators", settings, progress=False), settings
+
+
+def test_trained_masks_vary_over_the_map_and_differ_from_each_other(trained_teacher, trained_masks):
+    """On this 4-sample world with a 40-step teacher the masks are only starting to pick cells
+    (few cells above 0.5 yet; the demo's teacher gives 3.5-4x more mask on GT boxes than
+    elsewhere, see README): what must already hold is that no generator is uniform and its
+    masks are not copies of each other."""
+    checkpoint, source, folder = trained_teacher
+    report = json.loads((folder / "generators" / "selectivity.json").read_text())
+    teacher, _, _ = model_from_checkpoint(checkpoint)
+    generators = load_masks(trained_masks[0], teacher)
+    batch, _ = collate_training([TrainingSet(source, CONFIG, augment=False)[0]])
+    with torch.no_grad():
+        output = teacher.eval()(batch)
+        for key, generator in generators.items():
+            flat = generator.eval()(getattr(output, key.split("/")[1]))[0].flatten(1)
+            variation = flat.std(1) / flat.mean(1)
+            assert variation.max() > 0.1, (key, variation)  # a uniform mask has 0
+            for i in range(len(flat)):
+                for j in range(i + 1, len(flat)):
+                    assert (flat[i] - flat[j]).abs().max() > 0.05, (key, i, j)
+            assert max(stats["variation"] for stats in report[key]) > 0.05, (key, report[key])
+
+
+def test_the_objective_is_lower_at_the_trained_masks_than_at_the_whole_map(trained_teacher, trained_masks):
+    """m = 1 everywhere (the optimum of the first version's objective) is not the optimum now."""
+    checkpoint, source, _ = trained_teacher
+    settings = trained_masks[1]
+    teacher, _, _ = model_from_checkpoint(checkpoint)
+    teacher = freeze(teacher)
+    generators = load_masks(trained_masks[0], teacher)
+    batch, targets = collate_training([TrainingSet(source, CONFIG, augment=False)[0]])
+
+    def objective(task, level, feature, masks):
+        return (masked_task_loss(teacher, task, level, feature, masks, targets)
+                + settings.diversity_weight * dice_overlap(masks)
+                + settings.area_weight * area_excess(masks, settings.area_budget)).item()
+
+    with torch.no_grad():
+        output = teacher(batch)
+        for key, generator in generators.items():
+            task, level = key.split("/")
+            feature = getattr(output, level)
+            trained = objective(task, level, feature, generator.eval()(feature))
+            shape = (1, settings.masks_per_generator) + feature.shape[-2:]
+            whole_map = objective(task, level, feature, torch.ones(shape))
+            assert trained < whole_map, (key, trained, whole_map)
+
+
+def test_convfuser_teacher_trains_evaluates_and_takes_random_query_masks(tiny_world, tmp_path):
+    dataroot = str(tiny_world[0])
+    common = ["--dataroot", dataroot, "--set", "model.lidar.sweeps=1", "--set", "train.batch_size=1"]
+    trained = subprocess.run([BIN / "vexkd-train", "teacher", "--fuser", "convfuser", *common, "--out",
+                              tmp_path / "teacher", "--max-steps", "2"], capture_output=True, text=True)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    checkpoint = tmp_path / "teacher" / "model.pt"
+    teacher, config, _ = model_from_checkpoint(checkpoint)
+    assert config.model.fuser == "convfuser" and not hasattr(teacher.fusion, "bev_query")
+    for drop in (None, "lidar", "camera"):
+        out = tmp_path / f"eval-{drop}"
+        evaluated = subprocess.run([BIN / "vexkd-train", "eval", "--checkpoint", checkpoint, "--dataroot", dataroot,
+                                    "--out", out] + (["--drop-sensor", drop] if drop else []),
+                                   capture_output=True, text=True)
+        assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["drop_sensor"] == drop and 0.0 <= metrics["map"]["mIoU"] <= 1.0
+    masks = [BIN / "vexkd-train", "masks", "--teacher", checkpoint, "--dataroot", dataroot, "--out", tmp_path / "m",
+             "--max-epochs", "1", "--blocks", "1", "--masks-per-generator", "2"]
+    refused = subprocess.run(masks, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--random-query" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    random = subprocess.run(masks + ["--random-query"], capture_output=True, text=True)
+    assert random.returncode == 0, random.stderr[-2000:]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--area-budget", "0"], "--area-budget must be in (0, 1]"),
+    (["--masks-per-generator", "0"], "--masks-per-generator must be at least 1"),
+    (["--max-epochs", "0"], "--max-epochs must be at least 1"),
+])
+def test_bad_mask_settings_give_one_line(tiny_world, tmp_path, arguments, message):
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(tmp_path / "teacher.pt", build_model(CONFIG, "fusion"), CONFIG, "fusion")
+    result = subprocess.run([BIN / "vexkd-train", "masks", "--teacher", checkpoint, "--dataroot", str(tiny_world[0]),
+                             "--out", tmp_path / "m", *arguments], capture_output=True, text=True)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1

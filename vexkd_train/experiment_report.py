@@ -1,0 +1,109 @@
+"""results.md of `vexkd-train experiment`: the tables, from results.json's summaries.
+
+Rows are linked to their baselines by label (the labels of `experiment.tables`); a gain
+is paired seed by seed.
+"""
+from __future__ import annotations
+
+import statistics
+
+from vexkd_core.classes import DETECTION_CLASSES
+from vexkd_core.distill.selectivity import selectivity_table
+
+TITLES = {"comparison": "Teacher and students", "components": "Components (LiDAR student)",
+          "masks": "Mask choice (LiDAR student)", "blocks": "Mask-generator blocks (LiDAR student)",
+          "distance": "Distillation distance (LiDAR student)",
+          "fusers": "Teacher fusion: MGFM against BEVFusion's ConvFuser"}
+
+
+def spread(values: list[float]) -> float:
+    return statistics.pstdev(values) if len(values) > 1 else 0.0
+
+
+SPREAD_NOTE = ("Mean +- spread (population std) over a table's seeds; a gain is the mean +- spread of the "
+               "seed-by-seed difference from its baseline.")
+
+
+BASELINES = ("LiDAR student", "camera student", "baseline", "no FD")  # rows the others are compared with
+
+
+def markdown(results: dict) -> str:
+    teacher = results["teacher"]
+    summary = (f"Teacher: mAP {teacher['mAP']['mean']:.4f}, NDS {teacher['NDS']['mean']:.4f}, "
+               f"mIoU {teacher['mIoU']['mean']:.4f}, {teacher['latency_ms']:.0f} ms, "
+               f"{teacher['parameters'] / 1e6:.2f} M parameters.")
+    lines = ["# VeXKD experiment", "", "![Generated masks per task and level (first val sample)](masks.png)", "",
+             "![Attention maps of the BEV features: teacher, students before and after VeXKD](features.png)", "",
+             summary, "", SPREAD_NOTE, ""]
+    for table, rows in results["tables"].items():
+        lines += _metric_table(f"## {TITLES[table]}", rows)
+    lines += _robustness_table(results.get("robustness", {}))
+    for label, report in results.get("selectivity", {}).items():
+        lines += [f"## Mask selectivity on val: generators from the {label}", "", selectivity_table(report), ""]
+    validation = {"teacher": teacher, **results["tables"]["comparison"]}
+    lines += _training_split_table(results["training_split"], validation)
+    lines += _per_class_table(validation, results["val_objects"])
+    if "heldout" in results:
+        held, held_teacher = results["heldout"], results["heldout"]["teacher"]
+        introduction = (f"The same checkpoints, evaluated on a second world. Teacher: mAP "
+                        f"{held_teacher['mAP']['mean']:.4f}, NDS {held_teacher['NDS']['mean']:.4f}, "
+                        f"mIoU {held_teacher['mIoU']['mean']:.4f}.")
+        lines += [f"# Held-out world: val split of {held['dataroot']}", "", introduction, ""]
+        for table, rows in held["tables"].items():
+            lines += _metric_table(f"## {TITLES[table]}, held-out world", rows)
+        lines += _per_class_table({"teacher": held["teacher"], **held["tables"]["comparison"]}, held["val_objects"])
+    return "\n".join(lines)
+
+
+def _metric_table(title: str, rows: dict) -> list[str]:
+    baseline = rows.get("LiDAR student") or rows.get("baseline") or rows.get("no FD")
+    seeds = max(entry["seeds"] for entry in rows.values())
+    lines = [f"{title} ({seeds} seed{'s' if seeds > 1 else ''})", "",
+             "| row | mAP (gain) | NDS (gain) | mIoU (gain) | latency ms | parameters |", "|---|---|---|---|---|---|"]
+    for label, entry in rows.items():
+        base = None if label in BASELINES else rows["camera student"] if label.startswith("camera student +") \
+            else baseline
+        lines.append(f"| {label} | {_cell(entry, 'mAP', base)} | {_cell(entry, 'NDS', base)} | "
+                     f"{_cell(entry, 'mIoU', base)} | {entry['latency_ms']:.0f} | {entry['parameters'] / 1e6:.2f} M |")
+    return lines + [""]
+
+
+def _cell(entry: dict, key: str, base: dict | None) -> str:
+    several = entry["seeds"] > 1
+    text = f"{entry[key]['mean']:.4f}" + (f" +- {entry[key]['std']:.4f}" if several else "")
+    if not base:
+        return text
+    # Same seed, same data order: the gain's spread is that of the seed-by-seed differences.
+    gains = [value - reference for value, reference in zip(entry[key]["values"], base[key]["values"])]
+    return text + f" ({statistics.fmean(gains):+.4f}" + (f" +- {spread(gains):.4f})" if several else ")")
+
+
+def _robustness_table(robustness: dict) -> list[str]:
+    if not robustness:
+        return []
+    lines = ["## Each teacher with a sensor missing (val)", "",
+             "| teacher | sensors | mAP | NDS | mIoU |", "|---|---|---|---|---|"]
+    for fuser, cases in robustness.items():
+        lines += [f"| {fuser} | {case} | {entry['mAP']['mean']:.4f} | {entry['NDS']['mean']:.4f} | "
+                  f"{entry['mIoU']['mean']:.4f} |" for case, entry in cases.items()]
+    return lines + [""]
+
+
+def _training_split_table(fitted: dict, validation: dict) -> list[str]:
+    lines = ["## Training split against val (generalisation check)", "",
+             "| row | mAP train / val | NDS train / val | mIoU train / val |", "|---|---|---|---|"]
+    for label, entry in fitted.items():
+        lines.append(f"| {label} | " + " | ".join(f"{entry[key]['mean']:.4f} / {validation[label][key]['mean']:.4f}"
+                                                  for key in ("mAP", "NDS", "mIoU")) + " |")
+    return lines + [""]
+
+
+def _per_class_table(validation: dict, val_objects: dict[str, int]) -> list[str]:
+    lines = ["## Per-class AP on val (mean over seeds)", "",
+             "mAP averages these ten; a class resting on a handful of val objects swings it on its own.", "",
+             "| row | " + " | ".join(DETECTION_CLASSES) + " |", "|---" * (len(DETECTION_CLASSES) + 1) + "|",
+             "| val objects | " + " | ".join(str(val_objects[name]) for name in DETECTION_CLASSES) + " |"]
+    for label, entry in validation.items():
+        lines.append(f"| {label} | " + " | ".join(f"{entry['per_class_ap'][name]['mean']:.2f}"
+                                                  for name in DETECTION_CLASSES) + " |")
+    return lines + [""]

@@ -1,0 +1,34 @@
+"""What the `teacher` and `student` commands and the experiment runner build alike: a
+teacher started from a LiDAR model, and the distiller of a student. One function each, so
+the checks they make (grids, encoders) hold wherever a run is started from."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from vexkd_core.checkpoint import CheckpointError, model_from_checkpoint
+from vexkd_core.distill.distiller import GENERATED, Distiller
+from vexkd_train.masks import load_masks
+
+
+def initialise_from_lidar(teacher, checkpoint: Path) -> None:
+    """The teacher's LiDAR encoder, decoder and heads from a trained LiDAR model."""
+    lidar, lidar_config, _ = model_from_checkpoint(checkpoint, expected_modality="lidar")
+    if (lidar_config.grid, lidar_config.model.lidar) != (teacher.config.grid, teacher.config.model.lidar):
+        raise CheckpointError(f"{checkpoint} has another BEV grid or LiDAR encoder than the teacher")
+    teacher.load_lidar_branch(lidar)
+
+
+def build_distiller(teacher_checkpoint: Path, student, mode: str, levels: tuple[str, ...], distance: str,
+                    weights: dict[str, float], masks: Path | None = None) -> Distiller:
+    """The distiller of `student` from a teacher checkpoint (and mask generators for the
+    generated modes); ValueError for inputs that cannot go together."""
+    teacher, teacher_config, _ = model_from_checkpoint(teacher_checkpoint, expected_modality="fusion")
+    config = student.config
+    if (teacher_config.grid, teacher_config.map_grid) != (config.grid, config.map_grid):
+        raise ValueError("the student's BEV grids differ from the teacher's: distillation compares the same cells")
+    if not levels or set(levels) - {"low", "high"}:
+        raise ValueError(f"--levels must be low, high or low,high, not '{','.join(levels)}'")
+    if mode in GENERATED and masks is None:
+        raise ValueError(f"--distill {mode} needs --masks (from vexkd-train masks)")
+    generators = load_masks(masks, teacher) if mode in GENERATED else None
+    return Distiller(teacher, student, mode, levels, distance, weights, generators)
