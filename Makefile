@@ -25,6 +25,7 @@ bench: setup
 	$(PY) bench/bench_conversions.py
 	$(PY) bench/bench_synthetic.py
 	$(PY) bench/bench_models.py
+	$(PY) bench/bench_distillation.py
 	$(PY) bench/bench_nodes.py
 
 clean:

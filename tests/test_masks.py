@@ -17,11 +17,11 @@ from vexkd_core.data.dataset import TrainingSet, collate_training, map_source_gr
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.distill.distiller import freeze
 from vexkd_core.distill.losses import MaskedDistillLoss
-from vexkd_core.distill.mask_generator import area_excess, dice_overlap
+from vexkd_core.distill.mask_generator import area_excess, dice_overlap, indecision
 from vexkd_core.distill.selectivity import SelectivityMeter, box_footprints
 from vexkd_core.models.vexkd import build_model
 from vexkd_core.structures import BEVGrid, Boxes3D
-from vexkd_train.masks import MaskSettings, load_masks, masked_task_loss, train_masks
+from vexkd_train.masks import GeneratorLoss, MaskSettings, load_masks, masked_task_loss, train_masks
 from vexkd_train.trainer import RunOptions, train
 
 CONFIG = load_config("tiny", ["model.lidar.sweeps=1", "train.batch_size=1"])
@@ -37,6 +37,8 @@ def test_dice_counts_every_pair_and_the_area_budget_only_what_exceeds_it():
     assert dice_overlap(torch.cat([left, 1 - left], 1)).item() == pytest.approx(0.0, abs=1e-6)
     assert area_excess(torch.cat([ones, zeros], 1), 0.25).item() == pytest.approx(0.75 / 2)
     assert area_excess(left * 0.5, 0.25).item() == pytest.approx(0.0)
+    assert indecision(torch.cat([ones, zeros, left], 1)).item() == 0.0
+    assert indecision(torch.full((1, 2, 4, 4), 0.5)).item() == pytest.approx(0.25)
 
 
 def test_box_footprints_cover_a_rotated_box():
@@ -130,9 +132,8 @@ def test_the_objective_is_lower_at_the_trained_masks_than_at_the_whole_map(train
     batch, targets = collate_training([TrainingSet(source, CONFIG, augment=False)[0]])
 
     def objective(task, level, feature, masks):
-        return (masked_task_loss(teacher, task, level, feature, masks, targets)
-                + settings.diversity_weight * dice_overlap(masks)
-                + settings.area_weight * area_excess(masks, settings.area_budget)).item()
+        return GeneratorLoss(masked_task_loss(teacher, task, level, feature, masks, targets), dice_overlap(masks),
+                             area_excess(masks, settings.area_budget), indecision(masks)).total(settings).item()
 
     with torch.no_grad():
         output = teacher(batch)

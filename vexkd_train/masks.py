@@ -5,14 +5,22 @@ The objective, per generator with T masks m_1..m_T over the teacher's feature F 
     (1/T) sum_t TaskLoss(teacher_rest(m_t * F))     each mask alone must keep that task working
   + diversity_weight * mean Dice(m_i, m_j), i < j   the T masks must pick different cells
   + area_weight * mean_t relu(mean(m_t) - area_budget)   no mask may cover more than its budget
+  + binary_weight * mean m (1 - m)                  a mask says where: each cell kept or not
 
 where teacher_rest is the frozen rest of the teacher after that level. Without the budget
 the optimum is m = 1 (the teacher was trained unmasked, so its loss is lowest on the whole
 map) and Dice alone is satisfied by one mask of ones and T - 1 masks of zeros: that is what
 the first version converged to. With the budget, a mask has to spend its area where the
 task loss needs the feature most; with Dice over all pairs, each mask spends it elsewhere.
+The last term rules out the remaining way around the budget, a mask of 0.25 everywhere: a
+spatially uniform mask rescales the feature rather than selecting from it, and under
+attention transfer (which normalises after masking) it is whole-map distillation again.
 (MasKD instead sums token-weighted masked copies into one feature; with softmax token
-weights that sum collapses onto one token of ones just the same, so it is not used here.)
+weights that sum collapses onto one token of ones just the same, so it is not used here.
+Tried on the demo world and dropped: the soft union of the masks as the one masked copy,
+which left every segmentation mask uniform and the detection masks less selective; and a
+5x learning rate, which made the detection masks more selective but alike, and drove most
+segmentation masks to zero.)
 The teacher's weights never change.
 """
 from __future__ import annotations
@@ -29,7 +37,7 @@ from vexkd_core.checkpoint import CheckpointError, model_from_checkpoint, read_p
 from vexkd_core.data.dataset import EpochSampler, TrainingSet, collate_training
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.distill.distiller import freeze
-from vexkd_core.distill.mask_generator import LEVELS, TASKS, MaskGenerator, area_excess, dice_overlap
+from vexkd_core.distill.mask_generator import LEVELS, TASKS, MaskGenerator, area_excess, dice_overlap, indecision
 from vexkd_core.io import atomic_write_bytes, atomic_write_json
 
 MASKS_FORMAT = 2
@@ -43,6 +51,7 @@ class MaskSettings:
     diversity_weight: float = 1.0
     area_budget: float = 0.25  # the largest share of the map one mask may cover
     area_weight: float = 10.0
+    binary_weight: float = 1.0
     learning_rate: float = 2e-3
     epochs: int = 4
 
@@ -77,9 +86,11 @@ class GeneratorLoss:
     task: torch.Tensor
     diversity: torch.Tensor
     area: torch.Tensor
+    indecision: torch.Tensor
 
     def total(self, settings: MaskSettings) -> torch.Tensor:
-        return self.task + settings.diversity_weight * self.diversity + settings.area_weight * self.area
+        return (self.task + settings.diversity_weight * self.diversity + settings.area_weight * self.area
+                + settings.binary_weight * self.indecision)
 
 
 def masked_task_loss(teacher, task: str, level: str, feature: torch.Tensor, masks: torch.Tensor, targets,
@@ -108,7 +119,7 @@ def generator_loss(teacher, key: str, generator: MaskGenerator, features: dict[s
     task, level = key.split("/")
     masks = generator(features[level])
     return GeneratorLoss(masked_task_loss(teacher, task, level, features[level], masks, targets, detection_targets),
-                         dice_overlap(masks), area_excess(masks, settings.area_budget))
+                         dice_overlap(masks), area_excess(masks, settings.area_budget), indecision(masks))
 
 
 def train_masks(teacher_checkpoint: Path, source: NuScenesSource, out: Path, settings: MaskSettings,
@@ -132,7 +143,8 @@ def train_masks(teacher_checkpoint: Path, source: NuScenesSource, out: Path, set
     bar = tqdm(total=total, desc="train mask generators", unit="step", disable=not progress)
     with (out / "masks_log.csv").open("w", newline="") as stream:
         log = csv.writer(stream)
-        log.writerow(["step", *(f"{key}/{term}" for key in generators for term in ("total", "task", "dice", "area"))])
+        log.writerow(["step", *(f"{key}/{term}" for key in generators
+                                for term in ("total", "task", "dice", "area", "indecision"))])
         step = 0
         for epoch in range(settings.epochs):
             sampler.set_epoch(epoch)
@@ -153,7 +165,7 @@ def train_masks(teacher_checkpoint: Path, source: NuScenesSource, out: Path, set
                 scheduler.step()
                 step += 1
                 log.writerow([step, *(f"{v.item():.5f}" for key, loss in losses.items()
-                                      for v in (totals[key], loss.task, loss.diversity, loss.area))])
+                                      for v in (totals[key], loss.task, loss.diversity, loss.area, loss.indecision))])
                 bar.set_postfix_str(", ".join(f"{k} {v.item():.3f}" for k, v in totals.items()))
                 bar.update()
     bar.close()

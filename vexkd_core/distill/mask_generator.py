@@ -91,6 +91,11 @@ def dice_overlap(masks: torch.Tensor) -> torch.Tensor:
     return dice[:, pairs[0], pairs[1]].mean()
 
 
+def indecision(masks: torch.Tensor) -> torch.Tensor:
+    """Mean of m (1 - m): 0 for masks of zeros and ones, 0.25 for masks of 0.5."""
+    return (masks * (1 - masks)).mean()
+
+
 def area_excess(masks: torch.Tensor, budget: float) -> torch.Tensor:
     """How far each mask's mean value (its share of the map) exceeds `budget`, averaged."""
     return torch.relu(masks.flatten(2).mean(-1) - budget).mean()

@@ -1,0 +1,124 @@
+"""What distillation costs at training time, as ratios measured in one run on this machine:
+
+- a distilled student step (teacher forward + mask generators + masked losses) over a plain
+  student step, per modality;
+- a mask-generator step (4 generators x T masks through the frozen teacher) over a plain
+  student step, and the seconds one mask-training epoch of the demo world takes.
+
+Random-weight models on a real synthetic sample (costs do not depend on the weights);
+prints the figures and records bench/results/distillation.json.
+
+    python bench/bench_distillation.py --dataroot demo/world [--preset tiny] [--repeats 5]
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from vexkd_core.config import load_config  # noqa: E402
+from vexkd_core.data.dataset import TrainingSet, collate_training, map_source_grid  # noqa: E402
+from vexkd_core.data.nuscenes_source import NuScenesSource  # noqa: E402
+from vexkd_core.distill.distiller import Distiller, freeze  # noqa: E402
+from vexkd_core.io import atomic_write_json  # noqa: E402
+from vexkd_core.models.vexkd import build_model, detection_targets, task_losses  # noqa: E402
+from vexkd_train.masks import MaskSettings, build_generators, generator_loss, repeated_detection_targets  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "distillation.json"
+
+
+def median_seconds(step, repeats: int) -> float:
+    step()  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def student_step(student, batch, targets, optimizer, distiller=None):
+    def step():
+        output = student(batch)
+        box_targets = detection_targets(student, targets, "cpu")
+        losses = task_losses(student, output, targets, box_targets=box_targets)
+        if distiller is not None:
+            losses.update(distiller(student, batch, output, targets, box_targets))
+        optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        optimizer.step()
+    return step
+
+
+def mask_step(teacher, generators, batch, targets, settings, optimizer):
+    def step():
+        with torch.no_grad():
+            output = teacher(batch)
+            boxes = repeated_detection_targets(teacher, targets, settings.masks_per_generator, "cpu")
+        features = {"low": output.low, "high": output.high}
+        total = sum(generator_loss(teacher, key, generator, features, targets, settings, boxes).total(settings)
+                    for key, generator in generators.items())
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataroot", type=Path, default=REPO / "demo" / "world")
+    parser.add_argument("--version", default="v1.0-trainval")
+    parser.add_argument("--preset", default="tiny", choices=("tiny", "nuscenes"))
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    config = load_config(args.preset)
+    source = NuScenesSource(args.dataroot, args.version, "train", config.model.lidar.sweeps,
+                            map_source_grid(config, True))
+    dataset = TrainingSet(source, config, augment=True)
+    batch, targets = collate_training([dataset[i] for i in range(config.train.batch_size)])
+    torch.manual_seed(0)
+    teacher = freeze(build_model(config, "fusion"))
+    settings = MaskSettings()
+    generators = build_generators(teacher, settings)
+    parameters = [p for g in generators.values() for p in g.parameters()]
+    seconds = {"mask step": median_seconds(mask_step(teacher, generators, batch, targets, settings,
+                                                     torch.optim.AdamW(parameters)), args.repeats)}
+    for modality in ("lidar", "camera"):
+        for kind in ("plain", "distilled"):
+            torch.manual_seed(0)
+            student = build_model(config, modality).train()
+            distiller = Distiller(teacher, student, "vexkd", ("low", "high"), "at", {"low": 1.0, "high": 1.0},
+                                  generators) if kind == "distilled" else None
+            optimizer = torch.optim.AdamW(student.parameters())
+            seconds[f"{modality} {kind} step"] = median_seconds(student_step(student, batch, targets, optimizer,
+                                                                             distiller), args.repeats)
+    ratios = {f"{m} distilled / plain step": seconds[f"{m} distilled step"] / seconds[f"{m} plain step"]
+              for m in ("lidar", "camera")}
+    ratios["mask step / lidar plain step"] = seconds["mask step"] / seconds["lidar plain step"]
+    steps_per_epoch = len(dataset) // config.train.batch_size
+    epoch_seconds = seconds["mask step"] * steps_per_epoch
+    print(f"{args.preset} preset, CPU, {torch.get_num_threads()} threads, batch {config.train.batch_size}, "
+          f"T = {settings.masks_per_generator} masks per generator (median of {args.repeats})")
+    for name, value in seconds.items():
+        print(f"  {name:24s} {value:6.2f} s")
+    for name, value in ratios.items():
+        print(f"  {name:32s} {value:5.2f}")
+    print(f"  one mask-training epoch of {len(dataset)} samples: {epoch_seconds:.0f} s")
+    results = RESULTS if args.preset == "tiny" else RESULTS.with_name(f"distillation_{args.preset}.json")
+    atomic_write_json(results, {"preset": args.preset, "machine": f"{platform.machine()} "
+                                f"{torch.get_num_threads()} threads", "batch": config.train.batch_size,
+                                "masks_per_generator": settings.masks_per_generator, "seconds": seconds,
+                                "ratios": ratios, "mask_epoch_seconds": epoch_seconds,
+                                "train_samples": len(dataset)})
+    print(f"recorded {results}")
+
+
+if __name__ == "__main__":
+    main()
