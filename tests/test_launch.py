@@ -1,14 +1,18 @@
 """The launch file, parameter YAML and RViz config agree with the code (launch/launch_ros
-are not on PyPI, so the launch file is read as Python source, not executed)."""
+are not on PyPI, so the launch file is read as Python source, not executed; RViz is not
+either, so tests/ros_rviz.py says what its displays do with the config)."""
 import ast
 import re
 from pathlib import Path
 
+import ros_rviz
 import yaml
 
 from vexkd_core.classes import MAP_CLASSES
-from vexkd_ros.detector_node import NODE_NAMES
+from vexkd_ros.detector_node import NODE_NAMES, OUTPUT_QOS
 from vexkd_ros.detector_parameters import declared_names
+from vexkd_ros.player import topic_qos
+from vexkd_ros.scene_messages import scene_topics
 
 REPO = Path(__file__).resolve().parent.parent
 CONSOLE_SCRIPTS = set(re.findall(r'"([\w-]+) = [\w.]+:\w+"', (REPO / "setup.py").read_text()))
@@ -62,3 +66,42 @@ def test_rviz_config_shows_cloud_markers_grids_and_six_cameras():
     topics = {d["Topic"]["Value"] for d in displays if "Topic" in d}
     assert {f"/lidar_detector/output/map/{name}" for name in MAP_CLASSES} <= topics
     assert config["Visualization Manager"]["Global Options"]["Fixed Frame"] == "LIDAR_TOP"
+
+
+def test_every_image_display_shows_a_topic_the_bag_publishes():
+    """RViz's Image display takes the transport from the topic's last part: the bag's
+    CompressedImage topics must be named with /compressed, and no other property helps."""
+    images = [d for d in ros_rviz.displays() if d["Class"] == "rviz_default_plugins/Image"]
+    published = scene_topics()
+    assert len(images) == 6
+    for display in images:
+        assert set(display) <= ros_rviz.IMAGE_DISPLAY_PROPERTIES, display["Name"]
+        assert set(display["Topic"]) <= ros_rviz.TOPIC_PROPERTIES, display["Name"]
+        topic = display["Topic"]["Value"]
+        assert topic in published, topic
+        wanted = "sensor_msgs/msg/Image" if ros_rviz.image_transport(topic) == "raw" else \
+            "sensor_msgs/msg/CompressedImage"
+        assert published[topic] == wanted, topic
+
+
+def offered_qos(topic: str):
+    """What the bag player or a detector node offers on `topic`."""
+    if topic in scene_topics():
+        return topic_qos(topic)
+    assert any(topic.startswith(f"/{name}/output/") for name in NODE_NAMES.values()), topic
+    return OUTPUT_QOS
+
+
+def test_every_rviz_display_asks_for_a_qos_its_publisher_offers():
+    from rclpy.qos import QoSCompatibility, qos_check_compatible
+
+    checked = 0
+    for display in ros_rviz.displays():
+        if "Topic" not in display:
+            continue
+        topic = display["Topic"]["Value"]
+        compatibility, reason = qos_check_compatible(offered_qos(topic), ros_rviz.requested_qos(display))
+        # WARNING only says that a policy is SYSTEM_DEFAULT (liveliness here); ERROR never connects.
+        assert compatibility != QoSCompatibility.ERROR, f"{display['Name']} on {topic}: {reason}"
+        checked += 1
+    assert checked >= 1 + 3 + len(MAP_CLASSES) + 6

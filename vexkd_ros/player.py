@@ -2,7 +2,9 @@
 
 Bytes go from the bag to the wire without deserialising, so a 4 MB image costs a memcpy.
 Sensor topics use sensor-data QoS (best effort, keep last 5), /tf reliable, /tf_static
-reliable + transient local so nodes started later still get the static transforms.
+reliable + transient local so nodes started later still get the static transforms, and
+ground truth (markers, grids) reliable: RViz's Marker and Map displays ask for reliable,
+which a best-effort publisher cannot serve.
 """
 from __future__ import annotations
 
@@ -18,8 +20,10 @@ from rosgraph_msgs.msg import Clock
 
 from .bag import BagError
 from .conversions import ns_to_stamp
+from .scene_messages import GROUND_TRUTH_PREFIX
 
 SENSOR_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
+GROUND_TRUTH_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 QOS_BY_TOPIC = {"/tf": QoSProfile(depth=100),
                 "/tf_static": QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)}
 WAIT_FOR_SUBSCRIBERS_S = 60.0
@@ -32,6 +36,13 @@ class PlayOptions:
     clock: bool = False
     topics: tuple[str, ...] = ()  # empty: every topic
     wait_for: tuple[str, ...] = ()  # topics that must have a subscriber before playing starts
+
+
+def topic_qos(topic: str) -> QoSProfile:
+    """The QoS the player offers on a bag topic."""
+    if topic.startswith(GROUND_TRUTH_PREFIX):
+        return GROUND_TRUTH_QOS
+    return QOS_BY_TOPIC.get(topic, SENSOR_QOS)
 
 
 def message_class(type_name: str):
@@ -68,7 +79,7 @@ class BagPlayer(Node):
             raise BagError(f"topics not in the bag: {', '.join(sorted(unknown))}")
         self.connections = [c for c in self.reader.connections if not options.topics or c.topic in options.topics]
         self.publishers_by_topic = {
-            c.topic: self.create_publisher(message_class(c.msgtype), c.topic, QOS_BY_TOPIC.get(c.topic, SENSOR_QOS))
+            c.topic: self.create_publisher(message_class(c.msgtype), c.topic, topic_qos(c.topic))
             for c in self.connections}
         self.clock_pub = self.create_publisher(Clock, "/clock", 10) if options.clock else None
         self.published = 0

@@ -26,7 +26,8 @@ from .conversions import (array_to_cloud, boxes_to_markers, encoded_to_compresse
 LIDAR_CHANNEL = "LIDAR_TOP"
 FIXED_FRAME, VEHICLE_FRAME = "map", "base_link"
 LIDAR_TOPIC = f"/{LIDAR_CHANNEL}"
-GT_MARKERS_TOPIC = "/ground_truth/markers"
+GROUND_TRUTH_PREFIX = "/ground_truth/"
+GT_MARKERS_TOPIC = f"{GROUND_TRUTH_PREFIX}markers"
 # Ground-truth map layers around the ego, in the LiDAR frame at key frames.
 GT_MAP_GRID = BEVGrid(x_min=-51.2, y_min=-51.2, resolution=0.4, width=256, height=256)
 
@@ -40,7 +41,19 @@ def camera_info_topic(channel: str) -> str:
 
 
 def gt_map_topic(name: str) -> str:
-    return f"/ground_truth/map/{name}"
+    return f"{GROUND_TRUTH_PREFIX}map/{name}"
+
+
+def scene_topics() -> dict[str, str]:
+    """{topic: message type} of every topic a scene bag can hold (ground-truth maps only
+    where the dataset has maps)."""
+    topics = {LIDAR_TOPIC: "sensor_msgs/msg/PointCloud2", "/tf": "tf2_msgs/msg/TFMessage",
+              "/tf_static": "tf2_msgs/msg/TFMessage", GT_MARKERS_TOPIC: "visualization_msgs/msg/MarkerArray"}
+    for channel in CAMERA_CHANNELS:
+        topics[image_topic(channel)] = "sensor_msgs/msg/CompressedImage"
+        topics[camera_info_topic(channel)] = "sensor_msgs/msg/CameraInfo"
+    topics.update({gt_map_topic(name): "nav_msgs/msg/OccupancyGrid" for name in MAP_CLASSES})
+    return topics
 
 
 @dataclass
