@@ -99,7 +99,7 @@ def test_ablation_tables_can_run_fewer_seeds():
     chosen = tables((0, 1, 2), ablation_seeds=(0,))
     seeds = {table: {student.seed for _, student in rows} for table, rows in chosen.items()}
     assert seeds == {"comparison": {0, 1, 2}, "components": {0, 1, 2}, "masks": {0, 1, 2},
-                     "blocks": {0}, "distance": {0}}
+                     "blocks": {0}, "distance": {0}, "fusers": {0, 1, 2}}
     assert tables((0, 1))["blocks"] == tables((0, 1), ablation_seeds=(0, 1))["blocks"]
 
 
