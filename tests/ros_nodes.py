@@ -9,10 +9,13 @@ import rclpy
 from nav_msgs.msg import OccupancyGrid
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile
+from sensor_msgs.msg import PointCloud2
 from vision_msgs.msg import Detection3DArray
 
+from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.data.sample import CAMERA_CHANNELS
-from vexkd_ros.conversions import stamp_to_ns
+from vexkd_core.structures import Boxes3D
+from vexkd_ros.conversions import detections_to_boxes, stamp_to_ns
 from vexkd_ros.stack import NodeSpec
 
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -39,7 +42,7 @@ def stop_node(process: subprocess.Popen) -> str:
 
 
 class Harness:
-    """Publishes to any topic and records the node's objects and map outputs by stamp."""
+    """Publishes to any topic and records the node's objects, velocities and map outputs by stamp."""
 
     def __init__(self, context, node_name: str):
         self.node = rclpy.create_node("vexkd_test_harness", context=context)
@@ -50,6 +53,9 @@ class Harness:
         self.arrivals: list[tuple[float, int]] = []  # (wall time, stamp) of each objects message
         self.maps: dict[str, dict[int, OccupancyGrid]] = {}
         self.node.create_subscription(Detection3DArray, f"/{node_name}/output/objects", self._on_objects, 100)
+        self.velocities: dict[int, PointCloud2] = {}
+        self.node.create_subscription(PointCloud2, f"/{node_name}/output/objects/velocities",
+                                      lambda m: self.velocities.__setitem__(stamp_to_ns(m.header.stamp), m), 100)
         for name in ("drivable_area", "divider"):
             self.maps[name] = {}
             self.node.create_subscription(OccupancyGrid, f"/{node_name}/output/map/{name}",
@@ -102,6 +108,12 @@ class Harness:
     def answered(self, stamp_ns: int, timeout_s: float = 60.0) -> Detection3DArray:
         self.spin_until(lambda: stamp_ns in self.objects, timeout_s, f"an answer to the input stamped {stamp_ns}")
         return self.objects[stamp_ns]
+
+    def boxes(self, stamp_ns: int, timeout_s: float = 60.0) -> Boxes3D:
+        """The answer to `stamp_ns` as boxes, velocities from the node's velocity output."""
+        answer = self.answered(stamp_ns, timeout_s)
+        self.spin_until(lambda: stamp_ns in self.velocities, timeout_s, f"the velocities stamped {stamp_ns}")
+        return detections_to_boxes(answer, DETECTION_CLASSES, self.velocities[stamp_ns])
 
 
 def node_inputs(modality: str, messages) -> dict[str, object]:

@@ -1,4 +1,5 @@
 """Deterministic messages that a publisher process and a checking process both rebuild."""
+import cv2
 import numpy as np
 from std_msgs.msg import Header
 
@@ -33,6 +34,14 @@ def boxes(seed: int = 0, n: int = 5) -> Boxes3D:
                    label=rng.integers(0, len(DETECTION_CLASSES), n), score=rng.uniform(0, 1, n))
 
 
+def forged_jpeg(width: int, height: int) -> bytes:
+    """A small real JPEG whose frame header (SOF0) claims another size."""
+    data = bytearray(cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
 def probability_map(seed: int = 0) -> np.ndarray:
     probability = np.round(np.random.default_rng(seed).uniform(0, 1, (GRID.height, GRID.width)), 2)
     probability[0, :5] = np.nan  # unknown cells
@@ -40,10 +49,11 @@ def probability_map(seed: int = 0) -> np.ndarray:
 
 
 def messages(seed: int = 0) -> dict:
-    """topic -> message, covering the four types the nodes exchange."""
+    """topic -> message, covering the types the nodes exchange."""
     return {
         "/sample/cloud": conv.array_to_cloud(cloud_columns(seed), header()),
         "/sample/image": conv.rgb_to_image(rgb_image(seed), header("CAM_FRONT")),
         "/sample/objects": conv.boxes_to_detections(boxes(seed), DETECTION_CLASSES, header()),
+        "/sample/velocities": conv.boxes_to_velocities(boxes(seed), header()),
         "/sample/map": conv.probability_to_grid(probability_map(seed), GRID, header()),
     }

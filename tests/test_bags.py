@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+import ros_rviz
 import torch
 from mcap.reader import make_reader
 from rclpy.serialization import deserialize_message
@@ -21,7 +22,7 @@ from vexkd_core.geometry import make_transform
 from vexkd_core.models.vexkd import build_model
 from vexkd_ros.bag import AtomicBagWriter, BagError
 from vexkd_ros.player import message_class
-from vexkd_ros.scene_messages import LIDAR_CHANNEL, SceneMessages, scene_source
+from vexkd_ros.scene_messages import GT_MARKERS_TOPIC, LIDAR_CHANNEL, SceneMessages, scene_source, scene_topics
 from vexkd_ros.tf_buffer import TransformBuffer
 
 
@@ -79,6 +80,19 @@ def test_bag_holds_every_sample_data_at_its_stamp(bags, scene, storage):
     assert stamps == [r["timestamp"] * 1000 for r in lidar_records]
     assert counts["/tf"] == sum(expected.values()) and counts["/tf_static"] == 1
     assert counts["/ground_truth/markers"] == scene.scene["nbr_samples"]
+    assert set(counts) <= set(scene_topics())  # what the RViz config and the player's QoS are checked against
+
+
+def test_rviz_shows_only_the_current_key_frames_ground_truth(scene):
+    display, frames, sizes = ros_rviz.ShownMarkers(), 0, set()
+    for record in scene.records:
+        if record["channel"] == LIDAR_CHANNEL and record["is_key_frame"]:
+            for message in scene.record_messages(record):
+                if message.topic == GT_MARKERS_TOPIC:
+                    display.receive(message.msg)
+                    assert set(display.shown) == ros_rviz.added(message.msg)
+                    frames, sizes = frames + 1, sizes | {len(display.shown)}
+    assert frames == scene.scene["nbr_samples"] and len(sizes) > 1  # box counts vary: stale ones would show
 
 
 def test_mcap_reader_reads_the_bag_and_rclpy_decodes_it(bags, scene):

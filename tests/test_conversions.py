@@ -1,9 +1,13 @@
 """Conversions between ROS messages and numpy: round trips, layouts, and clear refusals."""
+import time
+
+import cv2
 import numpy as np
 import pytest
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
 from visualization_msgs.msg import Marker
 
+import ros_rviz
 import ros_samples
 from vexkd_core.classes import DETECTION_CLASS_COLORS, DETECTION_CLASSES
 from vexkd_ros import conversions as conv
@@ -67,6 +71,8 @@ def test_row_padding_is_skipped():
     (lambda m: m.fields[0].__setattr__("datatype", 42), "unknown datatype"),
     (lambda m: setattr(m, "data", bytes(m.data)[:-5]), "bytes, header says"),
     (lambda m: setattr(m, "point_step", 8), "beyond point_step"),
+    (lambda m: m.fields.append(PointField(name="x", offset=4, datatype=PointField.FLOAT32, count=1)),
+     "duplicate field name"),
 ])
 def test_malformed_clouds_are_refused_clearly(mutate, message):
     msg = conv.array_to_cloud(ros_samples.cloud_columns(seed=2, n=10), ros_samples.header())
@@ -130,25 +136,80 @@ def test_corrupt_compressed_image_is_refused(data):
         conv.compressed_to_rgb(CompressedImage(format="jpeg", data=data))
 
 
+K = np.array([[1266.4, 0, 816.3], [0, 1266.4, 491.5], [0, 0, 1]])
+
+
 def test_camera_info_round_trip_and_zero_matrix_refused():
-    k = np.array([[1266.4, 0, 816.3], [0, 1266.4, 491.5], [0, 0, 1]])
-    info = conv.intrinsics_to_camera_info(k, 1600, 900, ros_samples.header("CAM_FRONT"))
-    np.testing.assert_array_equal(conv.camera_info_to_intrinsics(info), k)
+    info = conv.intrinsics_to_camera_info(K, 1600, 900, ros_samples.header("CAM_FRONT"))
+    np.testing.assert_array_equal(conv.camera_info_to_intrinsics(info), K)
     with pytest.raises(MessageError, match="focal length"):
         conv.camera_info_to_intrinsics(CameraInfo())
 
 
-def test_detections_round_trip_with_velocity():
+@pytest.mark.parametrize("row", [[0, 0, 0], [0, 0, -1], [0.1, 0, 1], [0, 0, np.inf]])
+def test_camera_info_that_the_model_cannot_invert_is_refused(row):
+    k = K.copy()
+    k[2] = row
+    with pytest.raises(MessageError):
+        conv.camera_info_to_intrinsics(conv.intrinsics_to_camera_info(k, 1600, 900, ros_samples.header()))
+
+
+def test_camera_info_with_a_projective_scale_is_normalised():
+    info = conv.intrinsics_to_camera_info(2 * K, 1600, 900, ros_samples.header())
+    np.testing.assert_allclose(conv.camera_info_to_intrinsics(info), K, rtol=1e-15)
+
+
+@pytest.mark.parametrize("extension", [".jpg", ".png"])
+def test_encoded_image_size_is_read_from_the_header(extension):
+    encoded = cv2.imencode(extension, np.zeros((37, 53, 3), np.uint8))[1].tobytes()
+    assert conv.encoded_image_size(encoded) == (53, 37)
+    assert conv.encoded_image_size(ros_samples.forged_jpeg(20000, 20000)) == (20000, 20000)
+    assert conv.encoded_image_size(b"\xff\xd8 not a jpeg") is None
+
+
+def test_a_jpeg_claiming_a_huge_size_is_refused_before_decoding():
+    msg = conv.encoded_to_compressed(ros_samples.forged_jpeg(20000, 20000), ros_samples.header("CAM_FRONT"))
+    started = time.perf_counter()
+    with pytest.raises(MessageError, match="20000x20000"):
+        conv.compressed_to_rgb(msg)
+    assert time.perf_counter() - started < 0.5  # cv2 spends ~10 s filling 1.2 GB of pixels
+
+
+def test_hypothesis_pose_is_the_box_pose_and_velocity_has_its_own_message():
     boxes = ros_samples.boxes(seed=5, n=7)
     msg = conv.boxes_to_detections(boxes, DETECTION_CLASSES, ros_samples.header())
     assert len(msg.detections) == 7 and msg.detections[0].header.frame_id == "LIDAR_TOP"
     assert msg.detections[2].results[0].hypothesis.class_id == DETECTION_CLASSES[boxes.label[2]]
     assert msg.detections[2].bbox.size.x == pytest.approx(boxes.size_lwh[2, 0])
-    back = conv.detections_to_boxes(msg, DETECTION_CLASSES)
-    for name in ("center", "size_lwh", "velocity", "score"):
+    for detection in msg.detections:
+        assert detection.results[0].pose.pose == detection.bbox.center
+    velocities = conv.boxes_to_velocities(boxes, ros_samples.header())
+    assert velocities.header == msg.header
+    cloud = conv.cloud_to_array(velocities, required=conv.VELOCITY_FIELDS)  # one point per detection, in the same order
+    assert cloud.dtype.names == conv.VELOCITY_FIELDS and len(cloud) == 7
+    np.testing.assert_allclose(np.column_stack([cloud["vx"], cloud["vy"]]), boxes.velocity, rtol=1e-6)
+    np.testing.assert_allclose(np.column_stack([cloud["x"], cloud["y"], cloud["z"]]), boxes.center, rtol=1e-6)
+    assert (cloud["vz"] == 0).all()
+    back = conv.detections_to_boxes(msg, DETECTION_CLASSES, velocities)
+    np.testing.assert_allclose(back.velocity, boxes.velocity, rtol=1e-6)
+    for name in ("center", "size_lwh", "score"):
         np.testing.assert_allclose(getattr(back, name), getattr(boxes, name), atol=1e-9)
     np.testing.assert_allclose(np.cos(back.yaw - boxes.yaw), 1.0, atol=1e-12)
     np.testing.assert_array_equal(back.label, boxes.label)
+
+
+def test_rviz_shows_only_the_newest_frames_markers():
+    """8 boxes, then 2: RViz must show the 2 boxes' wireframes, labels and arrows, nothing more."""
+    display = ros_rviz.ShownMarkers()
+    for n in (8, 2):
+        boxes = ros_samples.boxes(seed=n, n=n)
+        boxes.velocity[:] = 3.0  # every box moves: each has an arrow too
+        frame = conv.boxes_to_markers(boxes, DETECTION_CLASSES, ros_samples.header())
+        display.receive(frame)
+        assert set(display.shown) == ros_rviz.added(frame)
+        assert len(display.shown) == 3 * n
+    display.receive(conv.boxes_to_markers(ros_samples.boxes(n=0), DETECTION_CLASSES, ros_samples.header()))
+    assert display.shown == {}
 
 
 def test_markers_clear_then_draw_each_box_in_its_class_colour():

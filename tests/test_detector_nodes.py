@@ -13,16 +13,18 @@ import torch
 from ros_nodes import Harness, feed_order, is_trigger, node_inputs, start_node, stop_node, trigger_topic
 
 from vexkd_core.checkpoint import save_checkpoint
-from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.config import load_config
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.data.preprocess import collate, preprocess
 from vexkd_core.models.vexkd import build_model
+from rcl_interfaces.msg import SetParametersResult
+from rcl_interfaces.srv import SetParameters
+from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage
 from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 
-from vexkd_ros.conversions import (array_to_cloud, detections_to_boxes, encoded_to_compressed, grid_to_probability,
+from vexkd_ros.conversions import (array_to_cloud, encoded_to_compressed, grid_to_probability,
                                    intrinsics_to_camera_info, matrices_to_tf_message, ns_to_stamp, rgb_to_compressed,
                                    stamp_to_ns, structured_points)
 from vexkd_ros.scene_messages import SceneMessages, scene_source
@@ -114,7 +116,7 @@ def test_node_answers_each_key_frame_as_eval_predicts(modality, checkpoints, tin
                 continue
             token = record["sample_token"]
             lidar_to_global = source.ground_truth(token)[0]
-            boxes = detections_to_boxes(answer, DETECTION_CLASSES)
+            boxes = harness.boxes(stamp)
             assert_same_records(boxes_to_results(boxes, lidar_to_global, token), eval_results[token])
             harness.spin_until(lambda: all(stamp in grids for grids in harness.maps.values()), 30, "the maps")
             for index, name in ((0, "drivable_area"), (5, "divider")):
@@ -228,16 +230,22 @@ def test_camera_node_survives_bad_images_and_calibration(checkpoints, tiny_world
         tiny_jpeg = rgb_to_compressed(np.zeros((10, 10, 3), np.uint8), header)
         png_as_garbage = CompressedImage(header=header, format="bmp", data=array.array("B", b"\x00" * 10))
         zero_info = intrinsics_to_camera_info(np.zeros((3, 3)), 320, 180, header)
+        k = np.array(next(m for m in messages if m.topic == "/CAM_BACK/camera_info").msg.k).reshape(3, 3)
+        k[2, 2] = 0.0  # focal lengths fine, yet singular: the model would fail inverting it
+        singular_info = intrinsics_to_camera_info(k, 320, 180, header)
         for topic, bad in (("/CAM_BACK/image/compressed", corrupt), ("/CAM_BACK/image/compressed", tiny_jpeg),
-                           ("/CAM_BACK/image/compressed", png_as_garbage), ("/CAM_BACK/camera_info", zero_info)):
-            answer = replay(topic, bad)
+                           ("/CAM_BACK/image/compressed", png_as_garbage), ("/CAM_BACK/camera_info", zero_info),
+                           ("/CAM_BACK/camera_info", singular_info)):
+            answer = replay(topic, bad)  # answered: the other five cameras still count
             assert process.poll() is None
             assert stamp_to_ns(answer.header.stamp) == trigger.stamp_ns
     finally:
         output = stop_node(process)
     assert process.returncode == 0, output
-    for warning in ("could not be decoded", "but its CameraInfo says", "no valid focal length"):
+    for warning in ("could not be decoded", "but its CameraInfo says", "no valid focal length",
+                    "not an invertible pinhole matrix", "camera 3 (CAM_BACK) left out"):
         assert warning in output, f"no warning about {warning!r} in:\n{output}"
+    assert "failed" not in output, output
 
 
 def test_bad_checkpoint_is_one_line_and_nonzero_exit(checkpoints, tmp_path):
@@ -254,3 +262,102 @@ def test_bad_checkpoint_is_one_line_and_nonzero_exit(checkpoints, tmp_path):
     result = subprocess.run(NodeSpec("lidar", checkpoints["lidar"]).command() + ["-p", "map_classes:=['roads']"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "map_classes" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_parameters_at_start_are_one_line_and_exit_2(checkpoints):
+    cases = {"score_threshold:=0": "score_threshold", "score_threshold:=2.0": "score_threshold",
+             "sweeps:=50": "sweeps", "class_score_threshold.car:=1.5": "class_score_threshold.car",
+             "fixed_frame:=''": "fixed_frame"}
+    command = NodeSpec("lidar", checkpoints["lidar"]).command()
+    # Started together: each one spends its time importing torch.
+    runs = {parameter: subprocess.Popen(command + ["-p", parameter], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True) for parameter in cases}
+    for parameter, process in runs.items():
+        _, stderr = process.communicate(timeout=180)
+        assert process.returncode == 2, (parameter, stderr)
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and "error:" in lines[0] and f"'{cases[parameter]}'" in lines[0], (parameter, stderr)
+
+
+def set_parameters(harness, node_name: str, **values) -> dict[str, SetParametersResult]:
+    """`ros2 param set` through the node's service, one result per parameter."""
+    client = harness.node.create_client(SetParameters, f"/{node_name}/set_parameters")
+    harness.spin_until(client.service_is_ready, 30, "the set_parameters service")
+    request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()
+                                                for name, value in values.items()])
+    future = client.call_async(request)
+    harness.spin_until(future.done, 30, "set_parameters to answer")
+    harness.node.destroy_client(client)
+    return dict(zip(values, future.result().results))
+
+
+def test_parameters_set_at_run_time_apply_or_are_refused(checkpoints, rclpy_context):
+    process = start_node("lidar", checkpoints["lidar"])
+    harness = Harness(rclpy_context, NODE["lidar"])
+    second = 1_000_000_000
+    markers, drivable = "/lidar_detector/output/markers", "/lidar_detector/output/map/drivable_area"
+    try:
+        harness.wait_until_connected(process, "/LIDAR_TOP")
+        harness.connect({"/LIDAR_TOP": cloud(0, 1), "/tf": TFMessage(), "/tf_static": TFMessage()})
+        static_and_pose(harness, [k * second // 10 for k in range(0, 200)])
+        harness.publish("/LIDAR_TOP", cloud(10 * second))
+        before = harness.answered(10 * second)
+        assert len(before.detections) > 0
+
+        refused = set_parameters(harness, NODE["lidar"], checkpoint="/elsewhere.pt", sweeps=3, score_threshold=2.0,
+                                 map_classes=["roads"], fixed_frame="")
+        assert not any(result.successful for result in refused.values()), refused
+        assert "map_classes" in refused["map_classes"].reason and "read-only" in refused["sweeps"].reason
+
+        applied = set_parameters(harness, NODE["lidar"], score_threshold=1.0, publish_markers=False,
+                                 map_classes=["divider"])
+        assert all(result.successful for result in applied.values()), applied
+        harness.publish("/LIDAR_TOP", cloud(11 * second))
+        assert len(harness.answered(11 * second).detections) == 0  # no score reaches 1.0
+        harness.spin_until(lambda: harness.node.count_publishers(markers) == 0 and
+                           harness.node.count_publishers(drivable) == 0, 30, "markers and drivable_area to stop")
+        assert set_parameters(harness, NODE["lidar"], score_threshold=-1.0)["score_threshold"].successful
+        harness.publish("/LIDAR_TOP", cloud(12 * second))
+        assert len(harness.answered(12 * second).detections) == len(before.detections)  # the checkpoint's again
+    finally:
+        output = stop_node(process)
+    assert process.returncode == 0, output
+    assert "Traceback" not in output, output
+
+
+def test_lidar_node_keeps_tf_through_bad_transforms_and_any_fixed_frame(checkpoints, rclpy_context):
+    """REP-105 (map -> odom -> base_link) with fixed_frame odom; on the way a /tf an hour
+    ahead, a zero quaternion and a cloud without a frame: past sweeps are placed throughout."""
+    process = start_node("lidar", checkpoints["lidar"], "fixed_frame:=odom")
+    harness = Harness(rclpy_context, NODE["lidar"])
+    second = 1_000_000_000
+    stamps = [10 * second + k * second // 20 for k in range(12)]
+    try:
+        harness.wait_until_connected(process, "/LIDAR_TOP")
+        harness.connect({"/LIDAR_TOP": cloud(0, 1), "/tf": TFMessage(), "/tf_static": TFMessage()})
+        harness.publish("/tf_static", matrices_to_tf_message([("base_link", "LIDAR_TOP", np.eye(4), ns_to_stamp(0))]))
+        harness.publish("/tf", matrices_to_tf_message([("map", "odom", np.eye(4), ns_to_stamp(0))]))
+        zero = matrices_to_tf_message([("odom", "base_link", np.eye(4), ns_to_stamp(stamps[6]))])
+        zero.transforms[0].transform.rotation.w = 0.0
+        ahead = matrices_to_tf_message([("odom", "base_link", np.eye(4), ns_to_stamp(stamps[3] + 3600 * second))])
+        for k, stamp in enumerate(stamps):
+            moved = np.eye(4)
+            moved[0, 3] = 0.5 * k
+            if k == 3:
+                harness.publish("/tf", ahead)
+            if k == 6:
+                harness.publish("/tf", zero)
+            harness.publish("/tf", matrices_to_tf_message([("odom", "base_link", moved, ns_to_stamp(stamp))]))
+            time.sleep(0.02)
+            harness.publish("/LIDAR_TOP", cloud(stamp, 5000, frame="" if k == 8 else "LIDAR_TOP"))
+            if k != 8:
+                harness.answered(stamp)
+        harness.executor.spin_once(timeout_sec=0.5)
+        assert stamps[8] not in harness.objects  # no answer with frame_id ''
+        assert all(answer.header.frame_id == "LIDAR_TOP" for answer in harness.objects.values())
+    finally:
+        output = stop_node(process)
+    assert process.returncode == 0, output
+    assert "zero or non-finite quaternion" in output and "header.frame_id is empty" in output, output
+    for symptom in ("past sweep left out", "no transform", "failed"):
+        assert symptom not in output, output

@@ -54,10 +54,11 @@ def test_messages_arrive_intact_from_another_process(rclpy_context):
     np.testing.assert_array_equal(conv.image_to_rgb(received["/sample/image"]),
                                   ros_samples.rgb_image(seed=3))
 
-    boxes = conv.detections_to_boxes(received["/sample/objects"], DETECTION_CLASSES)
+    boxes = conv.detections_to_boxes(received["/sample/objects"], DETECTION_CLASSES, received["/sample/velocities"])
     sent_boxes = ros_samples.boxes(seed=3)
-    for field in ("center", "size_lwh", "velocity", "score"):
+    for field in ("center", "size_lwh", "score"):
         np.testing.assert_allclose(getattr(boxes, field), getattr(sent_boxes, field), atol=1e-9)
+    np.testing.assert_allclose(boxes.velocity, sent_boxes.velocity, rtol=1e-6)  # float32 fields
     np.testing.assert_allclose(np.cos(boxes.yaw - sent_boxes.yaw), 1.0, atol=1e-9)
     np.testing.assert_array_equal(boxes.label, sent_boxes.label)
 

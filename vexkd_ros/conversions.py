@@ -25,10 +25,13 @@ from vexkd_core.classes import DETECTION_CLASS_COLORS
 from vexkd_core.geometry import matrix_to_quaternion, quaternion_to_matrix, yaw_to_quaternion
 from vexkd_core.structures import BEVGrid, Boxes3D
 
-# vision_msgs has no velocity field. Detection3D.bbox.center is the box at the stamp and
-# results[k].pose.pose.position is where the centre will be VELOCITY_HORIZON_S later, so
-# velocity = (results[0].pose.pose.position - bbox.center.position) / VELOCITY_HORIZON_S.
-VELOCITY_HORIZON_S = 1.0
+# A velocity marker arrow ends where the box centre will be this many seconds later.
+ARROW_HORIZON_S = 1.0
+# Fields of the per-object velocity cloud (see boxes_to_velocities), in this order.
+VELOCITY_FIELDS = ("x", "y", "z", "vx", "vy", "vz")
+# An image larger than this is refused before it is decoded: a JPEG header may claim
+# 20000x20000 (1.2 GB of pixels) in a few bytes. 16k x 16k leaves every real camera in.
+MAX_DECODED_PIXELS = 16384 * 16384
 
 REQUIRED_POINT_FIELDS = ("x", "y", "z", "intensity")
 _POINT_FIELD_DTYPES = {
@@ -68,14 +71,18 @@ def _packed_bytes(values: np.ndarray, typecode: str = "B") -> array.array:
 
 
 # ----------------------------------------------------------------------- point clouds
-def cloud_to_array(msg: PointCloud2) -> np.ndarray:
+def cloud_to_array(msg: PointCloud2, required: Sequence[str] = REQUIRED_POINT_FIELDS) -> np.ndarray:
     """The cloud as a structured array of its named fields, a view on `msg.data`.
 
-    Fields are found by name at their own offsets (any order, padding, extra fields).
-    x, y, z must be float32/float64 and intensity numeric; big-endian clouds are refused.
+    Fields are found by name at their own offsets (any order, padding, extra fields); the
+    `required` ones must be there. x, y, z must be float32/float64; big-endian clouds are refused.
     """
     if msg.is_bigendian:
         raise MessageError("big-endian PointCloud2 is not supported")
+    names = [field.name for field in msg.fields]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:  # which of two 'x' fields is the coordinate? refuse rather than guess
+        raise MessageError(f"PointCloud2 has duplicate field name(s) {', '.join(duplicates)}")
     fields = {}
     for field in msg.fields:
         if field.datatype not in _POINT_FIELD_DTYPES:
@@ -83,10 +90,10 @@ def cloud_to_array(msg: PointCloud2) -> np.ndarray:
         if field.count != 1:
             continue  # vector fields are not point attributes the models use
         fields[field.name] = (np.dtype(_POINT_FIELD_DTYPES[field.datatype]), field.offset)
-    missing = [name for name in REQUIRED_POINT_FIELDS if name not in fields]
+    missing = [name for name in required if name not in fields]
     if missing:
         raise MessageError(f"PointCloud2 lacks field(s) {', '.join(missing)}")
-    for name in ("x", "y", "z"):
+    for name in {"x", "y", "z"} & set(fields):
         if fields[name][0].kind != "f":
             raise MessageError(f"point field '{name}' is {fields[name][0]}, expected float32/64")
     ends = [offset + dtype.itemsize for dtype, offset in fields.values()]
@@ -183,11 +190,60 @@ def rgb_to_image(rgb: np.ndarray, header: Header, encoding: str = "rgb8") -> Ima
                  is_bigendian=0, step=width * 3, data=_packed_bytes(pixels))
 
 
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic...): every
+# 0xC0..0xCF except DHT (C4), JPG (C8) and DAC (CC), which are tables, not frames.
+_JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_STANDALONE_MARKERS = frozenset(range(0xD0, 0xD8)) | {0x01}  # RSTn, TEM: no length field
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _jpeg_size(data: memoryview) -> tuple[int, int] | None:
+    """(width, height) from the first SOF segment, walking the marker segments before it."""
+    position = 2  # after SOI
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in _JPEG_STANDALONE_MARKERS:
+            position += 2
+            continue
+        if marker in (0xD9, 0xDA):  # EOI or start of scan before any frame header
+            return None
+        length = int.from_bytes(data[position + 2:position + 4], "big")
+        if marker in _JPEG_SOF_MARKERS:
+            if position + 9 > len(data):
+                return None
+            height = int.from_bytes(data[position + 5:position + 7], "big")
+            width = int.from_bytes(data[position + 7:position + 9], "big")
+            return width, height
+        position += 2 + length
+    return None
+
+
+def encoded_image_size(data) -> tuple[int, int] | None:
+    """(width, height) a JPEG or PNG says it has, read from its header without decoding;
+    None for other formats or a header too broken to say (decoding will then fail)."""
+    data = memoryview(_byte_view(data))  # zero-copy: slices and indexing read the message's buffer
+    if bytes(data[:2]) == b"\xff\xd8":
+        return _jpeg_size(data)
+    if bytes(data[:8]) == _PNG_SIGNATURE and bytes(data[12:16]) == b"IHDR" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return None
+
+
 def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
-    """HxWx3 uint8 RGB from a JPEG or PNG CompressedImage."""
+    """HxWx3 uint8 RGB from a JPEG or PNG CompressedImage; one whose header claims more
+    than MAX_DECODED_PIXELS is refused before decoding (cv2 would allocate it first)."""
     encoded = _byte_view(msg.data)
     if encoded.size == 0:
         raise MessageError("compressed image has no data")
+    size = encoded_image_size(encoded)
+    if size is not None and size[0] * size[1] > MAX_DECODED_PIXELS:
+        raise MessageError(f"compressed image header says {size[0]}x{size[1]} pixels, more than "
+                           f"{MAX_DECODED_PIXELS}: not decoded")
     bgr = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
     if bgr is None:
         raise MessageError(f"compressed image (format '{msg.format}') could not be decoded")
@@ -214,10 +270,22 @@ def rgb_to_compressed(rgb: np.ndarray, header: Header, image_format: str = "jpeg
 
 
 def camera_info_to_intrinsics(msg: CameraInfo) -> np.ndarray:
-    """3x3 intrinsic matrix K; refuses a CameraInfo without finite positive focal lengths."""
+    """3x3 pinhole intrinsic matrix K with K[2] = (0, 0, 1).
+
+    The whole matrix is checked, because the model inverts it: finite, positive focal
+    lengths, a bottom row (0, 0, s) with s > 0. A projective scale s != 1 is divided out
+    (K and K / s project alike); anything else is refused.
+    """
     k = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+    frame = msg.header.frame_id
     if not np.all(np.isfinite(k)) or k[0, 0] <= 0 or k[1, 1] <= 0:
-        raise MessageError(f"CameraInfo '{msg.header.frame_id}' has no valid focal length in k")
+        raise MessageError(f"CameraInfo '{frame}' has no valid focal length in k")
+    if k[2, 0] != 0 or k[2, 1] != 0 or not k[2, 2] > 0:
+        raise MessageError(f"CameraInfo '{frame}' k has bottom row {k[2].tolist()}, not (0, 0, 1): "
+                           "not an invertible pinhole matrix")
+    k = k / k[2, 2]
+    if not np.all(np.isfinite(k)) or not np.isfinite(np.linalg.cond(k)):
+        raise MessageError(f"CameraInfo '{frame}' k is not invertible")
     return k
 
 
@@ -237,24 +305,55 @@ def _pose(center, yaw: float) -> Pose:
 
 
 def boxes_to_detections(boxes: Boxes3D, class_names: Sequence[str], header: Header) -> Detection3DArray:
-    """One Detection3D per box; velocity encoded as described at VELOCITY_HORIZON_S."""
+    """One Detection3D per box; the hypothesis pose is the box pose (bbox.center).
+
+    vision_msgs has no velocity field: velocities go out on their own (boxes_to_velocities).
+    """
     detections = []
     for i in range(len(boxes)):
-        ahead = boxes.center[i] + np.r_[boxes.velocity[i] * VELOCITY_HORIZON_S, 0.0]
+        pose = _pose(boxes.center[i], boxes.yaw[i])
         hypothesis = ObjectHypothesisWithPose(
             hypothesis=ObjectHypothesis(class_id=class_names[int(boxes.label[i])],
                                         score=float(boxes.score[i])))
-        hypothesis.pose.pose = _pose(ahead, boxes.yaw[i])
+        hypothesis.pose.pose = pose
         length, width, height = (float(v) for v in boxes.size_lwh[i])
         detections.append(Detection3D(
             header=header, results=[hypothesis],
-            bbox=BoundingBox3D(center=_pose(boxes.center[i], boxes.yaw[i]),
-                               size=Vector3(x=length, y=width, z=height))))
+            bbox=BoundingBox3D(center=pose, size=Vector3(x=length, y=width, z=height))))
     return Detection3DArray(header=header, detections=detections)
 
 
-def detections_to_boxes(msg: Detection3DArray, class_names: Sequence[str]) -> Boxes3D:
-    """Inverse of boxes_to_detections (best hypothesis per detection)."""
+def boxes_to_velocities(boxes: Boxes3D, header: Header) -> PointCloud2:
+    """Each box's velocity as one point of a PointCloud2, index-aligned with the
+    Detection3DArray of the same boxes and carrying the same header.
+
+    Fields VELOCITY_FIELDS: x, y, z the box centre (m), vx, vy, vz its velocity (m/s, vz = 0).
+    The velocity is absolute (over the ground, not relative to the ego vehicle), expressed
+    in the header's frame (the output frame). PointCloud2 because no standard message holds
+    an array of twists: it is ROS's array of typed records by field name (radar drivers
+    publish per-target velocity the same way), readable by any PointCloud2 consumer and
+    shown by RViz without plugins.
+    """
+    velocity = np.zeros((len(boxes), 3), dtype=np.float32)
+    velocity[:, :2] = boxes.velocity
+    center = np.asarray(boxes.center, dtype=np.float32).reshape(-1, 3)
+    columns = np.column_stack([center, velocity]).astype(np.float32)
+    return array_to_cloud(structured_points(**{name: columns[:, k] for k, name in enumerate(VELOCITY_FIELDS)}),
+                          header)
+
+
+def velocities_from_cloud(msg: PointCloud2, count: int) -> np.ndarray:
+    """(count, 2) vx, vy from boxes_to_velocities' cloud for a Detection3DArray of `count`."""
+    cloud = cloud_to_array(msg, required=VELOCITY_FIELDS)
+    if len(cloud) != count:
+        raise MessageError(f"velocity cloud has {len(cloud)} points for {count} detections")
+    return np.column_stack([cloud["vx"], cloud["vy"]]).astype(np.float64)
+
+
+def detections_to_boxes(msg: Detection3DArray, class_names: Sequence[str],
+                        velocities: PointCloud2 | None = None) -> Boxes3D:
+    """Inverse of boxes_to_detections (best hypothesis per detection); velocity from the
+    matching boxes_to_velocities cloud, zero without one."""
     if not msg.detections:
         return Boxes3D.empty()
     rows = []
@@ -263,15 +362,13 @@ def detections_to_boxes(msg: Detection3DArray, class_names: Sequence[str]) -> Bo
         center, size = detection.bbox.center, detection.bbox.size
         q = center.orientation
         yaw = np.arctan2(2 * (q.w * q.z + q.x * q.y), 1 - 2 * (q.y * q.y + q.z * q.z))
-        ahead = best.pose.pose.position
-        velocity = [(ahead.x - center.position.x) / VELOCITY_HORIZON_S,
-                    (ahead.y - center.position.y) / VELOCITY_HORIZON_S]
         rows.append(([center.position.x, center.position.y, center.position.z],
-                     [size.x, size.y, size.z], yaw, velocity,
+                     [size.x, size.y, size.z], yaw,
                      class_names.index(best.hypothesis.class_id), best.hypothesis.score))
     columns = list(zip(*rows))
+    velocity = np.zeros((len(rows), 2)) if velocities is None else velocities_from_cloud(velocities, len(rows))
     return Boxes3D(np.array(columns[0]), np.array(columns[1]), np.array(columns[2]),
-                   np.array(columns[3]), np.array(columns[4], dtype=np.int64), np.array(columns[5]))
+                   velocity, np.array(columns[3], dtype=np.int64), np.array(columns[4]))
 
 
 _BOX_EDGES = [(0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4),
@@ -280,8 +377,13 @@ _BOX_EDGES = [(0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4),
 
 def boxes_to_markers(boxes: Boxes3D, class_names: Sequence[str], header: Header,
                      namespace: str = "detections") -> MarkerArray:
-    """Wireframe, label and velocity arrow per box, after a DELETEALL of the last frame."""
-    markers = [Marker(header=header, ns=namespace, action=Marker.DELETEALL)]
+    """Wireframe, label and velocity arrow per box, after a DELETEALL of the last frame.
+
+    The DELETEALL has an empty namespace: since Humble RViz deletes only the markers of
+    exactly the namespace a DELETEALL names, and the markers live in `<namespace>/boxes`,
+    `/labels` and `/velocity`; an empty one clears everything this topic's display holds.
+    """
+    markers = [Marker(header=header, ns="", action=Marker.DELETEALL)]
     corners = boxes.corners()
     for i in range(len(boxes)):
         name = class_names[int(boxes.label[i])]
@@ -302,7 +404,7 @@ def boxes_to_markers(boxes: Boxes3D, class_names: Sequence[str], header: Header,
                            action=Marker.ADD, color=color, scale=Vector3(x=0.15, y=0.3, z=0.3))
             arrow.pose.orientation.w = 1.0
             start = boxes.center[i]
-            end = start + np.r_[boxes.velocity[i] * VELOCITY_HORIZON_S, 0.0]
+            end = start + np.r_[boxes.velocity[i] * ARROW_HORIZON_S, 0.0]
             arrow.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in (start, end)]
             markers.append(arrow)
     return MarkerArray(markers=markers)

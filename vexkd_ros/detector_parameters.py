@@ -1,7 +1,10 @@
-"""The detector nodes' parameters: declared with descriptors, validated once at start.
+"""The detector nodes' parameters: declared with descriptors, validated at start and on
+every `ros2 param set`.
 
 Everything about the model (grids, classes, sweeps trained with, thresholds it decodes
-with) comes from the checkpoint; parameters only choose how the node serves it.
+with) comes from the checkpoint; parameters only choose how the node serves it. Those
+that shape what is built at start (checkpoint, device, sweeps, image_transport) are
+read-only; the rest apply from the next frame on.
 """
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.node import Node
 
 from vexkd_core.classes import DETECTION_CLASSES, MAP_CLASSES
@@ -70,7 +74,7 @@ PARAMETERS = {
                                            floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0)]),
                          ("camera", "fusion")),
     "sweeps": (-1, _descriptor("past LiDAR sweeps to accumulate; -1: as many as the model was trained with",
-                               integer_range=[IntegerRange(from_value=-1, to_value=20, step=1)]),
+                               integer_range=[IntegerRange(from_value=-1, to_value=20, step=1)], read_only=True),
                ("lidar", "fusion")),
     "map_classes": (list(MAP_CLASSES), _descriptor(f"map classes to publish, of {', '.join(MAP_CLASSES)}; "
                                                    "[''] for none"),
@@ -92,12 +96,25 @@ def declared_names(modality: str) -> list[str]:
 
 
 def declare_and_read(node: Node, modality: str) -> DetectorSettings:
+    """Declare every parameter of `modality`; a value given at start that rclpy refuses
+    (wrong type, out of range) or that validate() refuses raises ParameterError."""
     values = {}
     for name in declared_names(modality):
         default, descriptor, _ = PARAMETERS[name]
-        node.declare_parameter(name, default, descriptor)
+        try:
+            node.declare_parameter(name, default, descriptor)
+        except InvalidParameterTypeException as error:  # args[0]: rclpy's message without the name appended
+            raise ParameterError(f"parameter '{name}' must be a {type(default).__name__} like {default!r}: "
+                                 f"{error.args[0]}") from None
+        except InvalidParameterValueException as error:
+            reason = error.args[0].split("Reason: ", 1)[-1]
+            raise ParameterError(f"parameter '{name}' is out of range: {reason}") from None
         values[name] = node.get_parameter(name).value
     return validate(values, modality)
+
+
+def current_values(node: Node, modality: str) -> dict:
+    return {name: node.get_parameter(name).value for name in declared_names(modality)}
 
 
 def validate(values: dict, modality: str) -> DetectorSettings:
@@ -114,6 +131,9 @@ def validate(values: dict, modality: str) -> DetectorSettings:
     unknown = [name for name in map_classes if name not in MAP_CLASSES]
     if unknown:
         raise ParameterError(f"parameter 'map_classes' has unknown classes {unknown}; known: {', '.join(MAP_CLASSES)}")
+    for name in ("fixed_frame", "bev_frame"):
+        if name in values and not values[name]:
+            raise ParameterError(f"parameter '{name}' must name a TF frame, not be empty")
     transport = values.get("image_transport", "compressed")
     if transport not in IMAGE_TRANSPORTS:
         raise ParameterError(f"parameter 'image_transport' must be raw or compressed, not '{transport}'")

@@ -18,7 +18,8 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from vexkd_core.data.sample import CAMERA_CHANNELS, CameraView, Sample
 from vexkd_core.data.sweeps import sweep_in_key_frame
 
-from .conversions import MessageError, camera_info_to_intrinsics, compressed_to_rgb, image_to_rgb, stamp_to_ns
+from .conversions import (MessageError, camera_info_to_intrinsics, compressed_to_rgb, encoded_image_size, image_to_rgb,
+                          stamp_to_ns)
 from .tf_buffer import TransformBuffer, TransformError
 
 CAMERA_FRAMES_KEPT = 4  # per camera: enough to choose the nearest of ~3 frames around a trigger
@@ -84,10 +85,16 @@ class CameraCache:
             frames.append(msg)
 
     def add_info(self, index: int, msg: CameraInfo) -> None:
-        """Raises MessageError for an unusable CameraInfo (the previous one is kept)."""
-        calibration = _Calibration(camera_info_to_intrinsics(msg), msg.width, msg.height)
-        with self._lock:
-            self._calibration[index] = calibration
+        """Raises MessageError for an unusable CameraInfo; the camera is then left out until a
+        valid one arrives (the newest calibration holds, and an older one may no longer be true)."""
+        try:
+            calibration = _Calibration(camera_info_to_intrinsics(msg), msg.width, msg.height)
+        except MessageError:
+            calibration = None
+            raise
+        finally:
+            with self._lock:
+                self._calibration[index] = calibration
 
     def nearest(self, index: int, stamp_ns: int, max_delay_ns: int) -> Image | CompressedImage | None:
         with self._lock:
@@ -115,19 +122,27 @@ class CameraCache:
             return missing, f"no image within {max_delay_ns * 1e-9:.3f} s of the trigger"
         if calibration is None:
             return missing, "no valid CameraInfo received"
+        # The size a JPEG/PNG header claims is checked before decoding: a forged header would
+        # otherwise make cv2 allocate and fill its pixels first.
+        claimed = encoded_image_size(msg.data) if isinstance(msg, CompressedImage) else (msg.width, msg.height)
+        if claimed is not None and claimed != (calibration.width, calibration.height):
+            return missing, _size_mismatch(claimed, calibration)
         try:
             rgb = compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
         except MessageError as error:
             return missing, str(error)
         if rgb.shape[:2] != (calibration.height, calibration.width):
-            return missing, (f"image is {rgb.shape[1]}x{rgb.shape[0]} but its CameraInfo says "
-                             f"{calibration.width}x{calibration.height}")
+            return missing, _size_mismatch((rgb.shape[1], rgb.shape[0]), calibration)
         try:
             camera_to_reference = tf.lookup_across_time(reference_frame, stamp_ns, msg.header.frame_id,
                                                         stamp_to_ns(msg.header.stamp), fixed_frame)
         except TransformError as error:
             return missing, str(error)
         return CameraView(channel, rgb, calibration.intrinsics, camera_to_reference), None
+
+
+def _size_mismatch(size: tuple[int, int], calibration: _Calibration) -> str:
+    return f"image is {size[0]}x{size[1]} but its CameraInfo says {calibration.width}x{calibration.height}"
 
 
 def build_sample(token: str, stamp_ns: int, points: np.ndarray, cameras: list[CameraView]) -> Sample:

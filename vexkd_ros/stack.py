@@ -29,7 +29,7 @@ from vexkd_core.data.sample import CAMERA_CHANNELS
 
 from .bag import AtomicBagWriter, BagError
 from .conversions import stamp_to_ns
-from .detector_node import NODE_NAMES
+from .detector_node import NODE_NAMES, VELOCITIES_TOPIC
 from .environment import apply_default_ros_environment
 from .player import message_class, open_bag
 from .scene_messages import LIDAR_TOPIC, camera_info_topic, image_topic
@@ -61,7 +61,8 @@ class NodeSpec:
                 "-p", f"checkpoint:={self.checkpoint}", *remaps]
 
     def output_topics(self) -> dict[str, type]:
-        topics = {f"/{self.name}/output/objects": Detection3DArray}
+        topics = {f"/{self.name}/output/objects": Detection3DArray,
+                  f"/{self.name}/{VELOCITIES_TOPIC.removeprefix('~/')}": message_class("sensor_msgs/msg/PointCloud2")}
         topics.update({f"/{self.name}/output/map/{name}": message_class("nav_msgs/msg/OccupancyGrid")
                        for name in MAP_CLASSES})
         topics[f"/{self.name}/output/markers"] = message_class("visualization_msgs/msg/MarkerArray")
