@@ -361,3 +361,22 @@ def test_lidar_node_keeps_tf_through_bad_transforms_and_any_fixed_frame(checkpoi
     assert "zero or non-finite quaternion" in output and "header.frame_id is empty" in output, output
     for symptom in ("past sweep left out", "no transform", "failed"):
         assert symptom not in output, output
+
+
+def test_a_clock_reset_clears_the_tf_history(checkpoints, rclpy_context):
+    """A looped bag played with --clock: /clock jumps back, /tf history from the first pass goes."""
+    from rosgraph_msgs.msg import Clock
+
+    process = start_node("lidar", checkpoints["lidar"], "use_sim_time:=true")
+    harness = Harness(rclpy_context, NODE["lidar"])
+    try:
+        harness.wait_until_connected(process, "/LIDAR_TOP")
+        harness.connect({"/clock": Clock(clock=ns_to_stamp(1000 * 10**9))})
+        for seconds in (1000, 1001, 10):
+            harness.publish("/clock", Clock(clock=ns_to_stamp(seconds * 10**9)))
+            harness.executor.spin_once(timeout_sec=0.2)
+        time.sleep(1.0)
+    finally:
+        output = stop_node(process)
+    assert process.returncode == 0, output
+    assert "ROS time jumped back 991.0 s: /tf history cleared" in output, output
