@@ -24,7 +24,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from vexkd_core.config import load_config  # noqa: E402
-from vexkd_core.data.dataset import TrainingSet, collate_training, map_source_grid  # noqa: E402
+from vexkd_core.data.dataset import EpochSampler, TrainingSet, collate_training, map_source_grid  # noqa: E402
 from vexkd_core.data.nuscenes_source import NuScenesSource  # noqa: E402
 from vexkd_core.distill.distiller import Distiller, freeze  # noqa: E402
 from vexkd_core.io import atomic_write_json  # noqa: E402
@@ -102,7 +102,7 @@ def main() -> None:
     ratios = {f"{m} distilled / plain step": seconds[f"{m} distilled step"] / seconds[f"{m} plain step"]
               for m in ("lidar", "camera")}
     ratios["mask step / lidar plain step"] = seconds["mask step"] / seconds["lidar plain step"]
-    steps_per_epoch = len(dataset) // config.train.batch_size
+    steps_per_epoch = EpochSampler(len(dataset), config.train.batch_size, 0).batches_per_epoch()
     epoch_seconds = seconds["mask step"] * steps_per_epoch
     print(f"{args.preset} preset, CPU, {torch.get_num_threads()} threads, batch {config.train.batch_size}, "
           f"T = {settings.masks_per_generator} masks per generator (median of {args.repeats})")

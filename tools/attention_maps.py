@@ -28,25 +28,23 @@ from vexkd_core.data.dataset import map_source_grid  # noqa: E402
 from vexkd_core.data.nuscenes_source import NuScenesSource  # noqa: E402
 from vexkd_core.data.preprocess import collate, preprocess  # noqa: E402
 from vexkd_core.io import atomic_write_bytes, atomic_write_json  # noqa: E402
-from vexkd_core.models.vexkd import _encode_camera, build_model  # noqa: E402
+from vexkd_core.models.vexkd import build_model  # noqa: E402
 from vexkd_train.pictures import _grid, _panel  # noqa: E402
 
 LEVELS = ("input", "low", "high")  # input: the decoder's input
 
 
-def encoded(model, batch) -> torch.Tensor:
-    """The decoder's input: the fused map (teacher) or the encoder output (student)."""
-    if model.modality == "fusion":
-        return model.fusion(model.lidar_encoder(batch.points, batch.size), _encode_camera(model.camera_encoder, batch))
-    if model.modality == "lidar":
-        return model.encoder(batch.points, batch.size)
-    return _encode_camera(model.encoder, batch)
-
-
 @torch.no_grad()
 def level_maps(model, batch) -> dict[str, np.ndarray]:
-    output = model.eval()(batch)
-    features = {"input": encoded(model, batch), "low": output.low, "high": output.high}
+    """AT maps of the decoder's input (caught on its way into the first stage), low and high."""
+    caught = {}
+    hook = model.heads.decoder.stages[0].register_forward_pre_hook(
+        lambda module, inputs: caught.setdefault("input", inputs[0]))
+    try:
+        output = model.eval()(batch)
+    finally:
+        hook.remove()
+    features = {"input": caught["input"], "low": output.low, "high": output.high}
     return {level: feature.pow(2).mean(dim=1)[0].cpu().numpy() for level, feature in features.items()}
 
 

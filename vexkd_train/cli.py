@@ -164,11 +164,12 @@ def run_masks(args: argparse.Namespace) -> None:
 
     _check_device(args.device)
     try:
+        settings = MaskSettings(masks_per_generator=args.masks_per_generator, blocks=args.blocks,
+                                random_query=args.random_query, area_budget=args.area_budget, epochs=args.max_epochs)
+        settings.validate()  # before reading a dataset that may take a minute to index
         config = from_dict(load_checkpoint(args.teacher)["config"])
         source = NuScenesSource(args.dataroot, args.version, args.split, config.model.lidar.sweeps,
                                 map_source_grid(config, config.train.augment))
-        settings = MaskSettings(masks_per_generator=args.masks_per_generator, blocks=args.blocks,
-                                random_query=args.random_query, area_budget=args.area_budget, epochs=args.max_epochs)
         report_source = NuScenesSource(args.dataroot, args.version, args.report_split, config.model.lidar.sweeps,
                                        map_source_grid(config, False), nusc=source.nusc)
         path = train_masks(args.teacher, source, args.out, settings, args.device, report_source=report_source)

@@ -102,6 +102,8 @@ def evaluate(checkpoint: Path, dataroot: Path, version: str, split: str, out_dir
     """Metrics of a checkpoint on a split; `save_maps` also writes maps.npz (token -> map
     probability); `drop_sensor` ('lidar' or 'camera') evaluates with that sensor missing."""
     model, config, payload = model_from_checkpoint(checkpoint)
+    if drop_sensor is not None and payload["modality"] != "fusion":
+        raise ValueError(f"--drop-sensor is for a fusion model; {checkpoint} is a {payload['modality']} model")
     predictor = Predictor(model, config, device)
     source = NuScenesSource(dataroot, version, split, config.model.lidar.sweeps, map_source_grid(config, False))
     timer, map_iou, results, maps = StageTimer(), MapIoU(), {}, {}

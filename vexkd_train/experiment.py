@@ -241,6 +241,8 @@ class Experiment:
     def robustness(self) -> dict[str, dict]:
         """Each teacher on val with both sensors, LiDAR only and camera only: a fuser that leans
         on one sensor collapses without it."""
+        for fuser in FUSER_LABELS:
+            self.teacher(fuser)
         return {FUSER_LABELS[fuser]: {
             label: summarise([self.extra_evaluation(self._teacher_name(fuser), self._teacher_spec(fuser),
                                                     self.dataroot, "val", f"val_without_{dropped}", dropped)

@@ -39,6 +39,7 @@ from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.distill.distiller import freeze
 from vexkd_core.distill.mask_generator import LEVELS, TASKS, MaskGenerator, area_excess, dice_overlap, indecision
 from vexkd_core.io import atomic_write_bytes, atomic_write_json
+from vexkd_train.trainer import warmup_cosine
 
 MASKS_FORMAT = 2
 
@@ -72,8 +73,9 @@ def build_generators(teacher, settings: MaskSettings, seed: int = 0) -> dict[str
     decoder = teacher.heads.decoder
     channels = {"low": decoder.low_channels, "high": decoder.out_channels}
     grid = config.grid.bev
-    # A fuser without a query (ConvFuser) gets a random one on the tiny preset's query grid.
-    query_size = (grid.height // 2, grid.width // 2)
+    # A fuser without a query (ConvFuser) gets a random one on the grid an MGFM of this
+    # config would have, so the ConvFuser / MGFM comparison is like for like.
+    query_size = (grid.height // fusion.downsample, grid.width // fusion.downsample)
     return {f"{task}/{level}": MaskGenerator.from_teacher(
         teacher.fusion, channels[level], settings.masks_per_generator, settings.blocks, fusion.heads, fusion.points,
         fusion.ffn_channels, random_query=settings.random_query, seed=seed, query_size=query_size,
@@ -137,8 +139,6 @@ def train_masks(teacher_checkpoint: Path, source: NuScenesSource, out: Path, set
     sampler = EpochSampler(len(dataset), config.train.batch_size, config.train.seed)
     loader = DataLoader(dataset, batch_size=config.train.batch_size, sampler=sampler, collate_fn=collate_training)
     total = settings.epochs * sampler.batches_per_epoch()
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings.learning_rate, total_steps=total,
-                                                    pct_start=0.1)
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=total, desc="train mask generators", unit="step", disable=not progress)
     with (out / "masks_log.csv").open("w", newline="") as stream:
@@ -150,6 +150,8 @@ def train_masks(teacher_checkpoint: Path, source: NuScenesSource, out: Path, set
             sampler.set_epoch(epoch)
             dataset.set_epoch(epoch)
             for batch, targets in loader:
+                for group in optimizer.param_groups:
+                    group["lr"] = warmup_cosine(settings.learning_rate, step, total)
                 batch = batch.to(device)
                 with torch.no_grad():
                     output = teacher(batch)
@@ -162,14 +164,13 @@ def train_masks(teacher_checkpoint: Path, source: NuScenesSource, out: Path, set
                 optimizer.zero_grad(set_to_none=True)
                 sum(totals.values()).backward()
                 optimizer.step()
-                scheduler.step()
                 step += 1
                 log.writerow([step, *(f"{v.item():.5f}" for key, loss in losses.items()
                                       for v in (totals[key], loss.task, loss.diversity, loss.area, loss.indecision))])
                 bar.set_postfix_str(", ".join(f"{k} {v.item():.3f}" for k, v in totals.items()))
                 bar.update()
     bar.close()
-    path = save_masks(out / "masks.pt", generators, settings, payload["config"], teacher_checkpoint)
+    path = save_masks(out / "masks.pt", generators, settings, config.to_dict(), teacher_checkpoint)
     write_selectivity(teacher, generators, report_source or source, out, device, progress)
     return path
 
@@ -188,7 +189,9 @@ def measure_selectivity(teacher, generators: dict[str, MaskGenerator], source: N
         sample = source.sample(index)
         inputs, targets = preprocess(sample, config)
         output = teacher(collate([inputs]).to(device))
-        regions = {"detection": box_footprints(targets.boxes, grid), "segmentation": None if sample.map_masks is None
+        # A split without annotations (nuScenes test) still gets the mask-only statistics.
+        regions = {"detection": None if targets is None else box_footprints(targets.boxes, grid),
+                   "segmentation": None if sample.map_masks is None
                    else map_targets(sample, Augmentation(), grid).numpy().max(axis=0) > 0.5}
         for key, generator in generators.items():
             task, level = key.split("/")
@@ -217,8 +220,9 @@ def save_masks(path: Path, generators: dict[str, MaskGenerator], settings: MaskS
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_masks(path: Path, teacher) -> dict[str, MaskGenerator]:
-    """Generators for `teacher`, which must be the teacher they were trained with."""
+def load_masks(path: Path, teacher, random_query: bool | None = None) -> dict[str, MaskGenerator]:
+    """Generators for `teacher`, which must be the teacher they were trained with; with
+    `random_query` given, they must also be of that kind (fusion query or random)."""
     payload = read_payload(path, "mask generators")
     if payload.get("kind") != "mask_generators":
         raise CheckpointError(f"{path} holds no vexkd mask generators")
@@ -228,6 +232,9 @@ def load_masks(path: Path, teacher) -> dict[str, MaskGenerator]:
     if payload["teacher_config"] != teacher.config.to_dict():
         raise CheckpointError(f"{path} was trained for a teacher with another config")
     settings = MaskSettings(**payload["settings"])
+    if random_query is not None and settings.random_query != random_query:
+        kind = lambda random: "random-query" if random else "fusion-query"  # noqa: E731
+        raise CheckpointError(f"{path} holds {kind(settings.random_query)} generators, not {kind(random_query)} ones")
     generators = build_generators(teacher, settings)
     for key, generator in generators.items():
         generator.load_state_dict(payload["generators"][key])

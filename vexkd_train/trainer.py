@@ -47,8 +47,11 @@ def distributed() -> tuple[int, int, int]:
 
 
 def learning_rate(config: Config, step: int, total: int) -> float:
+    return warmup_cosine(config.train.learning_rate, step, total)
+
+
+def warmup_cosine(peak: float, step: int, total: int) -> float:
     """Linear warm-up over 5% of the steps, then cosine decay to 5% of the peak."""
-    peak = config.train.learning_rate
     warmup = max(1, int(0.05 * total))
     if step < warmup:
         return peak * (step + 1) / warmup

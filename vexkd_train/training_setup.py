@@ -15,7 +15,11 @@ def initialise_from_lidar(teacher, checkpoint: Path) -> None:
     lidar, lidar_config, _ = model_from_checkpoint(checkpoint, expected_modality="lidar")
     if (lidar_config.grid, lidar_config.model.lidar) != (teacher.config.grid, teacher.config.model.lidar):
         raise CheckpointError(f"{checkpoint} has another BEV grid or LiDAR encoder than the teacher")
-    teacher.load_lidar_branch(lidar)
+    try:
+        teacher.load_lidar_branch(lidar)
+    except RuntimeError as error:  # the decoder or heads differ in shape (channels, ...)
+        first = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
+        raise CheckpointError(f"{checkpoint}'s decoder and heads do not fit the teacher's config: {first}") from None
 
 
 def build_distiller(teacher_checkpoint: Path, student, mode: str, levels: tuple[str, ...], distance: str,
@@ -30,5 +34,5 @@ def build_distiller(teacher_checkpoint: Path, student, mode: str, levels: tuple[
         raise ValueError(f"--levels must be low, high or low,high, not '{','.join(levels)}'")
     if mode in GENERATED and masks is None:
         raise ValueError(f"--distill {mode} needs --masks (from vexkd-train masks)")
-    generators = load_masks(masks, teacher) if mode in GENERATED else None
+    generators = load_masks(masks, teacher, random_query=mode == "random-query") if mode in GENERATED else None
     return Distiller(teacher, student, mode, levels, distance, weights, generators)

@@ -4,10 +4,11 @@ The frozen teacher sees the same batch as the student; at each chosen level the 
 (generated, or one of the hand-made baselines) weight both feature maps before the
 distance. Generated masks stay per task: the detection generator's masks give the loss
 `distill_<level>_detection`, the segmentation generator's `distill_<level>_segmentation`,
-each the mean over its own masks. A multi-task student gets both, summed with the level's
-weight times the task's training weight (`train.detection_weight`, `train.map_weight`),
-so each task's masks pull with that task's strength; a student trained for one task
-(`tasks`) gets only its own. Nothing here becomes part of the student.
+each the mean over its own masks. The multi-task student gets both, weighted by the
+level's weight times the task's share of the training weights (`train.detection_weight`,
+`train.map_weight`): each task's masks pull with that task's strength, and the two add up
+to the level's weight, as the single loss of a hand-made mask does, so the mask-choice
+rows compare masks and not loss scales. Nothing here becomes part of the student.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from vexkd_core.models.vexkd import Output, detection_targets
 
 from .baselines import activation_mask, foreground_mask, full_mask, gaussian_mask
 from .losses import MaskedDistillLoss
-from .mask_generator import TASKS, MaskGenerator
+from .mask_generator import MaskGenerator
 
 MODES = ("none", "full", "foreground", "gaussian", "activation", "random-query", "vexkd")
 GENERATED = ("random-query", "vexkd")
@@ -34,8 +35,7 @@ def freeze(module: nn.Module) -> nn.Module:
 
 class Distiller(nn.Module):
     def __init__(self, teacher: nn.Module, student: nn.Module, mode: str, levels: tuple[str, ...], distance: str,
-                 weights: dict[str, float], generators: dict[str, MaskGenerator] | None = None,
-                 tasks: tuple[str, ...] = TASKS):
+                 weights: dict[str, float], generators: dict[str, MaskGenerator] | None = None):
         super().__init__()
         if mode not in MODES or mode == "none":
             raise ValueError(f"distill mode must be one of {MODES[1:]}, not '{mode}'")
@@ -45,9 +45,8 @@ class Distiller(nn.Module):
         self.generators = nn.ModuleDict({k.replace("/", "__"): freeze(g) for k, g in (generators or {}).items()})
         self.mode, self.levels, self.weights = mode, levels, weights
         train = student.config.train
-        self.task_weights = {task: weight for task, weight in
-                             (("detection", train.detection_weight), ("segmentation", train.map_weight))
-                             if task in tasks}
+        total = train.detection_weight + train.map_weight
+        self.task_weights = {"detection": train.detection_weight / total, "segmentation": train.map_weight / total}
         teacher_channels = {"low": teacher.heads.decoder.low_channels, "high": teacher.heads.decoder.out_channels}
         student_channels = {"low": student.heads.decoder.low_channels, "high": student.heads.decoder.out_channels}
         self.losses = nn.ModuleDict({level: MaskedDistillLoss(student_channels[level], teacher_channels[level], distance)

@@ -6,8 +6,9 @@ flattened and L2-normalised, compared by squared difference; it needs no channel
 Because it normalises after masking, it weighs a mask's cells the same whatever the mask's
 area (and a spatially uniform mask of any value is the whole map). MSE, L1 and Smooth-L1
 compare features directly, through a 1x1 adapter when the channel counts differ, and are
-divided by the mask's mean so that they too are a mean over the masked cells (MasKD's
-normalisation), not shrunk by a small mask. Adapters live here, never in the student.
+divided per sample by the mean of m^2 (MSE) or of m (L1, Smooth-L1), so that they are a
+mean over the masked cells (MasKD's normalisation), not shrunk by a small or faint mask.
+Adapters live here, never in the student.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def feature_distance(student: torch.Tensor, teacher: torch.Tensor, kind: str) ->
 
 
 class MaskedDistillLoss(nn.Module):
-    """Sum over masks of the masked feature distance at one level."""
+    """Mean over masks of the masked feature distance at one level."""
 
     def __init__(self, student_channels: int, teacher_channels: int, kind: str = "at"):
         super().__init__()
@@ -52,6 +53,11 @@ class MaskedDistillLoss(nn.Module):
         losses = []
         for t in range(masks.shape[1]):
             mask = masks[:, t:t + 1]
-            distance = feature_distance(student * mask, teacher * mask, self.kind)
-            losses.append(distance if self.kind == "at" else distance / mask.mean().clamp(min=1e-6))
+            if self.kind == "at":
+                losses.append(feature_distance(student * mask, teacher * mask, "at"))
+                continue
+            per_sample = torch.stack([feature_distance(s * m, f * m, self.kind)
+                                      for s, f, m in zip(student, teacher, mask)])
+            power = 2 if self.kind == "mse" else 1
+            losses.append((per_sample / mask.pow(power).flatten(1).mean(1).clamp(min=1e-6)).mean())
         return torch.stack(losses).mean()

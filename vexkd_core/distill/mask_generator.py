@@ -54,15 +54,17 @@ class MaskGenerator(nn.Module):
         if isinstance(fusion, MGFM):
             query, position = fusion.bev_query.detach(), fusion.bev_position.detach()
             query_size = (fusion.height, fusion.width)
+            # The ablation's random query keeps the learned one's shape and scale.
+            shape, scales = query.shape, (query.std(), position.std())
         elif not random_query:
             raise ValueError("this teacher's fuser has no BEV query to start the mask generators from: "
                              "use --random-query")
         else:
-            query = position = torch.full((query_size[0] * query_size[1], query_dim), 0.02)
+            shape, scales = (query_size[0] * query_size[1], query_dim), (0.02, 0.02)  # the MGFM's initial scale
         if random_query:
             generator = torch.Generator().manual_seed(seed)
-            query = torch.randn(query.shape, generator=generator) * query.std().clamp(min=0.02)
-            position = torch.randn(position.shape, generator=generator) * position.std().clamp(min=0.02)
+            query = torch.randn(shape, generator=generator) * scales[0]
+            position = torch.randn(shape, generator=generator) * scales[1]
         return cls(feature_channels, query, position, query_size, masks, blocks, heads, points, ffn_channels)
 
     def forward(self, feature: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """The two models VeXKD trains, composed explicitly from the stage modules.
 
-    Teacher:  LiDAR encoder + camera encoder -> MGFM -> BEV decoder -> detection & map heads
+    Teacher:  LiDAR encoder + camera encoder -> MGFM (or ConvFuser) -> BEV decoder -> detection & map heads
     Student:  one encoder (LiDAR or camera)          -> BEV decoder -> detection & map heads
 
 Both return their predictions and their BEV features at two levels: `low` (the output of
@@ -62,10 +62,10 @@ def _run(timer: StageTimer | None, name: str, function, *args):
 class _Heads(nn.Module):
     """Decoder and the two task heads: the part every model shares."""
 
-    def __init__(self, config: Config, low_channels: int):
+    def __init__(self, config: Config, encoded_channels: int):
         super().__init__()
         model = config.model
-        self.decoder = BEVDecoder(low_channels, model.decoder_channels, model.decoder_out_channels)
+        self.decoder = BEVDecoder(encoded_channels, model.decoder_channels, model.decoder_out_channels)
         self.detection_head = DetectionHead(self.decoder.out_channels, model.head_channels, len(DETECTION_CLASSES),
                                             config.grid.bev)
         self.map_head = MapHead(self.decoder.out_channels, model.head_channels, len(MAP_CLASSES), config.grid.bev,
@@ -79,10 +79,6 @@ class _Heads(nn.Module):
     def _decode(self, encoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         low = self.decoder.first_stage(encoded)
         return low, self.decoder.from_first_stage(low)
-
-    def from_low(self, low: torch.Tensor) -> Output:
-        """Everything after the low-level BEV features."""
-        return self.from_high(low, self.decoder.from_first_stage(low))
 
     def from_high(self, low: torch.Tensor, high: torch.Tensor, timer: StageTimer | None = None) -> Output:
         """Everything after the high-level BEV features."""
