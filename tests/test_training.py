@@ -96,7 +96,7 @@ def test_eval_writes_official_metrics_and_scores_an_empty_set_as_zero(tiny_world
     (["teacher", "--dataroot", "{world}", "--split", "holdout", "--out", "x"], "split 'holdout'"),
     (["eval", "--checkpoint", "missing.pt", "--dataroot", "{world}", "--out", "x"], "does not exist"),
     (["student", "--modality", "radar", "--dataroot", "{world}", "--out", "x"], "invalid choice"),
-    (["teacher", "--dataroot", "{world}", "--out", "x", "--epochs", "3"], "unrecognized arguments"),
+    (["teacher", "--dataroot", "{world}", "--out", "x", "--epochs", "3"], "unknown argument"),
 ])
 def test_user_errors_are_one_line(tiny_world, tmp_path, args, message):
     args = [a.replace("{world}", str(tiny_world[0])) for a in args]
