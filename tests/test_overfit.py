@@ -27,7 +27,7 @@ def test_tiny_teacher_overfits_two_samples(tmp_path):
     assert len(source) == 2
     torch.manual_seed(0)
     checkpoint = train(build_model(config, "fusion"), config, source, "fusion",
-                       RunOptions(tmp_path / "run", max_epochs=200, progress=False))
+                       RunOptions(tmp_path / "run", max_epochs=300, progress=False))
     metrics = evaluate(checkpoint, world.out, world.version, "val", tmp_path / "eval", progress=False)
     summary = json.dumps({"detection": metrics["detection"]["per_class_ap"], "map": metrics["map"]["iou"]})
     assert metrics["detection"]["mAP"] > 0.9, summary
