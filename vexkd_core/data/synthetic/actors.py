@@ -191,7 +191,7 @@ class _Populator:
         if step_direction != lane.direction:  # laid upstream: a towed trailer comes before its tractor
             categories = [c for c in categories if c != "vehicle.trailer"]
         cursor = start
-        for category in categories:
+        for slot, category in enumerate(categories):
             size = self.size(category)
             cursor += step_direction * size[0] / 2
             if abs(cursor - start) > length:
@@ -201,8 +201,7 @@ class _Populator:
                 size[2] = self.rng.uniform(1.55, 1.75)
             self.add(category, rider or attribute, _lane_point(lane, cursor), yaw, speed, size=size, static=False)
             # A trailer follows right behind the vehicle before it: it is being towed.
-            next_is_trailer = category != categories[-1] and \
-                categories[categories.index(category) + 1] == "vehicle.trailer"
+            next_is_trailer = slot + 1 < len(categories) and categories[slot + 1] == "vehicle.trailer"
             gap = 0.6 if next_is_trailer else self.rng.uniform(5.0, 14.0) if speed > 0 else self.rng.uniform(1.5, 3.5)
             cursor += step_direction * (size[0] / 2 + gap)
 
