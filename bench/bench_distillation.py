@@ -24,8 +24,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from vexkd_core.config import load_config  # noqa: E402
-from vexkd_core.data.dataset import EpochSampler, TrainingSet, collate_training, map_source_grid  # noqa: E402
-from vexkd_core.data.nuscenes_source import NuScenesSource  # noqa: E402
+from vexkd_core.data.dataset import EpochSampler, TrainingSet, collate_training, model_source  # noqa: E402
 from vexkd_core.distill.distiller import Distiller, freeze  # noqa: E402
 from vexkd_core.io import atomic_write_json  # noqa: E402
 from vexkd_core.models.vexkd import build_model, detection_targets, task_losses  # noqa: E402
@@ -79,8 +78,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     config = load_config(args.preset)
-    source = NuScenesSource(args.dataroot, args.version, "train", config.model.lidar.sweeps,
-                            map_source_grid(config, True))
+    source = model_source(args.dataroot, args.version, "train", config, True)
     dataset = TrainingSet(source, config, augment=True)
     batch, targets = collate_training([dataset[i] for i in range(config.train.batch_size)])
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ import torch
 
 from vexkd_core.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from vexkd_core.config import load_config
-from vexkd_core.data.dataset import TrainingSet, collate_training, map_source_grid
+from vexkd_core.data.dataset import TrainingSet, collate_training, model_source
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.distill.distiller import MODES, Distiller
 from vexkd_core.distill.losses import MaskedDistillLoss, attention_map
@@ -23,7 +23,7 @@ CONFIG = load_config("tiny", ["model.lidar.sweeps=1", "train.batch_size=1"])
 @pytest.fixture(scope="module")
 def source(tiny_world):
     dataroot, world = tiny_world
-    return NuScenesSource(dataroot, world.version, "train", CONFIG.model.lidar.sweeps, map_source_grid(CONFIG, True))
+    return model_source(dataroot, world.version, "train", CONFIG, True)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,7 @@ import torch
 
 from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.config import preset
-from vexkd_core.data.dataset import map_source_grid
-from vexkd_core.data.nuscenes_source import NuScenesSource
+from vexkd_core.data.dataset import model_source
 from vexkd_core.data.preprocess import Augmentation, collate, preprocess
 from vexkd_core.models.deformable_attention import DeformableAttention
 from vexkd_core.models.detection_head import DetectionHead
@@ -122,7 +121,7 @@ def test_pillar_scatter_puts_the_max_feature_in_the_right_cell():
 @pytest.fixture(scope="module")
 def tiny_source(tiny_world):
     dataroot, config = tiny_world
-    return NuScenesSource(dataroot, config.version, "val", CONFIG.model.lidar.sweeps, map_source_grid(CONFIG, True))
+    return model_source(dataroot, config.version, "val", CONFIG, True)
 
 
 def test_camera_frustum_projects_back_to_its_pixel_and_depth(tiny_source):

@@ -3,8 +3,7 @@ samples, scores near-perfectly on those samples through the official nuScenes ev
 import json
 
 from vexkd_core.config import load_config
-from vexkd_core.data.dataset import map_source_grid
-from vexkd_core.data.nuscenes_source import NuScenesSource
+from vexkd_core.data.dataset import model_source
 from vexkd_core.data.synthetic import SynthConfig, write_dataset
 from vexkd_core.models.vexkd import build_model
 from vexkd_train.evaluate import evaluate
@@ -23,7 +22,7 @@ def test_tiny_teacher_overfits_two_samples(tmp_path):
     write_dataset(world, progress=False)
     config = load_config("tiny", ["train.augment=false", "train.learning_rate=0.005", "train.map_weight=3",
                                   "model.lidar.sweeps=1", "train.checkpoint_every=1000"])
-    source = NuScenesSource(world.out, world.version, "val", config.model.lidar.sweeps, map_source_grid(config, False))
+    source = model_source(world.out, world.version, "val", config, False)
     assert len(source) == 2
     torch.manual_seed(0)
     checkpoint = train(build_model(config, "fusion"), config, source, "fusion",

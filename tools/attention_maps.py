@@ -24,8 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from vexkd_core.checkpoint import model_from_checkpoint  # noqa: E402
 from vexkd_core.config import load_config  # noqa: E402
-from vexkd_core.data.dataset import map_source_grid  # noqa: E402
-from vexkd_core.data.nuscenes_source import NuScenesSource  # noqa: E402
+from vexkd_core.data.dataset import model_source  # noqa: E402
 from vexkd_core.data.preprocess import collate, preprocess  # noqa: E402
 from vexkd_core.io import atomic_write_bytes, atomic_write_json  # noqa: E402
 from vexkd_core.models.vexkd import build_model  # noqa: E402
@@ -72,8 +71,7 @@ def main() -> int:
                                                          ("camera", "camera"))})}
     rows, figures = [], {}
     for preset, (config, models) in presets.items():
-        source = NuScenesSource(args.dataroot, args.version, "val", config.model.lidar.sweeps,
-                                map_source_grid(config, False))
+        source = model_source(args.dataroot, args.version, "val", config, False)
         batch = collate([preprocess(source.sample(0), config)[0]])
         maps = {name: level_maps(model, batch) for name, model in models.items()}
         figures[preset] = {name: {level: variation(values) for level, values in by_level.items()}

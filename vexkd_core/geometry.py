@@ -39,10 +39,14 @@ def yaw_to_quaternion(yaw: float) -> np.ndarray:
     return np.array([np.cos(yaw / 2.0), 0.0, 0.0, np.sin(yaw / 2.0)])
 
 
-def quaternion_yaw(wxyz) -> float:
-    """Heading about +z of a (w, x, y, z) quaternion (the x axis projected on the ground)."""
-    rotation = quaternion_to_matrix(wxyz)
+def matrix_yaw(rotation: np.ndarray) -> float:
+    """Heading about +z of a rotation (or of a transform's rotation): its x axis projected on the ground."""
     return float(np.arctan2(rotation[1, 0], rotation[0, 0]))
+
+
+def quaternion_yaw(wxyz) -> float:
+    """Heading about +z of a (w, x, y, z) quaternion."""
+    return matrix_yaw(quaternion_to_matrix(wxyz))
 
 
 def make_transform(rotation_wxyz, translation) -> np.ndarray:

@@ -22,7 +22,7 @@ from vision_msgs.msg import (BoundingBox3D, Detection3D, Detection3DArray, Objec
 from visualization_msgs.msg import Marker, MarkerArray
 
 from vexkd_core.classes import DETECTION_CLASS_COLORS
-from vexkd_core.geometry import matrix_to_quaternion, quaternion_to_matrix, yaw_to_quaternion
+from vexkd_core.geometry import make_transform, matrix_to_quaternion, yaw_to_quaternion
 from vexkd_core.structures import BEVGrid, Boxes3D
 
 # A velocity marker arrow ends where the box centre will be this many seconds later.
@@ -445,10 +445,7 @@ def grid_to_probability(msg: OccupancyGrid) -> tuple[np.ndarray, BEVGrid]:
 def transform_to_matrix(transform: TransformStamped) -> np.ndarray:
     """4x4 matrix mapping child-frame coordinates into the parent (header) frame."""
     t, q = transform.transform.translation, transform.transform.rotation
-    matrix = np.eye(4)
-    matrix[:3, :3] = quaternion_to_matrix([q.w, q.x, q.y, q.z])
-    matrix[:3, 3] = [t.x, t.y, t.z]
-    return matrix
+    return make_transform([q.w, q.x, q.y, q.z], [t.x, t.y, t.z])
 
 
 def matrix_to_transform(matrix: np.ndarray, parent: str, child: str, stamp: Time) -> TransformStamped:

@@ -113,8 +113,7 @@ def run_training(args: argparse.Namespace) -> None:
     import torch
 
     from vexkd_core.config import load_config
-    from vexkd_core.data.dataset import map_source_grid
-    from vexkd_core.data.nuscenes_source import NuScenesSource
+    from vexkd_core.data.dataset import model_source
     from vexkd_core.models.vexkd import build_model
     from vexkd_train.trainer import RunOptions, train
     from vexkd_train.training_setup import initialise_from_lidar
@@ -124,8 +123,7 @@ def run_training(args: argparse.Namespace) -> None:
     try:
         config = load_config(args.config, args.set + ([f"model.fuser={args.fuser}"]
                                                       if args.command == "teacher" and args.fuser else []))
-        source = NuScenesSource(args.dataroot, args.version, args.split, config.model.lidar.sweeps,
-                                map_source_grid(config, config.train.augment))
+        source = model_source(args.dataroot, args.version, args.split, config, config.train.augment)
         torch.manual_seed(config.train.seed)  # the same config starts from the same weights
         model = build_model(config, modality)
         if args.command == "teacher" and args.init_from is not None:
@@ -158,7 +156,7 @@ def _distiller(args: argparse.Namespace, student):
 def run_masks(args: argparse.Namespace) -> None:
     from vexkd_core.checkpoint import load_checkpoint
     from vexkd_core.config import from_dict
-    from vexkd_core.data.dataset import map_source_grid
+    from vexkd_core.data.dataset import model_source
     from vexkd_core.data.nuscenes_source import NuScenesSource
     from vexkd_train.masks import MaskSettings, export_masks, train_masks
 
@@ -168,10 +166,8 @@ def run_masks(args: argparse.Namespace) -> None:
                                 random_query=args.random_query, area_budget=args.area_budget, epochs=args.max_epochs)
         settings.validate()  # before reading a dataset that may take a minute to index
         config = from_dict(load_checkpoint(args.teacher)["config"])
-        source = NuScenesSource(args.dataroot, args.version, args.split, config.model.lidar.sweeps,
-                                map_source_grid(config, config.train.augment))
-        report_source = NuScenesSource(args.dataroot, args.version, args.report_split, config.model.lidar.sweeps,
-                                       map_source_grid(config, False), nusc=source.nusc)
+        source = model_source(args.dataroot, args.version, args.split, config, config.train.augment)
+        report_source = model_source(args.dataroot, args.version, args.report_split, config, False, nusc=source.nusc)
         path = train_masks(args.teacher, source, args.out, settings, args.device, report_source=report_source)
         print(f"wrote {path}")
         print(f"mask selectivity on {args.report_split} ({args.out / 'selectivity.json'}):")

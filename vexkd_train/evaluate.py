@@ -14,11 +14,10 @@ from tqdm import tqdm
 
 from vexkd_core.checkpoint import model_from_checkpoint
 from vexkd_core.classes import DETECTION_CLASSES, MAP_CLASSES
-from vexkd_core.data.dataset import map_source_grid
-from vexkd_core.data.nuscenes_source import NuScenesSource
+from vexkd_core.data.dataset import model_source
 from vexkd_core.data.preprocess import Augmentation, map_targets
 from vexkd_core.data.sample import without_sensor
-from vexkd_core.geometry import yaw_to_quaternion
+from vexkd_core.geometry import matrix_yaw, yaw_to_quaternion
 from vexkd_core.inference import Predictor
 from vexkd_core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from vexkd_core.models.vexkd import StageTimer
@@ -43,7 +42,7 @@ def default_attribute(name: str, velocity: np.ndarray) -> str:
 
 def boxes_to_results(boxes: Boxes3D, lidar_to_global: np.ndarray, sample_token: str) -> list[dict]:
     """nuScenes result records (global frame) for boxes in the LiDAR frame."""
-    heading = np.arctan2(lidar_to_global[1, 0], lidar_to_global[0, 0])
+    heading = matrix_yaw(lidar_to_global)
     records = []
     for i in range(len(boxes)):
         centre = lidar_to_global[:3, :3] @ boxes.center[i] + lidar_to_global[:3, 3]
@@ -105,7 +104,7 @@ def evaluate(checkpoint: Path, dataroot: Path, version: str, split: str, out_dir
     if drop_sensor is not None and payload["modality"] != "fusion":
         raise ValueError(f"--drop-sensor is for a fusion model; {checkpoint} is a {payload['modality']} model")
     predictor = Predictor(model, config, device)
-    source = NuScenesSource(dataroot, version, split, config.model.lidar.sweeps, map_source_grid(config, False))
+    source = model_source(dataroot, version, split, config, False)
     timer, map_iou, results, maps = StageTimer(), MapIoU(), {}, {}
     for index in tqdm(range(len(source)), desc=f"eval {payload['modality']}", unit="sample", disable=not progress):
         sample = source.sample(index)

@@ -19,7 +19,7 @@ import torch
 
 from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.config import Config, load_config
-from vexkd_core.data.dataset import map_source_grid
+from vexkd_core.data.dataset import model_source
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.fingerprint import dataset_identity, file_stamp
 from vexkd_core.io import atomic_write_json, atomic_write_text
@@ -128,8 +128,7 @@ class Experiment:
                  heldout: Path | None = None):
         self.dataroot, self.version, self.out, self.heldout = dataroot, version, out, heldout
         self.config, self.suite, self.progress = config, suite, progress
-        self.train_source = NuScenesSource(dataroot, version, "train", config.model.lidar.sweeps,
-                                           map_source_grid(config, config.train.augment))
+        self.train_source = model_source(dataroot, version, "train", config, config.train.augment)
         # Each dataset's identity is taken once: the experiment's own reads leave the dataset as
         # it was, and taking it at every reuse check would hash its tables again each time.
         self.identities: dict[Path, str] = {}
@@ -227,8 +226,7 @@ class Experiment:
         spec = _spec({"masks": asdict(settings), "data": self._identity(self.dataroot),
                       "inputs": {"teacher": self._stamp(teacher)}})
         if not self._done(folder, spec, "masks.pt"):
-            val = NuScenesSource(self.dataroot, self.version, "val", self.config.model.lidar.sweeps,
-                                 map_source_grid(self.config, False), nusc=self.train_source.nusc)
+            val = model_source(self.dataroot, self.version, "val", self.config, False, nusc=self.train_source.nusc)
             train_masks(teacher, self.train_source, folder, settings, progress=self.progress, report_source=val)
             atomic_write_json(folder / "spec.json", spec)
         return folder / "masks.pt"

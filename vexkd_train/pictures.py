@@ -75,15 +75,13 @@ def write_distillation_pictures(dataroot, version: str, teacher_path: Path, mask
                                 students: dict[str, Path], out_dir: Path, nusc=None) -> list[Path]:
     """masks.png and features.png for the first val sample, written into `out_dir`."""
     from vexkd_core.checkpoint import model_from_checkpoint
-    from vexkd_core.data.dataset import map_source_grid
-    from vexkd_core.data.nuscenes_source import NuScenesSource
+    from vexkd_core.data.dataset import model_source
     from vexkd_core.data.preprocess import collate, preprocess
     from vexkd_core.io import atomic_write_bytes
     from vexkd_train.masks import load_masks
 
     teacher, config, _ = model_from_checkpoint(teacher_path, expected_modality="fusion")
-    source = NuScenesSource(dataroot, version, "val", config.model.lidar.sweeps, map_source_grid(config, False),
-                            nusc=nusc)
+    source = model_source(dataroot, version, "val", config, False, nusc=nusc)
     batch = collate([preprocess(source.sample(0), config)[0]])
     models = {label: model_from_checkpoint(path)[0] for label, path in students.items()}
     generators = load_masks(masks_path, teacher)

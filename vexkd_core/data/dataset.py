@@ -23,6 +23,14 @@ def map_source_grid(config: Config, augmented: bool) -> BEVGrid:
     return BEVGrid.centered(grid.half_extent_m * (MAP_SOURCE_MARGIN if augmented else 1.0), grid.resolution_m)
 
 
+def model_source(dataroot, version: str, split: str | None, config: Config, augmented: bool,
+                 nusc=None) -> NuScenesSource:
+    """The samples a model of `config` reads: its LiDAR sweeps, and its map grid with room
+    for the augmentation's rotation when `augmented`."""
+    return NuScenesSource(dataroot, version, split, config.model.lidar.sweeps, map_source_grid(config, augmented),
+                          nusc=nusc)
+
+
 class TrainingSet(Dataset):
     def __init__(self, source: NuScenesSource, config: Config, augment: bool):
         self.source, self.config, self.augment = source, config, augment

@@ -16,7 +16,7 @@ from nuscenes.eval.detection.utils import category_to_detection_name
 from nuscenes.utils.splits import create_splits_scenes
 
 from vexkd_core.classes import DETECTION_CLASSES
-from vexkd_core.geometry import invert_transform, make_transform, quaternion_yaw, transform_points
+from vexkd_core.geometry import invert_transform, make_transform, matrix_yaw, quaternion_yaw, transform_points
 from vexkd_core.structures import BEVGrid, Boxes3D
 
 from .sample import CAMERA_CHANNELS, CameraView, Sample
@@ -160,7 +160,7 @@ class NuScenesSource:
         rows = []
         for annotation, name in self._annotations(record):
             centre = transform_points(global_to_lidar, np.asarray([annotation["translation"]]))[0]
-            yaw = quaternion_yaw(annotation["rotation"]) + np.arctan2(global_to_lidar[1, 0], global_to_lidar[0, 0])
+            yaw = quaternion_yaw(annotation["rotation"]) + matrix_yaw(global_to_lidar)
             velocity = np.nan_to_num(self.nusc.box_velocity(annotation["token"])[:2])
             velocity = global_to_lidar[:2, :2] @ velocity
             width, length, height = annotation["size"]
@@ -177,7 +177,7 @@ class NuScenesSource:
         scene = self.nusc.get("scene", record["scene_token"])
         location = self.nusc.get("log", scene["log_token"])["location"]
         grid = self.map_source_grid
-        yaw = np.degrees(np.arctan2(lidar_to_global[1, 0], lidar_to_global[0, 0]))
+        yaw = np.degrees(matrix_yaw(lidar_to_global))
         masks = _nuscenes_map(self.nusc.dataroot, location).get_map_mask(
             (lidar_to_global[0, 3], lidar_to_global[1, 3], grid.height * grid.resolution,
              grid.width * grid.resolution), yaw, list(MAP_LAYERS), (grid.height, grid.width)) > 0
