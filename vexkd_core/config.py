@@ -45,16 +45,35 @@ class MapGridConfig:
 
 @dataclass(frozen=True)
 class CameraConfig:
+    BACKBONES = ("small", "resnet18", "resnet34", "resnet50")  # unannotated: class constants, not fields
+    SMALL_BACKBONE_CHANNELS = (16, 32, 64, 128)
+
     input_height: int = 96  # after resize and crop
     input_width: int = 256
     top_crop_fraction: float = 0.25  # share of the resized image's top (sky) cut off
-    backbone_channels: tuple[int, ...] = (16, 32, 64, 128)  # strides 4, 8, 16, 32 after the stem
+    # "small": the in-repo network, as wide as backbone_channels; "resnet18/34/50":
+    # torchvision's layout, stage widths 64..512 (256..2048 for resnet50).
+    backbone: str = "small"
+    backbone_channels: tuple[int, ...] = SMALL_BACKBONE_CHANNELS  # small only: strides 4, 8, 16, 32
     feature_stride: int = 8
     feature_channels: int = 64
     depth_min_m: float = 1.0
     depth_max_m: float = 60.0
     depth_step_m: float = 2.0
-    pretrained_backbone: str = ""  # optional local .pt state dict for the backbone
+    # Optional local state dict for the backbone, e.g. torchvision's resnet50-0676ba61.pth
+    # (its fc.* classifier is skipped); never downloaded.
+    pretrained_backbone: str = ""
+    # With pretrained weights: keep the backbone's BatchNorm statistics as loaded (mmdet's
+    # norm_eval); its BN scales and shifts still train.
+    backbone_norm_eval: bool = True
+
+    def __post_init__(self) -> None:
+        if self.backbone not in self.BACKBONES:
+            raise ValueError(f"model.camera.backbone must be one of {', '.join(self.BACKBONES)}, "
+                             f"not '{self.backbone}'")
+        if self.backbone != "small" and self.backbone_channels != self.SMALL_BACKBONE_CHANNELS:
+            raise ValueError(f"model.camera.backbone_channels is for backbone=small only; {self.backbone}'s "
+                             f"stage widths follow from the network, leave it unset")
 
     @property
     def depth_bins(self) -> int:
@@ -142,9 +161,8 @@ def preset(name: str) -> Config:
             model=ModelConfig(
                 bev_channels=128, decoder_channels=(128, 256), decoder_out_channels=256, head_channels=64,
                 max_detections=500,
-                camera=CameraConfig(input_height=256, input_width=704, top_crop_fraction=0.4,
-                                    backbone_channels=(64, 128, 256, 512), feature_channels=256,
-                                    depth_step_m=0.5),
+                camera=CameraConfig(input_height=256, input_width=704, top_crop_fraction=0.4, backbone="resnet50",
+                                    feature_channels=256, depth_step_m=0.5),
                 lidar=LidarConfig(sweeps=9, max_points=300_000, pillar_channels=128),
                 fusion=FusionConfig(layers=3, heads=8, points=4, ffn_channels=512, downsample=1)),
             train=TrainConfig(batch_size=4, learning_rate=2e-4, epochs=20, checkpoint_every=2000, workers=4))

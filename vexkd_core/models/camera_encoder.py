@@ -1,7 +1,8 @@
-"""Camera-only BEV encoder: ResNet-style backbone + FPN + Lift-Splat-Shoot with learned depth.
+"""Camera-only BEV encoder: image backbone + FPN + Lift-Splat-Shoot with learned depth.
 
-It receives images and calibration only, never LiDAR, so a camera student needs no
-LiDAR at inference.
+The backbone is the small in-repo ResNet-style network or a torchvision-layout ResNet
+(`model.camera.backbone`). The encoder receives images and calibration only, never
+LiDAR, so a camera student needs no LiDAR at inference.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from torch import nn
 
 from vexkd_core.config import CameraConfig
 from vexkd_core.structures import BEVGrid
+
+from .resnet import ResNet, load_pretrained, resnet
 
 
 def conv_bn_relu(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
@@ -33,10 +36,11 @@ class BasicBlock(nn.Module):
 
 
 class ResNetBackbone(nn.Module):
-    """Stem (stride 4) then one stage per entry of `channels`, strides 4, 8, 16, 32."""
+    """The "small" backbone: stem (stride 4) then one stage per entry of `channels`, strides 4, 8, 16, 32."""
 
     def __init__(self, channels: tuple[int, ...], blocks_per_stage: int = 1):
         super().__init__()
+        self.out_channels = tuple(channels)
         self.stem = nn.Sequential(conv_bn_relu(3, channels[0], 2, 7), nn.MaxPool2d(3, 2, 1))
         stages, cin = [], channels[0]
         for index, cout in enumerate(channels):
@@ -70,14 +74,24 @@ class FPN(nn.Module):
         return self.smooth(merged)
 
 
+def build_backbone(config: CameraConfig) -> ResNetBackbone | ResNet:
+    """The network `config.backbone` names; its `out_channels` are its four stage widths."""
+    if config.backbone == "small":
+        return ResNetBackbone(config.backbone_channels)
+    return resnet(config.backbone)
+
+
 class CameraEncoder(nn.Module):
     def __init__(self, config: CameraConfig, grid: BEVGrid, z_range: tuple[float, float], bev_channels: int):
         super().__init__()
         self.config, self.grid, self.z_range = config, grid, z_range
-        self.backbone = ResNetBackbone(config.backbone_channels)
+        self.backbone = build_backbone(config)
         if config.pretrained_backbone:
-            self.load_backbone(Path(config.pretrained_backbone))
-        self.neck = FPN(config.backbone_channels[1:], config.feature_channels)
+            load_pretrained(self.backbone, Path(config.pretrained_backbone), config.backbone)
+        # Statistics estimated on ImageNet's large batches are better than ones re-estimated
+        # from the few images of a detection batch, and training them away loses the pretraining.
+        self.backbone_norm_eval = bool(config.pretrained_backbone) and config.backbone_norm_eval
+        self.neck = FPN(self.backbone.out_channels[1:], config.feature_channels)
         self.depth_bins = config.depth_bins
         self.depth_and_context = nn.Sequential(conv_bn_relu(config.feature_channels, config.feature_channels),
                                                nn.Conv2d(config.feature_channels, self.depth_bins + bev_channels, 1))
@@ -91,13 +105,16 @@ class CameraEncoder(nn.Module):
         frustum = torch.stack([u.expand(self.depth_bins, -1, -1), v.expand(self.depth_bins, -1, -1),
                                depths[:, None, None].expand(-1, height, width)], dim=-1)
         self.register_buffer("frustum", frustum, persistent=False)  # (D, h, w, 3): input pixel u, v and depth
+        self.train()  # backbone_norm_eval holds from construction on, not only after the trainer's first train()
 
-    def load_backbone(self, path: Path) -> None:
-        """Local pretrained weights only (nothing is downloaded); loaded as plain tensors."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        missing, unexpected = self.backbone.load_state_dict(state, strict=False)
-        if not set(state) & set(self.backbone.state_dict()):
-            raise ValueError(f"{path} holds no weights of this backbone (missing {len(missing)} tensors)")
+    def train(self, mode: bool = True) -> CameraEncoder:
+        """As nn.Module's, but with backbone_norm_eval the backbone's BatchNorms stay in eval mode."""
+        super().train(mode)
+        if self.backbone_norm_eval:
+            for module in self.backbone.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.eval()
+        return self
 
     def frustum_in_lidar(self, intrinsics, camera_to_lidar, image_transform, lidar_augmentation) -> torch.Tensor:
         """(B, N, D, h, w, 3) positions of the frustum points in the (augmented) LiDAR frame."""
