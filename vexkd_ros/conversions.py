@@ -22,6 +22,7 @@ from vision_msgs.msg import (BoundingBox3D, Detection3D, Detection3DArray, Objec
 from visualization_msgs.msg import Marker, MarkerArray
 
 from vexkd_core.classes import DETECTION_CLASS_COLORS
+from vexkd_core.data.sensor_files import decode_image
 from vexkd_core.geometry import make_transform, matrix_to_quaternion, yaw_to_quaternion
 from vexkd_core.structures import BEVGrid, Boxes3D
 
@@ -234,9 +235,11 @@ def encoded_image_size(data) -> tuple[int, int] | None:
     return None
 
 
-def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
-    """HxWx3 uint8 RGB from a JPEG or PNG CompressedImage; one whose header claims more
-    than MAX_DECODED_PIXELS is refused before decoding (cv2 would allocate it first)."""
+def compressed_to_rgb(msg: CompressedImage, reduction: int = 1) -> np.ndarray:
+    """HxWx3 uint8 RGB from a JPEG or PNG CompressedImage, `reduction` (1, 2, 4, 8) times
+    smaller on each side, decoded as the dataset reader decodes (sensor_files.decode_image);
+    one whose header claims more than MAX_DECODED_PIXELS is refused before decoding (cv2
+    would allocate it first)."""
     encoded = _byte_view(msg.data)
     if encoded.size == 0:
         raise MessageError("compressed image has no data")
@@ -244,10 +247,10 @@ def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
     if size is not None and size[0] * size[1] > MAX_DECODED_PIXELS:
         raise MessageError(f"compressed image header says {size[0]}x{size[1]} pixels, more than "
                            f"{MAX_DECODED_PIXELS}: not decoded")
-    bgr = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
-    if bgr is None:
+    rgb = decode_image(encoded, reduction)
+    if rgb is None:
         raise MessageError(f"compressed image (format '{msg.format}') could not be decoded")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return rgb
 
 
 def encoded_to_compressed(encoded: bytes, header: Header, image_format: str = "jpeg") -> CompressedImage:

@@ -16,6 +16,7 @@ from std_msgs.msg import Header
 
 from vexkd_core.classes import DETECTION_CLASSES, MAP_CLASSES
 from vexkd_core.data.nuscenes_source import DatasetError, NuScenesSource
+from vexkd_core.data.sensor_files import read_points
 from vexkd_core.data.sample import CAMERA_CHANNELS
 from vexkd_core.geometry import make_transform
 from vexkd_core.structures import BEVGrid
@@ -85,10 +86,7 @@ def _header(stamp_ns: int, frame: str) -> Header:
 
 
 def _cloud(path: Path, header: Header):
-    raw = np.fromfile(path, dtype=np.float32)
-    if raw.size % 5:
-        raise DatasetError(f"{path} is not a 5-float nuScenes point cloud")
-    raw = raw.reshape(-1, 5)
+    raw = read_points(path)
     return array_to_cloud(structured_points(x=raw[:, 0], y=raw[:, 1], z=raw[:, 2], intensity=raw[:, 3],
                                             ring=raw[:, 4].astype(np.uint16)), header)
 

@@ -1,4 +1,4 @@
-"""Training data: samples cached in memory, augmented deterministically per (seed, epoch, index).
+"""Training data: samples augmented deterministically per (seed, epoch, index).
 
 Because augmentation and order derive only from (seed, epoch, index), a resumed or
 multi-process run sees exactly the data an uninterrupted single-process run would.
@@ -13,6 +13,7 @@ from vexkd_core.structures import BEVGrid
 
 from .nuscenes_source import NuScenesSource
 from .preprocess import Augmentation, ModelInputs, Targets, collate, preprocess
+from .sample_cache import SampleCache
 
 # The map is read around the ego larger than the model's grid, so rotated crops stay full.
 MAP_SOURCE_MARGIN = 1.5
@@ -25,17 +26,18 @@ def map_source_grid(config: Config, augmented: bool) -> BEVGrid:
 
 def model_source(dataroot, version: str, split: str | None, config: Config, augmented: bool,
                  nusc=None) -> NuScenesSource:
-    """The samples a model of `config` reads: its LiDAR sweeps, and its map grid with room
-    for the augmentation's rotation when `augmented`."""
+    """The samples a model of `config` reads: its LiDAR sweeps, its map grid with room for
+    the augmentation's rotation when `augmented`, and images decoded no larger than its
+    camera input needs."""
     return NuScenesSource(dataroot, version, split, config.model.lidar.sweeps, map_source_grid(config, augmented),
-                          nusc=nusc)
+                          nusc=nusc, input_width=config.model.camera.input_width)
 
 
 class TrainingSet(Dataset):
     def __init__(self, source: NuScenesSource, config: Config, augment: bool):
         self.source, self.config, self.augment = source, config, augment
         self.epoch = 0
-        self._cache: dict[int, object] = {}
+        self._cache = SampleCache(config.train.sample_cache_mb * 2**20)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -44,9 +46,10 @@ class TrainingSet(Dataset):
         self.epoch = epoch
 
     def __getitem__(self, index: int) -> tuple[ModelInputs, Targets]:
-        if index not in self._cache:
-            self._cache[index] = self.source.sample(index)
-        sample = self._cache[index]
+        sample = self._cache.get(index)
+        if sample is None:
+            sample = self.source.sample(index)
+            self._cache.put(index, sample)
         rng = np.random.default_rng([self.config.train.seed, self.epoch, index])
         augmentation = Augmentation.random(self.config.augment, rng) if self.augment else Augmentation()
         return preprocess(sample, self.config, augmentation, rng if self.augment else None)

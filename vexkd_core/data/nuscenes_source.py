@@ -10,7 +10,6 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-import cv2
 import numpy as np
 from nuscenes.eval.detection.utils import category_to_detection_name
 from nuscenes.utils.splits import create_splits_scenes
@@ -20,14 +19,11 @@ from vexkd_core.geometry import invert_transform, make_transform, matrix_yaw, qu
 from vexkd_core.structures import BEVGrid, Boxes3D
 
 from .sample import CAMERA_CHANNELS, CameraView, Sample
+from .sensor_files import DatasetError, decode_reduction, read_image, read_points, reduced_intrinsics
 from .sweeps import sweep_in_key_frame
 
 MAP_LAYERS = ("drivable_area", "ped_crossing", "walkway", "stop_line", "carpark_area", "road_divider",
               "lane_divider")
-
-
-class DatasetError(ValueError):
-    """The dataset is missing or not in the shape nuScenes code expects."""
 
 
 def open_nuscenes(dataroot: str | Path, version: str):
@@ -63,10 +59,15 @@ def split_scene_names(nusc, split: str) -> list[str]:
 
 
 class NuScenesSource:
-    """Key frames of one split (None: every scene) as typed Samples."""
+    """Key frames of one split (None: every scene) as typed Samples.
+
+    With an `input_width` (the model's), images are decoded as small as they can be while
+    staying that wide (sensor_files.decode_reduction), their K scaled to match; 0 keeps
+    them at full resolution.
+    """
 
     def __init__(self, dataroot: str | Path, version: str, split: str | None, sweeps: int,
-                 map_source_grid: BEVGrid | None = None, nusc=None):
+                 map_source_grid: BEVGrid | None = None, nusc=None, input_width: int = 0):
         self.nusc = nusc if nusc is not None else open_nuscenes(dataroot, version)
         names = set(split_scene_names(self.nusc, split)) if split is not None else None
         scenes = [s for s in self.nusc.scene if names is None or s["name"] in names]
@@ -75,6 +76,7 @@ class NuScenesSource:
         self.split = split
         self.sweeps = sweeps
         self.map_source_grid = map_source_grid
+        self.input_width = input_width
         self.tokens: list[str] = []
         for scene in scenes:
             token = scene["first_sample_token"]
@@ -98,21 +100,24 @@ class NuScenesSource:
         lidar_to_ego, ego_to_global = self._pose(lidar)
         lidar_to_global = ego_to_global @ lidar_to_ego
         global_to_lidar = invert_transform(lidar_to_global)
+        return Sample(token=record["token"], timestamp_us=record["timestamp"],
+                      points=self._points(lidar, global_to_lidar),
+                      cameras=self._cameras(record, global_to_lidar),
+                      lidar_to_global=lidar_to_global, boxes=self._boxes(record, global_to_lidar),
+                      map_masks=self._map(record, lidar_to_global), map_source_grid=self.map_source_grid)
+
+    def _cameras(self, record: dict, global_to_lidar: np.ndarray) -> list[CameraView]:
         cameras = []
         for channel in CAMERA_CHANNELS:
             camera = self.nusc.get("sample_data", record["data"][channel])
             camera_to_ego, camera_ego_to_global = self._pose(camera)
             calibration = self.nusc.get("calibrated_sensor", camera["calibrated_sensor_token"])
-            image = cv2.imread(str(Path(self.nusc.dataroot) / camera["filename"]), cv2.IMREAD_COLOR)
-            if image is None:
-                raise DatasetError(f"camera image {camera['filename']} is missing or unreadable")
-            cameras.append(CameraView(channel, cv2.cvtColor(image, cv2.COLOR_BGR2RGB),
-                                      np.asarray(calibration["camera_intrinsic"], dtype=np.float64),
+            reduction = decode_reduction(camera["width"], self.input_width)
+            intrinsics = np.asarray(calibration["camera_intrinsic"], dtype=np.float64)
+            cameras.append(CameraView(channel, read_image(Path(self.nusc.dataroot) / camera["filename"], reduction),
+                                      reduced_intrinsics(intrinsics, reduction),
                                       global_to_lidar @ camera_ego_to_global @ camera_to_ego))
-        return Sample(token=record["token"], timestamp_us=record["timestamp"],
-                      points=self._points(lidar, global_to_lidar), cameras=cameras,
-                      lidar_to_global=lidar_to_global, boxes=self._boxes(record, global_to_lidar),
-                      map_masks=self._map(record, lidar_to_global), map_source_grid=self.map_source_grid)
+        return cameras
 
     def ground_truth(self, sample_token: str) -> tuple[np.ndarray, Boxes3D, np.ndarray | None]:
         """(lidar_to_global, boxes, map masks) of a key frame, without reading any sensor data."""
@@ -126,12 +131,9 @@ class NuScenesSource:
         """Key sweep plus up to `sweeps` previous ones, in the key LiDAR frame, with time lag."""
         clouds, current = [], key
         for _ in range(self.sweeps + 1):
-            path = Path(self.nusc.dataroot) / current["filename"]
-            raw = np.fromfile(path, dtype=np.float32)
-            if raw.size % 5:
-                raise DatasetError(f"{current['filename']} is not a 5-float nuScenes point cloud")
+            raw = read_points(Path(self.nusc.dataroot) / current["filename"])
             sensor_to_ego, ego_to_global = self._pose(current)
-            clouds.append(sweep_in_key_frame(raw.reshape(-1, 5), global_to_lidar @ ego_to_global @ sensor_to_ego,
+            clouds.append(sweep_in_key_frame(raw, global_to_lidar @ ego_to_global @ sensor_to_ego,
                                              (key["timestamp"] - current["timestamp"]) * 1e-6))
             if not current["prev"]:
                 break
