@@ -185,3 +185,19 @@ def test_resnet18_camera_encoder_gives_the_bev_map_the_model_expects():
     assert torch.isfinite(bev).all() and bev.abs().sum() > 0  # the frusta land on the grid
     bev.square().mean().backward()
     assert encoder.backbone.conv1.weight.grad.abs().sum() > 0  # the BEV map is trained through the backbone
+
+
+def test_a_checkpoint_trained_from_imagenet_weights_loads_without_the_file(tmp_path):
+    """The checkpoint holds the trained backbone; the robot that runs it has no ImageNet file."""
+    from vexkd_core.checkpoint import model_from_checkpoint, save_checkpoint
+    from vexkd_core.models.vexkd import build_model
+
+    weights = tmp_path / "resnet18-f37072fd.pth"
+    config = camera_config(backbone="resnet18", pretrained_backbone=saved(weights, torchvision_state("resnet18")))
+    model = build_model(config, "camera")
+    save_checkpoint(tmp_path / "camera.pt", model, config, "camera")
+    weights.unlink()
+    loaded, loaded_config, _ = model_from_checkpoint(tmp_path / "camera.pt")
+    assert loaded_config.model.camera.pretrained_backbone == str(weights)  # the record of how it was trained
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key

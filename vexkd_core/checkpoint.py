@@ -3,6 +3,7 @@ modality, class names, grids and versions. Written atomically; read with
 torch.load(weights_only=True), so a checkpoint can never execute code."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import pickle
 import zipfile
@@ -63,7 +64,10 @@ def model_from_checkpoint(path: str | Path, expected_modality: str | None = None
     if expected_modality is not None and modality != expected_modality:
         raise CheckpointError(f"{path} holds a {modality} model, not {expected_modality}")
     config = from_dict(payload["config"])
-    model = build_model(config, modality)
+    # The checkpoint holds the trained backbone: the ImageNet file it started from is not
+    # needed (nor present, on the robot that runs the model).
+    camera = dataclasses.replace(config.model.camera, pretrained_backbone="")
+    model = build_model(dataclasses.replace(config, model=dataclasses.replace(config.model, camera=camera)), modality)
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as error:
