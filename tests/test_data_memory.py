@@ -14,6 +14,7 @@ from vexkd_core.data.sample import CAMERA_CHANNELS, CameraView, Sample
 from vexkd_core.data.sample_cache import SampleCache, sample_nbytes
 from vexkd_core.data.sensor_files import (DatasetError, decode_reduction, read_image, read_points,
                                           reduced_intrinsics)
+from vexkd_core.io import atomic_npz
 from vexkd_ros.conversions import compressed_to_rgb, encoded_to_compressed
 
 def points_sample(rows: int, token: str = "s") -> Sample:
@@ -157,3 +158,20 @@ def test_bad_sensor_files_are_one_line_dataset_errors(tmp_path):
         assert name in str(error.value) and "\n" not in str(error.value)
     (tmp_path / "two.pcd.bin").write_bytes(np.arange(10, dtype=np.float32).tobytes())
     np.testing.assert_array_equal(read_points(tmp_path / "two.pcd.bin"), np.arange(10).reshape(2, 5))
+
+
+def test_an_npz_written_array_by_array_reads_back_and_appears_only_when_complete(tmp_path):
+    arrays = {"token/detection/low": np.arange(12, dtype=np.float16).reshape(3, 4), "b": np.ones((2, 2, 2), bool)}
+    with atomic_npz(tmp_path / "masks.npz") as add:
+        for name, array in arrays.items():
+            add(name, array)
+            assert not (tmp_path / "masks.npz").exists()
+    with np.load(tmp_path / "masks.npz") as loaded:
+        assert set(loaded.files) == set(arrays)
+        for name, array in arrays.items():
+            np.testing.assert_array_equal(loaded[name], array)
+            assert loaded[name].dtype == array.dtype
+    with pytest.raises(RuntimeError), atomic_npz(tmp_path / "broken.npz") as add:
+        add("a", np.zeros(3))
+        raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["masks.npz"]

@@ -5,10 +5,15 @@ checkpoints, reports and datasets stay readable by whoever may read the user's f
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import zipfile
 from pathlib import Path
+from typing import BinaryIO, Callable, Iterator
+
+import numpy as np
 
 _NEW_FILE_MODE = 0o666  # what open() asks for; the kernel takes the umask off
 
@@ -30,20 +35,38 @@ def _create_temporary(folder: Path, name: str) -> tuple[int, Path]:
             continue
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    path = Path(path)
+@contextlib.contextmanager
+def _atomic_stream(path: Path) -> Iterator[BinaryIO]:
+    """A stream to write `path` through; the file appears under its name once complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = _create_temporary(path.parent, path.name)
     try:
         with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
+            yield stream
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    path = Path(path)
+    with _atomic_stream(path) as stream:
+        stream.write(data)
     return path
+
+
+@contextlib.contextmanager
+def atomic_npz(path: str | os.PathLike) -> Iterator[Callable[[str, np.ndarray], None]]:
+    """`add(name, array)` writes one array into a compressed .npz (np.load reads it as one
+    of np.savez_compressed), so memory holds one array at a time, not all of them."""
+    with _atomic_stream(Path(path)) as stream, zipfile.ZipFile(stream, "w", zipfile.ZIP_DEFLATED) as archive:
+        def add(name: str, array: np.ndarray) -> None:
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+        yield add
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

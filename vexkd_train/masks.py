@@ -38,7 +38,7 @@ from vexkd_core.data.dataset import EpochSampler, TrainingSet, collate_training
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.distill.distiller import freeze
 from vexkd_core.distill.mask_generator import LEVELS, TASKS, MaskGenerator, area_excess, dice_overlap, indecision
-from vexkd_core.io import atomic_write_bytes, atomic_write_json
+from vexkd_core.io import atomic_npz, atomic_write_bytes, atomic_write_json
 from vexkd_train.trainer import warmup_cosine
 
 MASKS_FORMAT = 2
@@ -245,9 +245,8 @@ def load_masks(path: Path, teacher, random_query: bool | None = None) -> dict[st
 def export_masks(teacher_checkpoint: Path, masks_path: Path, source: NuScenesSource, out: Path,
                  device: str = "cpu", progress: bool = True) -> Path:
     """The generated masks of every sample of `source` (no augmentation), in one .npz:
-    key '<sample token>/<task>/<level>' -> (T, H, W) float16 at that feature's resolution."""
-    import io
-
+    key '<sample token>/<task>/<level>' -> (T, H, W) float16 at that feature's resolution.
+    Written sample by sample: a nuScenes split's masks run to gigabytes."""
     import numpy as np
 
     from vexkd_core.data.preprocess import collate, preprocess
@@ -255,14 +254,12 @@ def export_masks(teacher_checkpoint: Path, masks_path: Path, source: NuScenesSou
     teacher, config, _ = model_from_checkpoint(teacher_checkpoint, expected_modality="fusion")
     teacher.to(device)
     generators = {key: generator.to(device).eval() for key, generator in load_masks(masks_path, teacher).items()}
-    arrays = {}
-    for index in tqdm(range(len(source)), desc="export masks", unit="sample", disable=not progress):
-        sample = source.sample(index)
-        output = teacher(collate([preprocess(sample, config)[0]]).to(device))
-        for key, generator in generators.items():
-            task, level = key.split("/")
-            arrays[f"{sample.token}/{task}/{level}"] = generator(getattr(output, level))[0].cpu().numpy().astype(
-                np.float16)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    return atomic_write_bytes(out, buffer.getvalue())
+    with atomic_npz(out) as add:
+        for index in tqdm(range(len(source)), desc="export masks", unit="sample", disable=not progress):
+            sample = source.sample(index)
+            output = teacher(collate([preprocess(sample, config)[0]]).to(device))
+            for key, generator in generators.items():
+                task, level = key.split("/")
+                add(f"{sample.token}/{task}/{level}", generator(getattr(output, level))[0].cpu().numpy().astype(
+                    np.float16))
+    return Path(out)
