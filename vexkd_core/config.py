@@ -119,6 +119,11 @@ class AugmentConfig:
     scale: tuple[float, float] = (0.95, 1.05)
     flip: bool = True
     image_scale: tuple[float, float] = (0.95, 1.05)
+    # GT-paste (mmdet3d ObjectSample) from a `vexkd-data gt-database` folder; "" is its default
+    # place, <dataroot>/vexkd_gt_database_<version>_<split>. LiDAR-reading models only.
+    gt_paste: bool = False
+    gt_database: str = ""
+    gt_paste_stop_epochs: int = 0  # the last epochs train on unpasted scenes (TransFusion's fade)
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,7 @@ class TrainConfig:
     detection_weight: float = 1.0
     map_weight: float = 1.0
     augment: bool = True
+    cbgs: bool = False  # class-balanced resampling of the training samples (mmdet3d CBGSDataset)
 
 
 @dataclass(frozen=True)
@@ -169,8 +175,9 @@ def preset(name: str) -> Config:
                                     feature_channels=256, depth_step_m=0.5),
                 lidar=LidarConfig(sweeps=9, max_points=300_000, pillar_channels=128),
                 fusion=FusionConfig(layers=3, heads=8, points=4, ffn_channels=512, downsample=1)),
+            augment=AugmentConfig(gt_paste=True, gt_paste_stop_epochs=5),
             train=TrainConfig(batch_size=4, learning_rate=2e-4, epochs=20, checkpoint_every=2000, workers=4,
-                              sample_cache_mb=0))
+                              cbgs=True, sample_cache_mb=0))
     raise ValueError(f"unknown preset '{name}' (tiny or nuscenes)")
 
 

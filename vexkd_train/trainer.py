@@ -19,8 +19,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vexkd_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.config import Config
+from vexkd_core.data.cbgs import balanced_indices, sample_classes
 from vexkd_core.data.dataset import EpochSampler, TrainingSet, collate_training
+from vexkd_core.data.gt_paste import training_paster
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.models.vexkd import detection_targets, task_losses
 
@@ -93,14 +96,19 @@ def train(model: torch.nn.Module, config: Config, source: NuScenesSource, modali
             auxiliary.load_state_dict(payload["auxiliary"], strict=False)
         step = int(payload["step"])
 
-    dataset = TrainingSet(source, config, augment=config.train.augment)
+    epochs = options.max_epochs or config.train.epochs
+    indices = balanced_indices(sample_classes(source), len(DETECTION_CLASSES), config.train.seed) \
+        if config.train.cbgs else None
+    # `modality` says what the model reads: pasted objects are points without images.
+    paster = training_paster(config, source, reads_lidar=modality != "camera", epochs=epochs)
+    dataset = TrainingSet(source, config, augment=config.train.augment, indices=indices, paster=paster)
     sampler = EpochSampler(len(dataset), config.train.batch_size, config.train.seed, rank, world)
     loader = DataLoader(dataset, batch_size=config.train.batch_size, sampler=sampler, collate_fn=collate_training,
                         num_workers=config.train.workers)
     per_epoch = sampler.batches_per_epoch()
     # The schedule spans the configured epochs; --max-steps only stops early, so a run cut
     # short and resumed follows the same learning-rate curve as an uninterrupted one.
-    schedule = (options.max_epochs or config.train.epochs) * per_epoch
+    schedule = epochs * per_epoch
     total = min(schedule, options.max_steps or config.train.max_steps or schedule)
     network = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     use_amp = device.type == "cuda"

@@ -1,7 +1,9 @@
-"""vexkd-data: write the synthetic nuScenes-format world, and render samples of any dataset.
+"""vexkd-data: write the synthetic nuScenes-format world, render samples of any dataset, and
+build the GT-paste database of one.
 
     vexkd-data synth --out DIR [--overwrite] [--scenes N] [--samples-per-scene M] [--sweeps K] ...
     vexkd-data render --dataroot DIR [--version V] --sample TOKEN|INDEX --out PNG
+    vexkd-data gt-database --dataroot DIR [--version V] [--split train] [--out DIR] [--sweeps K] [--overwrite]
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import time
 from pathlib import Path
 
 from vexkd_core.cli import CliError, OneLineParser, run_cli
+from vexkd_core.config import preset
 
 
 def _image_size(text: str) -> tuple[int, int]:
@@ -47,6 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--version", default="v1.0-trainval")
     render.add_argument("--sample", required=True, help="sample token, or an index into the sample table")
     render.add_argument("--out", type=Path, required=True, help="PNG to write")
+
+    database = commands.add_parser("gt-database", help="the GT-paste database: each object's points in its box")
+    database.add_argument("--dataroot", type=Path, required=True)
+    database.add_argument("--version", default="v1.0-trainval")
+    database.add_argument("--split", default="train")
+    database.add_argument("--out", type=Path,
+                          help="folder to write (default: DATAROOT/vexkd_gt_database_<version>_<split>, "
+                               "where training looks when augment.gt_database is unset)")
+    database.add_argument("--sweeps", type=int, default=preset("nuscenes").model.lidar.sweeps,
+                          help="previous LiDAR sweeps per key frame, as the model to train reads "
+                               "(model.lidar.sweeps; default: the nuscenes preset's)")
+    database.add_argument("--min-points", type=int,
+                          help="objects with fewer points are left out (default: mmdet3d's, 5)")
+    database.add_argument("--overwrite", action="store_true",
+                          help="replace a database vexkd-data wrote earlier at --out (known by its marker file)")
     return parser
 
 
@@ -93,8 +111,27 @@ def run_render(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def run_gt_database(args: argparse.Namespace) -> None:
+    from vexkd_core.data.gt_database import MIN_POINTS, default_database_path, write_database
+    from vexkd_core.data.nuscenes_source import DatasetError, NuScenesSource
+
+    min_points = MIN_POINTS if args.min_points is None else args.min_points
+    if args.sweeps < 0 or min_points < 1:
+        raise CliError("--sweeps must be at least 0 and --min-points at least 1")
+    out = args.out or default_database_path(args.dataroot, args.version, args.split)
+    started = time.monotonic()
+    try:
+        source = NuScenesSource(args.dataroot, args.version, args.split, args.sweeps)
+        kept = write_database(source, out, overwrite=args.overwrite, min_points=min_points)
+    except (DatasetError, FileExistsError) as error:
+        raise CliError(str(error)) from None
+    summary = ", ".join(f"{count} {name}" for name, count in kept.items())
+    print(f"wrote {sum(kept.values())} objects ({summary}) of {len(source)} samples to {out} "
+          f"in {time.monotonic() - started:.0f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(build_parser(), {"synth": run_synth, "render": run_render}, argv)
+    return run_cli(build_parser(), {"synth": run_synth, "render": run_render, "gt-database": run_gt_database}, argv)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,15 @@ from torch.utils.data import Dataset, Sampler
 from vexkd_core.config import Config
 from vexkd_core.structures import BEVGrid
 
+from .gt_paste import GTPaster
 from .nuscenes_source import NuScenesSource
 from .preprocess import Augmentation, ModelInputs, Targets, collate, preprocess
 from .sample_cache import SampleCache
 
 # The map is read around the ego larger than the model's grid, so rotated crops stay full.
 MAP_SOURCE_MARGIN = 1.5
+# GT-paste draws from its own stream, so turning it on leaves the augmentation as it was.
+PASTE_STREAM = 29
 
 
 def map_source_grid(config: Config, augmented: bool) -> BEVGrid:
@@ -34,23 +37,34 @@ def model_source(dataroot, version: str, split: str | None, config: Config, augm
 
 
 class TrainingSet(Dataset):
-    def __init__(self, source: NuScenesSource, config: Config, augment: bool):
+    """Samples of `source`, or of `indices` into it (CBGS repeats some and leaves others out),
+    GT-pasted by `paster` before augmentation when given."""
+
+    def __init__(self, source: NuScenesSource, config: Config, augment: bool, indices: np.ndarray | None = None,
+                 paster: GTPaster | None = None):
         self.source, self.config, self.augment = source, config, augment
+        self.indices = np.arange(len(source)) if indices is None else np.asarray(indices)
+        self.paster = paster
         self.epoch = 0
         self._cache = SampleCache(config.train.sample_cache_mb * 2**20)
 
     def __len__(self) -> int:
-        return len(self.source)
+        return len(self.indices)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __getitem__(self, index: int) -> tuple[ModelInputs, Targets]:
+    def __getitem__(self, position: int) -> tuple[ModelInputs, Targets]:
+        index = int(self.indices[position])
         sample = self._cache.get(index)
         if sample is None:
             sample = self.source.sample(index)
             self._cache.put(index, sample)
-        rng = np.random.default_rng([self.config.train.seed, self.epoch, index])
+        # Seeded by position, so a sample CBGS repeats is augmented and pasted differently each time.
+        rng = np.random.default_rng([self.config.train.seed, self.epoch, position])
+        if self.paster is not None and self.paster.active(self.epoch):
+            sample = self.paster.paste(sample, np.random.default_rng([self.config.train.seed, self.epoch, position,
+                                                                      PASTE_STREAM]))
         augmentation = Augmentation.random(self.config.augment, rng) if self.augment else Augmentation()
         return preprocess(sample, self.config, augmentation, rng if self.augment else None)
 

@@ -127,8 +127,8 @@ def _semantic_prior_png(city: City) -> bytes:
 MARKER = ".vexkd-synthetic.json"  # in every world write_dataset wrote: the only licence to remove one
 
 
-def check_destination(out: Path, overwrite: bool) -> None:
-    """Refuse `out` unless it is absent, empty, or a marked world we may overwrite.
+def check_destination(out: Path, overwrite: bool, marker: str = MARKER, what: str = "a synthetic world") -> None:
+    """Refuse `out` unless it is absent, empty, or a folder marked by `marker` we may overwrite.
 
     Only the marker counts: a real nuScenes download has exactly the folders a synthetic
     world has (samples/ sweeps/ maps/ <version>/), so the layout proves nothing.
@@ -139,11 +139,11 @@ def check_destination(out: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{out} is a file; choose a folder for the dataset")
     if not any(out.iterdir()):
         return
-    if not (out / MARKER).is_file():
+    if not (out / marker).is_file():
         raise FileExistsError(f"{out} holds data vexkd-data did not write (no marker); refusing to remove it"
                               " (delete it yourself, or choose another --out)")
     if not overwrite:
-        raise FileExistsError(f"{out} already holds a synthetic world; pass --overwrite to replace it")
+        raise FileExistsError(f"{out} already holds {what}; pass --overwrite to replace it")
 
 
 def _write_marker(root: Path, config: SynthConfig) -> None:
@@ -153,17 +153,18 @@ def _write_marker(root: Path, config: SynthConfig) -> None:
                                                  "config": settings}, indent=2))
 
 
-def _sibling(out: Path, kind: str) -> Path:
+def sibling_path(out: Path, kind: str) -> Path:
     """A fresh name next to `out` (same file system, so renames are atomic)."""
     return out.with_name(f"{out.name}.{kind}-{uuid.uuid4().hex[:8]}")
 
 
-def _move_into_place(partial: Path, out: Path, overwrite: bool) -> None:
-    """Rename the complete world to `out`; a replaced world is deleted only once the new one is in."""
-    check_destination(out, overwrite)  # again: the folder may have changed while the world was written
+def move_into_place(partial: Path, out: Path, overwrite: bool, marker: str = MARKER,
+                    what: str = "a synthetic world") -> None:
+    """Rename the complete folder to `out`; a replaced one is deleted only once the new one is in."""
+    check_destination(out, overwrite, marker, what)  # again: the folder may have changed while it was written
     old = None
     if out.exists() and any(out.iterdir()):
-        old = _sibling(out, "old")
+        old = sibling_path(out, "old")
         os.rename(out, old)
     try:
         os.replace(partial, out)  # an empty `out` is replaced, as rename(2) allows
@@ -189,12 +190,12 @@ def write_dataset(config: SynthConfig, progress: bool = True, overwrite: bool = 
         out = out.resolve()
     check_destination(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = _sibling(out, "partial")
+    partial = sibling_path(out, "partial")
     partial.mkdir()  # plain mkdir, not mkdtemp (mode 0700): the world gets the umask's mode
     try:
         counts = _write_world(config, partial, progress)
         _write_marker(partial, config)
-        _move_into_place(partial, out, overwrite)
+        move_into_place(partial, out, overwrite)
     finally:
         shutil.rmtree(partial, ignore_errors=True)  # gone already after a successful move
     return counts
