@@ -144,6 +144,17 @@ class TrainConfig:
     detection_weight: float = 1.0
     map_weight: float = 1.0
     augment: bool = True
+    # "detection", "map" or "both": the heads a model has. BEVFusion trains one model per
+    # task, and the paper reports its detection and segmentation models separately.
+    tasks: str = "both"
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        """The tasks as the heads and losses name them."""
+        names = {"detection": ("detection",), "map": ("segmentation",), "both": ("detection", "segmentation")}
+        if self.tasks not in names:
+            raise ValueError(f"train.tasks must be detection, map or both, not '{self.tasks}'")
+        return names[self.tasks]
     cbgs: bool = False  # class-balanced resampling of the training samples (mmdet3d CBGSDataset)
 
 

@@ -16,8 +16,8 @@ from vexkd_core.structures import Boxes3D
 
 @dataclass
 class Prediction:
-    boxes: Boxes3D  # in the sample's (key LiDAR) frame
-    map_probability: np.ndarray  # (6, H, W) float32 on config.map_grid.bev, MAP_CLASSES order
+    boxes: Boxes3D | None  # in the sample's (key LiDAR) frame; None: the model does not detect (train.tasks)
+    map_probability: np.ndarray | None  # (6, H, W) float32 on config.map_grid.bev, MAP_CLASSES order; None: no map
 
 
 class Predictor:
@@ -37,6 +37,8 @@ class Predictor:
 
     def _postprocess(self, output, score_threshold: float | None) -> Prediction:
         threshold = self.config.model.score_threshold if score_threshold is None else score_threshold
-        boxes = self.model.heads.detection_head.decode(output.detection, self.config.model.max_detections,
-                                                       threshold)[0]
-        return Prediction(boxes, torch.sigmoid(output.map_logits[0].float()).cpu().numpy())
+        heads = self.model.heads
+        boxes = heads.detection_head.decode(output.detection, self.config.model.max_detections, threshold)[0] \
+            if heads.detection_head else None
+        probability = torch.sigmoid(output.map_logits[0].float()).cpu().numpy() if heads.map_head else None
+        return Prediction(boxes, probability)

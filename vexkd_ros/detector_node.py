@@ -88,20 +88,32 @@ class DetectorNode(Node):
             post_callback=self._on_clock_jump)
         self._worker = threading.Thread(target=self._work, name=f"{self.get_name()}-worker", daemon=True)
         self._worker.start()
-        self.get_logger().info(f"{modality} model from {self.settings.checkpoint} on {self.settings.device}; "
-                               f"{self.sweeps.sweeps} past sweeps; publishing map classes "
-                               f"{', '.join(self.settings.map_classes) or 'none'}")
+        self.get_logger().info(f"{modality} model ({self.config.train.tasks}) from {self.settings.checkpoint} on "
+                               f"{self.settings.device}; {self.sweeps.sweeps} past sweeps; "
+                               f"{'publishing objects' if self.detects else 'no detection head: no objects'}; "
+                               f"publishing map classes {', '.join(self.settings.map_classes) or 'none'}")
 
     # ------------------------------------------------------------------ wiring
+    @property
+    def detects(self) -> bool:
+        return "detection" in self.config.train.task_names
+
     def _resolved(self, settings: DetectorSettings) -> DetectorSettings:
-        """Settings with score_threshold -1 replaced by the checkpoint's own."""
+        """Settings with score_threshold -1 replaced by the checkpoint's own, and without the
+        outputs of a task the model was not trained for (train.tasks)."""
         if settings.score_threshold < 0:
-            return replace(settings, score_threshold=self.config.model.score_threshold)
+            settings = replace(settings, score_threshold=self.config.model.score_threshold)
+        if "segmentation" not in self.config.train.task_names:
+            settings = replace(settings, map_classes=())
+        if not self.detects:
+            settings = replace(settings, publish_markers=False)
         return settings
 
     def _create_outputs(self) -> None:
-        self.objects_pub = self.create_publisher(Detection3DArray, "~/output/objects", OUTPUT_QOS)
-        self.velocities_pub = self.create_publisher(PointCloud2, VELOCITIES_TOPIC, OUTPUT_QOS)
+        self.objects_pub = self.create_publisher(Detection3DArray, "~/output/objects", OUTPUT_QOS) \
+            if self.detects else None
+        self.velocities_pub = self.create_publisher(PointCloud2, VELOCITIES_TOPIC, OUTPUT_QOS) \
+            if self.detects else None
         self.markers_pub, self.map_pubs = None, {}
         self._update_optional_outputs(self.settings)
         self.time_pubs = {stage: self.create_publisher(Float64, f"~/debug/processing_time_ms/{stage}", OUTPUT_QOS)
@@ -293,12 +305,13 @@ class DetectorNode(Node):
 
     def _publish(self, prediction, header: Header, settings: DetectorSettings) -> None:
         """Objects, their velocities, markers and the grids there are publishers for."""
-        boxes = settings.filter(prediction.boxes)
-        self.objects_pub.publish(boxes_to_detections(boxes, DETECTION_CLASSES, header))
-        self.velocities_pub.publish(boxes_to_velocities(boxes, header))
-        if self.markers_pub is not None:
-            shown = boxes.select(boxes.score >= settings.marker_score_threshold)
-            self.markers_pub.publish(boxes_to_markers(shown, DETECTION_CLASSES, header))
+        if prediction.boxes is not None:
+            boxes = settings.filter(prediction.boxes)
+            self.objects_pub.publish(boxes_to_detections(boxes, DETECTION_CLASSES, header))
+            self.velocities_pub.publish(boxes_to_velocities(boxes, header))
+            if self.markers_pub is not None:
+                shown = boxes.select(boxes.score >= settings.marker_score_threshold)
+                self.markers_pub.publish(boxes_to_markers(shown, DETECTION_CLASSES, header))
         grid = self.config.map_grid.bev
         for name, publisher in self.map_pubs.items():
             publisher.publish(probability_to_grid(prediction.map_probability[MAP_CLASSES.index(name)], grid, header))

@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--area-budget", type=float, default=MaskSettings.area_budget,
                        help="largest share of the map one mask may cover")
     masks.add_argument("--max-epochs", type=int, default=MaskSettings.epochs)
+    masks.add_argument("--max-steps", type=int, default=0,
+                       help="stop after this many steps (0: every step of the epochs; MasKD trains ~2k)")
     masks.add_argument("--report-split", default="val", metavar="SPLIT",
                        help="split the selectivity report is measured on")
     masks.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -163,7 +165,8 @@ def run_masks(args: argparse.Namespace) -> None:
     _check_device(args.device)
     try:
         settings = MaskSettings(masks_per_generator=args.masks_per_generator, blocks=args.blocks,
-                                random_query=args.random_query, area_budget=args.area_budget, epochs=args.max_epochs)
+                                random_query=args.random_query, area_budget=args.area_budget, epochs=args.max_epochs,
+                                max_steps=args.max_steps)
         settings.validate()  # before reading a dataset that may take a minute to index
         config = from_dict(load_checkpoint(args.teacher)["config"])
         source = model_source(args.dataroot, args.version, args.split, config, config.train.augment)

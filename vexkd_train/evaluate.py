@@ -111,24 +111,28 @@ def evaluate(checkpoint: Path, dataroot: Path, version: str, split: str, out_dir
         if drop_sensor is not None:
             sample = without_sensor(sample, drop_sensor)
         prediction = predictor(sample, timer)
-        # The devkit refuses more than 500 boxes per sample: keep the best 500.
-        best = sorted(boxes_to_results(prediction.boxes, sample.lidar_to_global, sample.token),
-                      key=lambda record: -record["detection_score"])
-        results[sample.token] = best[:DEVKIT_MAX_BOXES]
-        target = _map_target(sample, config)
-        map_iou.add(prediction.map_probability, target)
-        if save_maps:
-            maps[sample.token] = prediction.map_probability.astype(np.float16)
+        if prediction.boxes is not None:
+            # The devkit refuses more than 500 boxes per sample: keep the best 500.
+            best = sorted(boxes_to_results(prediction.boxes, sample.lidar_to_global, sample.token),
+                          key=lambda record: -record["detection_score"])
+            results[sample.token] = best[:DEVKIT_MAX_BOXES]
+        if prediction.map_probability is not None:
+            map_iou.add(prediction.map_probability, _map_target(sample, config))
+            if save_maps:
+                maps[sample.token] = prediction.map_probability.astype(np.float16)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "results.json", json.dumps({"meta": {
-        "use_camera": payload["modality"] != "lidar" and drop_sensor != "camera",
-        "use_lidar": payload["modality"] != "camera" and drop_sensor != "lidar",
-        "use_radar": False, "use_map": False, "use_external": False}, "results": results}))
+    tasks = config.train.task_names
+    if "detection" in tasks:
+        atomic_write_text(out_dir / "results.json", json.dumps({"meta": {
+            "use_camera": payload["modality"] != "lidar" and drop_sensor != "camera",
+            "use_lidar": payload["modality"] != "camera" and drop_sensor != "lidar",
+            "use_radar": False, "use_map": False, "use_external": False}, "results": results}))
     metrics = {
         "checkpoint": str(checkpoint), "modality": payload["modality"], "split": split, "samples": len(source),
-        "drop_sensor": drop_sensor,
-        "detection": detection_metrics(source.nusc, results, split, out_dir),
-        "map": map_iou.summary(),
+        "drop_sensor": drop_sensor, "tasks": config.train.tasks,
+        # None for a task the model was not trained for (train.tasks)
+        "detection": detection_metrics(source.nusc, results, split, out_dir) if "detection" in tasks else None,
+        "map": map_iou.summary() if "segmentation" in tasks else None,
         "latency_ms": _latency_ms(timer),
         "parameters": sum(p.numel() for p in model.parameters()),
         "device": device,
@@ -157,10 +161,12 @@ def _latency_ms(timer: StageTimer) -> dict[str, float]:
 def metrics_table(metrics: dict) -> str:
     detection, segmentation = metrics["detection"], metrics["map"]
     lines = [f"{metrics['modality']} model on {metrics['split']} ({metrics['samples']} samples, "
-             f"{metrics['parameters'] / 1e6:.2f} M parameters)",
-             f"  detection  mAP {detection['mAP']:.4f}  NDS {detection['NDS']:.4f}",
-             "  AP per class: " + ", ".join(f"{k} {v:.3f}" for k, v in detection["per_class_ap"].items()),
-             f"  map        mIoU {segmentation['mIoU']:.4f}",
-             "  IoU per class: " + ", ".join(f"{k} {v:.3f}" for k, v in segmentation["iou"].items()),
-             "  latency ms: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["latency_ms"].items())]
+             f"{metrics['parameters'] / 1e6:.2f} M parameters)"]
+    if detection is not None:
+        lines += [f"  detection  mAP {detection['mAP']:.4f}  NDS {detection['NDS']:.4f}",
+                  "  AP per class: " + ", ".join(f"{k} {v:.3f}" for k, v in detection["per_class_ap"].items())]
+    if segmentation is not None:
+        lines += [f"  map        mIoU {segmentation['mIoU']:.4f}",
+                  "  IoU per class: " + ", ".join(f"{k} {v:.3f}" for k, v in segmentation["iou"].items())]
+    lines.append("  latency ms: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["latency_ms"].items()))
     return "\n".join(lines)

@@ -126,6 +126,9 @@ def _spec(value: dict) -> dict:
 class Experiment:
     def __init__(self, dataroot: Path, version: str, out: Path, config: Config, suite: Suite, progress: bool = True,
                  heldout: Path | None = None):
+        if config.train.tasks != "both":
+            raise ValueError(f"the experiment's tables report detection and map together: it needs train.tasks=both, "
+                             f"not {config.train.tasks}")
         self.dataroot, self.version, self.out, self.heldout = dataroot, version, out, heldout
         self.config, self.suite, self.progress = config, suite, progress
         self.train_source = model_source(dataroot, version, "train", config, config.train.augment)

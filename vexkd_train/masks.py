@@ -26,6 +26,7 @@ The teacher's weights never change.
 from __future__ import annotations
 
 import csv
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from vexkd_core.checkpoint import CheckpointError, model_from_checkpoint, read_p
 from vexkd_core.data.dataset import EpochSampler, TrainingSet, collate_training
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.distill.distiller import freeze
-from vexkd_core.distill.mask_generator import LEVELS, TASKS, MaskGenerator, area_excess, dice_overlap, indecision
+from vexkd_core.distill.mask_generator import LEVELS, MaskGenerator, area_excess, dice_overlap, indecision
 from vexkd_core.io import atomic_npz, atomic_write_bytes, atomic_write_json
 from vexkd_train.trainer import warmup_cosine
 
@@ -55,6 +56,7 @@ class MaskSettings:
     binary_weight: float = 1.0
     learning_rate: float = 2e-3
     epochs: int = 4
+    max_steps: int = 0  # > 0: stop there (and schedule for it); real nuScenes needs a fraction of an epoch
 
     def validate(self) -> None:
         if self.masks_per_generator < 1:
@@ -65,6 +67,8 @@ class MaskSettings:
             raise ValueError(f"--area-budget must be in (0, 1], not {self.area_budget}")
         if self.epochs < 1:
             raise ValueError("--max-epochs must be at least 1")
+        if self.max_steps < 0:
+            raise ValueError("--max-steps must be 0 (all of the epochs) or more")
 
 
 def build_generators(teacher, settings: MaskSettings, seed: int = 0) -> dict[str, MaskGenerator]:
@@ -80,7 +84,7 @@ def build_generators(teacher, settings: MaskSettings, seed: int = 0) -> dict[str
         teacher.fusion, channels[level], settings.masks_per_generator, settings.blocks, fusion.heads, fusion.points,
         fusion.ffn_channels, random_query=settings.random_query, seed=seed, query_size=query_size,
         query_dim=config.model.bev_channels)
-        for task in TASKS for level in LEVELS}
+        for task in config.train.task_names for level in LEVELS}
 
 
 @dataclass
@@ -139,24 +143,29 @@ def train_masks(teacher_checkpoint: Path, source: NuScenesSource, out: Path, set
     sampler = EpochSampler(len(dataset), config.train.batch_size, config.train.seed)
     loader = DataLoader(dataset, batch_size=config.train.batch_size, sampler=sampler, collate_fn=collate_training)
     total = settings.epochs * sampler.batches_per_epoch()
+    total = min(total, settings.max_steps) if settings.max_steps else total
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=total, desc="train mask generators", unit="step", disable=not progress)
     with (out / "masks_log.csv").open("w", newline="") as stream:
         log = csv.writer(stream)
         log.writerow(["step", *(f"{key}/{term}" for key in generators
-                                for term in ("total", "task", "dice", "area", "indecision"))])
+                                for term in ("total", "task", "dice", "area", "indecision")), "seconds"])
         step = 0
         for epoch in range(settings.epochs):
+            if step >= total:
+                break
             sampler.set_epoch(epoch)
             dataset.set_epoch(epoch)
             for batch, targets in loader:
+                started = time.perf_counter()
                 for group in optimizer.param_groups:
                     group["lr"] = warmup_cosine(settings.learning_rate, step, total)
                 batch = batch.to(device)
                 with torch.no_grad():
                     output = teacher(batch)
-                    detection_targets = repeated_detection_targets(teacher, targets, settings.masks_per_generator,
-                                                                   output.low.device)
+                    detection_targets = repeated_detection_targets(
+                        teacher, targets, settings.masks_per_generator, output.low.device) \
+                        if teacher.heads.detection_head else None
                 features = {"low": output.low, "high": output.high}
                 losses = {key: generator_loss(teacher, key, generator, features, targets, settings, detection_targets)
                           for key, generator in generators.items()}
@@ -166,9 +175,12 @@ def train_masks(teacher_checkpoint: Path, source: NuScenesSource, out: Path, set
                 optimizer.step()
                 step += 1
                 log.writerow([step, *(f"{v.item():.5f}" for key, loss in losses.items()
-                                      for v in (totals[key], loss.task, loss.diversity, loss.area, loss.indecision))])
+                                      for v in (totals[key], loss.task, loss.diversity, loss.area, loss.indecision)),
+                              f"{time.perf_counter() - started:.3f}"])
                 bar.set_postfix_str(", ".join(f"{k} {v.item():.3f}" for k, v in totals.items()))
                 bar.update()
+                if step >= total:
+                    break
     bar.close()
     path = save_masks(out / "masks.pt", generators, settings, config.to_dict(), teacher_checkpoint)
     write_selectivity(teacher, generators, report_source or source, out, device, progress)

@@ -126,7 +126,7 @@ def train(model: torch.nn.Module, config: Config, source: NuScenesSource, modali
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 batch = batch.to(device)
                 output = network(batch)
-                box_targets = detection_targets(model, targets, device)
+                box_targets = detection_targets(model, targets, device) if model.heads.detection_head else None
                 losses = task_losses(model, output, targets, box_targets=box_targets)
                 if auxiliary is not None:
                     losses.update(auxiliary(model, batch, output, targets, box_targets))

@@ -45,8 +45,15 @@ class Distiller(nn.Module):
         self.generators = nn.ModuleDict({k.replace("/", "__"): freeze(g) for k, g in (generators or {}).items()})
         self.mode, self.levels, self.weights = mode, levels, weights
         train = student.config.train
-        total = train.detection_weight + train.map_weight
-        self.task_weights = {"detection": train.detection_weight / total, "segmentation": train.map_weight / total}
+        weights_by_task = {"detection": train.detection_weight, "segmentation": train.map_weight}
+        total = sum(weights_by_task[task] for task in train.task_names)
+        self.task_weights = {task: weights_by_task[task] / total for task in train.task_names}
+        missing = [task for task in self.task_weights if mode in GENERATED and f"{task}/low" not in generators]
+        if missing:
+            raise ValueError(f"the masks have no {' or '.join(missing)} generators for this student's tasks "
+                             f"(train.tasks={train.tasks})")
+        # GT-derived masks need detection targets: from the student's head, else the teacher's.
+        self.box_target_model = student if student.heads.detection_head is not None else teacher
         teacher_channels = {"low": teacher.heads.decoder.low_channels, "high": teacher.heads.decoder.out_channels}
         student_channels = {"low": student.heads.decoder.low_channels, "high": student.heads.decoder.out_channels}
         self.losses = nn.ModuleDict({level: MaskedDistillLoss(student_channels[level], teacher_channels[level], distance)
@@ -72,7 +79,7 @@ class Distiller(nn.Module):
         with torch.no_grad():
             teacher_output = self.teacher(batch)
             if box_targets is None and self.mode in ("foreground", "gaussian"):
-                box_targets = detection_targets(student, targets, output.low.device)
+                box_targets = detection_targets(self.box_target_model, targets, output.low.device)
         heatmap = box_targets["heatmap"] if box_targets is not None else None
         losses = {}
         for level in self.levels:

@@ -15,7 +15,6 @@ from torch import nn
 from vexkd_core.models.deformable_attention import DeformableAttention
 from vexkd_core.models.fusion import MGFM, reference_points
 
-TASKS = ("detection", "segmentation")
 LEVELS = ("low", "high")
 
 

@@ -32,8 +32,8 @@ MODALITIES = ("fusion", "lidar", "camera")
 
 @dataclass
 class Output:
-    detection: dict[str, torch.Tensor]
-    map_logits: torch.Tensor
+    detection: dict[str, torch.Tensor] | None  # None: the model has no detection head (train.tasks)
+    map_logits: torch.Tensor | None  # None: no map head
     low: torch.Tensor  # (B, C_low, H, W): the decoder's first stage
     high: torch.Tensor  # (B, C_high, H, W)
 
@@ -60,16 +60,16 @@ def _run(timer: StageTimer | None, name: str, function, *args):
 
 
 class _Heads(nn.Module):
-    """Decoder and the two task heads: the part every model shares."""
+    """Decoder and the task heads of `train.tasks`: the part every model shares."""
 
     def __init__(self, config: Config, encoded_channels: int):
         super().__init__()
-        model = config.model
+        model, tasks = config.model, config.train.task_names
         self.decoder = BEVDecoder(encoded_channels, model.decoder_channels, model.decoder_out_channels)
         self.detection_head = DetectionHead(self.decoder.out_channels, model.head_channels, len(DETECTION_CLASSES),
-                                            config.grid.bev)
+                                            config.grid.bev) if "detection" in tasks else None
         self.map_head = MapHead(self.decoder.out_channels, model.head_channels, len(MAP_CLASSES), config.grid.bev,
-                                config.map_grid.bev)
+                                config.map_grid.bev) if "segmentation" in tasks else None
 
     def run(self, encoded: torch.Tensor, timer: StageTimer | None = None) -> Output:
         """Everything after the encoder (or fusion)."""
@@ -82,8 +82,8 @@ class _Heads(nn.Module):
 
     def from_high(self, low: torch.Tensor, high: torch.Tensor, timer: StageTimer | None = None) -> Output:
         """Everything after the high-level BEV features."""
-        detection = _run(timer, "detection_head", self.detection_head, high)
-        map_logits = _run(timer, "map_head", self.map_head, high)
+        detection = _run(timer, "detection_head", self.detection_head, high) if self.detection_head else None
+        map_logits = _run(timer, "map_head", self.map_head, high) if self.map_head else None
         return Output(detection, map_logits, low, high)
 
 
@@ -127,6 +127,9 @@ class Teacher(nn.Module):
         practice of pre-training the LiDAR branch before fine-tuning the fused model)."""
         if lidar_student.modality != "lidar":
             raise ValueError(f"the teacher's LiDAR branch needs a lidar model, not {lidar_student.modality}")
+        if lidar_student.config.train.task_names != self.config.train.task_names:
+            raise ValueError(f"the LiDAR model was trained for train.tasks={lidar_student.config.train.tasks}, "
+                             f"the teacher is set up for {self.config.train.tasks}")
         self.lidar_encoder.load_state_dict(lidar_student.encoder.state_dict())
         self.heads.load_state_dict(lidar_student.heads.state_dict())
 
@@ -169,19 +172,18 @@ def detection_targets(model: nn.Module, targets: list[Targets], device) -> dict[
 
 
 def task_losses(model: nn.Module, output: Output, targets: list[Targets],
-                tasks: tuple[str, ...] = ("detection", "segmentation"),
                 box_targets: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Detection (heatmap + box) and map losses, weighted by the training config;
-    `box_targets`: `detection_targets(...)` when the caller has them already."""
+    """Detection (heatmap + box) and map losses of the model's tasks, weighted by the training
+    config; `box_targets`: `detection_targets(...)` when the caller has them already."""
     train = model.config.train
     losses = {}
-    if "detection" in tasks:
+    if model.heads.detection_head is not None:
         head = model.heads.detection_head
         if box_targets is None:
-            box_targets = detection_targets(model, targets, output.map_logits.device)
+            box_targets = detection_targets(model, targets, output.high.device)
         losses.update({name: value * train.detection_weight
                        for name, value in head.loss(output.detection, box_targets).items()})
-    if "segmentation" in tasks:
-        map_target = torch.stack([t.map_masks for t in targets]).to(output.map_logits.device)
+    if model.heads.map_head is not None:
+        map_target = torch.stack([t.map_masks for t in targets]).to(output.high.device)
         losses["map"] = model.heads.map_head.loss(output.map_logits, map_target) * train.map_weight
     return losses
