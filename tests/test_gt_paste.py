@@ -99,7 +99,7 @@ def test_paste_is_for_lidar_models_and_needs_its_database(train_source, database
     paster = training_paster(config, train_source, reads_lidar=True, epochs=5)
     assert paster.active(2) and not paster.active(3)
     missing = load_config("tiny", ["augment.gt_paste=true", f"augment.gt_database={tmp_path / 'none'}"])
-    with pytest.raises(DatasetError, match="no GT database at"):
+    with pytest.raises(DatasetError, match="augment.gt_paste is on but there is no GT database at .* --sweeps 3"):
         training_paster(missing, train_source, reads_lidar=True, epochs=5)
     other_sweeps = load_config("tiny", ["augment.gt_paste=true", f"augment.gt_database={database.root}"])
     with pytest.raises(DatasetError, match="rebuild it"):

@@ -123,7 +123,7 @@ def run_gt_database(args: argparse.Namespace) -> None:
     try:
         source = NuScenesSource(args.dataroot, args.version, args.split, args.sweeps)
         kept = write_database(source, out, overwrite=args.overwrite, min_points=min_points)
-    except (DatasetError, FileExistsError) as error:
+    except (DatasetError, FileExistsError, PermissionError) as error:  # e.g. a read-only dataroot
         raise CliError(str(error)) from None
     summary = ", ".join(f"{count} {name}" for name, count in kept.items())
     print(f"wrote {sum(kept.values())} objects ({summary}) of {len(source)} samples to {out} "

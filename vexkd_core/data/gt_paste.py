@@ -18,7 +18,7 @@ from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.config import Config
 from vexkd_core.structures import Boxes3D
 
-from .gt_database import GTDatabase, default_database_path, in_box, lidar_frame
+from .gt_database import INDEX, GTDatabase, default_database_path, in_box, lidar_frame
 from .nuscenes_source import DatasetError, NuScenesSource
 from .sample import Sample
 
@@ -113,10 +113,15 @@ def training_paster(config: Config, source: NuScenesSource, reads_lidar: bool, e
         return None
     path = Path(augment.gt_database) if augment.gt_database else \
         default_database_path(source.nusc.dataroot, source.nusc.version, source.split)
-    database = GTDatabase.load(path)
     expected = (source.nusc.version, source.split, config.model.lidar.sweeps)
+    build = (f"`vexkd-data gt-database --dataroot {source.nusc.dataroot} --version {expected[0]} "
+             f"--split {expected[1]} --sweeps {expected[2]}" + (f" --out {path}`" if augment.gt_database else "`"))
+    if not (path / INDEX).is_file():
+        raise DatasetError(f"augment.gt_paste is on but there is no GT database at {path}: build it with {build}"
+                           + ("" if augment.gt_database else " or name one with augment.gt_database=DIR"))
+    database = GTDatabase.load(path)
     if (database.version, database.split, database.sweeps) != expected:
         raise DatasetError(f"GT database {path} holds {database.version}/{database.split} with {database.sweeps} "
                            f"sweeps; this run trains on {expected[0]}/{expected[1]} with {expected[2]} sweeps "
-                           f"(rebuild it with `vexkd-data gt-database --split {expected[1]} --sweeps {expected[2]}`)")
+                           f"(rebuild it with {build} --overwrite)")
     return GTPaster(database, max(0, epochs - augment.gt_paste_stop_epochs))
