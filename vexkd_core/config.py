@@ -115,10 +115,20 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    rotation_deg: float = 22.5
+    """Train-time augmentation. The defaults are the tiny preset's (rotation, scale, y-flip, one
+    image rescale shared by the cameras); the nuscenes preset turns on every part of BEVFusion's
+    (GlobalRotScaleTrans, RandomFlip3D, ImageAug3D)."""
+
+    rotation_deg: float = 22.5  # the LiDAR frame turns about +z by up to this either way
     scale: tuple[float, float] = (0.95, 1.05)
-    flip: bool = True
-    image_scale: tuple[float, float] = (0.95, 1.05)
+    flip: bool = True  # y -> -y with p = 0.5
+    image_scale: tuple[float, float] = (0.95, 1.05)  # times the fit-to-width resize
+    flip_x: bool = False  # x -> -x with p = 0.5, independent of `flip`
+    translation_std_m: float = 0.0  # normal, per axis
+    image_per_camera: bool = False  # each camera its own image draw (BEVFusion) or one shared by all
+    image_crop_jitter: bool = False  # the horizontal crop anywhere in the spare width, not centred
+    image_rotation_deg: float = 0.0  # about the input image's centre, up to this either way
+    image_flip: bool = False  # mirrored left-right with p = 0.5
     # GT-paste (mmdet3d ObjectSample) from a `vexkd-data gt-database` folder; "" is its default
     # place, <dataroot>/vexkd_gt_database_<version>_<split>. LiDAR-reading models only.
     gt_paste: bool = False
@@ -186,7 +196,12 @@ def preset(name: str) -> Config:
                                     feature_channels=256, depth_step_m=0.5),
                 lidar=LidarConfig(sweeps=9, max_points=300_000, pillar_channels=128),
                 fusion=FusionConfig(layers=3, heads=8, points=4, ffn_channels=512, downsample=1)),
-            augment=AugmentConfig(gt_paste=True, gt_paste_stop_epochs=5),
+            # BEVFusion's nuScenes augmentation; image_scale is its resize_lim 0.38-0.55 of 1600 px
+            # over the fit-to-width 704 / 1600 = 0.44.
+            augment=AugmentConfig(rotation_deg=45.0, scale=(0.9, 1.1), flip_x=True, translation_std_m=0.5,
+                                  image_scale=(0.38 / 0.44, 0.55 / 0.44), image_per_camera=True,
+                                  image_crop_jitter=True, image_rotation_deg=5.4, image_flip=True,
+                                  gt_paste=True, gt_paste_stop_epochs=5),
             train=TrainConfig(batch_size=4, learning_rate=2e-4, epochs=20, checkpoint_every=2000, workers=4,
                               cbgs=True, sample_cache_mb=0))
     raise ValueError(f"unknown preset '{name}' (tiny or nuscenes)")

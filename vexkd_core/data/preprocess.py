@@ -1,8 +1,10 @@
 """Sample -> model tensors: the single preprocessing path of training, evaluation and ROS.
 
-Train-time augmentation is one global rotation / scale / y-flip of the LiDAR frame plus an
-image rescale per camera. It moves points, boxes and the map together and is handed to
-the camera encoder as matrices, so the camera geometry stays consistent with them.
+Train-time augmentation is BEVFusion's: one rotation / scale / translation / x- and y-flip of
+the LiDAR frame (GlobalRotScaleTrans, RandomFlip3D) and a resize / crop / rotation / mirror
+per camera (ImageAug3D). The LiDAR part is one 4x4 matrix that moves points, boxes and the
+map together; both parts reach the camera encoder as matrices, so its frustum stays
+consistent with them. Each part is switched in AugmentConfig.
 """
 from __future__ import annotations
 
@@ -13,43 +15,86 @@ import numpy as np
 import torch
 
 from vexkd_core.config import AugmentConfig, Config
+from vexkd_core.geometry import transform_points
 from vexkd_core.structures import BEVGrid, Boxes3D
 
-from .sample import Sample
+from .sample import CAMERA_CHANNELS, Sample
 
 IMAGE_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
 IMAGE_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
 
 
 @dataclass(frozen=True)
+class ImageAugmentation:
+    """One camera's image jitter; the defaults give the deterministic inference transform."""
+
+    scale: float = 1.0  # times the fit-to-width resize
+    crop_position: float = 0.5  # where the crop sits in the resized image's spare width: 0 left, 1 right
+    rotation: float = 0.0  # radians about the input image's centre
+    flip: bool = False  # mirrored left-right
+
+    @classmethod
+    def random(cls, config: AugmentConfig, rng: np.random.Generator) -> "ImageAugmentation":
+        # Only the parts that are on draw, so a preset with the scale alone draws one number.
+        limit = config.image_rotation_deg
+        return cls(scale=float(rng.uniform(*config.image_scale)),
+                   crop_position=float(rng.uniform()) if config.image_crop_jitter else 0.5,
+                   rotation=float(np.radians(rng.uniform(-limit, limit))) if limit else 0.0,
+                   flip=bool(config.image_flip and rng.random() < 0.5))
+
+
+@dataclass(frozen=True)
 class Augmentation:
+    """One draw of the train-time augmentation; the defaults are the identity."""
+
     rotation: float = 0.0  # radians about +z
     scale: float = 1.0
-    flip_y: bool = False
-    image_scale: float = 1.0
+    flip_y: bool = False  # y -> -y
+    image_scale: float = 1.0  # every camera's resize jitter when `cameras` is empty
+    flip_x: bool = False  # x -> -x
+    translation: tuple[float, float, float] = (0.0, 0.0, 0.0)  # metres, applied before the flips
+    cameras: tuple[ImageAugmentation, ...] = ()  # one per camera, CAMERA_CHANNELS order
 
     @classmethod
     def random(cls, config: AugmentConfig, rng: np.random.Generator) -> "Augmentation":
-        return cls(rotation=float(np.radians(rng.uniform(-config.rotation_deg, config.rotation_deg))),
-                   scale=float(rng.uniform(*config.scale)), flip_y=bool(config.flip and rng.random() < 0.5),
-                   image_scale=float(rng.uniform(*config.image_scale)))
+        # The tiny preset's draws (rotation, scale, y-flip, one image scale) keep their order and
+        # nothing else draws while its parts are off: its data, demo and checkpoints stay as they were.
+        rotation = float(np.radians(rng.uniform(-config.rotation_deg, config.rotation_deg)))
+        scale = float(rng.uniform(*config.scale))
+        flip_y = bool(config.flip and rng.random() < 0.5)
+        if config.image_per_camera:
+            cameras = tuple(ImageAugmentation.random(config, rng) for _ in CAMERA_CHANNELS)
+        else:
+            cameras = (ImageAugmentation.random(config, rng),) * len(CAMERA_CHANNELS)
+        flip_x = bool(config.flip_x and rng.random() < 0.5)
+        translation = tuple(float(t) for t in rng.normal(0.0, config.translation_std_m, 3)) \
+            if config.translation_std_m else (0.0, 0.0, 0.0)
+        return cls(rotation=rotation, scale=scale, flip_y=flip_y, flip_x=flip_x, translation=translation,
+                   cameras=cameras)
+
+    def camera(self, index: int) -> ImageAugmentation:
+        return self.cameras[index] if self.cameras else ImageAugmentation(scale=self.image_scale)
 
     def lidar_matrix(self) -> np.ndarray:
-        """4x4 map from the LiDAR frame to the augmented frame."""
+        """4x4 map from the LiDAR frame to the augmented frame: rotate, scale and translate, then
+        flip (BEVFusion's GlobalRotScaleTrans before RandomFlip3D)."""
         c, s = np.cos(self.rotation), np.sin(self.rotation)
+        flips = np.diag([-1.0 if self.flip_x else 1.0, -1.0 if self.flip_y else 1.0, 1.0])
         matrix = np.eye(4)
-        matrix[:3, :3] = np.diag([1.0, -1.0 if self.flip_y else 1.0, 1.0]) @ \
-            (self.scale * np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]))
+        matrix[:3, :3] = flips @ (self.scale * np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]))
+        matrix[:3, 3] = flips @ np.asarray(self.translation)
         return matrix
 
     def boxes(self, boxes: Boxes3D) -> Boxes3D:
         matrix = self.lidar_matrix()
-        centre = boxes.center @ matrix[:3, :3].T
         yaw = boxes.yaw + self.rotation
-        velocity = boxes.velocity @ matrix[:2, :2].T
-        if self.flip_y:
+        if self.flip_x:  # the heading (cos, sin) becomes (-cos, sin)
+            yaw = np.pi - yaw
+        if self.flip_y:  # (cos, sin) becomes (cos, -sin)
             yaw = -yaw
-        return Boxes3D(centre, boxes.size_lwh * self.scale, np.arctan2(np.sin(yaw), np.cos(yaw)), velocity,
+        # Velocity is a direction: no translation, but scaled with the frame as BEVFusion scales it.
+        return Boxes3D(transform_points(matrix, boxes.center), boxes.size_lwh * self.scale,
+                       np.arctan2(np.sin(yaw), np.cos(yaw)), boxes.velocity @ matrix[:2, :2].T,
                        boxes.label.copy(), boxes.score.copy())
 
 
@@ -72,18 +117,28 @@ class Targets:
     map_masks: torch.Tensor  # (6, H, W) float on the model's map grid
 
 
-def image_transform(height: int, width: int, config: Config, image_scale: float) -> np.ndarray:
-    """3x3 map from original pixels to input pixels: resize to the input width, crop the sky."""
+def image_transform(height: int, width: int, config: Config,
+                    augmentation: ImageAugmentation = ImageAugmentation()) -> np.ndarray:
+    """3x3 map from original pixels to input pixels: resize to the input width (times the jitter),
+    crop the sky and the sides, then mirror and rotate about the input's centre (ImageAug3D's order)."""
     camera = config.model.camera
-    scale = camera.input_width / width * image_scale
+    scale = camera.input_width / width * augmentation.scale
     resized_h, resized_w = height * scale, width * scale
     top = min(resized_h * camera.top_crop_fraction, resized_h - camera.input_height)
-    left = (resized_w - camera.input_width) / 2
-    return np.array([[scale, 0.0, -left], [0.0, scale, -top], [0.0, 0.0, 1.0]])
+    left = (resized_w - camera.input_width) * augmentation.crop_position  # negative: padded, not cropped
+    matrix = np.array([[scale, 0.0, -left], [0.0, scale, -top], [0.0, 0.0, 1.0]])
+    # Pixel centres sit at integer coordinates (cv2.warpAffine's convention): the last column is W - 1.
+    if augmentation.flip:
+        matrix = np.array([[-1.0, 0.0, camera.input_width - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) @ matrix
+    if augmentation.rotation:
+        centre = ((camera.input_width - 1) / 2, (camera.input_height - 1) / 2)
+        rotate = cv2.getRotationMatrix2D(centre, float(np.degrees(augmentation.rotation)), 1.0)
+        matrix = np.vstack([rotate, [0.0, 0.0, 1.0]]) @ matrix
+    return matrix
 
 
 def _points(points: np.ndarray, matrix: np.ndarray, config: Config, rng: np.random.Generator | None) -> np.ndarray:
-    xyz = points[:, :3] @ matrix[:3, :3].T
+    xyz = transform_points(matrix, points[:, :3])
     grid, extent = config.grid, config.grid.half_extent_m
     keep = (np.abs(xyz[:, 0]) < extent) & (np.abs(xyz[:, 1]) < extent) & \
         (xyz[:, 2] >= grid.z_min_m) & (xyz[:, 2] < grid.z_max_m) & np.all(np.isfinite(points), axis=1)
@@ -100,8 +155,8 @@ def map_targets(sample: Sample, augmentation: Augmentation, target: BEVGrid) -> 
     """Resample the source map (LiDAR frame) onto the target grid in the augmented frame."""
     source = sample.map_source_grid
     xs, ys = target.cell_centers()
-    inverse = np.linalg.inv(augmentation.lidar_matrix()[:2, :2])
-    original = np.stack([xs, ys], axis=-1) @ inverse.T
+    matrix = augmentation.lidar_matrix()  # block-diagonal: x and y do not depend on z
+    original = (np.stack([xs, ys], axis=-1) - matrix[:2, 3]) @ np.linalg.inv(matrix[:2, :2]).T
     cols = np.floor((original[..., 0] - source.x_min) / source.resolution).astype(np.int64)
     rows = np.floor((original[..., 1] - source.y_min) / source.resolution).astype(np.int64)
     inside = (cols >= 0) & (cols < source.width) & (rows >= 0) & (rows < source.height)
@@ -117,13 +172,13 @@ def preprocess(sample: Sample, config: Config, augmentation: Augmentation | None
     camera = config.model.camera
     lidar_matrix = augmentation.lidar_matrix()
     images, intrinsics, camera_to_lidar, transforms, valid = [], [], [], [], []
-    for view in sample.cameras:
+    for index, view in enumerate(sample.cameras):
         if view.image is None:
             transform = np.eye(3)
             pixels = np.zeros((camera.input_height, camera.input_width, 3), np.float32)
         else:
             height, width = view.image.shape[:2]
-            transform = image_transform(height, width, config, augmentation.image_scale)
+            transform = image_transform(height, width, config, augmentation.camera(index))
             warped = cv2.warpAffine(view.image, transform[:2], (camera.input_width, camera.input_height),
                                     flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
             pixels = (warped.astype(np.float32) - IMAGE_MEAN) / IMAGE_STD
