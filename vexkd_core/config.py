@@ -154,6 +154,7 @@ class TrainConfig:
     detection_weight: float = 1.0
     map_weight: float = 1.0
     augment: bool = True
+    cbgs: bool = False  # class-balanced resampling of the training samples (mmdet3d CBGSDataset)
     # "detection", "map" or "both": the heads a model has. BEVFusion trains one model per
     # task, and the paper reports its detection and segmentation models separately.
     tasks: str = "both"
@@ -165,7 +166,6 @@ class TrainConfig:
         if self.tasks not in names:
             raise ValueError(f"train.tasks must be detection, map or both, not '{self.tasks}'")
         return names[self.tasks]
-    cbgs: bool = False  # class-balanced resampling of the training samples (mmdet3d CBGSDataset)
 
 
 @dataclass(frozen=True)
