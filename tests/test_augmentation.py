@@ -248,3 +248,22 @@ def test_the_image_mirror_is_exact_and_the_rotation_turns_about_the_centre():
     turn = image_transform(IMAGE_H, IMAGE_W, CONFIG, ImageAugmentation(rotation=0.09)) @ \
         np.linalg.inv(image_transform(IMAGE_H, IMAGE_W, CONFIG))
     np.testing.assert_allclose(turn @ centre, centre, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["tiny", "nuscenes"])
+def test_the_source_map_covers_the_furthest_augmentation_draw(name):
+    """A map read with map_source_grid's margin leaves no target cell empty at the preset's
+    largest rotation, smallest scale and a three-sigma translation."""
+    from types import SimpleNamespace
+
+    from vexkd_core.config import preset
+    from vexkd_core.data.dataset import map_source_grid
+    from vexkd_core.data.preprocess import map_targets
+
+    config = preset(name)
+    source = map_source_grid(config, augmented=True)
+    shift = 3 * config.augment.translation_std_m
+    furthest = Augmentation(rotation=np.radians(min(config.augment.rotation_deg, 45.0)),
+                            scale=min(config.augment.scale), translation=(shift, shift, 0.0))
+    everywhere = SimpleNamespace(map_source_grid=source, map_masks=np.ones((6, source.height, source.width), bool))
+    assert map_targets(everywhere, furthest, config.map_grid.bev).numpy().all()

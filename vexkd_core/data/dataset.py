@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from torch.utils.data import Dataset, Sampler
 
-from vexkd_core.config import Config
+from vexkd_core.config import AugmentConfig, Config
 from vexkd_core.structures import BEVGrid
 
 from .gt_paste import GTPaster
@@ -16,7 +16,8 @@ from .nuscenes_source import NuScenesSource
 from .preprocess import Augmentation, ModelInputs, Targets, collate, preprocess
 from .sample_cache import SampleCache
 
-# The map is read around the ego larger than the model's grid, so rotated crops stay full.
+# The map is read around the ego larger than the model's grid, so rotated crops stay full:
+# at least this much larger, more where the augmentation reaches further (map_source_margin).
 MAP_SOURCE_MARGIN = 1.5
 # GT-paste draws from its own stream, so turning it on leaves the augmentation as it was.
 PASTE_STREAM = 29
@@ -24,7 +25,19 @@ PASTE_STREAM = 29
 
 def map_source_grid(config: Config, augmented: bool) -> BEVGrid:
     grid = config.map_grid
-    return BEVGrid.centered(grid.half_extent_m * (MAP_SOURCE_MARGIN if augmented else 1.0), grid.resolution_m)
+    margin = map_source_margin(config.augment, grid.half_extent_m) if augmented else 1.0
+    return BEVGrid.centered(grid.half_extent_m * margin, grid.resolution_m)
+
+
+def map_source_margin(augment: AugmentConfig, half_extent_m: float) -> float:
+    """How much larger than the map grid the source map is read, so that no augmentation
+    draw reaches past its edge: a square rotated by r reaches (cos r + sin r) of its half
+    width (sqrt 2 at most), a translation of three standard deviations per axis moves it up
+    to sqrt 2 times that, and the smallest scale stretches both."""
+    angle = np.radians(min(abs(augment.rotation_deg), 45.0))
+    shift = np.sqrt(2.0) * 3 * augment.translation_std_m / half_extent_m
+    reach = (np.cos(angle) + np.sin(angle) + shift) / min(augment.scale)
+    return max(MAP_SOURCE_MARGIN, float(reach))
 
 
 def model_source(dataroot, version: str, split: str | None, config: Config, augmented: bool,
