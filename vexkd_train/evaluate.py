@@ -19,7 +19,7 @@ from vexkd_core.data.preprocess import Augmentation, map_targets
 from vexkd_core.data.sample import without_sensor
 from vexkd_core.geometry import matrix_yaw, yaw_to_quaternion
 from vexkd_core.inference import Predictor
-from vexkd_core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from vexkd_core.io import atomic_npz, atomic_write_json, atomic_write_text
 from vexkd_core.models.vexkd import StageTimer
 from vexkd_core.structures import Boxes3D
 
@@ -105,22 +105,26 @@ def evaluate(checkpoint: Path, dataroot: Path, version: str, split: str, out_dir
         raise ValueError(f"--drop-sensor is for a fusion model; {checkpoint} is a {payload['modality']} model")
     predictor = Predictor(model, config, device)
     source = model_source(dataroot, version, split, config, False)
-    timer, map_iou, results, maps = StageTimer(), MapIoU(), {}, {}
-    for index in tqdm(range(len(source)), desc=f"eval {payload['modality']}", unit="sample", disable=not progress):
-        sample = source.sample(index)
-        if drop_sensor is not None:
-            sample = without_sensor(sample, drop_sensor)
-        prediction = predictor(sample, timer)
-        if prediction.boxes is not None:
-            # The devkit refuses more than 500 boxes per sample: keep the best 500.
-            best = sorted(boxes_to_results(prediction.boxes, sample.lidar_to_global, sample.token),
-                          key=lambda record: -record["detection_score"])
-            results[sample.token] = best[:DEVKIT_MAX_BOXES]
-        if prediction.map_probability is not None:
-            map_iou.add(prediction.map_probability, _map_target(sample, config))
-            if save_maps:
-                maps[sample.token] = prediction.map_probability.astype(np.float16)
+    timer, map_iou, results = StageTimer(), MapIoU(), {}
     out_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        # Maps go to disk as they come: a nuScenes val split's would take gigabytes of memory.
+        save_map = stack.enter_context(atomic_npz(out_dir / "maps.npz")) if save_maps else None
+        for index in tqdm(range(len(source)), desc=f"eval {payload['modality']}", unit="sample",
+                          disable=not progress):
+            sample = source.sample(index)
+            if drop_sensor is not None:
+                sample = without_sensor(sample, drop_sensor)
+            prediction = predictor(sample, timer)
+            if prediction.boxes is not None:
+                # The devkit refuses more than 500 boxes per sample: keep the best 500.
+                best = sorted(boxes_to_results(prediction.boxes, sample.lidar_to_global, sample.token),
+                              key=lambda record: -record["detection_score"])
+                results[sample.token] = best[:DEVKIT_MAX_BOXES]
+            if prediction.map_probability is not None:
+                map_iou.add(prediction.map_probability, _map_target(sample, config))
+                if save_map is not None:
+                    save_map(sample.token, prediction.map_probability.astype(np.float16))
     tasks = config.train.task_names
     if "detection" in tasks:
         atomic_write_text(out_dir / "results.json", json.dumps({"meta": {
@@ -137,10 +141,6 @@ def evaluate(checkpoint: Path, dataroot: Path, version: str, split: str, out_dir
         "parameters": sum(p.numel() for p in model.parameters()),
         "device": device,
     }
-    if save_maps:
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **maps)
-        atomic_write_bytes(out_dir / "maps.npz", buffer.getvalue())
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics
 
