@@ -94,18 +94,46 @@ def test_a_stage_that_failed_is_not_reused(tmp_path):
     assert demo.Stages(tmp_path).run("train", "same", [output], again) and again.calls == 1
 
 
-def test_the_report_total_sums_only_the_time_this_run_spent(tmp_path, monkeypatch):
-    clock = iter([0.0, 500.0, 1000.0, 1003.0, 1010.0, 1017.0])  # start and end of each stage that runs
+def test_the_report_total_is_the_wall_clock_time_this_run_spent(tmp_path, monkeypatch):
+    # Each Stages takes the time it starts at; each stage that runs, its start and end.
+    clock = iter([0.0, 0.0, 500.0, 1000.0, 1003.0, 1004.0, 1010.0, 1017.0, 1020.0])
     monkeypatch.setattr(demo, "time", types.SimpleNamespace(monotonic=lambda: next(clock)))
     first = demo.Stages(tmp_path)
     first.run("train lidar", "lidar v1", [], lambda: None)  # 500 s
     first.run("evaluate lidar", "eval v1", [], lambda: None)  # 3 s
 
-    second = demo.Stages(tmp_path)
+    second = demo.Stages(tmp_path)  # starts at 1004
     second.run("train lidar", "lidar v1", [], lambda: None)  # reused: its 500 s were spent by the first run
     second.run("evaluate lidar", "eval v2", [], lambda: None)  # runs again: 7 s
     assert second.timings == [demo.StageTime("train lidar", 500.0, reused=True),
                               demo.StageTime("evaluate lidar", 7.0, reused=False)]
-    table = demo.timings_table(second.timings)
+    table = demo.timings_table(second.timings, second.elapsed())  # at 1020: 16 s since the run began
     assert "| train lidar | (500) | reused |" in table and "| evaluate lidar | 7 | |" in table
-    assert table[-1] == "| total (this run) | 7 | 1 of 2 reused |"
+    assert table[-1] == "| total (this run, wall clock) | 16 | 1 of 2 reused |"
+
+
+def test_stages_side_by_side_overlap_and_a_failure_is_raised(tmp_path):
+    import threading
+
+    both_running = threading.Barrier(2, timeout=10)  # passes only if the two stages run at once
+
+    def stage(name):
+        def action():
+            both_running.wait()
+            (tmp_path / name).write_text("done")
+        return lambda: stages.run(name, "v1", [tmp_path / name], action)
+
+    stages = demo.Stages(tmp_path)
+    assert stages.run_together([stage("lidar"), stage("camera")]) == [True, True]
+    assert {t.name for t in stages.timings} == {"lidar", "camera"}
+    assert json.loads((tmp_path / "stamps.json").read_text()) == {"lidar": "v1", "camera": "v1"}
+
+    def fails():
+        raise RuntimeError("camera training failed")
+
+    try:
+        demo.Stages(tmp_path).run_together([lambda: True, fails])
+    except RuntimeError as error:
+        assert "camera training failed" in str(error)
+    else:
+        raise AssertionError("a failed stage side by side was not raised")
