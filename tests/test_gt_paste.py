@@ -52,7 +52,7 @@ def test_the_database_holds_each_objects_points_in_its_box_frame(train_source, d
         expected += [(token, int(inside(points, boxes, i).sum())) for i in range(len(boxes))
                      if inside(points, boxes, i).sum() >= MIN_POINTS]
     assert len(database) > 0 and len(database) == len(expected)
-    assert list(zip(database.sample_tokens, database.counts.tolist())) == expected
+    assert list(zip(database.tokens[database.samples].tolist(), database.counts.tolist())) == expected
     for index in range(len(database)):
         local = database.points(index)
         assert local.shape == (database.counts[index], 5)
