@@ -60,6 +60,9 @@ class CameraConfig:
     depth_min_m: float = 1.0
     depth_max_m: float = 60.0
     depth_step_m: float = 2.0
+    # Training only: LiDAR depth supervises the depth logits (BEVDepth's depth_loss_factor, on
+    # a loss of the same scale: a few units at the start). 0 turns it off.
+    depth_loss_weight: float = 3.0
     # Optional local state dict for the backbone, e.g. torchvision's resnet50-0676ba61.pth
     # (its fc.* classifier is skipped); never downloaded.
     pretrained_backbone: str = ""

@@ -25,7 +25,7 @@ from vexkd_core.data.cbgs import balanced_indices, sample_classes
 from vexkd_core.data.dataset import EpochSampler, TrainingSet, collate_training
 from vexkd_core.data.gt_paste import training_paster
 from vexkd_core.data.nuscenes_source import NuScenesSource
-from vexkd_core.models.vexkd import detection_targets, task_losses
+from vexkd_core.models.vexkd import depth_losses, detection_targets, task_losses
 
 LAST = "last.pt"
 FINAL = "model.pt"
@@ -128,6 +128,7 @@ def train(model: torch.nn.Module, config: Config, source: NuScenesSource, modali
                 output = network(batch)
                 box_targets = detection_targets(model, targets, device) if model.heads.detection_head else None
                 losses = task_losses(model, output, targets, box_targets=box_targets)
+                losses.update(depth_losses(model, output, batch))
                 if auxiliary is not None:
                     losses.update(auxiliary(model, batch, output, targets, box_targets))
             loss = sum(losses.values())

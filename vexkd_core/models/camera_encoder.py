@@ -2,7 +2,8 @@
 
 The backbone is the small in-repo ResNet-style network or a torchvision-layout ResNet
 (`model.camera.backbone`). The encoder receives images and calibration only, never
-LiDAR, so a camera student needs no LiDAR at inference.
+LiDAR, so a camera student needs no LiDAR at inference; at training time its depth logits
+are supervised with LiDAR depth from outside (depth_supervision.py).
 """
 from __future__ import annotations
 
@@ -127,15 +128,22 @@ class CameraEncoder(nn.Module):
 
     def forward(self, images, intrinsics, camera_to_lidar, image_transform, lidar_augmentation,
                 camera_valid) -> torch.Tensor:
+        return self.encode(images, intrinsics, camera_to_lidar, image_transform, lidar_augmentation,
+                           camera_valid)[0]
+
+    def encode(self, images, intrinsics, camera_to_lidar, image_transform, lidar_augmentation,
+               camera_valid) -> tuple[torch.Tensor, torch.Tensor]:
+        """The BEV map and the (B, N, D, h, w) depth logits it was lifted with (for depth supervision)."""
         batch, cameras = images.shape[:2]
         features = self.neck(self.backbone(images.flatten(0, 1))[1:])
         head = self.depth_and_context(features)
-        depth = head[:, :self.depth_bins].softmax(dim=1)
+        depth_logits = head[:, :self.depth_bins]
         context = head[:, self.depth_bins:]
-        lifted = depth[:, None] * context[:, :, None]  # (B*N, C, D, h, w)
+        lifted = depth_logits.softmax(dim=1)[:, None] * context[:, :, None]  # (B*N, C, D, h, w)
         lifted = lifted.view(batch, cameras, -1, *lifted.shape[2:]).permute(0, 1, 3, 4, 5, 2)
-        return self.bev_smooth(self.splat(lifted, self.frustum_in_lidar(
+        bev = self.bev_smooth(self.splat(lifted, self.frustum_in_lidar(
             intrinsics, camera_to_lidar, image_transform, lidar_augmentation), camera_valid))
+        return bev, depth_logits.view(batch, cameras, *depth_logits.shape[1:])
 
     def splat(self, lifted: torch.Tensor, positions: torch.Tensor, camera_valid: torch.Tensor) -> torch.Tensor:
         """Sum-pool frustum features (B, N, D, h, w, C) into BEV cells."""

@@ -22,6 +22,7 @@ from vexkd_core.data.preprocess import Batch, Targets
 
 from .camera_encoder import CameraEncoder
 from .decoder import BEVDecoder
+from .depth_supervision import depth_loss, depth_targets
 from .detection_head import DetectionHead
 from .fusion import FUSERS, MGFM, ConvFuser
 from .lidar_encoder import LidarEncoder
@@ -36,6 +37,8 @@ class Output:
     map_logits: torch.Tensor | None  # None: no map head
     low: torch.Tensor  # (B, C_low, H, W): the decoder's first stage
     high: torch.Tensor  # (B, C_high, H, W)
+    # (B, N, D, h, w): the camera encoder's, for depth supervision; None without a camera encoder
+    depth_logits: torch.Tensor | None = None
 
 
 @dataclass
@@ -96,9 +99,9 @@ def _camera_encoder(config: Config) -> CameraEncoder:
                          config.model.bev_channels)
 
 
-def _encode_camera(encoder: CameraEncoder, batch: Batch) -> torch.Tensor:
-    return encoder(batch.images, batch.intrinsics, batch.camera_to_lidar, batch.image_transform,
-                   batch.lidar_augmentation, batch.camera_valid)
+def _encode_camera(encoder: CameraEncoder, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    return encoder.encode(batch.images, batch.intrinsics, batch.camera_to_lidar, batch.image_transform,
+                          batch.lidar_augmentation, batch.camera_valid)
 
 
 class Teacher(nn.Module):
@@ -135,9 +138,11 @@ class Teacher(nn.Module):
 
     def forward(self, batch: Batch, timer: StageTimer | None = None) -> Output:
         lidar = _run(timer, "lidar_encoder", self.lidar_encoder, batch.points, batch.size)
-        camera = _run(timer, "camera_encoder", _encode_camera, self.camera_encoder, batch)
+        camera, depth_logits = _run(timer, "camera_encoder", _encode_camera, self.camera_encoder, batch)
         fused = _run(timer, "fusion", self.fusion, lidar, camera)
-        return self.heads.run(fused, timer)
+        output = self.heads.run(fused, timer)
+        output.depth_logits = depth_logits
+        return output
 
 
 class Student(nn.Module):
@@ -153,10 +158,11 @@ class Student(nn.Module):
 
     def forward(self, batch: Batch, timer: StageTimer | None = None) -> Output:
         if self.modality == "lidar":
-            encoded = _run(timer, "lidar_encoder", self.encoder, batch.points, batch.size)
-        else:
-            encoded = _run(timer, "camera_encoder", _encode_camera, self.encoder, batch)
-        return self.heads.run(encoded, timer)
+            return self.heads.run(_run(timer, "lidar_encoder", self.encoder, batch.points, batch.size), timer)
+        encoded, depth_logits = _run(timer, "camera_encoder", _encode_camera, self.encoder, batch)
+        output = self.heads.run(encoded, timer)
+        output.depth_logits = depth_logits
+        return output
 
 
 def build_model(config: Config, modality: str) -> nn.Module:
@@ -187,3 +193,14 @@ def task_losses(model: nn.Module, output: Output, targets: list[Targets],
         map_target = torch.stack([t.map_masks for t in targets]).to(output.high.device)
         losses["map"] = model.heads.map_head.loss(output.map_logits, map_target) * train.map_weight
     return losses
+
+
+def depth_losses(model: nn.Module, output: Output, batch: Batch) -> dict[str, torch.Tensor]:
+    """BEVDepth's depth supervision of a camera encoder by the batch's LiDAR points, weighted by
+    `model.camera.depth_loss_weight`; none for a model without a camera encoder or at weight 0.
+    Training only: the points are read here, never by the model's forward."""
+    weight = model.config.model.camera.depth_loss_weight
+    if output.depth_logits is None or weight == 0:
+        return {}
+    targets = depth_targets(batch, model.config.model.camera)
+    return {"depth": depth_loss(output.depth_logits, targets) * weight}
