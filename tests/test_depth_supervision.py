@@ -70,7 +70,8 @@ def supervised_cells(targets: torch.Tensor) -> set[tuple[int, int]]:
 def test_a_box_face_gets_its_depth_bin_at_its_pixels_in_its_camera_only():
     face = box_face()
     targets = targets_of(make_sample(face))
-    assert targets.shape == (6, CAMERA.input_height // CAMERA.feature_stride, CAMERA.input_width // CAMERA.feature_stride)
+    stride = CAMERA.feature_stride
+    assert targets.shape == (6, CAMERA.input_height // stride, CAMERA.input_width // stride)
     cells = expected_cells(face)
     assert len(cells) > 10 and supervised_cells(targets[0]) == cells
     assert all(targets[0][cell] == FACE_BIN for cell in cells)

@@ -1,6 +1,6 @@
 """Pictures of what distillation does, on one val sample (BEV, forward up):
 the generated masks per task and feature level, and student BEV features (as attention
-maps) before and after distillation next to the teacher's."""
+maps) before and after distillation next to the teacher's, each picture with its colour bar."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,10 +29,10 @@ def _panel(values: np.ndarray, title: str, value_range: tuple[float, float] | No
 def _colour_bar(low: float, high: float, height: int) -> np.ndarray:
     """A vertical bar of the panels' colour scale, `high` at the top."""
     ramp = np.linspace(255, 0, height).astype(np.uint8)[:, None].repeat(24, axis=1)
-    bar = np.zeros((height, 64, 3), np.uint8)
+    bar = np.zeros((height, 80, 3), np.uint8)
     bar[:, 4:28] = cv2.applyColorMap(ramp, cv2.COLORMAP_VIRIDIS)
     for value, y in ((high, 12), ((low + high) / 2, height // 2 + 4), (low, height - 4)):
-        cv2.putText(bar, f"{value:g}", (30, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(bar, f"{value:.2g}", (30, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
     return bar
 
 
@@ -59,16 +59,20 @@ def masks_picture(teacher, generators: dict, batch) -> np.ndarray:
 
 @torch.no_grad()
 def features_picture(teacher, students: dict[str, torch.nn.Module], batch) -> np.ndarray:
-    """Attention maps (channel mean of squared features) at both levels: teacher, then each student."""
+    """Attention maps (channel mean of squared features) at both levels: teacher, then each
+    student. Each is L2-normalised over the map, so one colour scale per level (0 to the row's
+    largest value, its bar on the right) compares the models where a stretch each would not."""
+    outputs = {name: model(batch) for name, model in {"teacher": teacher, **students}.items()}
     rows = []
     for level in ("low", "high"):
-        row = []
-        for name, model in {"teacher": teacher, **students}.items():
-            feature = getattr(model(batch), level)
-            shape = feature.shape[-2:]
-            row.append(_panel(attention_map(feature)[0].view(shape).cpu().numpy(), f"{name} {level}"))
-        rows.append(row)
-    return _grid(rows)
+        maps = {}
+        for name, output in outputs.items():
+            feature = getattr(output, level)
+            maps[name] = attention_map(feature)[0].view(feature.shape[-2:]).cpu().numpy()
+        high = float(max(values.max() for values in maps.values()))
+        panels = [_panel(values, f"{name} {level}", (0.0, high)) for name, values in maps.items()]
+        rows.append(np.hstack(panels + [_colour_bar(0.0, high, PANEL)]))
+    return np.vstack(rows)
 
 
 def write_distillation_pictures(dataroot, version: str, teacher_path: Path, masks_path: Path,
