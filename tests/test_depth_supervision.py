@@ -2,7 +2,8 @@
 on the feature cell and depth bin the camera geometry says, with and without image augmentation;
 points behind a camera, outside its image, of earlier sweeps or behind a nearer point are not
 targets; the loss falls as the logits move to the targets; a camera model's forward reads no
-points; and a camera student's training step logs the depth term."""
+points; the frustum stays in float32 under autocast; and a camera student's training step logs
+the depth term."""
 import csv
 
 import numpy as np
@@ -100,6 +101,16 @@ def test_the_targets_follow_the_lidar_and_image_augmentation(augmentation):
         point = (original[:3, :3] @ lifted[row, column].double() + original[:3, 3]).numpy()
         assert abs(point[0] - FACE_DEPTH_M) < 0.05
         assert np.linalg.norm(face[:, 1:] - point[1:], axis=1).min() < 0.6
+
+
+def test_the_frustum_keeps_float32_under_autocast():
+    """The trainer's bfloat16 autocast (CUDA) must not move the frustum off the depth targets' cells."""
+    batch = collate([preprocess(make_sample(box_face()), CONFIG, Augmentation(rotation=0.3, scale=1.05))[0]])
+    encoder = build_model(CONFIG, "camera").encoder
+    matrices = (batch.intrinsics, batch.camera_to_lidar, batch.image_transform, batch.lidar_augmentation)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = encoder.frustum_in_lidar(*matrices)
+    assert torch.equal(under_autocast, encoder.frustum_in_lidar(*matrices))
 
 
 def test_points_behind_a_camera_outside_its_image_or_without_an_image_are_no_targets():

@@ -118,13 +118,17 @@ class CameraEncoder(nn.Module):
         return self
 
     def frustum_in_lidar(self, intrinsics, camera_to_lidar, image_transform, lidar_augmentation) -> torch.Tensor:
-        """(B, N, D, h, w, 3) positions of the frustum points in the (augmented) LiDAR frame."""
-        pixels = torch.cat([self.frustum[..., :2], torch.ones_like(self.frustum[..., :1])], dim=-1)
-        original = torch.einsum("bnij,dhwj->bndhwi", torch.linalg.inv(image_transform), pixels)
-        rays = torch.einsum("bnij,bndhwj->bndhwi", torch.linalg.inv(intrinsics), original)
-        points = rays / rays[..., 2:3] * self.frustum[..., 2:3]
-        to_lidar = lidar_augmentation[:, None] @ camera_to_lidar
-        return torch.einsum("bnij,bndhwj->bndhwi", to_lidar[..., :3, :3], points) + to_lidar[:, :, None, None, None, :3, 3]
+        """(B, N, D, h, w, 3) positions of the frustum points in the (augmented) LiDAR frame, in
+        float32 even under autocast: bfloat16 moves a sixth of them into another BEV cell (and off
+        the cells depth supervision projects the LiDAR points to)."""
+        with torch.autocast(self.frustum.device.type, enabled=False):
+            pixels = torch.cat([self.frustum[..., :2], torch.ones_like(self.frustum[..., :1])], dim=-1)
+            original = torch.einsum("bnij,dhwj->bndhwi", torch.linalg.inv(image_transform), pixels)
+            rays = torch.einsum("bnij,bndhwj->bndhwi", torch.linalg.inv(intrinsics), original)
+            points = rays / rays[..., 2:3] * self.frustum[..., 2:3]
+            to_lidar = lidar_augmentation[:, None] @ camera_to_lidar
+            return torch.einsum("bnij,bndhwj->bndhwi", to_lidar[..., :3, :3], points) + \
+                to_lidar[:, :, None, None, None, :3, 3]
 
     def forward(self, images, intrinsics, camera_to_lidar, image_transform, lidar_augmentation,
                 camera_valid) -> torch.Tensor:
