@@ -23,7 +23,8 @@ from vexkd_core.config import preset  # noqa: E402
 from vexkd_core.data.preprocess import Batch  # noqa: E402
 from vexkd_core.data.sample import CAMERA_CHANNELS  # noqa: E402
 from vexkd_core.io import atomic_write_json  # noqa: E402
-from vexkd_core.models.vexkd import StageTimer, build_model  # noqa: E402
+from vexkd_core.models.vexkd import build_model  # noqa: E402
+from vexkd_core.timing import StageTimer  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "models.json"
 RUNS = REPO / "demo" / "runs"

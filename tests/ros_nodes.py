@@ -5,17 +5,21 @@ from __future__ import annotations
 import subprocess
 import time
 
+import numpy as np
 import rclpy
+from autoware_perception_msgs.msg import DetectedObjects
 from nav_msgs.msg import OccupancyGrid
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile
 from sensor_msgs.msg import PointCloud2
+from std_msgs.msg import Header
 from vision_msgs.msg import Detection3DArray
 
 from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.data.sample import CAMERA_CHANNELS
 from vexkd_core.structures import Boxes3D
-from vexkd_ros.conversions import detections_to_boxes, stamp_to_ns
+from vexkd_ros.conversions import (array_to_cloud, detections_to_boxes, matrices_to_tf_message, ns_to_stamp,
+                                   stamp_to_ns, structured_points)
 from vexkd_ros.stack import NodeSpec
 
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -42,7 +46,8 @@ def stop_node(process: subprocess.Popen) -> str:
 
 
 class Harness:
-    """Publishes to any topic and records the node's objects, velocities and map outputs by stamp."""
+    """Publishes to any topic and records the node's objects (vision_msgs and Autoware's),
+    velocities and map outputs by stamp."""
 
     def __init__(self, context, node_name: str):
         self.node = rclpy.create_node("vexkd_test_harness", context=context)
@@ -56,6 +61,9 @@ class Harness:
         self.velocities: dict[int, PointCloud2] = {}
         self.node.create_subscription(PointCloud2, f"/{node_name}/output/objects/velocities",
                                       lambda m: self.velocities.__setitem__(stamp_to_ns(m.header.stamp), m), 100)
+        self.autoware: dict[int, DetectedObjects] = {}
+        self.node.create_subscription(DetectedObjects, f"/{node_name}/output/autoware/objects",
+                                      lambda m: self.autoware.__setitem__(stamp_to_ns(m.header.stamp), m), 100)
         for name in ("drivable_area", "divider"):
             self.maps[name] = {}
             self.node.create_subscription(OccupancyGrid, f"/{node_name}/output/map/{name}",
@@ -114,6 +122,20 @@ class Harness:
         answer = self.answered(stamp_ns, timeout_s)
         self.spin_until(lambda: stamp_ns in self.velocities, timeout_s, f"the velocities stamped {stamp_ns}")
         return detections_to_boxes(answer, DETECTION_CLASSES, self.velocities[stamp_ns])
+
+
+def cloud(stamp_ns: int, n: int = 20000, frame: str = "LIDAR_TOP", **overrides) -> PointCloud2:
+    rng = np.random.default_rng(stamp_ns % 1000)
+    columns = {"x": rng.uniform(-40, 40, n).astype(np.float32), "y": rng.uniform(-40, 40, n).astype(np.float32),
+               "z": rng.uniform(-2, 2, n).astype(np.float32), "intensity": rng.uniform(0, 100, n).astype(np.float32)}
+    columns.update(overrides)
+    return array_to_cloud(structured_points(**columns), Header(stamp=ns_to_stamp(stamp_ns), frame_id=frame))
+
+
+def static_and_pose(harness: Harness, stamps: list[int]) -> None:
+    """A vehicle standing still at the origin: base_link -> LIDAR_TOP and map -> base_link at each stamp."""
+    harness.publish("/tf_static", matrices_to_tf_message([("base_link", "LIDAR_TOP", np.eye(4), ns_to_stamp(0))]))
+    harness.publish("/tf", matrices_to_tf_message([("map", "base_link", np.eye(4), ns_to_stamp(s)) for s in stamps]))
 
 
 def node_inputs(modality: str, messages) -> dict[str, object]:

@@ -16,6 +16,9 @@ IMAGE_DISPLAY_PROPERTIES = {"Class", "Name", "Enabled", "Value", "Topic", "Norma
                             "Max Value", "Median window"}
 TOPIC_PROPERTIES = {"Value", "Depth", "History Policy", "Reliability Policy", "Durability Policy"}
 IMAGE_TRANSPORTS = {"compressed", "compressedDepth", "theora"}  # any other last part means raw
+# PointCloudCommon::updateStyle: the Points style draws pixels and hides "Size (m)"; every
+# other style (Squares, Flat Squares, Spheres, Boxes) uses "Size (m)" and hides "Size (Pixels)".
+POINT_CLOUD_STYLES = {"Points", "Squares", "Flat Squares", "Spheres", "Boxes"}
 
 _RELIABILITY = {"Reliable": ReliabilityPolicy.RELIABLE, "Best Effort": ReliabilityPolicy.BEST_EFFORT,
                 "System Default": ReliabilityPolicy.SYSTEM_DEFAULT}
@@ -61,6 +64,12 @@ def requested_qos(display: dict) -> QoSProfile:
                       history=_HISTORY[topic.get("History Policy", "Keep Last")],
                       reliability=_RELIABILITY[topic.get("Reliability Policy", "Reliable")],
                       durability=_DURABILITY[topic.get("Durability Policy", "Volatile")])
+
+
+def point_size_property(style: str) -> str:
+    """The size property a PointCloud2 display of `style` draws with (its default style is Flat Squares)."""
+    assert style in POINT_CLOUD_STYLES, style
+    return "Size (Pixels)" if style == "Points" else "Size (m)"
 
 
 def image_transport(topic: str) -> str:

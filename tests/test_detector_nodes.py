@@ -10,9 +10,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from ros_nodes import Harness, feed_order, is_trigger, node_inputs, start_node, stop_node, trigger_topic
+from ros_nodes import (Harness, cloud, feed_order, is_trigger, node_inputs, start_node, static_and_pose, stop_node,
+                       trigger_topic)
 
 from vexkd_core.checkpoint import save_checkpoint
+from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.config import load_config
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.data.preprocess import collate, preprocess
@@ -24,6 +26,7 @@ from sensor_msgs.msg import CompressedImage
 from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 
+from vexkd_ros.autoware import AUTOWARE_LABELS, detected_objects_to_boxes
 from vexkd_ros.conversions import (array_to_cloud, encoded_to_compressed, grid_to_probability,
                                    intrinsics_to_camera_info, matrices_to_tf_message, ns_to_stamp, rgb_to_compressed,
                                    stamp_to_ns, structured_points)
@@ -88,6 +91,20 @@ def assert_same_records(node_records, eval_records):
     assert len(matched) == len(eval_records)
 
 
+def assert_autoware_carries(harness, stamp_ns, boxes):
+    """The node's DetectedObjects for a frame hold the boxes of its Detection3DArray, in order."""
+    harness.spin_until(lambda: stamp_ns in harness.autoware, 30, "the Autoware objects")
+    msg = harness.autoware[stamp_ns]
+    assert msg.header == harness.objects[stamp_ns].header
+    theirs, labels = detected_objects_to_boxes(msg)
+    np.testing.assert_allclose(theirs.center, boxes.center, atol=1e-9)
+    np.testing.assert_allclose(theirs.size_lwh, boxes.size_lwh, atol=1e-9)
+    np.testing.assert_allclose(np.cos(theirs.yaw - boxes.yaw), 1.0, atol=1e-9)
+    np.testing.assert_allclose(theirs.velocity, boxes.velocity, atol=1e-4)  # the velocity cloud is float32
+    np.testing.assert_allclose(theirs.score, boxes.score, atol=1e-6)
+    assert labels.tolist() == [AUTOWARE_LABELS[DETECTION_CLASSES[k]] for k in boxes.label]
+
+
 @pytest.mark.parametrize("modality", ["lidar", "camera", "fusion"])
 def test_node_answers_each_key_frame_as_eval_predicts(modality, checkpoints, tiny_world, rclpy_context, tmp_path):
     dataroot, world = tiny_world
@@ -118,6 +135,7 @@ def test_node_answers_each_key_frame_as_eval_predicts(modality, checkpoints, tin
             lidar_to_global = source.ground_truth(token)[0]
             boxes = harness.boxes(stamp)
             assert_same_records(boxes_to_results(boxes, lidar_to_global, token), eval_results[token])
+            assert_autoware_carries(harness, stamp, boxes)
             harness.spin_until(lambda: all(stamp in grids for grids in harness.maps.values()), 30, "the maps")
             for index, name in ((0, "drivable_area"), (5, "divider")):
                 probability, _ = grid_to_probability(harness.maps[name][stamp])
@@ -130,20 +148,6 @@ def test_node_answers_each_key_frame_as_eval_predicts(modality, checkpoints, tin
     assert process.returncode == 0, output
     assert "Traceback" not in output, output
 
-
-
-def cloud(stamp_ns: int, n: int = 20000, frame: str = "LIDAR_TOP", **overrides):
-    rng = np.random.default_rng(stamp_ns % 1000)
-    columns = {"x": rng.uniform(-40, 40, n).astype(np.float32), "y": rng.uniform(-40, 40, n).astype(np.float32),
-               "z": rng.uniform(-2, 2, n).astype(np.float32), "intensity": rng.uniform(0, 100, n).astype(np.float32)}
-    columns.update(overrides)
-    return array_to_cloud(structured_points(**columns), Header(stamp=ns_to_stamp(stamp_ns), frame_id=frame))
-
-
-def static_and_pose(harness, stamps):
-    """A vehicle standing still at the origin: base_link -> LIDAR_TOP and map -> base_link at each stamp."""
-    harness.publish("/tf_static", matrices_to_tf_message([("base_link", "LIDAR_TOP", np.eye(4), ns_to_stamp(0))]))
-    harness.publish("/tf", matrices_to_tf_message([("map", "base_link", np.eye(4), ns_to_stamp(s)) for s in stamps]))
 
 
 def test_lidar_node_survives_bad_clouds_and_skips_to_the_newest(checkpoints, rclpy_context):
@@ -176,7 +180,9 @@ def test_lidar_node_survives_bad_clouds_and_skips_to_the_newest(checkpoints, rcl
         harness.publish("/LIDAR_TOP", cloud(stamp, 1_000_000))
         harness.answered(stamp, timeout_s=120)
 
-        # A burst of 50 clouds at 100 Hz: the node skips to the newest instead of queueing.
+        # A burst of 50 clouds at 100 Hz: the newest is answered about one model run after the
+        # burst, not 50 (how many are skipped depends on the model's speed; test_pipeline.py
+        # checks the skipping itself with the worker held).
         harness.objects.clear()
         harness.arrivals.clear()
         burst = [stamp + second + k * second // 100 for k in range(50)]
@@ -187,10 +193,8 @@ def test_lidar_node_survives_bad_clouds_and_skips_to_the_newest(checkpoints, rcl
         burst_end = time.monotonic()
         harness.answered(burst[-1], timeout_s=30)
         answered = sorted(harness.objects)
-        assert len(answered) < len(burst), "every cloud of the burst was processed: no skipping"
         assert answered[-1] == burst[-1]
         assert set(answered) <= set(burst)
-        # No backlog: the newest cloud is answered about one model run after the burst, not 50.
         last_arrival = max(t for t, s in harness.arrivals if s == burst[-1])
         assert last_arrival - burst_end < 10.0
     finally:

@@ -9,7 +9,8 @@ import ros_rviz
 import yaml
 
 from vexkd_core.classes import MAP_CLASSES
-from vexkd_ros.detector_node import NODE_NAMES, OUTPUT_QOS
+from vexkd_ros.detector_node import NODE_NAMES
+from vexkd_ros.node_outputs import OUTPUT_QOS
 from vexkd_ros.detector_parameters import declared_names
 from vexkd_ros.player import topic_qos
 from vexkd_ros.scene_messages import scene_topics
@@ -41,15 +42,26 @@ def test_every_launched_executable_is_a_console_script_of_this_package():
 
 
 def test_every_parameter_set_is_one_the_node_declares():
-    source = (REPO / "launch" / "perception.launch.py").read_text()
-    inline = set(re.findall(r'"(\w+)": LaunchConfiguration', source))
-    assert inline == {"checkpoint", "device"}
+    _, constants = launch_nodes()
+    everyone, cameras = set(constants["PARAMETER_ARGUMENTS"]), set(constants["CAMERA_PARAMETER_ARGUMENTS"])
+    assert {"checkpoint", "device", "fixed_frame", "score_threshold", "image_transport"} <= everyone | cameras
     blocks = yaml.safe_load((REPO / "config" / "detector.yaml").read_text())
+    assert list(blocks) == ["/**"]  # matches the nodes in any namespace
     for modality, node_name in NODE_NAMES.items():
         declared = set(declared_names(modality))
-        assert inline <= declared
-        assert set(blocks[node_name]["ros__parameters"]) <= declared, node_name
-        assert set(blocks[node_name]["ros__parameters"]["map_classes"]) <= set(MAP_CLASSES)
+        assert everyone | (cameras if modality != "lidar" else set()) <= declared, modality
+        assert set(blocks["/**"][node_name]["ros__parameters"]) <= declared, node_name
+        assert set(blocks["/**"][node_name]["ros__parameters"]["map_classes"]) <= set(MAP_CLASSES)
+
+
+def test_every_parameter_argument_is_declared_and_no_condition_is_deprecated():
+    source = (REPO / "launch" / "perception.launch.py").read_text()
+    _, constants = launch_nodes()
+    declared = set(re.findall(r'DeclareLaunchArgument\("(\w+)"', source))
+    assert set(constants["PARAMETER_ARGUMENTS"]) | set(constants["CAMERA_PARAMETER_ARGUMENTS"]) <= declared
+    # Deprecated since Iron (launch.conditions warns): EqualsSubstitution / PythonExpression instead.
+    for deprecated in ("LaunchConfigurationEquals", "LaunchConfigurationNotEquals"):
+        assert deprecated not in source
 
 
 def test_remapped_inputs_are_the_nodes_private_inputs():
@@ -61,11 +73,22 @@ def test_rviz_config_shows_cloud_markers_grids_and_six_cameras():
     config = yaml.safe_load((REPO / "rviz" / "vexkd.rviz").read_text())
     displays = config["Visualization Manager"]["Displays"]
     kinds = [d["Class"].split("/")[-1] for d in displays]
-    assert kinds.count("PointCloud2") == 1 and kinds.count("Image") == 6 and kinds.count("Map") == len(MAP_CLASSES)
+    assert kinds.count("PointCloud2") == 1 and kinds.count("Image") == 6
+    assert kinds.count("Map") == 2 * len(MAP_CLASSES)
     assert kinds.count("MarkerArray") >= 3
     topics = {d["Topic"]["Value"] for d in displays if "Topic" in d}
-    assert {f"/lidar_detector/output/map/{name}" for name in MAP_CLASSES} <= topics
+    for node in ("lidar_detector", "camera_detector"):  # the two students `make demo` replays
+        assert {f"/{node}/output/map/{name}" for name in MAP_CLASSES} <= topics
     assert config["Visualization Manager"]["Global Options"]["Fixed Frame"] == "LIDAR_TOP"
+
+
+def test_the_point_cloud_size_is_the_one_its_style_draws_with():
+    """With Style: Points RViz reads "Size (Pixels)" and ignores "Size (m)" (and the reverse)."""
+    clouds = [d for d in ros_rviz.displays() if d["Class"] == "rviz_default_plugins/PointCloud2"]
+    for display in clouds:
+        used = ros_rviz.point_size_property(display.get("Style", "Flat Squares"))
+        unused = ({"Size (m)", "Size (Pixels)"} - {used}).pop()
+        assert used in display and unused not in display, display
 
 
 def test_every_image_display_shows_a_topic_the_bag_publishes():

@@ -9,8 +9,10 @@ import pytest
 from std_msgs.msg import Header
 
 import ros_samples
-from vexkd_ros.conversions import MessageError, encoded_to_compressed, intrinsics_to_camera_info, ns_to_stamp
-from vexkd_ros.node_inputs import CameraCache
+from vexkd_ros.conversions import (MessageError, camera_info_to_intrinsics, encoded_to_compressed,
+                                   intrinsics_to_camera_info, ns_to_stamp)
+from vexkd_ros.detector_node import camera_frame
+from vexkd_ros.node_inputs import Calibration, CameraCache
 from vexkd_ros.tf_buffer import TransformBuffer
 
 STAMP_NS = 1_533_151_603_547_590_000
@@ -28,8 +30,8 @@ def front_note(cameras: CameraCache) -> str:
 
 def test_a_jpeg_claiming_another_size_is_left_out_before_decoding():
     cameras = CameraCache()
-    cameras.add_info(0, intrinsics_to_camera_info(K, 320, 180, header()))
-    cameras.add_image(0, encoded_to_compressed(ros_samples.forged_jpeg(20000, 20000), header()))
+    cameras.set_calibration(0, Calibration(K, 320, 180))
+    cameras.add_frame(0, camera_frame(encoded_to_compressed(ros_samples.forged_jpeg(20000, 20000), header())))
     started = time.perf_counter()
     note = front_note(cameras)
     assert time.perf_counter() - started < 0.5  # decoding 20000x20000 takes ~10 s
@@ -38,11 +40,12 @@ def test_a_jpeg_claiming_another_size_is_left_out_before_decoding():
 
 def test_a_camera_info_the_model_cannot_invert_leaves_its_camera_out():
     cameras = CameraCache()
-    cameras.add_info(0, intrinsics_to_camera_info(K, 320, 180, header()))
+    cameras.set_calibration(0, Calibration(K, 320, 180))
     singular = K.copy()
     singular[2, 2] = 0.0
     with pytest.raises(MessageError, match="not an invertible pinhole matrix"):
-        cameras.add_info(0, intrinsics_to_camera_info(singular, 320, 180, header()))
-    cameras.add_image(0, encoded_to_compressed(cv2.imencode(".jpg", np.zeros((180, 320, 3), np.uint8))[1].tobytes(),
-                                               header()))
+        camera_info_to_intrinsics(intrinsics_to_camera_info(singular, 320, 180, header()))
+    cameras.set_calibration(0, None)  # what the node files for a refused CameraInfo
+    jpeg = cv2.imencode(".jpg", np.zeros((180, 320, 3), np.uint8))[1].tobytes()
+    cameras.add_frame(0, camera_frame(encoded_to_compressed(jpeg, header())))
     assert front_note(cameras).endswith("no valid CameraInfo received")

@@ -1,4 +1,5 @@
-"""Build the ROS message packages that PyPI lacks (vision_msgs, tf2_msgs) into this venv.
+"""Build the ROS message packages that PyPI lacks (vision_msgs, tf2_msgs, autoware_perception_msgs,
+autoware_internal_debug_msgs) into this venv.
 
 Run with the venv's interpreter. A package that already imports (a real ROS install,
 or an earlier build) is left alone, so a sourced Jazzy keeps its own messages.
@@ -14,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-PACKAGES = ("vision_msgs", "tf2_msgs")
+PACKAGES = ("vision_msgs", "tf2_msgs", "autoware_perception_msgs", "autoware_internal_debug_msgs")
 # Include directories of the machine that built the ROS wheels, baked into their CMake exports.
 WHEEL_BUILD_PYTHON_INCLUDE = "/opt/python/cp311-cp311/include/python3.11"
 WHEEL_BUILD_NUMPY_INCLUDE = "/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include"

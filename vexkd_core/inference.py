@@ -10,7 +10,7 @@ import torch
 from vexkd_core.config import Config
 from vexkd_core.data.preprocess import collate, preprocess
 from vexkd_core.data.sample import Sample
-from vexkd_core.models.vexkd import StageTimer
+from vexkd_core.timing import StageTimer
 from vexkd_core.structures import Boxes3D
 
 

@@ -301,7 +301,11 @@ def intrinsics_to_camera_info(k: np.ndarray, width: int, height: int, header: He
 
 
 # ----------------------------------------------------------------------- boxes
-def _pose(center, yaw: float) -> Pose:
+def yaw_from_quaternion(q: Quaternion) -> float:
+    return float(np.arctan2(2 * (q.w * q.z + q.x * q.y), 1 - 2 * (q.y * q.y + q.z * q.z)))
+
+
+def pose_from_box(center, yaw: float) -> Pose:
     w, x, y, z = yaw_to_quaternion(yaw)
     return Pose(position=Point(x=float(center[0]), y=float(center[1]), z=float(center[2])),
                 orientation=Quaternion(w=float(w), x=float(x), y=float(y), z=float(z)))
@@ -314,7 +318,7 @@ def boxes_to_detections(boxes: Boxes3D, class_names: Sequence[str], header: Head
     """
     detections = []
     for i in range(len(boxes)):
-        pose = _pose(boxes.center[i], boxes.yaw[i])
+        pose = pose_from_box(boxes.center[i], boxes.yaw[i])
         hypothesis = ObjectHypothesisWithPose(
             hypothesis=ObjectHypothesis(class_id=class_names[int(boxes.label[i])],
                                         score=float(boxes.score[i])))
@@ -363,10 +367,8 @@ def detections_to_boxes(msg: Detection3DArray, class_names: Sequence[str],
     for detection in msg.detections:
         best = max(detection.results, key=lambda r: r.hypothesis.score)
         center, size = detection.bbox.center, detection.bbox.size
-        q = center.orientation
-        yaw = np.arctan2(2 * (q.w * q.z + q.x * q.y), 1 - 2 * (q.y * q.y + q.z * q.z))
         rows.append(([center.position.x, center.position.y, center.position.z],
-                     [size.x, size.y, size.z], yaw,
+                     [size.x, size.y, size.z], yaw_from_quaternion(center.orientation),
                      class_names.index(best.hypothesis.class_id), best.hypothesis.score))
     columns = list(zip(*rows))
     velocity = np.zeros((len(rows), 2)) if velocities is None else velocities_from_cloud(velocities, len(rows))
@@ -400,7 +402,7 @@ def boxes_to_markers(boxes: Boxes3D, class_names: Sequence[str], header: Header,
         label = Marker(header=header, ns=f"{namespace}/labels", id=i,
                        type=Marker.TEXT_VIEW_FACING, action=Marker.ADD, color=color,
                        scale=Vector3(z=0.8), text=f"{name} {boxes.score[i]:.2f}")
-        label.pose = _pose(boxes.center[i] + [0.0, 0.0, boxes.size_lwh[i, 2] / 2 + 0.6], 0.0)
+        label.pose = pose_from_box(boxes.center[i] + [0.0, 0.0, boxes.size_lwh[i, 2] / 2 + 0.6], 0.0)
         markers += [wire, label]
         if np.hypot(*boxes.velocity[i]) > 0.2:
             arrow = Marker(header=header, ns=f"{namespace}/velocity", id=i, type=Marker.ARROW,

@@ -29,8 +29,9 @@ from vexkd_core.data.sample import CAMERA_CHANNELS
 
 from .bag import AtomicBagWriter, BagError
 from .conversions import stamp_to_ns
-from .detector_node import NODE_NAMES, VELOCITIES_TOPIC
+from .detector_node import NODE_NAMES
 from .environment import apply_default_ros_environment
+from .node_outputs import VELOCITIES_TOPIC
 from .player import message_class, open_bag
 from .scene_messages import LIDAR_TOPIC, camera_info_topic, image_topic
 

@@ -20,8 +20,8 @@ from vexkd_core.data.sample import without_sensor
 from vexkd_core.geometry import matrix_yaw, yaw_to_quaternion
 from vexkd_core.inference import Predictor
 from vexkd_core.io import atomic_npz, atomic_write_json, atomic_write_text
-from vexkd_core.models.vexkd import StageTimer
 from vexkd_core.structures import Boxes3D
+from vexkd_core.timing import StageTimer
 
 MAP_THRESHOLDS = tuple(round(0.35 + 0.05 * i, 2) for i in range(7))
 VEHICLES = ("car", "truck", "bus", "trailer", "construction_vehicle")

@@ -10,8 +10,7 @@ that masked feature distillation compares.
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -19,6 +18,7 @@ from torch import nn
 from vexkd_core.classes import DETECTION_CLASSES, MAP_CLASSES
 from vexkd_core.config import Config
 from vexkd_core.data.preprocess import Batch, Targets
+from vexkd_core.timing import StageTimer
 
 from .camera_encoder import CameraEncoder
 from .decoder import BEVDecoder
@@ -39,23 +39,6 @@ class Output:
     high: torch.Tensor  # (B, C_high, H, W)
     # (B, N, D, h, w): the camera encoder's, for depth supervision; None without a camera encoder
     depth_logits: torch.Tensor | None = None
-
-
-@dataclass
-class StageTimer:
-    """Wall time per stage, accumulated over calls (synchronising CUDA first)."""
-
-    seconds: dict[str, list[float]] = field(default_factory=dict)
-
-    def measure(self, name: str, function, *args):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        result = function(*args)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.seconds.setdefault(name, []).append(time.perf_counter() - started)
-        return result
 
 
 def _run(timer: StageTimer | None, name: str, function, *args):

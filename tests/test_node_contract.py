@@ -1,0 +1,101 @@
+"""What a monitoring consumer or an integrator sees of a running detector node: /diagnostics
+once a second (rates, drops, latency, the last problem), the stamped
+~/debug/pipeline_latency_ms, and config/detector.yaml applied under a namespace."""
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from autoware_internal_debug_msgs.msg import Float64Stamped
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rcl_interfaces.srv import GetParameters
+from ros_nodes import Harness, cloud, start_node, static_and_pose, stop_node
+from vexkd_ros.stack import NodeSpec
+from tf2_msgs.msg import TFMessage
+
+from vexkd_core.checkpoint import save_checkpoint
+from vexkd_core.config import load_config
+from vexkd_core.models.vexkd import build_model
+from vexkd_ros.conversions import stamp_to_ns
+
+NODE = "lidar_detector"
+CONFIG_FILE = Path(__file__).resolve().parent.parent / "config" / "detector.yaml"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    config = load_config("tiny", ["model.lidar.sweeps=1"])
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path_factory.mktemp("observed") / "lidar.pt", build_model(config, "lidar"), config,
+                           "lidar")
+
+
+def values(status: DiagnosticStatus) -> dict[str, str]:
+    return {pair.key: pair.value for pair in status.values}
+
+
+def test_diagnostics_and_latency_as_a_consumer_reads_them(checkpoint, rclpy_context):
+    process = start_node("lidar", checkpoint)
+    harness = Harness(rclpy_context, NODE)
+    reports, latencies = [], {}  # reports: (array stamp ns, our status)
+
+    def on_diagnostics(msg: DiagnosticArray) -> None:
+        reports.extend((stamp_to_ns(msg.header.stamp), s) for s in msg.status if s.name == f"{NODE}: detector")
+
+    harness.node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
+    harness.node.create_subscription(Float64Stamped, f"/{NODE}/debug/pipeline_latency_ms",
+                                     lambda m: latencies.__setitem__(stamp_to_ns(m.stamp), m.data), 10)
+    frames = 5
+    try:
+        harness.wait_until_connected(process, "/LIDAR_TOP")
+        harness.connect({"/LIDAR_TOP": cloud(0, 1), "/tf": TFMessage(), "/tf_static": TFMessage()})
+        for _ in range(frames):
+            stamp = time.time_ns()  # a live sensor: latency is against the node's (wall) clock
+            static_and_pose(harness, [stamp])
+            harness.publish("/LIDAR_TOP", cloud(stamp, 5000))
+            harness.answered(stamp)
+            harness.spin_until(lambda: stamp in latencies, 30, "the pipeline latency")
+            assert 0 < latencies[stamp] < (time.time_ns() - stamp) * 1e-6
+        harness.spin_until(lambda: reports and int(values(reports[-1][1])["frames_out"]) == frames, 30,
+                           "diagnostics counting every frame")
+        healthy = reports[-1][1]
+        report = values(healthy)
+        assert healthy.level == DiagnosticStatus.OK and healthy.hardware_id == NODE
+        assert int(report["triggers_in"]) == frames and int(report["dropped"]) == 0
+        assert float(report["pipeline_latency_ms"]) == pytest.approx(latencies[stamp], abs=1e-3)
+        assert float(report["processing_time_ms"]) > 0 and report["last_error"] == ""
+
+        harness.publish("/LIDAR_TOP", cloud(time.time_ns(), 1000, frame="nowhere"))
+        harness.spin_until(lambda: reports[-1][1].level == DiagnosticStatus.WARN, 30, "a WARN status")
+        assert "nowhere" in values(reports[-1][1])["last_warning"]
+        count = len(reports)
+        harness.spin_until(lambda: len(reports) >= count + 2, 10, "two more reports")
+        assert reports[-1][1].level == DiagnosticStatus.OK  # a WARN covers the period its warning came in
+        periods = np.diff([stamp for stamp, _ in reports[-3:]]) * 1e-9
+        assert np.all((periods > 0.5) & (periods < 1.5)), periods
+    finally:
+        output = stop_node(process)
+    assert process.returncode == 0, output
+
+
+def test_the_parameter_file_applies_to_a_node_in_a_namespace(checkpoint, rclpy_context, tmp_path):
+    """config/detector.yaml as shipped, one value changed, given to /robot/lidar_detector."""
+    text = CONFIG_FILE.read_text()
+    assert text.count("marker_score_threshold: 0.3") == 3
+    changed = tmp_path / "detector.yaml"
+    changed.write_text(text.replace("marker_score_threshold: 0.3", "marker_score_threshold: 0.55"))
+    command = NodeSpec("lidar", checkpoint).command() + ["--params-file", str(changed), "-r", "__ns:=/robot"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    harness = Harness(rclpy_context, f"robot/{NODE}")
+    try:
+        client = harness.node.create_client(GetParameters, f"/robot/{NODE}/get_parameters")
+        harness.spin_until(client.service_is_ready, 90, "the namespaced node's parameter service")
+        future = client.call_async(GetParameters.Request(names=["marker_score_threshold", "fixed_frame"]))
+        harness.spin_until(future.done, 30, "get_parameters to answer")
+        threshold, frame = future.result().values
+        assert threshold.double_value == 0.55 and frame.string_value == "map"
+    finally:
+        output = stop_node(process)
+    assert process.returncode == 0, output

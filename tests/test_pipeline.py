@@ -1,0 +1,161 @@
+"""The detector's pipeline without ROS: typed triggers in, boxes, maps, notes and stage times
+out; the newest-trigger worker. No rclpy, no DDS, no messages."""
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from vexkd_core.classes import MAP_CLASSES
+from vexkd_core.config import load_config
+from vexkd_core.data.sample import CAMERA_CHANNELS
+from vexkd_core.inference import Predictor
+from vexkd_core.models.vexkd import build_model
+from vexkd_ros.node_inputs import Calibration, CameraFrame, Sweep
+from vexkd_ros.pipeline import MODEL_STAGES, Pipeline, Trigger
+from vexkd_ros.settings import DetectorSettings
+from vexkd_ros.worker import NewestWorker
+
+SECOND = 1_000_000_000
+T0 = 1_533_151_603 * SECOND
+
+
+class StandingStill:
+    """A rig whose every frame is the same place at all times; `known` limits which frames TF knows."""
+
+    def __init__(self, known=("map", "LIDAR_TOP", *CAMERA_CHANNELS)):
+        self.known = set(known)
+
+    def wait_for(self, target, source, stamp_ns, timeout_s):
+        return {target, source} <= self.known
+
+    def lookup_across_time(self, target, target_ns, source, source_ns, fixed):
+        if not {target, source, fixed} <= self.known:
+            raise LookupError(f"no transform {target} <- {source}")
+        return np.eye(4)
+
+
+def settings(**overrides) -> DetectorSettings:
+    values = dict(checkpoint="model.pt", device="cpu", score_threshold=-1.0, class_score_thresholds={},
+                  max_camera_delay=0.12, sweeps=-1, map_classes=MAP_CLASSES, publish_markers=True,
+                  marker_score_threshold=0.3, image_transport="compressed", fixed_frame="map", bev_frame="LIDAR_TOP")
+    values.update(overrides)
+    return DetectorSettings(**values)
+
+
+def pipeline(modality="lidar", tasks="both", tf=None) -> Pipeline:
+    config = load_config("tiny", ["model.lidar.sweeps=2", "model.score_threshold=0.0", f"train.tasks={tasks}"])
+    torch.manual_seed(0)
+    return Pipeline(Predictor(build_model(config, modality), config), modality, -1, tf or StandingStill())
+
+
+def sweep(stamp_ns: int, n: int = 3000, frame: str = "LIDAR_TOP") -> Sweep:
+    rng = np.random.default_rng(stamp_ns % 997)
+    points = np.column_stack([rng.uniform(-40, 40, (n, 2)), rng.uniform(-2, 2, n), rng.uniform(0, 100, n)])
+    return Sweep(stamp_ns, frame, points.astype(np.float32))
+
+
+def lidar_run(p: Pipeline, key: Sweep, chosen: DetectorSettings):
+    for past in (sweep(key.stamp_ns - SECOND // 10), sweep(key.stamp_ns - SECOND // 20)):
+        assert p.add_sweep(past)[0]
+    assert p.add_sweep(key)[0]
+    return p.run(Trigger(key.stamp_ns, key.frame_id, key), p.resolve(chosen))
+
+
+def test_the_pipeline_imports_no_ros():
+    code = "import sys, vexkd_ros.pipeline, vexkd_ros.worker; " \
+           "print(sorted(m for m in sys.modules if m.split('.')[0] in ('rclpy', 'rosidl_runtime_py', 'std_msgs', " \
+           "'sensor_msgs', 'geometry_msgs', 'tf2_msgs', 'vision_msgs')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_a_lidar_trigger_gives_boxes_maps_and_stage_times_in_its_frame():
+    result = lidar_run(pipeline(), sweep(T0), settings())
+    assert (result.stamp_ns, result.frame_id, result.notes, result.skipped) == (T0, "LIDAR_TOP", [], False)
+    assert len(result.boxes) > 0 and set(result.maps) == set(MAP_CLASSES)
+    assert result.maps["divider"].shape == (result.grid.height, result.grid.width)
+    assert set(result.stage_ms) == set(MODEL_STAGES) and all(ms > 0 for ms in result.stage_ms.values())
+
+
+def test_thresholds_and_map_classes_come_from_the_settings():
+    result = lidar_run(pipeline(), sweep(T0), settings(score_threshold=1.0, map_classes=("divider",)))
+    assert len(result.boxes) == 0 and set(result.maps) == {"divider"}
+
+
+def test_without_tf_every_note_is_kept():
+    """The 'no transform' note and each past sweep left out: one line each, none overwritten."""
+    result = lidar_run(pipeline(tf=StandingStill(known=())), sweep(T0), settings())
+    assert result.notes[0].startswith("no transform map <- LIDAR_TOP")
+    assert [n.startswith("past sweep left out") for n in result.notes[1:]] == [True, True]
+    assert len(result.boxes) > 0  # the trigger sweep alone still makes a frame
+
+
+def test_non_finite_points_are_counted_and_left_to_preprocess():
+    clean = sweep(T0)
+    polluted = Sweep(T0, "LIDAR_TOP", np.concatenate([clean.points, np.full((500, 4), np.nan, np.float32)]))
+    p = pipeline()
+    accepted, notes = p.add_sweep(polluted)
+    assert accepted and notes == ["500 of 3500 points are NaN/inf; they are dropped"]
+    expected = lidar_run(pipeline(), clean, settings()).boxes
+    got = lidar_run(pipeline(), polluted, settings()).boxes
+    np.testing.assert_array_equal(got.center, expected.center)
+    np.testing.assert_array_equal(got.score, expected.score)
+    accepted, notes = p.add_sweep(Sweep(T0 + SECOND, "LIDAR_TOP", np.full((10, 4), np.inf, np.float32)))
+    assert not accepted and notes[-1] == "point cloud skipped: it has no (finite) points"
+
+
+@pytest.mark.parametrize("tasks, objects, maps", [("map", False, True), ("detection", True, False)])
+def test_a_single_task_model_outputs_only_its_task(tasks, objects, maps):
+    p = pipeline(tasks=tasks)
+    resolved = p.resolve(settings())
+    assert p.detects == objects and resolved.publish_markers == objects and bool(resolved.map_classes) == maps
+    result = lidar_run(p, sweep(T0), settings())
+    assert (result.boxes is not None) == objects and bool(result.maps) == maps
+
+
+def camera_frame(index: int, stamp_ns: int, size=(320, 180)) -> CameraFrame:
+    image = np.full((size[1], size[0], 3), 40 * index, np.uint8)
+    return CameraFrame(stamp_ns, CAMERA_CHANNELS[index], size, lambda: image)
+
+
+def test_a_camera_trigger_uses_the_calibrated_cameras_and_names_the_missing_ones():
+    p = pipeline("camera")
+    k = np.array([[250.0, 0, 160.0], [0, 250.0, 90.0], [0, 0, 1]])
+    skipped = p.run(Trigger(T0, CAMERA_CHANNELS[0], None), p.resolve(settings()))
+    assert skipped.skipped and skipped.notes[0].startswith("camera frame skipped: camera 0 (CAM_FRONT) left out")
+    for index in range(len(CAMERA_CHANNELS)):
+        p.add_frame(index, camera_frame(index, T0 + index * 1_000_000))
+        p.set_calibration(index, Calibration(k, 320, 180) if index != 3 else None)
+    result = p.run(Trigger(T0, CAMERA_CHANNELS[0], None), p.resolve(settings()))
+    assert not result.skipped and result.frame_id == "LIDAR_TOP"
+    assert result.notes == ["camera 3 (CAM_BACK) left out: no valid CameraInfo received"]
+
+
+def test_the_worker_takes_the_newest_trigger_and_counts_the_ones_it_dropped():
+    """Deterministic on any machine: the handler is held while a burst of 50 arrives."""
+    entered, go, last, handled = threading.Event(), threading.Event(), threading.Event(), []
+
+    def handle(item: int) -> None:
+        handled.append(item)
+        entered.set()
+        go.wait(10)
+        if item == 50:
+            last.set()
+
+    worker = NewestWorker(handle, "test-worker")
+    try:
+        worker.offer(0)
+        worker.release()
+        assert entered.wait(10)
+        for item in range(1, 51):
+            worker.offer(item)
+        worker.release()
+        go.set()
+        assert last.wait(10)
+        assert handled == [0, 50] and worker.offered == 51 and worker.dropped == 49
+    finally:
+        go.set()
+        worker.stop()

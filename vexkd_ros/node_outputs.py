@@ -1,0 +1,98 @@
+"""The detector node's publishers: a pipeline Result in, messages out on every output that
+the settings and the model's tasks ask for."""
+from __future__ import annotations
+
+import threading
+import time
+
+from autoware_internal_debug_msgs.msg import Float64Stamped
+from autoware_perception_msgs.msg import DetectedObjects
+from nav_msgs.msg import OccupancyGrid
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import PointCloud2
+from std_msgs.msg import Float64, Header
+from vision_msgs.msg import Detection3DArray
+from visualization_msgs.msg import MarkerArray
+
+from vexkd_core.classes import DETECTION_CLASSES
+
+from .autoware import boxes_to_detected_objects
+from .conversions import boxes_to_detections, boxes_to_markers, boxes_to_velocities, ns_to_stamp, probability_to_grid
+from .pipeline import MODEL_STAGES, Result
+from .settings import DetectorSettings
+
+OUTPUT_QOS = QoSProfile(depth=1)
+OBJECTS_TOPIC = "~/output/objects"
+VELOCITIES_TOPIC = "~/output/objects/velocities"
+# Not lidar_centerpoint's ~/output/objects (vision_msgs is there): remap it onto
+# /perception/object_recognition/detection/centerpoint/objects to stand in for lidar_centerpoint.
+AUTOWARE_OBJECTS_TOPIC = "~/output/autoware/objects"
+STAGES = (*MODEL_STAGES, "publish")
+# Input stamp to publish time (the node's clock: ROS time, /clock under use_sim_time), stamped
+# with the input's stamp so a consumer can pair it with the frame's outputs.
+LATENCY_TOPIC = "~/debug/pipeline_latency_ms"
+
+
+class NodeOutputs:
+    """Objects, velocities and Autoware objects (a detecting model), markers and map grids as the settings say,
+    per-stage times. A parameter change swaps publishers while the worker publishes: a lock."""
+
+    def __init__(self, node: Node, detects: bool, settings: DetectorSettings):
+        self._node = node
+        self._lock = threading.Lock()
+        self.objects = node.create_publisher(Detection3DArray, OBJECTS_TOPIC, OUTPUT_QOS) if detects else None
+        self.velocities = node.create_publisher(PointCloud2, VELOCITIES_TOPIC, OUTPUT_QOS) if detects else None
+        self.autoware = node.create_publisher(DetectedObjects, AUTOWARE_OBJECTS_TOPIC, OUTPUT_QOS) \
+            if detects else None
+        self.markers, self.maps = None, {}
+        self.update(settings)
+        self.stage_times = {stage: node.create_publisher(Float64, f"~/debug/processing_time_ms/{stage}", OUTPUT_QOS)
+                            for stage in STAGES}
+        self.total_time = node.create_publisher(Float64, "~/debug/processing_time_ms", OUTPUT_QOS)
+        self.latency = node.create_publisher(Float64Stamped, LATENCY_TOPIC, OUTPUT_QOS)
+
+    def update(self, settings: DetectorSettings) -> None:
+        """Markers and map grids as `settings` asks: publishers created or destroyed to match."""
+        node = self._node
+        with self._lock:
+            if settings.publish_markers and self.markers is None:
+                self.markers = node.create_publisher(MarkerArray, "~/output/markers", OUTPUT_QOS)
+            elif not settings.publish_markers and self.markers is not None:
+                node.destroy_publisher(self.markers)
+                self.markers = None
+            maps = {name: self.maps.pop(name, None) or
+                    node.create_publisher(OccupancyGrid, f"~/output/map/{name}", OUTPUT_QOS)
+                    for name in settings.map_classes}
+            for publisher in self.maps.values():
+                node.destroy_publisher(publisher)
+            self.maps = maps
+
+    def has_subscribers(self) -> bool:
+        with self._lock:
+            publishers = [self.objects, self.velocities, self.autoware, self.markers, *self.maps.values()]
+        return any(p is not None and p.get_subscription_count() > 0 for p in publishers)
+
+    def publish(self, result: Result, settings: DetectorSettings) -> tuple[dict[str, float], float]:
+        """Every output of `result` under its stamp and frame; returns the milliseconds per stage
+        and the pipeline latency in milliseconds."""
+        started = time.perf_counter()
+        header = Header(stamp=ns_to_stamp(result.stamp_ns), frame_id=result.frame_id)
+        with self._lock:
+            if result.boxes is not None:
+                self.objects.publish(boxes_to_detections(result.boxes, DETECTION_CLASSES, header))
+                self.velocities.publish(boxes_to_velocities(result.boxes, header))
+                self.autoware.publish(boxes_to_detected_objects(result.boxes, DETECTION_CLASSES, header))
+                if self.markers is not None:
+                    shown = result.boxes.select(result.boxes.score >= settings.marker_score_threshold)
+                    self.markers.publish(boxes_to_markers(shown, DETECTION_CLASSES, header))
+            for name, publisher in self.maps.items():
+                if name in result.maps:  # a class added by a parameter change after this frame started
+                    publisher.publish(probability_to_grid(result.maps[name], result.grid, header))
+        milliseconds = {**result.stage_ms, "publish": 1e3 * (time.perf_counter() - started)}
+        for stage, publisher in self.stage_times.items():
+            publisher.publish(Float64(data=milliseconds[stage]))
+        self.total_time.publish(Float64(data=sum(milliseconds.values())))
+        latency_ms = (self._node.get_clock().now().nanoseconds - result.stamp_ns) * 1e-6
+        self.latency.publish(Float64Stamped(stamp=header.stamp, data=latency_ms))
+        return milliseconds, latency_ms

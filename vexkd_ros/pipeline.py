@@ -1,0 +1,117 @@
+"""The detector's work between a trigger and its outputs, with no ROS in it (Autoware's split
+of a node into a thin ROS adapter and a core): typed inputs in, a typed result out.
+
+The adapter files sweeps, camera frames and calibrations here as they arrive and hands over
+a `Trigger`; `run` assembles the same `Sample` the dataset reader builds (past sweeps and
+cameras placed through TF), calls the `Predictor` of `vexkd-train eval`, applies the
+thresholds and returns boxes, maps, notes (what was left out and why) and stage times.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from vexkd_core.classes import MAP_CLASSES
+from vexkd_core.data.sample import Sample
+from vexkd_core.inference import Predictor
+from vexkd_core.structures import BEVGrid, Boxes3D
+from vexkd_core.timing import StageTimer
+
+from .node_inputs import Calibration, CameraCache, CameraFrame, Sweep, SweepHistory, Transforms
+from .settings import DetectorSettings
+
+TF_WAIT_S = 0.1  # how long a trigger waits for /tf at its own stamp
+MODEL_STAGES = ("convert", "preprocess", "infer", "postprocess")
+
+
+@dataclass(frozen=True)
+class Trigger:
+    stamp_ns: int
+    frame_id: str  # the triggering sensor's frame
+    sweep: Sweep | None  # a LiDAR trigger's own sweep (already added); None: the camera node's trigger
+    convert_s: float = 0.0  # what the adapter spent converting the trigger message
+
+
+@dataclass
+class Result:
+    stamp_ns: int
+    frame_id: str  # of every output: the trigger sweep's frame, or bev_frame for the camera node
+    notes: list[str]  # inputs left out and why, one line each
+    skipped: bool = False  # the model did not run (the notes say why)
+    boxes: Boxes3D | None = None  # above the thresholds; None: skipped or the model does not detect
+    maps: dict[str, np.ndarray] = field(default_factory=dict)  # class -> [y, x] probability on `grid`
+    grid: BEVGrid | None = None
+    stage_ms: dict[str, float] = field(default_factory=dict)  # MODEL_STAGES
+
+
+class Pipeline:
+    def __init__(self, predictor: Predictor, modality: str, sweeps: int, tf: Transforms):
+        """`sweeps`: past sweeps to accumulate; -1: as many as the model was trained with."""
+        self.predictor, self.modality, self.tf = predictor, modality, tf
+        self.config = predictor.config
+        self.sweeps = SweepHistory(self.config.model.lidar.sweeps if sweeps < 0 else sweeps)
+        self.cameras = CameraCache()
+
+    @property
+    def detects(self) -> bool:
+        return "detection" in self.config.train.task_names
+
+    def resolve(self, settings: DetectorSettings) -> DetectorSettings:
+        """Settings with score_threshold -1 replaced by the checkpoint's own, and without the
+        outputs of a task the model was not trained for (train.tasks)."""
+        if settings.score_threshold < 0:
+            settings = replace(settings, score_threshold=self.config.model.score_threshold)
+        if "segmentation" not in self.config.train.task_names:
+            settings = replace(settings, map_classes=())
+        if not self.detects:
+            settings = replace(settings, publish_markers=False)
+        return settings
+
+    def add_sweep(self, sweep: Sweep) -> tuple[bool, list[str]]:
+        """(whether the sweep can trigger, notes). Non-finite points are only counted here:
+        preprocess() drops them, for the dataset path and this one alike."""
+        finite = int(np.isfinite(sweep.points).all(axis=1).sum())
+        notes = [] if finite == len(sweep.points) else \
+            [f"{len(sweep.points) - finite} of {len(sweep.points)} points are NaN/inf; they are dropped"]
+        if finite == 0:
+            return False, notes + ["point cloud skipped: it has no (finite) points"]
+        self.sweeps.add(sweep)
+        return True, notes
+
+    def add_frame(self, index: int, frame: CameraFrame) -> None:
+        self.cameras.add_frame(index, frame)
+
+    def set_calibration(self, index: int, calibration: Calibration | None) -> None:
+        self.cameras.set_calibration(index, calibration)
+
+    def run(self, trigger: Trigger, settings: DetectorSettings) -> Result:
+        """The model on one trigger; `settings` as resolve() returns them."""
+        started, timer = time.perf_counter(), StageTimer()
+        stamp_ns = trigger.stamp_ns
+        reference = trigger.frame_id if trigger.sweep is not None else settings.bev_frame
+        notes = []
+        if (self.sweeps.sweeps > 0 or self.modality != "lidar") and \
+                not self.tf.wait_for(settings.fixed_frame, reference, stamp_ns, TF_WAIT_S):
+            notes.append(f"no transform {settings.fixed_frame} <- {reference} at the trigger's stamp "
+                         f"within {TF_WAIT_S} s: past sweeps and cameras off the trigger time cannot be placed")
+        points = np.zeros((0, 5), np.float32)
+        if trigger.sweep is not None:
+            points, sweep_notes = self.sweeps.points(trigger.sweep, self.tf, settings.fixed_frame)
+            notes += sweep_notes
+        cameras = []
+        if self.modality != "lidar":
+            cameras, camera_notes = self.cameras.views(reference, stamp_ns, int(settings.max_camera_delay * 1e9),
+                                                       self.tf, settings.fixed_frame)
+            notes += camera_notes
+            if self.modality == "camera" and all(view.image is None for view in cameras):
+                return Result(stamp_ns, reference, ["camera frame skipped: " + "; ".join(notes)], skipped=True)
+        sample = Sample(token=f"{trigger.frame_id}@{stamp_ns}", timestamp_us=stamp_ns // 1000, points=points,
+                        cameras=cameras, lidar_to_global=np.eye(4))
+        timer.seconds["convert"] = [trigger.convert_s + time.perf_counter() - started]
+        prediction = self.predictor(sample, timer, score_threshold=settings.lowest_threshold())
+        boxes = settings.filter(prediction.boxes) if prediction.boxes is not None else None
+        maps = {name: prediction.map_probability[MAP_CLASSES.index(name)] for name in settings.map_classes}
+        return Result(stamp_ns, reference, notes, boxes=boxes, maps=maps, grid=self.config.map_grid.bev,
+                      stage_ms={stage: 1e3 * timer.seconds[stage][0] for stage in MODEL_STAGES})
