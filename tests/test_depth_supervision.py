@@ -168,9 +168,9 @@ def test_a_camera_model_forward_reads_no_points():
             assert torch.equal(value, reference.detection[name]), name
 
 
-def test_depth_supervision_is_on_for_camera_encoders_only_and_off_at_weight_zero():
+def test_depth_supervision_is_on_for_camera_models_only_and_off_at_weight_zero():
     batch = collate([preprocess(make_sample(box_face()), CONFIG)[0]])
-    for modality, expected in (("camera", {"depth"}), ("fusion", {"depth"}), ("lidar", set())):
+    for modality, expected in (("camera", {"depth"}), ("fusion", set()), ("lidar", set())):
         model = build_model(CONFIG, modality)
         assert set(depth_losses(model, model(batch), batch)) == expected, modality
     off = load_config("tiny", ["model.camera.depth_loss_weight=0"])

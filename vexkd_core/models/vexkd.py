@@ -179,11 +179,13 @@ def task_losses(model: nn.Module, output: Output, targets: list[Targets],
 
 
 def depth_losses(model: nn.Module, output: Output, batch: Batch) -> dict[str, torch.Tensor]:
-    """BEVDepth's depth supervision of a camera encoder by the batch's LiDAR points, weighted by
-    `model.camera.depth_loss_weight`; none for a model without a camera encoder or at weight 0.
-    Training only: the points are read here, never by the model's forward."""
+    """BEVDepth's depth supervision of a camera-only model by the batch's LiDAR points, weighted
+    by `model.camera.depth_loss_weight`; none at weight 0. Training only: the points are read
+    here, never by the model's forward. Not for the fusion teacher, as BEVFusion trains its
+    fused models without it: its LiDAR branch carries depth, and where GT-paste adds objects
+    the LiDAR shows what its images do not, which would teach the camera wrong depths."""
     weight = model.config.model.camera.depth_loss_weight
-    if output.depth_logits is None or weight == 0:
+    if model.modality != "camera" or output.depth_logits is None or weight == 0:
         return {}
     targets = depth_targets(batch, model.config.model.camera)
     return {"depth": depth_loss(output.depth_logits, targets) * weight}
