@@ -1,6 +1,7 @@
 """What a monitoring consumer or an integrator sees of a running detector node: /diagnostics
 once a second (rates, drops, latency, the last problem), the stamped
-~/debug/pipeline_latency_ms, and config/detector.yaml applied under a namespace."""
+~/debug/pipeline_latency_ms, the outputs `vexkd-ros stack --record` keeps, and
+config/detector.yaml applied under a namespace."""
 import subprocess
 import time
 from pathlib import Path
@@ -12,13 +13,14 @@ from autoware_internal_debug_msgs.msg import Float64Stamped
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.srv import GetParameters
 from ros_nodes import Harness, cloud, start_node, static_and_pose, stop_node
-from vexkd_ros.stack import NodeSpec
 from tf2_msgs.msg import TFMessage
 
 from vexkd_core.checkpoint import save_checkpoint
 from vexkd_core.config import load_config
 from vexkd_core.models.vexkd import build_model
+from vexkd_ros import bag
 from vexkd_ros.conversions import stamp_to_ns
+from vexkd_ros.stack import NodeSpec
 
 NODE = "lidar_detector"
 CONFIG_FILE = Path(__file__).resolve().parent.parent / "config" / "detector.yaml"
@@ -66,6 +68,9 @@ def test_diagnostics_and_latency_as_a_consumer_reads_them(checkpoint, rclpy_cont
         assert int(report["triggers_in"]) == frames and int(report["dropped"]) == 0
         assert float(report["pipeline_latency_ms"]) == pytest.approx(latencies[stamp], abs=1e-3)
         assert float(report["processing_time_ms"]) > 0 and report["last_error"] == ""
+        published = dict(harness.node.get_publisher_names_and_types_by_node(NODE, "/"))
+        recorded = NodeSpec("lidar", checkpoint).output_topics()  # what `vexkd-ros stack --record` keeps
+        assert {t: published.get(t) for t in recorded} == {t: [bag.type_name(k)] for t, k in recorded.items()}
 
         harness.publish("/LIDAR_TOP", cloud(time.time_ns(), 1000, frame="nowhere"))
         harness.spin_until(lambda: reports[-1][1].level == DiagnosticStatus.WARN, 30, "a WARN status")

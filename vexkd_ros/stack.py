@@ -31,7 +31,7 @@ from .bag import AtomicBagWriter, BagError
 from .conversions import stamp_to_ns
 from .detector_node import NODE_NAMES
 from .environment import apply_default_ros_environment
-from .node_outputs import VELOCITIES_TOPIC
+from .node_outputs import AUTOWARE_OBJECTS_TOPIC, LATENCY_TOPIC, VELOCITIES_TOPIC
 from .player import message_class, open_bag
 from .scene_messages import LIDAR_TOPIC, camera_info_topic, image_topic
 
@@ -67,6 +67,10 @@ class NodeSpec:
         topics.update({f"/{self.name}/output/map/{name}": message_class("nav_msgs/msg/OccupancyGrid")
                        for name in MAP_CLASSES})
         topics[f"/{self.name}/output/markers"] = message_class("visualization_msgs/msg/MarkerArray")
+        topics[f"/{self.name}/{AUTOWARE_OBJECTS_TOPIC.removeprefix('~/')}"] = \
+            message_class("autoware_perception_msgs/msg/DetectedObjects")
+        topics[f"/{self.name}/{LATENCY_TOPIC.removeprefix('~/')}"] = \
+            message_class("autoware_internal_debug_msgs/msg/Float64Stamped")
         return topics
 
 
