@@ -4,7 +4,8 @@ presets, and the ROS overhead (message conversion + publishing) as a share of mo
 Runs the real DetectorNode in this process (random-weight checkpoints: latency does not
 depend on the weights) on nuScenes-sized inputs: a 34,720-point cloud per sweep with the
 preset's past sweeps through TF, six 1600x900 JPEG cameras. The worker thread is stopped
-and each frame is processed in the foreground, so every frame is timed. Records
+and each frame goes through the node's callbacks, its pipeline and its publishers in the
+foreground, so every frame is timed. Records
 bench/results/nodes.json.
 """
 from __future__ import annotations
@@ -32,7 +33,8 @@ from vexkd_core.io import atomic_write_json  # noqa: E402
 from vexkd_core.models.vexkd import build_model  # noqa: E402
 from vexkd_ros.conversions import (array_to_cloud, intrinsics_to_camera_info, matrices_to_tf_message,  # noqa: E402
                                    ns_to_stamp, rgb_to_compressed, structured_points)
-from vexkd_ros.detector_node import STAGES, DetectorNode  # noqa: E402
+from vexkd_ros.detector_node import DetectorNode  # noqa: E402
+from vexkd_ros.node_outputs import STAGES  # noqa: E402
 from vexkd_ros.environment import apply_default_ros_environment  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "nodes.json"
@@ -58,7 +60,7 @@ def feed_rig(node: DetectorNode, stamps: list[int]) -> None:
     node.tf.add(matrices_to_tf_message([("map", "base_link", np.eye(4), ns_to_stamp(s)) for s in stamps]), static=False)
     k = np.array([[1266.0, 0, 816], [0, 1266.0, 491], [0, 0, 1]])
     for index, channel in enumerate(CAMERA_CHANNELS):
-        node.cameras.add_info(index, intrinsics_to_camera_info(k, 1600, 900, Header(frame_id=channel)))
+        node._on_camera_info(index, intrinsics_to_camera_info(k, 1600, 900, Header(frame_id=channel)))
 
 
 def measure(modality: str, preset_name: str, repeats: int, folder: Path) -> dict:
@@ -68,8 +70,8 @@ def measure(modality: str, preset_name: str, repeats: int, folder: Path) -> dict
                                  modality)
     node = DetectorNode(modality, parameter_overrides=[Parameter("checkpoint", value=str(checkpoint))])
     node.stop()  # frames are processed in the foreground below, every one timed
-    node.create_subscription(node.objects_pub.msg_type, f"/{node.get_name()}/output/objects", lambda m: None, 1)
-    sweeps = node.sweeps.sweeps
+    node.create_subscription(node.outputs.objects.msg_type, f"/{node.get_name()}/output/objects", lambda m: None, 1)
+    sweeps = node.pipeline.sweeps.sweeps
     stamps = [k * SWEEP_PERIOD_NS + 10**9 for k in range(sweeps + repeats + 2)]
     feed_rig(node, stamps)
     rng = np.random.default_rng(0)
@@ -77,18 +79,15 @@ def measure(modality: str, preset_name: str, repeats: int, folder: Path) -> dict
             for c in CAMERA_CHANNELS]
     rows = []
     for k, stamp in enumerate(stamps):
-        header = Header(stamp=ns_to_stamp(stamp), frame_id="LIDAR_TOP" if modality != "camera" else CAMERA_CHANNELS[0])
         for index, image in enumerate(jpeg):
             image.header.stamp = ns_to_stamp(stamp)
-            node.cameras.add_image(index, image)
-        if modality == "camera":
-            node._trigger(header, None, 0.0)
-        else:
+            node._on_image(index, image)  # the camera node's image 0 is its trigger
+        if modality != "camera":
             node._on_cloud(cloud(stamp, k))
-        pending, node._pending = node._pending, None
-        milliseconds = node._process(*pending)
-        if k > sweeps and milliseconds is not None:  # warm: full sweep history, allocator settled
-            rows.append(milliseconds)
+        trigger, node.worker._pending = node.worker._pending, None
+        result = node.pipeline.run(trigger, node.settings)
+        if k > sweeps and not result.skipped:  # warm: full sweep history, allocator settled
+            rows.append(node.outputs.publish(result, node.settings)[0])
     node.destroy_node()
     median = {stage: statistics.median(r[stage] for r in rows) for stage in STAGES}
     model_ms = median["preprocess"] + median["infer"] + median["postprocess"]
