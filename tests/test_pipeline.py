@@ -11,9 +11,10 @@ import torch
 from vexkd_core.classes import MAP_CLASSES
 from vexkd_core.config import load_config
 from vexkd_core.data.sample import CAMERA_CHANNELS
+from vexkd_core.data.sensor_files import reduce_image
 from vexkd_core.inference import Predictor
 from vexkd_core.models.vexkd import build_model
-from vexkd_ros.node_inputs import Calibration, CameraFrame, Sweep
+from vexkd_ros.node_inputs import Calibration, CameraCache, CameraFrame, Sweep
 from vexkd_ros.pipeline import MODEL_STAGES, Pipeline, Trigger
 from vexkd_ros.settings import DetectorSettings
 from vexkd_ros.worker import NewestWorker
@@ -118,7 +119,7 @@ def test_a_single_task_model_outputs_only_its_task(tasks, objects, maps):
 
 def camera_frame(index: int, stamp_ns: int, size=(320, 180)) -> CameraFrame:
     image = np.full((size[1], size[0], 3), 40 * index, np.uint8)
-    return CameraFrame(stamp_ns, CAMERA_CHANNELS[index], size, lambda: image)
+    return CameraFrame(stamp_ns, CAMERA_CHANNELS[index], size, lambda reduction: reduce_image(image, reduction))
 
 
 def test_a_camera_trigger_uses_the_calibrated_cameras_and_names_the_missing_ones():
@@ -159,3 +160,30 @@ def test_the_worker_takes_the_newest_trigger_and_counts_the_ones_it_dropped():
     finally:
         go.set()
         worker.stop()
+
+
+@pytest.mark.parametrize("encoded", [True, False])
+def test_a_nuscenes_camera_is_decoded_as_the_dataset_reader_decodes_it(encoded):
+    """A 1600x900 camera for a 704-wide model input: decoded at 1/2 with K scaled to match,
+    the same pixels (JPEG) the training reader gets from the same bytes, or the raw image
+    reduced alike."""
+    import cv2
+
+    from vexkd_core.data.sensor_files import decode_image, reduced_intrinsics
+
+    rng = np.random.default_rng(0)
+    full = cv2.GaussianBlur(rng.integers(0, 255, (900, 1600, 3), dtype=np.uint8), (9, 9), 3)
+    jpeg = np.frombuffer(cv2.imencode(".jpg", full)[1].tobytes(), np.uint8)
+    decode = (lambda reduction: decode_image(jpeg, reduction)) if encoded else \
+        (lambda reduction: reduce_image(full, reduction))
+    k = np.array([[1266.0, 0.0, 816.0], [0.0, 1266.0, 491.0], [0.0, 0.0, 1.0]])
+    cache = CameraCache(input_width=704)
+    for index, channel in enumerate(CAMERA_CHANNELS):
+        cache.add_frame(index, CameraFrame(T0, channel, (1600, 900), decode))
+        cache.set_calibration(index, Calibration(k, 1600, 900))
+    views, notes = cache.views("LIDAR_TOP", T0, 10**8, StandingStill(), "map")
+    assert notes == []
+    expected = decode_image(jpeg, 2) if encoded else cv2.resize(full, (800, 450), interpolation=cv2.INTER_AREA)
+    for view in views:
+        assert view.image.shape == (450, 800, 3) and np.array_equal(view.image, expected)
+        assert np.allclose(view.intrinsics, reduced_intrinsics(k, 2))

@@ -25,6 +25,7 @@ from tf2_msgs.msg import TFMessage
 
 from vexkd_core.checkpoint import CheckpointError, model_from_checkpoint
 from vexkd_core.data.sample import CAMERA_CHANNELS
+from vexkd_core.data.sensor_files import reduce_image
 from vexkd_core.inference import Predictor
 
 from .conversions import (MessageError, camera_info_to_intrinsics, cloud_to_points, compressed_to_rgb,
@@ -50,9 +51,9 @@ def camera_frame(msg: Image | CompressedImage) -> CameraFrame:
     """The pipeline's lazy frame: the size a JPEG/PNG header claims is read now, pixels on use."""
     if isinstance(msg, CompressedImage):
         return CameraFrame(stamp_to_ns(msg.header.stamp), msg.header.frame_id, encoded_image_size(msg.data),
-                           lambda: compressed_to_rgb(msg))
+                           lambda reduction: compressed_to_rgb(msg, reduction))
     return CameraFrame(stamp_to_ns(msg.header.stamp), msg.header.frame_id, (msg.width, msg.height),
-                       lambda: image_to_rgb(msg))
+                       lambda reduction: reduce_image(image_to_rgb(msg), reduction))
 
 
 class DetectorNode(Node):

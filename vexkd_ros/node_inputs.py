@@ -16,6 +16,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from vexkd_core.data.sample import CAMERA_CHANNELS, CameraView
+from vexkd_core.data.sensor_files import decode_reduction, reduced_intrinsics
 from vexkd_core.data.sweeps import sweep_in_key_frame
 
 CAMERA_FRAMES_KEPT = 4  # per camera: enough to choose the nearest of ~3 frames around a trigger
@@ -44,7 +45,9 @@ class CameraFrame:
     stamp_ns: int
     frame_id: str
     claimed_size: tuple[int, int] | None  # (width, height) its header says; None: unknown before decoding
-    decode: Callable[[], np.ndarray]  # HxWx3 uint8 RGB; raises ValueError with a one-line reason
+    # decode(reduction): HxWx3 uint8 RGB, `reduction` (1, 2, 4, 8) times smaller on each side
+    # (sensor_files.decode_reduction); raises ValueError with a one-line reason
+    decode: Callable[[int], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,10 @@ class SweepHistory:
 class CameraCache:
     """Recent frames and the latest calibration of each of the 6 model cameras."""
 
-    def __init__(self):
+    def __init__(self, input_width: int = 0):
+        """`input_width`: the model's camera input width; images are decoded as the dataset
+        reader decodes them for that model, at the largest reduction that still covers it."""
+        self.input_width = input_width
         self._frames = [collections.deque(maxlen=CAMERA_FRAMES_KEPT) for _ in CAMERA_CHANNELS]
         self._calibration: list[Calibration | None] = [None] * len(CAMERA_CHANNELS)
         self._lock = threading.Lock()
@@ -134,18 +140,22 @@ class CameraCache:
         # Checked before decoding: a forged JPEG header would otherwise make cv2 allocate and fill its pixels first.
         if frame.claimed_size is not None and frame.claimed_size != (calibration.width, calibration.height):
             return missing, _size_mismatch(frame.claimed_size, calibration)
+        reduction = decode_reduction(calibration.width, self.input_width)
         try:
-            rgb = frame.decode()
+            rgb = frame.decode(reduction)
         except ValueError as error:
             return missing, str(error)
-        if rgb.shape[:2] != (calibration.height, calibration.width):
-            return missing, _size_mismatch((rgb.shape[1], rgb.shape[0]), calibration)
+        # A reduced decode rounds an odd side either way (JPEG up, other formats down).
+        height, width = rgb.shape[:2]
+        if abs(width - calibration.width / reduction) >= 1 or abs(height - calibration.height / reduction) >= 1:
+            return missing, _size_mismatch((width * reduction, height * reduction), calibration)
         try:
             camera_to_reference = tf.lookup_across_time(reference_frame, stamp_ns, frame.frame_id, frame.stamp_ns,
                                                         fixed_frame)
         except LookupError as error:
             return missing, str(error)
-        return CameraView(channel, rgb, calibration.intrinsics, camera_to_reference), None
+        return CameraView(channel, rgb, reduced_intrinsics(calibration.intrinsics, reduction),
+                          camera_to_reference), None
 
 
 def _size_mismatch(size: tuple[int, int], calibration: Calibration) -> str:

@@ -52,7 +52,7 @@ class Pipeline:
         self.predictor, self.modality, self.tf = predictor, modality, tf
         self.config = predictor.config
         self.sweeps = SweepHistory(self.config.model.lidar.sweeps if sweeps < 0 else sweeps)
-        self.cameras = CameraCache()
+        self.cameras = CameraCache(self.config.model.camera.input_width)
 
     @property
     def detects(self) -> bool:

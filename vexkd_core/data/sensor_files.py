@@ -38,6 +38,15 @@ def decode_image(encoded: np.ndarray, reduction: int = 1) -> np.ndarray | None:
     return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def reduce_image(rgb: np.ndarray, reduction: int) -> np.ndarray:
+    """An already decoded (raw) image `reduction` times smaller, area-averaged, as
+    decode_image's reduced JPEG decode gives it (raw Image messages on the ROS side)."""
+    if reduction == 1:
+        return rgb
+    height, width = rgb.shape[:2]
+    return cv2.resize(rgb, (-(-width // reduction), -(-height // reduction)), interpolation=cv2.INTER_AREA)
+
+
 def reduced_intrinsics(intrinsics: np.ndarray, reduction: int) -> np.ndarray:
     """K of the image decoded `reduction` times smaller. Pixel centres sit at integer
     coordinates (as cv2.warpAffine samples them) and a reduced pixel covers `reduction`
