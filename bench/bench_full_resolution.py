@@ -60,13 +60,17 @@ def eval_commands(run: Path, world: Path, device: str) -> list[tuple[str, list[s
 
 
 def measured(arguments: list[str]) -> dict:
-    """Runs one vexkd-train command in a fresh process; its wall time and peak memory."""
+    """Runs one vexkd-train command in a fresh process; its wall time and peak memory, or
+    the error it ended with (a stage that runs out of memory is a figure too)."""
     started = time.monotonic()
     result = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(arguments)],
                             capture_output=True, text=True)
+    wall = {"wall_s": round(time.monotonic() - started, 1)}
     if result.returncode != 0:
-        raise SystemExit(f"vexkd-train {' '.join(arguments[:1])} failed:\n{result.stderr[-3000:]}")
-    return {**json.loads(result.stdout.strip().splitlines()[-1]), "wall_s": round(time.monotonic() - started, 1)}
+        reason = "killed by signal %d (out of memory?)" % -result.returncode if result.returncode < 0 else \
+            (result.stderr.strip().splitlines() or ["exit %d" % result.returncode])[-1]
+        return {"error": reason, **wall}
+    return {**json.loads(result.stdout.strip().splitlines()[-1]), **wall}
 
 
 def child(arguments: list[str]) -> None:
@@ -108,7 +112,7 @@ def main() -> None:
         return child(json.loads(args.child))
     world, written_s = synth_world("full-resolution-1600x900", WORLD)
     subprocess.run([str(Path(sys.executable).parent / "vexkd-data"), "gt-database", "--dataroot", str(world),
-                    "--version", VERSION], check=True, capture_output=True)
+                    "--version", VERSION, "--overwrite"], check=True, capture_output=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="vexkd-full-resolution-") as scratch:
         for batch in args.batch_sizes:
@@ -116,15 +120,12 @@ def main() -> None:
             commands = stage_commands(run, world, batch, args.steps, args.device)
             for stage, arguments in commands + (eval_commands(run, world, args.device) if batch == 1 else []):
                 row = {"stage": stage, "batch": batch, **measured(arguments)}
-                out = Path(arguments[arguments.index("--out") + 1])
-                if stage.startswith("eval"):
-                    metrics = json.loads((out / "metrics.json").read_text())
-                    row["latency_ms"] = round(metrics["latency_ms"]["total"], 1)
-                else:
-                    log = out / ("masks_log.csv" if stage == "masks" else "log.csv")
-                    row["seconds_per_step"], row["steps"] = step_seconds(log)
+                if "error" not in row:
+                    row.update(_speed(stage, Path(arguments[arguments.index("--out") + 1])))
                 rows.append(row)
                 print(_line(row), flush=True)
+                if "error" in row:  # the stages after it read what it did not write
+                    break
     figures = {"device": args.device, "world": {k: list(v) if isinstance(v, tuple) else v for k, v in WORLD.items()},
                "world_write_s": None if written_s is None else round(written_s, 1), "rows": rows,
                "cpus": os.cpu_count(), **_torch_facts(), "python": platform.python_version()}
@@ -139,7 +140,17 @@ def _torch_facts() -> dict:
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+def _speed(stage: str, out: Path) -> dict:
+    """Latency per sample of an evaluation; median seconds per step of a training."""
+    if stage.startswith("eval"):
+        return {"latency_ms": round(json.loads((out / "metrics.json").read_text())["latency_ms"]["total"], 1)}
+    seconds, steps = step_seconds(out / ("masks_log.csv" if stage == "masks" else "log.csv"))
+    return {"seconds_per_step": seconds, "steps": steps}
+
+
 def _line(row: dict) -> str:
+    if "error" in row:
+        return f"{row['stage']:<24} batch {row['batch']}: failed after {row['wall_s']:.0f} s: {row['error']}"
     memory = f"peak RSS {row['peak_rss_mb']:.0f} MB" + \
         (f", GPU {row['peak_gpu_mb']:.0f} MB" if row.get("peak_gpu_mb") is not None else "")
     speed = f"{row['latency_ms']:.0f} ms per sample" if "latency_ms" in row else \
