@@ -17,28 +17,58 @@ from vexkd_core.data.dataset import TrainingSet, collate_training, map_source_gr
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.distill.distiller import freeze
 from vexkd_core.distill.losses import MaskedDistillLoss
-from vexkd_core.distill.mask_generator import area_excess, dice_overlap, indecision
-from vexkd_core.distill.selectivity import SelectivityMeter, box_footprints
+from vexkd_core.distill.mask_generator import area_excess, dice_overlap, imbalance, indecision
+from vexkd_core.distill.selectivity import SelectivityMeter, as_report, box_footprints, generator_diversity
 from vexkd_core.models.vexkd import build_model
 from vexkd_core.structures import BEVGrid, Boxes3D
-from vexkd_train.masks import GeneratorLoss, MaskSettings, build_generators, load_masks, masked_task_loss, train_masks
+from vexkd_train.masks import MaskSettings, build_generators, load_masks, masks_loss, teacher_task_loss, train_masks
 from vexkd_train.trainer import RunOptions, train
 
 CONFIG = load_config("tiny", ["model.lidar.sweeps=1", "train.batch_size=1"])
 BIN = Path(sys.executable).parent
 
 
-def test_dice_counts_every_pair_and_the_area_budget_only_what_exceeds_it():
-    ones, zeros = torch.ones(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)
+def test_dice_counts_every_pair_and_the_budget_the_union_of_the_masks():
+    zeros = torch.zeros(1, 1, 4, 4)
     left = torch.zeros(1, 1, 4, 4)
     left[..., :2] = 1
-    # Pairs (ones, left), (ones, left), (left, left): Dice 2/3, 2/3, 1.
-    assert dice_overlap(torch.cat([ones, left, left], 1)).item() == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    # Pairs (left, left), (left, 0.5 left), (left, 0.5 left): Dice 1, 0.8, 0.8 (2 * 4 / (8 + 2)).
+    assert dice_overlap(torch.cat([left, left, left * 0.5], 1)).item() == pytest.approx((1 + 0.8 + 0.8) / 3)
     assert dice_overlap(torch.cat([left, 1 - left], 1)).item() == pytest.approx(0.0, abs=1e-6)
-    assert area_excess(torch.cat([ones, zeros], 1), 0.25).item() == pytest.approx(0.75 / 2)
-    assert area_excess(left * 0.5, 0.25).item() == pytest.approx(0.0)
-    assert indecision(torch.cat([ones, zeros, left], 1)).item() == 0.0
-    assert indecision(torch.full((1, 2, 4, 4), 0.5)).item() == pytest.approx(0.25)
+    # The budget counts what the masks cover together: two halves are the whole map.
+    assert area_excess(torch.cat([left, 1 - left], 1), 0.25).item() == pytest.approx(0.75)
+    assert area_excess(torch.cat([left * 0.25, zeros], 1), 0.25).item() == pytest.approx(0.0)
+
+
+def test_impurity_and_balance_rule_out_the_ways_around_dice_and_the_budget():
+    left = torch.zeros(1, 1, 4, 4)
+    left[..., :2] = 1
+    decided = torch.cat([left, 1 - left, torch.zeros(1, 1, 4, 4)], 1)
+    assert indecision(decided).item() == 0.0
+    assert indecision(torch.full((1, 1, 4, 4), 0.5)).item() == pytest.approx(0.5)  # mask or background
+    assert indecision(torch.full((1, 2, 4, 4), 0.5)).item() == pytest.approx(0.5)  # two masks share each cell
+    assert indecision(torch.full((1, 6, 4, 4), 0.25 / 6)).item() > 0.4  # the union uniform at the budget
+    # One mask taking all the covered cells meets Dice (empty masks overlap nothing), not the balance.
+    assert dice_overlap(decided).item() == pytest.approx(0.0, abs=1e-6)
+    assert imbalance(decided).item() == pytest.approx(np.log(3 / 2))
+    assert imbalance(torch.cat([left, torch.zeros(1, 2, 4, 4)], 1)).item() == pytest.approx(np.log(3))
+    assert imbalance(left.expand(1, 3, 4, 4)).item() == pytest.approx(0.0, abs=1e-6)
+    # A mask spread thinly (1/16 on 16 cells) has the mass of one deciding a cell, not its share.
+    spot = torch.zeros(1, 1, 4, 4)
+    spot[..., 0, 0] = 1
+    assert imbalance(torch.cat([torch.full((1, 1, 4, 4), 1 / 16), spot], 1)).item() == pytest.approx(
+        (1 / 17) * np.log(2 / 17) + (16 / 17) * np.log(32 / 17), rel=1e-4)
+
+
+def test_generated_masks_share_each_cell_with_the_background():
+    """The softmax over T masks and a background: at most 1 together, so no two masks can
+    both be above 0.5 on a cell; before training they cover about the area budget."""
+    teacher = build_model(CONFIG, "fusion").eval()
+    generator = build_generators(teacher, MaskSettings(masks_per_generator=4, blocks=1))["detection/high"]
+    feature = torch.randn(2, teacher.heads.decoder.out_channels, 12, 10)
+    masks = generator(feature)
+    assert masks.shape == (2, 4, 12, 10) and masks.min() >= 0 and masks.sum(1).max() <= 1 + 1e-6
+    assert masks.sum(1).mean().item() == pytest.approx(MaskSettings().area_budget, abs=0.05)
 
 
 def test_box_footprints_cover_a_rotated_box():
@@ -65,6 +95,23 @@ def test_selectivity_tells_a_uniform_mask_from_a_selective_one():
     segmentation = SelectivityMeter("segmentation")
     segmentation.add(selective[None], region)
     assert segmentation.summary()[0].map_share == pytest.approx(3.6 / (3.6 + 60 * 0.05))
+
+
+def test_diversity_counts_copies_and_uniform_masks_once_at_most():
+    region = np.zeros((10, 10), bool)
+    region[:5, :4] = True
+    first = np.where(region, 0.9, 0.05).astype(np.float32)
+    second = np.roll(first, 5, axis=0)  # the same area elsewhere
+    meter = SelectivityMeter("detection")
+    masks = [first, first * 0.95, second, np.full((10, 10), 0.25), np.full((10, 10), 0.02)]
+    meter.add(torch.from_numpy(np.stack(masks).astype(np.float32)), region)
+    rows = as_report({"detection/low": meter})["detection/low"]
+    assert rows[0]["region_dice"] == pytest.approx([1, 1, 0, 0, 0])
+    assert rows[3]["region_dice"][4] == 1.0  # both empty above 0.5: the same (no) region
+    diversity = generator_diversity(rows)
+    # The copy and the two uniform masks are not distinct; soft Dice alone calls the uniform ones different.
+    assert diversity.distinct == 2 and rows[3]["soft_dice"][4] < 0.5
+    assert diversity.region_dice == pytest.approx(2 / 10)  # pairs (0, 1) and (3, 4) of 10
 
 
 def test_attention_transfer_of_a_uniform_mask_is_the_whole_map():
@@ -96,15 +143,16 @@ def trained_teacher(tiny_world, tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_masks(trained_teacher):
     checkpoint, source, folder = trained_teacher
-    settings = MaskSettings(masks_per_generator=4, blocks=1, epochs=6)
+    settings = MaskSettings(masks_per_generator=4, blocks=1, epochs=20)
     return train_masks(checkpoint, source, folder / "generators", settings, progress=False), settings
 
 
-def test_trained_masks_vary_over_the_map_and_differ_from_each_other(trained_teacher, trained_masks):
-    """On this 4-sample world with a 40-step teacher the masks are only starting to pick cells
-    (few cells above 0.5 yet; the demo's teacher gives 3.5-4x more mask on GT boxes than
-    elsewhere, see README): what must already hold is that no generator is uniform and its
-    masks are not copies of each other."""
+def test_trained_masks_vary_and_differ_from_each_other_and_from_the_whole_map(trained_teacher, trained_masks):
+    """On this 4-sample world a few dozen steps of mask training must already give, in every
+    generator, masks that are not uniform, that no mask covers the whole map, and that the
+    masks are not copies of each other. (Whether they decide cells, above 0.5, is up to the
+    teacher: this 40-step one loses next to nothing when its feature is masked, masked over
+    unmasked loss 0.98-1.06, so its masks stay faint; the demo's figures are in README.)"""
     checkpoint, source, folder = trained_teacher
     report = json.loads((folder / "generators" / "selectivity.json").read_text())
     teacher, _, _ = model_from_checkpoint(checkpoint)
@@ -115,17 +163,17 @@ def test_trained_masks_vary_over_the_map_and_differ_from_each_other(trained_teac
         for key, generator in generators.items():
             flat = generator.eval()(getattr(output, key.split("/")[1]))[0].flatten(1)
             variation = flat.std(1) / flat.mean(1)
-            assert variation.max() > 0.1, (key, variation)  # a uniform mask has 0
-            for i in range(len(flat)):
-                for j in range(i + 1, len(flat)):
-                    assert (flat[i] - flat[j]).abs().max() > 0.05, (key, i, j)
-            assert max(stats["variation"] for stats in report[key]) > 0.05, (key, report[key])
+            assert variation.min() > 0.3, (key, variation)  # a uniform mask has 0
+    for key, masks in report.items():
+        assert max(stats["above_half"] for stats in masks) < 0.5, (key, masks)
+        diversity = generator_diversity(masks)
+        assert diversity.soft_dice < 0.2, (key, diversity)
 
 
 def test_training_lowers_the_objective_below_untrained_and_uniform_masks(trained_teacher, trained_masks):
     """Mask training improves on where it started and on masks uniform at the budget (the
-    way around the budget the m(1 - m) term closes); m = 1 everywhere, the first version's
-    optimum, is far worse still."""
+    way around the budget the impurity term closes); masks covering the whole map together,
+    the first version's optimum, are far worse still."""
     checkpoint, source, _ = trained_teacher
     settings = trained_masks[1]
     teacher, _, _ = model_from_checkpoint(checkpoint)
@@ -134,20 +182,20 @@ def test_training_lowers_the_objective_below_untrained_and_uniform_masks(trained
     untrained = build_generators(teacher, settings, teacher.config.train.seed)
     batch, targets = collate_training([TrainingSet(source, CONFIG, augment=False)[0]])
 
-    def objective(task, level, feature, masks):
-        return GeneratorLoss(masked_task_loss(teacher, task, level, feature, masks, targets), dice_overlap(masks),
-                             area_excess(masks, settings.area_budget), indecision(masks)).total(settings).item()
+    def objective(key, feature, masks, output):
+        unmasked = teacher_task_loss(teacher, key.split("/")[0], output, targets)
+        return masks_loss(teacher, key, feature, masks, targets, settings, unmasked).total(settings).item()
 
     with torch.no_grad():
         output = teacher(batch)
         for key, generator in generators.items():
-            task, level = key.split("/")
-            feature = getattr(output, level)
-            trained = objective(task, level, feature, generator.eval()(feature))
-            start = objective(task, level, feature, untrained[key].eval()(feature))
-            shape = (1, settings.masks_per_generator) + feature.shape[-2:]
-            uniform = objective(task, level, feature, torch.full(shape, settings.area_budget))
-            whole_map = objective(task, level, feature, torch.ones(shape))
+            feature = getattr(output, key.split("/")[1])
+            trained = objective(key, feature, generator.eval()(feature), output)
+            start = objective(key, feature, untrained[key].eval()(feature), output)
+            count = settings.masks_per_generator
+            shape = (1, count) + feature.shape[-2:]
+            uniform = objective(key, feature, torch.full(shape, settings.area_budget / count), output)
+            whole_map = objective(key, feature, torch.full(shape, 1 / count), output)
             assert trained < min(start, uniform) < whole_map, (key, trained, start, uniform, whole_map)
 
 

@@ -3,10 +3,14 @@
 Its query starts as the trained teacher's MGFM BEV query and positional embedding (or
 random, for the ablation, and for a ConvFuser teacher, which has no query). N blocks of
 deformable cross-attention from the query into the frozen teacher's feature map, each with
-an FFN, then a linear head and a sigmoid give T soft spatial masks, resized to the feature
-map. How they are trained (and why they cannot all become 1) is in vexkd_train/masks.py.
+an FFN, then a linear head gives, per cell, T + 1 logits resized to the feature map: T
+masks and a background. A softmax over the T + 1 makes the masks compete for every cell, so
+they sum to at most 1 and no two can both exceed 0.5 on a cell. How they are trained is in
+vexkd_train/masks.py.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +44,7 @@ class MaskGenerator(nn.Module):
         self.position = nn.Parameter(position.detach().clone())
         self.value_projection = nn.Conv2d(feature_channels, dim, 1)
         self.blocks = nn.ModuleList(MaskBlock(dim, heads, points, ffn_channels) for _ in range(blocks))
-        self.head = nn.Linear(dim, masks)
+        self.head = nn.Linear(dim, masks + 1)  # the last logit is the background's
         self.register_buffer("reference", reference_points(*query_size), persistent=False)
 
     @classmethod
@@ -66,8 +70,18 @@ class MaskGenerator(nn.Module):
             position = torch.randn(shape, generator=generator) * scales[1]
         return cls(feature_channels, query, position, query_size, masks, blocks, heads, points, ffn_channels)
 
+    def start_at_area(self, area: float) -> "MaskGenerator":
+        """Bias the background so that, before training, the masks together cover about `area`
+        of the map (each mask 1/T of it): training starts inside its budget instead of
+        spending its first steps pushing the whole map out (as focal loss starts at its prior)."""
+        masks = self.head.out_features - 1
+        with torch.no_grad():
+            self.head.bias.zero_()
+            self.head.bias[-1] = math.log(masks * max(1 - area, 1e-3) / area)
+        return self
+
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
-        """feature (B, C, H, W) -> masks (B, T, H, W) in [0, 1]."""
+        """feature (B, C, H, W) -> masks (B, T, H, W) in [0, 1], summing to at most 1 per cell."""
         batch = feature.shape[0]
         value = self.value_projection(feature)
         query = self.query.expand(batch, -1, -1)
@@ -76,7 +90,8 @@ class MaskGenerator(nn.Module):
         for block in self.blocks:
             query = block(query, position, reference, value)
         logits = self.head(query).transpose(1, 2).reshape(batch, -1, *self.query_size)
-        return torch.sigmoid(F.interpolate(logits, size=feature.shape[-2:], mode="bilinear", align_corners=False))
+        logits = F.interpolate(logits, size=feature.shape[-2:], mode="bilinear", align_corners=False)
+        return logits.softmax(1)[:, :-1]
 
 
 def dice_overlap(masks: torch.Tensor) -> torch.Tensor:
@@ -93,10 +108,26 @@ def dice_overlap(masks: torch.Tensor) -> torch.Tensor:
 
 
 def indecision(masks: torch.Tensor) -> torch.Tensor:
-    """Mean of m (1 - m): 0 for masks of zeros and ones, 0.25 for masks of 0.5."""
-    return (masks * (1 - masks)).mean()
+    """Mean Gini impurity of each cell's share among the T masks and the background
+    (1 - sum of squared shares): 0 where one of them takes the whole cell. It is m(1 - m)
+    twice over for one mask, and it rules out both ways of being undecided: a mask spread
+    thinly over the whole map (a rescaled feature, not a selection) and masks sharing cells."""
+    background = 1 - masks.sum(1)
+    return (1 - masks.pow(2).sum(1) - background.pow(2)).mean()
 
 
 def area_excess(masks: torch.Tensor, budget: float) -> torch.Tensor:
-    """How far each mask's mean value (its share of the map) exceeds `budget`, averaged."""
-    return torch.relu(masks.flatten(2).mean(-1) - budget).mean()
+    """How far the share of the map the masks cover together exceeds `budget`, per sample, averaged."""
+    return torch.relu(masks.sum(1).flatten(1).mean(-1) - budget).mean()
+
+
+def imbalance(masks: torch.Tensor) -> torch.Tensor:
+    """KL divergence of the masks' shares of the masks' energy (sum of m^2 over the batch) from
+    equal shares: log T when one mask takes every selected cell and the others are empty,
+    which Dice alone would accept (an empty mask overlaps nothing). Energy, not mass: a mask
+    spread thinly over the whole map (0.02 everywhere, which attention transfer turns into
+    whole-map distillation) has as much mass as one that takes 2 % of the cells, but 1/50 of
+    their energy, so a share of the energy has to be earned by deciding cells."""
+    energy = masks.pow(2).sum((0, 2, 3))
+    share = energy / energy.sum().clamp(min=1e-9)
+    return (share * (share * len(share)).clamp(min=1e-9).log()).sum()
