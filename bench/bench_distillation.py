@@ -28,7 +28,7 @@ from vexkd_core.data.dataset import EpochSampler, TrainingSet, collate_training,
 from vexkd_core.distill.distiller import Distiller, freeze  # noqa: E402
 from vexkd_core.io import atomic_write_json  # noqa: E402
 from vexkd_core.models.vexkd import build_model, detection_targets, task_losses  # noqa: E402
-from vexkd_train.masks import MaskSettings, build_generators, generator_loss, repeated_detection_targets  # noqa: E402
+from vexkd_train.masks import MaskSettings, build_generators, step_losses  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "distillation.json"
 
@@ -58,12 +58,7 @@ def student_step(student, batch, targets, optimizer, distiller=None):
 
 def mask_step(teacher, generators, batch, targets, settings, optimizer):
     def step():
-        with torch.no_grad():
-            output = teacher(batch)
-            boxes = repeated_detection_targets(teacher, targets, settings.masks_per_generator, "cpu")
-        features = {"low": output.low, "high": output.high}
-        total = sum(generator_loss(teacher, key, generator, features, targets, settings, boxes).total(settings)
-                    for key, generator in generators.items())
+        total = sum(loss.total(settings) for loss in step_losses(teacher, generators, batch, targets, settings).values())
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()

@@ -61,8 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--blocks", type=int, default=MaskSettings.blocks, help="transformer blocks (paper: 3)")
     masks.add_argument("--random-query", action="store_true", help="ablation: do not start from the MGFM query")
     masks.add_argument("--area-budget", type=float, default=MaskSettings.area_budget,
-                       help="largest share of the map one mask may cover")
+                       help="largest share of the map the masks of a generator may cover together")
     masks.add_argument("--max-epochs", type=int, default=MaskSettings.epochs)
+    masks.add_argument("--batch-size", type=int, default=0,
+                       help="samples per step (0: the teacher's train.batch_size); memory grows with it")
     masks.add_argument("--max-steps", type=int, default=0,
                        help="stop after this many steps (0: every step of the epochs; MasKD trains ~2k)")
     masks.add_argument("--report-split", default="val", metavar="SPLIT",
@@ -166,7 +168,7 @@ def run_masks(args: argparse.Namespace) -> None:
     try:
         settings = MaskSettings(masks_per_generator=args.masks_per_generator, blocks=args.blocks,
                                 random_query=args.random_query, area_budget=args.area_budget, epochs=args.max_epochs,
-                                max_steps=args.max_steps)
+                                max_steps=args.max_steps, batch_size=args.batch_size)
         settings.validate()  # before reading a dataset that may take a minute to index
         config = from_dict(load_checkpoint(args.teacher)["config"])
         source = model_source(args.dataroot, args.version, args.split, config, config.train.augment)

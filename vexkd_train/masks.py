@@ -77,6 +77,9 @@ class MaskSettings:
     learning_rate: float = 5e-3
     epochs: int = 4
     max_steps: int = 0  # > 0: stop there (and schedule for it); real nuScenes needs a fraction of an epoch
+    # 0: the teacher's training batch. Memory grows with it: at the nuscenes preset on CPU a
+    # batch of 1 peaked at 11.4 GB and one of 2 did not fit in 23 GB (bench_full_resolution).
+    batch_size: int = 0
 
     def validate(self) -> None:
         if self.masks_per_generator < 1:
@@ -87,6 +90,8 @@ class MaskSettings:
             raise ValueError(f"--area-budget must be in (0, 1], not {self.area_budget}")
         if self.epochs < 1:
             raise ValueError("--max-epochs must be at least 1")
+        if self.batch_size < 0:
+            raise ValueError("--batch-size must be 0 (the teacher's) or more")
         if self.max_steps < 0:
             raise ValueError("--max-steps must be 0 (all of the epochs) or more")
 
@@ -203,8 +208,9 @@ def train_masks(teacher_checkpoint: Path, source: NuScenesSource, out: Path, set
     modules = torch.nn.ModuleDict({k.replace("/", "__"): g for k, g in generators.items()}).to(device)
     optimizer = torch.optim.AdamW(modules.parameters(), lr=settings.learning_rate)
     dataset = TrainingSet(source, config, augment=config.train.augment)
-    sampler = EpochSampler(len(dataset), config.train.batch_size, config.train.seed)
-    loader = DataLoader(dataset, batch_size=config.train.batch_size, sampler=sampler, collate_fn=collate_training)
+    batch_size = settings.batch_size or config.train.batch_size
+    sampler = EpochSampler(len(dataset), batch_size, config.train.seed)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_training)
     total = settings.epochs * sampler.batches_per_epoch()
     total = min(total, settings.max_steps) if settings.max_steps else total
     out.mkdir(parents=True, exist_ok=True)
