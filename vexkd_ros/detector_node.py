@@ -215,6 +215,11 @@ def run(modality: str, argv: list[str] | None = None) -> int:
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise
+        # Shut down (Ctrl-C, SIGTERM) while the executor was building its wait set: rclpy
+        # raises RCLError "context is not valid" there instead of ExternalShutdownException.
     finally:
         if node is not None:
             node.stop()
@@ -234,7 +239,6 @@ def camera_main() -> int:
 
 def fusion_main() -> int:
     return run("fusion")
-
 
 
 if __name__ == "__main__":  # `python -m vexkd_ros.detector_node lidar|camera|fusion --ros-args ...`
