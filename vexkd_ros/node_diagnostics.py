@@ -15,6 +15,7 @@ import threading
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from std_msgs.msg import Header
@@ -37,7 +38,11 @@ class NodeHealth:
         self._logged: dict[str, float] = {}  # kind -> when its last warning was logged
         self._reported = (time.monotonic(), 0, 0)  # (when, triggers in, frames out)
         self._publisher = node.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
-        self._timer = node.create_timer(DIAGNOSTICS_PERIOD_S, self.report)
+        # On the steady clock: a report per wall-clock second whatever /clock does. A ROS-time
+        # timer under use_sim_time stalls on a paused bag, and after a looped bag sent /clock
+        # back it left the executor waiting out the jump (the node then missed Ctrl-C).
+        self._timer = node.create_timer(DIAGNOSTICS_PERIOD_S, self.report,
+                                        clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def published(self, latency_ms: float, processing_ms: float) -> None:
         with self._lock:
