@@ -146,8 +146,11 @@ def main() -> int:
         "--sample", scene["first_sample_token"], "--out", DEMO / "sample.png"))
 
     model_code = digest(code_digest(REPO / "vexkd_core", REPO / "vexkd_train"), EPOCHS)
-    side_by_side = lambda runs: dict(zip([name for name, _ in runs], stages.run_together([  # noqa: E731
-        lambda run=run: train_and_evaluate(stages, world, model_code, *run, threads=1) for run in runs])))
+    def side_by_side(runs: list) -> dict[str, dict]:
+        """Independent (name, arguments) trainings at once, one core each; name -> metrics."""
+        jobs = [lambda run=run: train_and_evaluate(stages, world, model_code, *run, threads=1) for run in runs]
+        return dict(zip([name for name, _ in runs], stages.run_together(jobs)))
+
     metrics = side_by_side(STUDENT_RUNS)
     metrics[TEACHER_RUN[0]] = train_and_evaluate(stages, world, model_code, *TEACHER_RUN)
     mask_arguments = ["masks", "--teacher", TEACHER, "--dataroot", WORLD, "--out", MASKS.parent]
