@@ -158,8 +158,8 @@ def check_consistent(augmentation: Augmentation, encoder: CameraEncoder) -> None
     for k in range(6):
         pixel, depth = model_pixel(inputs, k, augmented.boxes.center[k])
         np.testing.assert_allclose(marker(inputs, k), pixel, atol=0.5)
-        encoder.frustum = torch.tensor([[[[*pixel, depth]]]], dtype=torch.float32)
-        lifted = encoder.frustum_in_lidar(*(getattr(inputs, name)[None] for name in (
+        encoder.geometry.frustum = torch.tensor([[[[*pixel, depth]]]], dtype=torch.float32)
+        lifted = encoder.geometry.frustum_in_lidar(*(getattr(inputs, name)[None] for name in (
             "intrinsics", "camera_to_lidar", "image_transform", "lidar_augmentation")))[0, k, 0, 0, 0]
         np.testing.assert_allclose(lifted.numpy(), augmented.boxes.center[k], atol=2e-3)
 

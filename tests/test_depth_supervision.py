@@ -94,7 +94,7 @@ def test_the_targets_follow_the_lidar_and_image_augmentation(augmentation):
     assert all(targets[0][cell] == FACE_BIN for cell in cells)  # depth is the camera's, not the scaled frame's
     # The encoder's frustum at those cells and that bin lifts back onto the face (within half a cell's ray offset).
     encoder = build_model(CONFIG, "camera").encoder
-    lifted = encoder.frustum_in_lidar(batch.intrinsics, batch.camera_to_lidar, batch.image_transform,
+    lifted = encoder.geometry.frustum_in_lidar(batch.intrinsics, batch.camera_to_lidar, batch.image_transform,
                                       batch.lidar_augmentation)[0, 0, FACE_BIN]
     original = torch.linalg.inv(batch.lidar_augmentation[0]).double()
     for row, column in cells:
@@ -109,8 +109,8 @@ def test_the_frustum_keeps_float32_under_autocast():
     encoder = build_model(CONFIG, "camera").encoder
     matrices = (batch.intrinsics, batch.camera_to_lidar, batch.image_transform, batch.lidar_augmentation)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        under_autocast = encoder.frustum_in_lidar(*matrices)
-    assert torch.equal(under_autocast, encoder.frustum_in_lidar(*matrices))
+        under_autocast = encoder.geometry.frustum_in_lidar(*matrices)
+    assert torch.equal(under_autocast, encoder.geometry.frustum_in_lidar(*matrices))
 
 
 def test_points_behind_a_camera_outside_its_image_or_without_an_image_are_no_targets():

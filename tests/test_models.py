@@ -129,7 +129,7 @@ def test_camera_frustum_projects_back_to_its_pixel_and_depth(tiny_source):
     inputs, _ = preprocess(sample, CONFIG, Augmentation(rotation=0.3, scale=1.04, flip_y=True, image_scale=1.03))
     batch = collate([inputs])
     encoder = Student(CONFIG, "camera").encoder
-    positions = encoder.frustum_in_lidar(batch.intrinsics, batch.camera_to_lidar, batch.image_transform,
+    positions = encoder.geometry.frustum_in_lidar(batch.intrinsics, batch.camera_to_lidar, batch.image_transform,
                                          batch.lidar_augmentation)[0]  # (N, D, h, w, 3)
     lidar_from_augmented = torch.linalg.inv(batch.lidar_augmentation[0])
     for camera in (0, 3):
@@ -138,8 +138,8 @@ def test_camera_frustum_projects_back_to_its_pixel_and_depth(tiny_source):
         in_camera = torch.linalg.inv(batch.camera_to_lidar[0, camera])
         xyz = in_camera[:3, :3] @ in_lidar + in_camera[:3, 3]
         pixel = batch.image_transform[0, camera] @ (batch.intrinsics[0, camera] @ (xyz / xyz[2]))
-        torch.testing.assert_close(pixel[:2], encoder.frustum[7, 5, 9, :2], atol=1e-3, rtol=1e-4)
-        torch.testing.assert_close(xyz[2], encoder.frustum[7, 5, 9, 2], atol=1e-3, rtol=1e-4)
+        torch.testing.assert_close(pixel[:2], encoder.geometry.frustum[7, 5, 9, :2], atol=1e-3, rtol=1e-4)
+        torch.testing.assert_close(xyz[2], encoder.geometry.frustum[7, 5, 9, 2], atol=1e-3, rtol=1e-4)
         grid = CONFIG.grid.bev  # and the BEV cell the splat uses is the cell of that point
         cell = (int((point[0] - grid.x_min) // grid.resolution), int((point[1] - grid.y_min) // grid.resolution))
         assert 0 <= cell[0] < grid.width and 0 <= cell[1] < grid.height

@@ -16,6 +16,7 @@ from torch import nn
 from vexkd_core.config import CameraConfig
 from vexkd_core.structures import BEVGrid
 
+from .pooling import PoolLayout, pool
 from .resnet import ResNet, load_pretrained, resnet
 
 
@@ -85,7 +86,7 @@ def build_backbone(config: CameraConfig) -> ResNetBackbone | ResNet:
 class CameraEncoder(nn.Module):
     def __init__(self, config: CameraConfig, grid: BEVGrid, z_range: tuple[float, float], bev_channels: int):
         super().__init__()
-        self.config, self.grid, self.z_range = config, grid, z_range
+        self.config, self.grid = config, grid
         self.backbone = build_backbone(config)
         if config.pretrained_backbone:
             load_pretrained(self.backbone, Path(config.pretrained_backbone), config.backbone)
@@ -98,14 +99,7 @@ class CameraEncoder(nn.Module):
                                                nn.Conv2d(config.feature_channels, self.depth_bins + bev_channels, 1))
         self.bev_smooth = conv_bn_relu(bev_channels, bev_channels)
         self.out_channels = bev_channels
-        stride = config.feature_stride
-        height, width = config.input_height // stride, config.input_width // stride
-        depths = config.depth_min_m + (torch.arange(self.depth_bins) + 0.5) * config.depth_step_m
-        v, u = torch.meshgrid((torch.arange(height) + 0.5) * stride, (torch.arange(width) + 0.5) * stride,
-                              indexing="ij")
-        frustum = torch.stack([u.expand(self.depth_bins, -1, -1), v.expand(self.depth_bins, -1, -1),
-                               depths[:, None, None].expand(-1, height, width)], dim=-1)
-        self.register_buffer("frustum", frustum, persistent=False)  # (D, h, w, 3): input pixel u, v and depth
+        self.geometry = LiftGeometry(config, grid, z_range)
         self.train()  # backbone_norm_eval holds from construction on, not only after the trainer's first train()
 
     def train(self, mode: bool = True) -> CameraEncoder:
@@ -116,6 +110,57 @@ class CameraEncoder(nn.Module):
                 if isinstance(module, nn.BatchNorm2d):
                     module.eval()
         return self
+
+    def forward(self, images, intrinsics, camera_to_lidar, image_transform, lidar_augmentation,
+                camera_valid) -> torch.Tensor:
+        return self.encode(images, intrinsics, camera_to_lidar, image_transform, lidar_augmentation,
+                           camera_valid)[0]
+
+    def encode(self, images, intrinsics, camera_to_lidar, image_transform, lidar_augmentation,
+               camera_valid) -> tuple[torch.Tensor, torch.Tensor]:
+        """The BEV map and the (B, N, D, h, w) depth logits it was lifted with (for depth supervision)."""
+        return self.encode_cells(images, self.geometry.cells(intrinsics, camera_to_lidar, image_transform,
+                                                             lidar_augmentation, camera_valid))
+
+    def encode_cells(self, images: torch.Tensor, cells: torch.Tensor | PoolLayout) -> tuple[torch.Tensor, torch.Tensor]:
+        """As encode(), with the frustum's BEV cells from LiftGeometry.cells() (or their PoolLayout)."""
+        batch, cameras = images.shape[:2]
+        features = self.neck(self.backbone(images.flatten(0, 1))[1:])
+        head = self.depth_and_context(features)
+        depth_logits = head[:, :self.depth_bins]
+        context = head[:, self.depth_bins:]
+        lifted = depth_logits.softmax(dim=1)[:, None] * context[:, :, None]  # (B*N, C, D, h, w)
+        lifted = lifted.view(batch, cameras, -1, *lifted.shape[2:]).permute(0, 1, 3, 4, 5, 2)
+        bev = self.bev_smooth(self.splat(lifted, cells))
+        return bev, depth_logits.view(batch, cameras, *depth_logits.shape[1:])
+
+    def splat(self, lifted: torch.Tensor, cells: torch.Tensor | PoolLayout) -> torch.Tensor:
+        """Sum-pool frustum features (B, N, D, h, w, C) into their BEV cells (B, N, D, h, w);
+        points off the grid (cell B * H * W) are dropped."""
+        grid = self.grid
+        batch, channels = lifted.shape[0], lifted.shape[-1]
+        where = cells if isinstance(cells, PoolLayout) else cells.flatten()
+        bev = pool(lifted.flatten(0, -2), where, batch * grid.height * grid.width, "sum")
+        return bev.view(batch, grid.height, grid.width, channels).permute(0, 3, 1, 2).contiguous()
+
+
+class LiftGeometry(nn.Module):
+    """Where Lift-Splat puts each frustum point (pixel of the stride-`feature_stride` map at the
+    centre of a depth bin) on the BEV grid, from calibration and augmentation matrices alone:
+    no weights, so an exported ONNX graph takes its output as an input and this stays shared
+    code."""
+
+    def __init__(self, config: CameraConfig, grid: BEVGrid, z_range: tuple[float, float]):
+        super().__init__()
+        self.grid, self.z_range = grid, z_range
+        stride, bins = config.feature_stride, config.depth_bins
+        height, width = config.input_height // stride, config.input_width // stride
+        depths = config.depth_min_m + (torch.arange(bins) + 0.5) * config.depth_step_m
+        v, u = torch.meshgrid((torch.arange(height) + 0.5) * stride, (torch.arange(width) + 0.5) * stride,
+                              indexing="ij")
+        frustum = torch.stack([u.expand(bins, -1, -1), v.expand(bins, -1, -1),
+                               depths[:, None, None].expand(-1, height, width)], dim=-1)
+        self.register_buffer("frustum", frustum, persistent=False)  # (D, h, w, 3): input pixel u, v and depth
 
     def frustum_in_lidar(self, intrinsics, camera_to_lidar, image_transform, lidar_augmentation) -> torch.Tensor:
         """(B, N, D, h, w, 3) positions of the frustum points in the (augmented) LiDAR frame, in
@@ -130,36 +175,18 @@ class CameraEncoder(nn.Module):
             return torch.einsum("bnij,bndhwj->bndhwi", to_lidar[..., :3, :3], points) + \
                 to_lidar[:, :, None, None, None, :3, 3]
 
-    def forward(self, images, intrinsics, camera_to_lidar, image_transform, lidar_augmentation,
-                camera_valid) -> torch.Tensor:
-        return self.encode(images, intrinsics, camera_to_lidar, image_transform, lidar_augmentation,
-                           camera_valid)[0]
-
-    def encode(self, images, intrinsics, camera_to_lidar, image_transform, lidar_augmentation,
-               camera_valid) -> tuple[torch.Tensor, torch.Tensor]:
-        """The BEV map and the (B, N, D, h, w) depth logits it was lifted with (for depth supervision)."""
-        batch, cameras = images.shape[:2]
-        features = self.neck(self.backbone(images.flatten(0, 1))[1:])
-        head = self.depth_and_context(features)
-        depth_logits = head[:, :self.depth_bins]
-        context = head[:, self.depth_bins:]
-        lifted = depth_logits.softmax(dim=1)[:, None] * context[:, :, None]  # (B*N, C, D, h, w)
-        lifted = lifted.view(batch, cameras, -1, *lifted.shape[2:]).permute(0, 1, 3, 4, 5, 2)
-        bev = self.bev_smooth(self.splat(lifted, self.frustum_in_lidar(
-            intrinsics, camera_to_lidar, image_transform, lidar_augmentation), camera_valid))
-        return bev, depth_logits.view(batch, cameras, *depth_logits.shape[1:])
-
-    def splat(self, lifted: torch.Tensor, positions: torch.Tensor, camera_valid: torch.Tensor) -> torch.Tensor:
-        """Sum-pool frustum features (B, N, D, h, w, C) into BEV cells."""
+    def cells(self, intrinsics, camera_to_lidar, image_transform, lidar_augmentation,
+              camera_valid) -> torch.Tensor:
+        """(B, N, D, h, w) int64 flat (batch, row, column) cell of every frustum point; points off
+        the grid, outside the z range or of a missing camera get B * H * W, one past the grid."""
         grid = self.grid
-        batch, channels = lifted.shape[0], lifted.shape[-1]
+        positions = self.frustum_in_lidar(intrinsics, camera_to_lidar, image_transform, lidar_augmentation)
         column = torch.floor((positions[..., 0] - grid.x_min) / grid.resolution).long()
         row = torch.floor((positions[..., 1] - grid.y_min) / grid.resolution).long()
         keep = (column >= 0) & (column < grid.width) & (row >= 0) & (row < grid.height) & \
             (positions[..., 2] >= self.z_range[0]) & (positions[..., 2] < self.z_range[1]) & \
             camera_valid[:, :, None, None, None]
-        batch_index = torch.arange(batch, device=lifted.device).view(batch, 1, 1, 1, 1).expand_as(column)
+        batch = positions.shape[0]
+        batch_index = torch.arange(batch, device=positions.device).view(batch, 1, 1, 1, 1)
         cell = (batch_index * grid.height + row) * grid.width + column
-        bev = torch.zeros(batch * grid.height * grid.width, channels, device=lifted.device, dtype=lifted.dtype)
-        bev.index_add_(0, cell[keep], lifted[keep])
-        return bev.view(batch, grid.height, grid.width, channels).permute(0, 3, 1, 2).contiguous()
+        return torch.where(keep, cell, torch.full_like(cell, batch * grid.height * grid.width))

@@ -74,31 +74,37 @@ class DetectionHead(nn.Module):
         return {"heatmap": heatmap_loss, "box": 0.25 * regression_loss}
 
     # ------------------------------------------------------------------ decoding
-    @torch.no_grad()
     def decode(self, predictions: dict[str, torch.Tensor], max_detections: int,
                score_threshold: float) -> list[Boxes3D]:
-        grid = self.grid
-        heatmap = predictions["heatmap"].float().sigmoid()
-        # A cell is a centre when it is the maximum of its 3x3 neighbourhood (CenterNet's NMS).
-        peaks = heatmap * (F.max_pool2d(heatmap, 3, 1, 1) == heatmap)
-        batch, classes, height, width = heatmap.shape
-        scores, flat = peaks.flatten(1).topk(min(max_detections, classes * height * width))
-        label, cell = flat // (height * width), flat % (height * width)
-        regression = predictions["regression"].float().flatten(2)
-        values = regression.gather(2, cell[:, None, :].expand(-1, regression.shape[1], -1)).transpose(1, 2)
-        results = []
-        for b in range(batch):
-            keep = scores[b] > score_threshold
-            v, c = values[b][keep], cell[b][keep]
-            x = (c % width + v[:, 0]) * grid.resolution + grid.x_min
-            y = (c // width + v[:, 1]) * grid.resolution + grid.y_min
-            centre = torch.stack([x, y, v[:, 2]], dim=1)
-            results.append(Boxes3D(centre.cpu().numpy().astype(np.float64),
-                                   v[:, 3:6].clamp(max=4.0).exp().cpu().numpy().astype(np.float64),
-                                   torch.atan2(v[:, 6], v[:, 7]).cpu().numpy().astype(np.float64),
-                                   v[:, 8:10].cpu().numpy().astype(np.float64),
-                                   label[b][keep].cpu().numpy(), scores[b][keep].cpu().numpy().astype(np.float64)))
-        return results
+        return decode_boxes(predictions, self.grid, max_detections, score_threshold)
+
+
+@torch.no_grad()
+def decode_boxes(predictions: dict[str, torch.Tensor], grid: BEVGrid, max_detections: int,
+                 score_threshold: float) -> list[Boxes3D]:
+    """The head's heatmap and regression maps -> boxes per sample. Needs the grid only, not
+    the head's weights: the ONNX runtime decodes a graph's outputs with it too."""
+    heatmap = predictions["heatmap"].float().sigmoid()
+    # A cell is a centre when it is the maximum of its 3x3 neighbourhood (CenterNet's NMS).
+    peaks = heatmap * (F.max_pool2d(heatmap, 3, 1, 1) == heatmap)
+    batch, classes, height, width = heatmap.shape
+    scores, flat = peaks.flatten(1).topk(min(max_detections, classes * height * width))
+    label, cell = flat // (height * width), flat % (height * width)
+    regression = predictions["regression"].float().flatten(2)
+    values = regression.gather(2, cell[:, None, :].expand(-1, regression.shape[1], -1)).transpose(1, 2)
+    results = []
+    for b in range(batch):
+        keep = scores[b] > score_threshold
+        v, c = values[b][keep], cell[b][keep]
+        x = (c % width + v[:, 0]) * grid.resolution + grid.x_min
+        y = (c // width + v[:, 1]) * grid.resolution + grid.y_min
+        centre = torch.stack([x, y, v[:, 2]], dim=1)
+        results.append(Boxes3D(centre.cpu().numpy().astype(np.float64),
+                               v[:, 3:6].clamp(max=4.0).exp().cpu().numpy().astype(np.float64),
+                               torch.atan2(v[:, 6], v[:, 7]).cpu().numpy().astype(np.float64),
+                               v[:, 8:10].cpu().numpy().astype(np.float64),
+                               label[b][keep].cpu().numpy(), scores[b][keep].cpu().numpy().astype(np.float64)))
+    return results
 
 
 def centernet_focal_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

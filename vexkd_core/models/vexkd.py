@@ -7,6 +7,10 @@ Both return their predictions and their BEV features at two levels: `low` (the o
 the decoder's first, full-resolution stage, right after the fused map or encoder output;
 see decoder.py for why it is tapped there) and `high` (the decoder's output), the maps
 that masked feature distillation compares.
+
+Each forward is two steps: `network_inputs` (weight-free: which pillar each point is in,
+which BEV cell each camera frustum point lands in) and `network` (everything with weights).
+An exported ONNX graph is the network; the ONNX runtime calls the same network_inputs.
 """
 from __future__ import annotations
 
@@ -20,15 +24,21 @@ from vexkd_core.config import Config
 from vexkd_core.data.preprocess import Batch, Targets
 from vexkd_core.timing import StageTimer
 
-from .camera_encoder import CameraEncoder
+from vexkd_core.structures import BEVGrid
+
+from .camera_encoder import CameraEncoder, LiftGeometry
 from .decoder import BEVDecoder
 from .depth_supervision import depth_loss, depth_targets
 from .detection_head import DetectionHead
 from .fusion import FUSERS, MGFM, ConvFuser
-from .lidar_encoder import LidarEncoder
+from .lidar_encoder import LidarEncoder, pillar_inputs
 from .map_head import MapHead
 
 MODALITIES = ("fusion", "lidar", "camera")
+NETWORK_OUTPUTS = ("heatmap", "regression", "map_logits")  # the heads' raw maps, as network_outputs names them
+# What each modality's network takes, in this order (the ONNX graph's input names).
+NETWORK_INPUTS = {"lidar": ("point_features", "pillar_cell"), "camera": ("images", "frustum_cell"),
+                  "fusion": ("point_features", "pillar_cell", "images", "frustum_cell")}
 
 
 @dataclass
@@ -39,6 +49,15 @@ class Output:
     high: torch.Tensor  # (B, C_high, H, W)
     # (B, N, D, h, w): the camera encoder's, for depth supervision; None without a camera encoder
     depth_logits: torch.Tensor | None = None
+
+
+def network_outputs(output: Output) -> dict[str, torch.Tensor]:
+    """The predictions of an Output by NETWORK_OUTPUTS name (the ONNX graph's outputs): what
+    inference decodes; the heads of tasks the model lacks are left out."""
+    outputs = dict(output.detection or {})
+    if output.map_logits is not None:
+        outputs["map_logits"] = output.map_logits
+    return outputs
 
 
 def _run(timer: StageTimer | None, name: str, function, *args):
@@ -82,9 +101,18 @@ def _camera_encoder(config: Config) -> CameraEncoder:
                          config.model.bev_channels)
 
 
-def _encode_camera(encoder: CameraEncoder, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    return encoder.encode(batch.images, batch.intrinsics, batch.camera_to_lidar, batch.image_transform,
-                          batch.lidar_augmentation, batch.camera_valid)
+def network_inputs(batch: Batch, modality: str, grid: BEVGrid, lift: LiftGeometry | None) -> dict[str, torch.Tensor]:
+    """The tensors of NETWORK_INPUTS[modality] for a batch: the points' pillar inputs and the
+    camera frusta's BEV cells (from calibration and augmentation matrices)."""
+    inputs = {}
+    if modality != "camera":
+        pillars = pillar_inputs(batch.points, grid, batch.size)
+        inputs.update(point_features=pillars.features, pillar_cell=pillars.cell)
+    if modality != "lidar":
+        inputs.update(images=batch.images, frustum_cell=lift.cells(
+            batch.intrinsics, batch.camera_to_lidar, batch.image_transform, batch.lidar_augmentation,
+            batch.camera_valid))
+    return inputs
 
 
 class Teacher(nn.Module):
@@ -120,8 +148,15 @@ class Teacher(nn.Module):
         self.heads.load_state_dict(lidar_student.heads.state_dict())
 
     def forward(self, batch: Batch, timer: StageTimer | None = None) -> Output:
-        lidar = _run(timer, "lidar_encoder", self.lidar_encoder, batch.points, batch.size)
-        camera, depth_logits = _run(timer, "camera_encoder", _encode_camera, self.camera_encoder, batch)
+        inputs = _run(timer, "inputs", network_inputs, batch, self.modality, self.config.grid.bev,
+                      self.camera_encoder.geometry)
+        return self.network(inputs, batch.size, timer)
+
+    def network(self, inputs: dict[str, torch.Tensor], batch_size: int, timer: StageTimer | None = None) -> Output:
+        lidar = _run(timer, "lidar_encoder", self.lidar_encoder.encode_pillars, inputs["point_features"],
+                     inputs["pillar_cell"], batch_size)
+        camera, depth_logits = _run(timer, "camera_encoder", self.camera_encoder.encode_cells, inputs["images"],
+                                    inputs["frustum_cell"])
         fused = _run(timer, "fusion", self.fusion, lidar, camera)
         output = self.heads.run(fused, timer)
         output.depth_logits = depth_logits
@@ -140,9 +175,17 @@ class Student(nn.Module):
         self.heads = _Heads(config, self.encoder.out_channels)
 
     def forward(self, batch: Batch, timer: StageTimer | None = None) -> Output:
+        lift = self.encoder.geometry if self.modality == "camera" else None
+        inputs = _run(timer, "inputs", network_inputs, batch, self.modality, self.config.grid.bev, lift)
+        return self.network(inputs, batch.size, timer)
+
+    def network(self, inputs: dict[str, torch.Tensor], batch_size: int, timer: StageTimer | None = None) -> Output:
         if self.modality == "lidar":
-            return self.heads.run(_run(timer, "lidar_encoder", self.encoder, batch.points, batch.size), timer)
-        encoded, depth_logits = _run(timer, "camera_encoder", _encode_camera, self.encoder, batch)
+            encoded = _run(timer, "lidar_encoder", self.encoder.encode_pillars, inputs["point_features"],
+                           inputs["pillar_cell"], batch_size)
+            return self.heads.run(encoded, timer)
+        encoded, depth_logits = _run(timer, "camera_encoder", self.encoder.encode_cells, inputs["images"],
+                                     inputs["frustum_cell"])
         output = self.heads.run(encoded, timer)
         output.depth_logits = depth_logits
         return output
