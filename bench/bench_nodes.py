@@ -1,5 +1,6 @@
 """Per-stage latency of the LiDAR and camera detector nodes on CPU, `tiny` and `nuscenes`
-presets, and the ROS overhead (message conversion + publishing) as a share of model time.
+presets, torch and onnxruntime backends; the ROS overhead (message conversion + publishing)
+as a share of model time; onnxruntime's latency over torch's per model and preset.
 
 Runs the real DetectorNode in this process (random-weight checkpoints: latency does not
 depend on the weights) on nuScenes-sized inputs: a 34,720-point cloud per sweep with the
@@ -31,6 +32,7 @@ from vexkd_core.config import preset  # noqa: E402
 from vexkd_core.data.sample import CAMERA_CHANNELS  # noqa: E402
 from vexkd_core.io import atomic_write_json  # noqa: E402
 from vexkd_core.models.vexkd import build_model  # noqa: E402
+from vexkd_core.onnx_export import export_onnx  # noqa: E402
 from vexkd_ros.conversions import (array_to_cloud, intrinsics_to_camera_info, matrices_to_tf_message,  # noqa: E402
                                    ns_to_stamp, rgb_to_compressed, structured_points)
 from vexkd_ros.detector_node import DetectorNode  # noqa: E402
@@ -63,14 +65,22 @@ def feed_rig(node: DetectorNode, stamps: list[int]) -> None:
         node._on_camera_info(index, intrinsics_to_camera_info(k, 1600, 900, Header(frame_id=channel)))
 
 
-def measure(modality: str, preset_name: str, repeats: int, folder: Path) -> dict:
+def model_files(modality: str, preset_name: str, folder: Path) -> dict[str, Path]:
+    """{backend: file} of one random-weight model: its checkpoint and its exported graph."""
     config = preset(preset_name)
     torch.manual_seed(0)
     checkpoint = save_checkpoint(folder / f"{modality}-{preset_name}.pt", build_model(config, modality), config,
                                  modality)
-    node = DetectorNode(modality, parameter_overrides=[Parameter("checkpoint", value=str(checkpoint))])
+    return {"torch": checkpoint, "onnxruntime": export_onnx(checkpoint, folder).onnx_path}
+
+
+def measure(modality: str, model_file: Path, backend: str, repeats: int) -> dict:
+    node = DetectorNode(modality, parameter_overrides=[Parameter("checkpoint", value=str(model_file)),
+                                                       Parameter("backend", value=backend)])
     node.stop()  # frames are processed in the foreground below, every one timed
-    node.create_subscription(node.outputs.objects.msg_type, f"/{node.get_name()}/output/objects", lambda m: None, 1)
+    outputs = node.outputs  # every output subscribed (a tracker, RViz, a recorder): its messages are all built
+    for publisher in [outputs.objects, outputs.velocities, outputs.autoware, outputs.markers, *outputs.maps.values()]:
+        node.create_subscription(publisher.msg_type, publisher.topic_name, lambda m: None, 1)
     sweeps = node.pipeline.sweeps.sweeps
     stamps = [k * SWEEP_PERIOD_NS + 10**9 for k in range(sweeps + repeats + 2)]
     feed_rig(node, stamps)
@@ -100,19 +110,31 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--presets", nargs="+", default=["tiny", "nuscenes"])
+    parser.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"])
     args = parser.parse_args()
     apply_default_ros_environment()
     rclpy.init()
     results = {"machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
-               "nodes": {}}
+               "nodes": {}, "onnxruntime_over_torch": {}}
     with tempfile.TemporaryDirectory() as folder:
         for preset_name in args.presets:
             for modality in ("lidar", "camera"):
-                row = measure(modality, preset_name, args.repeats, Path(folder))
-                results["nodes"][f"{modality} {preset_name}"] = row
-                stages = ", ".join(f"{k} {v:.1f}" for k, v in row["stages_ms"].items())
-                print(f"{modality:6s} {preset_name:8s} total {row['total_ms']:8.1f} ms  ({stages})  "
-                      f"ROS overhead {100 * row['ros_overhead_share']:.1f}% of model time", flush=True)
+                files = model_files(modality, preset_name, Path(folder))
+                for backend in args.backends:
+                    row = measure(modality, files[backend], backend, args.repeats)
+                    results["nodes"][f"{modality} {preset_name} {backend}"] = row
+                    stages = ", ".join(f"{k} {v:.1f}" for k, v in row["stages_ms"].items())
+                    print(f"{modality:6s} {preset_name:8s} {backend:11s} total {row['total_ms']:8.1f} ms  ({stages})  "
+                          f"ROS overhead {100 * row['ros_overhead_share']:.1f}% of model time", flush=True)
+                if set(args.backends) >= {"torch", "onnxruntime"}:
+                    torch_row, onnx_row = (results["nodes"][f"{modality} {preset_name} {b}"]
+                                           for b in ("torch", "onnxruntime"))
+                    ratio = {"infer": onnx_row["stages_ms"]["infer"] / torch_row["stages_ms"]["infer"],
+                             "model": onnx_row["model_ms"] / torch_row["model_ms"],
+                             "total": onnx_row["total_ms"] / torch_row["total_ms"]}
+                    results["onnxruntime_over_torch"][f"{modality} {preset_name}"] = ratio
+                    print(f"{modality:6s} {preset_name:8s} onnxruntime / torch: infer {ratio['infer']:.2f}, "
+                          f"model {ratio['model']:.2f}, node total {ratio['total']:.2f}", flush=True)
     rclpy.shutdown()
     atomic_write_json(RESULTS, results)
     print(f"wrote {RESULTS}")

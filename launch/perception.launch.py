@@ -1,6 +1,7 @@
 """VeXKD perception: one detector node (LiDAR, camera or fusion) on nuScenes-style topics.
 
     ros2 launch vexkd perception.launch.py modality:=lidar checkpoint:=/path/model.pt rviz:=true
+    ros2 launch vexkd perception.launch.py modality:=lidar backend:=onnxruntime checkpoint:=/path/model.onnx
 
 Topic arguments remap the node's private inputs, so a robot with other topic names needs
 no code change. Every parameter the node takes is in config/detector.yaml; the arguments
@@ -16,7 +17,7 @@ from launch_ros.substitutions import FindPackageShare
 CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_FRONT_LEFT")
 EXECUTABLES = {"lidar": "lidar_detector", "camera": "camera_detector", "fusion": "fusion_detector"}
 # Launch arguments passed on as parameters of the same name: to every node, and to the nodes with cameras.
-PARAMETER_ARGUMENTS = ("checkpoint", "device", "fixed_frame", "score_threshold", "marker_score_threshold")
+PARAMETER_ARGUMENTS = ("checkpoint", "backend", "device", "fixed_frame", "score_threshold", "marker_score_threshold")
 CAMERA_PARAMETER_ARGUMENTS = ("image_transport",)
 
 
@@ -27,7 +28,10 @@ def generate_launch_description():
     arguments = [
         DeclareLaunchArgument("modality", default_value="lidar", choices=list(EXECUTABLES),
                               description="which model: lidar or camera student, or the fusion teacher"),
-        DeclareLaunchArgument("checkpoint", description="model.pt whose modality matches"),
+        DeclareLaunchArgument("checkpoint", description="model.pt whose modality matches (the .onnx with "
+                                                        "backend:=onnxruntime)"),
+        DeclareLaunchArgument("backend", default_value="torch", choices=["torch", "onnxruntime"],
+                              description="torch serves a .pt; onnxruntime a graph from vexkd-train export"),
         DeclareLaunchArgument("device", default_value="cpu", choices=["cpu", "cuda"]),
         DeclareLaunchArgument("fixed_frame", default_value="map",
                               description="world-fixed TF frame past sweeps and images move through (e.g. odom)"),

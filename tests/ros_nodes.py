@@ -17,6 +17,7 @@ from vision_msgs.msg import Detection3DArray
 
 from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.data.sample import CAMERA_CHANNELS
+from vexkd_core.inference import model_file_backend
 from vexkd_core.structures import Boxes3D
 from vexkd_ros.conversions import (array_to_cloud, detections_to_boxes, matrices_to_tf_message, ns_to_stamp,
                                    stamp_to_ns, structured_points)
@@ -26,8 +27,9 @@ LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def start_node(modality: str, checkpoint, *parameters: str) -> subprocess.Popen:
-    """The node exactly as `vexkd-ros stack` starts it, plus extra `name:=value` parameters."""
-    command = NodeSpec(modality, checkpoint).command()
+    """The node exactly as `vexkd-ros stack` starts it (backend onnxruntime for an .onnx), plus
+    extra `name:=value` parameters."""
+    command = NodeSpec(modality, checkpoint, model_file_backend(checkpoint)).command()
     for parameter in parameters:
         command += ["-p", parameter]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

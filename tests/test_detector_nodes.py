@@ -9,16 +9,15 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from ros_nodes import (Harness, cloud, feed_order, is_trigger, node_inputs, start_node, static_and_pose, stop_node,
                        trigger_topic)
+from spread_models import spread_model
 
 from vexkd_core.checkpoint import save_checkpoint
 from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.config import load_config
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.data.preprocess import collate, preprocess
-from vexkd_core.models.vexkd import build_model
 from rcl_interfaces.msg import SetParametersResult
 from rcl_interfaces.srv import SetParameters
 from rclpy.parameter import Parameter
@@ -41,25 +40,17 @@ NODE = {"lidar": "lidar_detector", "camera": "camera_detector", "fusion": "fusio
 
 @pytest.fixture(scope="module")
 def checkpoints(tiny_world, tmp_path_factory):
-    """Random-weight models (proof of life) whose heatmap logits are spread to mean -6, std 2.
+    """Random-weight models with spread scores (spread_models.py), as .pt and exported .onnx."""
+    from vexkd_core.onnx_export import export_onnx
 
-    Untrained heads give nearly equal scores everywhere (std 1e-5), so which of two near-tied
-    cells peaks would be decided by float noise; spread scores make the comparison strict.
-    """
     dataroot, world = tiny_world
     inputs = collate([preprocess(NuScenesSource(dataroot, world.version, "val", 2).sample(0), CONFIG)[0]])
     folder = tmp_path_factory.mktemp("node_models")
     paths = {}
     for modality in ("lidar", "camera", "fusion"):
-        torch.manual_seed(3)
-        model = build_model(CONFIG, modality).eval()
-        classifier = model.heads.detection_head.heatmap[-1]
-        with torch.no_grad():
-            logits = (model(inputs).detection["heatmap"][0] - classifier.bias[:, None, None]).flatten(1)
-            scale = 2.0 / logits.std(dim=1)
-            classifier.weight *= scale[:, None, None, None]
-            classifier.bias.copy_(-6.0 - scale * logits.mean(dim=1))
-        paths[modality] = save_checkpoint(folder / f"{modality}.pt", model, CONFIG, modality)
+        paths[modality] = save_checkpoint(folder / f"{modality}.pt", spread_model(CONFIG, modality, inputs), CONFIG,
+                                          modality)
+        paths[modality, "onnxruntime"] = export_onnx(paths[modality], folder / "onnx").onnx_path
     return paths
 
 
@@ -105,13 +96,18 @@ def assert_autoware_carries(harness, stamp_ns, boxes):
     assert labels.tolist() == [AUTOWARE_LABELS[DETECTION_CLASSES[k]] for k in boxes.label]
 
 
-@pytest.mark.parametrize("modality", ["lidar", "camera", "fusion"])
-def test_node_answers_each_key_frame_as_eval_predicts(modality, checkpoints, tiny_world, rclpy_context, tmp_path):
+@pytest.mark.parametrize("modality, backend", [("lidar", "torch"), ("camera", "torch"), ("fusion", "torch"),
+                                               ("lidar", "onnxruntime"), ("camera", "onnxruntime")])
+def test_node_answers_each_key_frame_as_eval_predicts(modality, backend, checkpoints, tiny_world, rclpy_context,
+                                                      tmp_path):
+    """With backend onnxruntime the node serves the exported graph and still answers with the
+    boxes and maps torch's `vexkd-train eval` predicts."""
     dataroot, world = tiny_world
     eval_results, eval_maps = run_eval(checkpoints[modality], dataroot, tmp_path / "eval")
     source = scene_source(dataroot, world.version)
     scene = SceneMessages(source, sorted(source.nusc.scene, key=lambda s: s["name"])[-1]["name"])
-    process = start_node(modality, checkpoints[modality])
+    served = checkpoints[modality] if backend == "torch" else checkpoints[modality, backend]
+    process = start_node(modality, served)
     harness = Harness(rclpy_context, NODE[modality])
     try:
         harness.wait_until_connected(process, trigger_topic(modality))
@@ -147,6 +143,7 @@ def test_node_answers_each_key_frame_as_eval_predicts(modality, checkpoints, tin
         print(output)  # shown by pytest when the test fails
     assert process.returncode == 0, output
     assert "Traceback" not in output, output
+    assert f"with {backend}" in output  # the node says what serves the model
 
 
 

@@ -39,7 +39,7 @@ class StandingStill:
 
 
 def settings(**overrides) -> DetectorSettings:
-    values = dict(checkpoint="model.pt", device="cpu", score_threshold=-1.0, class_score_thresholds={},
+    values = dict(checkpoint="model.pt", backend="torch", device="cpu", score_threshold=-1.0, class_score_thresholds={},
                   max_camera_delay=0.12, sweeps=-1, map_classes=MAP_CLASSES, publish_markers=True,
                   marker_score_threshold=0.3, image_transport="compressed", fixed_frame="map", bev_frame="LIDAR_TOP")
     values.update(overrides)

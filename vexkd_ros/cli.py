@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     stack = commands.add_parser("stack", help="player + detector nodes as processes; record; summarise")
     stack.add_argument("--bag", type=Path, required=True)
     stack.add_argument("--checkpoint", type=Path, nargs="+", required=True,
-                       help="model.pt files; each starts the node of its modality")
+                       help="model.pt files or exported .onnx graphs (served with onnxruntime); each starts "
+                            "the node of its modality")
     stack.add_argument("--modality", choices=("lidar", "camera", "fusion", "all"), default="all")
     stack.add_argument("--record", type=Path, help="write the nodes' outputs to this bag")
     stack.add_argument("--rate", type=float, default=1.0, help="replay speed factor")

@@ -23,10 +23,10 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from tf2_msgs.msg import TFMessage
 
-from vexkd_core.checkpoint import CheckpointError, model_from_checkpoint
+from vexkd_core.checkpoint import CheckpointError
 from vexkd_core.data.sample import CAMERA_CHANNELS
 from vexkd_core.data.sensor_files import reduce_image
-from vexkd_core.inference import Predictor
+from vexkd_core.inference import load_predictor
 
 from .conversions import (MessageError, camera_info_to_intrinsics, cloud_to_points, compressed_to_rgb,
                           encoded_image_size, image_to_rgb, stamp_to_ns)
@@ -70,9 +70,10 @@ class DetectorNode(Node):
     def _set_up(self, modality: str) -> None:
         self.modality = modality
         settings = declare_and_read(self, modality)
-        model, config, _ = model_from_checkpoint(settings.checkpoint, expected_modality=modality)
+        predictor = load_predictor(settings.checkpoint, settings.backend, settings.device, expected_modality=modality)
+        config = predictor.config
         self.tf = TransformBuffer()
-        self.pipeline = Pipeline(Predictor(model, config, settings.device), modality, settings.sweeps, self.tf)
+        self.pipeline = Pipeline(predictor, modality, settings.sweeps, self.tf)
         self.settings: DetectorSettings = self.pipeline.resolve(settings)
         self.outputs = NodeOutputs(self, self.pipeline.detects, self.settings)
         self.worker = NewestWorker(self._work, f"{self.get_name()}-worker")
@@ -86,8 +87,8 @@ class DetectorNode(Node):
         self._clock_jump = self.get_clock().create_jump_callback(
             JumpThreshold(min_forward=None, min_backward=CLOCK_JUMP_BACK, on_clock_change=False),
             post_callback=self._on_clock_jump)
-        self.get_logger().info(f"{modality} model ({config.train.tasks}) from {settings.checkpoint} on "
-                               f"{settings.device}; {self.pipeline.sweeps.sweeps} past sweeps; "
+        self.get_logger().info(f"{modality} model ({config.train.tasks}) from {settings.checkpoint} with "
+                               f"{predictor.describe()}; {self.pipeline.sweeps.sweeps} past sweeps; "
                                f"{'publishing objects' if self.pipeline.detects else 'no detection head: no objects'}"
                                f"; publishing map classes {', '.join(self.settings.map_classes) or 'none'}")
 

@@ -13,6 +13,7 @@ from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValu
 from rclpy.node import Node
 
 from vexkd_core.classes import DETECTION_CLASSES, MAP_CLASSES
+from vexkd_core.inference import BACKENDS
 
 from .settings import DetectorSettings
 
@@ -34,8 +35,12 @@ def _unit_range() -> list[FloatingPointRange]:
 
 # name -> (default, descriptor, which modalities declare it)
 PARAMETERS = {
-    "checkpoint": ("", _descriptor("path of the model.pt to serve (required; its modality must match the node)",
-                                   read_only=True), ("lidar", "camera", "fusion")),
+    "checkpoint": ("", _descriptor("path of the model.pt to serve, or of the .onnx with backend onnxruntime "
+                                   "(required; its modality must match the node)", read_only=True),
+                   ("lidar", "camera", "fusion")),
+    "backend": ("torch", _descriptor("inference engine: torch (a .pt) or onnxruntime (an exported .onnx; TensorRT "
+                                     "and CUDA providers on device cuda where installed)", read_only=True),
+                ("lidar", "camera", "fusion")),
     "device": ("cpu", _descriptor("torch device: cpu or cuda", read_only=True), ("lidar", "camera", "fusion")),
     "score_threshold": (-1.0, _descriptor("minimum detection score, all classes; -1: the checkpoint's own",
                                           floating_point_range=[FloatingPointRange(from_value=-1.0, to_value=1.0)]),
@@ -93,13 +98,21 @@ def current_values(node: Node, modality: str) -> dict:
 def validate(values: dict, modality: str) -> DetectorSettings:
     if not values["checkpoint"]:
         raise ParameterError("parameter 'checkpoint' is required (path of a model.pt)")
+    if values["backend"] not in BACKENDS:
+        raise ParameterError(f"parameter 'backend' must be one of {', '.join(BACKENDS)}, not '{values['backend']}'")
     if values["device"] not in DEVICES:
         raise ParameterError(f"parameter 'device' must be one of {', '.join(DEVICES)}, not '{values['device']}'")
-    if values["device"] == "cuda":
+    if values["device"] == "cuda" and values["backend"] == "torch":
         import torch
 
         if not torch.cuda.is_available():
-            raise ParameterError("parameter 'device' is cuda but no CUDA device is available")
+            raise ParameterError("parameter 'device' is cuda but PyTorch sees no CUDA device")
+    if values["device"] == "cuda" and values["backend"] == "onnxruntime":
+        from vexkd_core.onnx_runtime import GPU_PROVIDERS, execution_providers
+
+        if execution_providers("cuda") == ["CPUExecutionProvider"]:
+            raise ParameterError(f"parameter 'device' is cuda but this onnxruntime has neither of "
+                                 f"{', '.join(GPU_PROVIDERS)} (install onnxruntime-gpu)")
     map_classes = tuple(name for name in values["map_classes"] if name)
     unknown = [name for name in map_classes if name not in MAP_CLASSES]
     if unknown:
@@ -111,7 +124,7 @@ def validate(values: dict, modality: str) -> DetectorSettings:
     if transport not in IMAGE_TRANSPORTS:
         raise ParameterError(f"parameter 'image_transport' must be raw or compressed, not '{transport}'")
     return DetectorSettings(
-        checkpoint=values["checkpoint"], device=values["device"], score_threshold=values["score_threshold"],
+        checkpoint=values["checkpoint"], backend=values["backend"], device=values["device"], score_threshold=values["score_threshold"],
         class_score_thresholds={name: values[f"class_score_threshold.{name}"] for name in DETECTION_CLASSES
                                 if values[f"class_score_threshold.{name}"] > 0.0},
         max_camera_delay=values.get("max_camera_delay", 0.0), sweeps=values.get("sweeps", -1),

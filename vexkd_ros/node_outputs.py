@@ -34,6 +34,10 @@ STAGES = (*MODEL_STAGES, "publish")
 LATENCY_TOPIC = "~/debug/pipeline_latency_ms"
 
 
+def _wanted(publisher) -> bool:
+    return publisher is not None and publisher.get_subscription_count() > 0
+
+
 class NodeOutputs:
     """Objects, velocities and Autoware objects (a detecting model), markers and map grids as the settings say,
     per-stage times. A parameter change swaps publishers while the worker publishes: a lock."""
@@ -79,15 +83,20 @@ class NodeOutputs:
         started = time.perf_counter()
         header = Header(stamp=ns_to_stamp(result.stamp_ns), frame_id=result.frame_id)
         with self._lock:
+            # A message nobody subscribes to is not built: hundreds of boxes as Python messages
+            # cost milliseconds each frame (a recorder is a subscriber, so nothing recorded is lost).
             if result.boxes is not None:
-                self.objects.publish(boxes_to_detections(result.boxes, DETECTION_CLASSES, header))
-                self.velocities.publish(boxes_to_velocities(result.boxes, header))
-                self.autoware.publish(boxes_to_detected_objects(result.boxes, DETECTION_CLASSES, header))
-                if self.markers is not None:
+                if _wanted(self.objects):
+                    self.objects.publish(boxes_to_detections(result.boxes, DETECTION_CLASSES, header))
+                if _wanted(self.velocities):
+                    self.velocities.publish(boxes_to_velocities(result.boxes, header))
+                if _wanted(self.autoware):
+                    self.autoware.publish(boxes_to_detected_objects(result.boxes, DETECTION_CLASSES, header))
+                if _wanted(self.markers):
                     shown = result.boxes.select(result.boxes.score >= settings.marker_score_threshold)
                     self.markers.publish(boxes_to_markers(shown, DETECTION_CLASSES, header))
             for name, publisher in self.maps.items():
-                if name in result.maps:  # a class added by a parameter change after this frame started
+                if name in result.maps and _wanted(publisher):  # a class added by a parameter change mid-frame
                     publisher.publish(probability_to_grid(result.maps[name], result.grid, header))
         milliseconds = {**result.stage_ms, "publish": 1e3 * (time.perf_counter() - started)}
         for stage, publisher in self.stage_times.items():

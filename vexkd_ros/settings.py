@@ -13,6 +13,7 @@ from vexkd_core.structures import Boxes3D
 @dataclass(frozen=True)
 class DetectorSettings:
     checkpoint: str
+    backend: str  # torch or onnxruntime
     device: str
     score_threshold: float
     class_score_thresholds: dict[str, float]  # per class; the higher of it and the global one applies

@@ -23,7 +23,7 @@ from rclpy.qos import QoSProfile
 from std_msgs.msg import Float64
 from vision_msgs.msg import Detection3DArray
 
-from vexkd_core.checkpoint import read_payload
+from vexkd_core.inference import model_file_backend, model_file_modality
 from vexkd_core.classes import MAP_CLASSES
 from vexkd_core.data.sample import CAMERA_CHANNELS
 
@@ -45,6 +45,7 @@ TRIGGER_TOPIC = {"lidar": LIDAR_TOPIC, "fusion": LIDAR_TOPIC, "camera": image_to
 class NodeSpec:
     modality: str
     checkpoint: Path
+    backend: str = "torch"
 
     @property
     def name(self) -> str:
@@ -59,7 +60,7 @@ class NodeSpec:
                 remaps += ["-r", f"~/input/image{index}:={image_topic(channel)}",
                            "-r", f"~/input/camera_info{index}:={camera_info_topic(channel)}"]
         return [sys.executable, "-m", "vexkd_ros.detector_node", self.modality, "--ros-args",
-                "-p", f"checkpoint:={self.checkpoint}", *remaps]
+                "-p", f"checkpoint:={self.checkpoint}", "-p", f"backend:={self.backend}", *remaps]
 
     def output_topics(self) -> dict[str, type]:
         topics = {f"/{self.name}/output/objects": Detection3DArray,
@@ -84,9 +85,9 @@ class NodeCounts:
 def node_specs(checkpoints: list[Path], modality: str) -> list[NodeSpec]:
     specs = []
     for path in checkpoints:
-        found = read_payload(path)["modality"]
+        found = model_file_modality(path)
         if modality in ("all", found):
-            specs.append(NodeSpec(found, path))
+            specs.append(NodeSpec(found, path, model_file_backend(path)))
     if not specs:
         raise BagError(f"no checkpoint of modality '{modality}' among {', '.join(map(str, checkpoints))}")
     if len({s.modality for s in specs}) != len(specs):

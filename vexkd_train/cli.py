@@ -3,6 +3,8 @@
     vexkd-train teacher --dataroot D --version V --config tiny --out runs/teacher
     vexkd-train student --modality lidar --dataroot D --version V --config tiny --out runs/lidar
     vexkd-train eval --checkpoint runs/teacher/model.pt --dataroot D --version V --split val --out runs/eval
+    vexkd-train export --checkpoint runs/lidar/model.pt --out runs/lidar/onnx      (ONNX graph + sidecar)
+    vexkd-train eval --backend onnxruntime --checkpoint runs/lidar/onnx/model.onnx ...
     torchrun --nproc_per_node 2 -m vexkd_train.cli teacher ...   (multi-process, DDP)
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from vexkd_core.cli import CliError, OneLineParser, run_cli
 from vexkd_core.distill.distiller import MODES
 from vexkd_core.distill.losses import DISTANCES
+from vexkd_core.inference import BACKENDS
 from vexkd_core.models.fusion import FUSERS
 from vexkd_train.masks import MaskSettings
 
@@ -91,10 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--split", default="val")
     evaluation.add_argument("--out", type=Path, required=True)
     evaluation.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    evaluation.add_argument("--backend", choices=BACKENDS, default="torch",
+                            help="torch (a .pt checkpoint) or onnxruntime (an exported .onnx with its .json)")
     evaluation.add_argument("--drop-sensor", choices=("lidar", "camera"),
                             help="evaluate with this sensor missing (a fusion model's robustness)")
     evaluation.add_argument("--save-maps", action="store_true",
                             help="also write maps.npz: each sample's map probabilities (float16)")
+    export = commands.add_parser("export", help="a checkpoint as an ONNX graph + JSON sidecar, checked with onnxruntime")
+    export.add_argument("--checkpoint", type=Path, required=True)
+    export.add_argument("--out", type=Path, required=True, help="folder for <checkpoint stem>.onnx and .json")
     return parser
 
 
@@ -110,7 +118,7 @@ def _user_errors():
     from vexkd_core.checkpoint import CheckpointError
     from vexkd_core.data.nuscenes_source import DatasetError
 
-    return (CheckpointError, DatasetError, ValueError, FileNotFoundError)
+    return (CheckpointError, DatasetError, ValueError, FileNotFoundError)  # ExportError is a ValueError
 
 
 def run_training(args: argparse.Namespace) -> None:
@@ -203,16 +211,30 @@ def run_eval(args: argparse.Namespace) -> None:
     _check_device(args.device)
     try:
         metrics = evaluate(args.checkpoint, args.dataroot, args.version, args.split, args.out, args.device,
-                           save_maps=args.save_maps, drop_sensor=args.drop_sensor)
+                           save_maps=args.save_maps, drop_sensor=args.drop_sensor, backend=args.backend)
     except _user_errors() as error:
         raise CliError(str(error)) from None
     print(metrics_table(metrics))
     print(f"wrote {args.out / 'metrics.json'}")
 
 
+def run_export(args: argparse.Namespace) -> None:
+    from vexkd_core.onnx_export import OPSET, export_onnx
+
+    try:
+        result = export_onnx(args.checkpoint, args.out)
+    except _user_errors() as error:
+        raise CliError(str(error)) from None
+    differences = ", ".join(f"{name} {value:.1e}" for name, value in result.max_difference.items())
+    print(f"wrote {result.onnx_path} (opset {OPSET}, {result.onnx_path.stat().st_size / 2**20:.1f} MiB) "
+          f"and {result.sidecar_path}")
+    print(f"onnxruntime vs torch on check inputs, largest |difference|: {differences}")
+
+
 def main(argv: list[str] | None = None) -> int:
     return run_cli(build_parser(), {"teacher": run_training, "student": run_training, "masks": run_masks,
-                                    "experiment": run_experiment_command, "eval": run_eval}, argv)
+                                    "experiment": run_experiment_command, "eval": run_eval,
+                                    "export": run_export}, argv)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from vexkd_core.checkpoint import model_from_checkpoint
 from vexkd_core.classes import DETECTION_CLASSES, MAP_CLASSES
 from vexkd_core.data.dataset import model_source
 from vexkd_core.data.preprocess import Augmentation, map_targets
 from vexkd_core.data.sample import without_sensor
 from vexkd_core.geometry import matrix_yaw, yaw_to_quaternion
-from vexkd_core.inference import Predictor
+from vexkd_core.inference import load_predictor
 from vexkd_core.io import atomic_npz, atomic_write_json, atomic_write_text
 from vexkd_core.structures import Boxes3D
 from vexkd_core.timing import StageTimer
@@ -97,20 +96,22 @@ def detection_metrics(nusc, results: dict, split: str, out_dir: Path) -> dict:
 
 
 def evaluate(checkpoint: Path, dataroot: Path, version: str, split: str, out_dir: Path, device: str = "cpu",
-             progress: bool = True, save_maps: bool = False, drop_sensor: str | None = None) -> dict:
+             progress: bool = True, save_maps: bool = False, drop_sensor: str | None = None,
+             backend: str = "torch") -> dict:
     """Metrics of a checkpoint on a split; `save_maps` also writes maps.npz (token -> map
-    probability); `drop_sensor` ('lidar' or 'camera') evaluates with that sensor missing."""
-    model, config, payload = model_from_checkpoint(checkpoint)
-    if drop_sensor is not None and payload["modality"] != "fusion":
-        raise ValueError(f"--drop-sensor is for a fusion model; {checkpoint} is a {payload['modality']} model")
-    predictor = Predictor(model, config, device)
+    probability); `drop_sensor` ('lidar' or 'camera') evaluates with that sensor missing;
+    `backend` onnxruntime evaluates an exported graph (`checkpoint` is then its .onnx)."""
+    predictor = load_predictor(checkpoint, backend, device)
+    config, modality = predictor.config, predictor.modality
+    if drop_sensor is not None and modality != "fusion":
+        raise ValueError(f"--drop-sensor is for a fusion model; {checkpoint} is a {modality} model")
     source = model_source(dataroot, version, split, config, False)
     timer, map_iou, results = StageTimer(), MapIoU(), {}
     out_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         # Maps go to disk as they come: a nuScenes val split's would take gigabytes of memory.
         save_map = stack.enter_context(atomic_npz(out_dir / "maps.npz")) if save_maps else None
-        for index in tqdm(range(len(source)), desc=f"eval {payload['modality']}", unit="sample",
+        for index in tqdm(range(len(source)), desc=f"eval {modality}", unit="sample",
                           disable=not progress):
             sample = source.sample(index)
             if drop_sensor is not None:
@@ -128,18 +129,18 @@ def evaluate(checkpoint: Path, dataroot: Path, version: str, split: str, out_dir
     tasks = config.train.task_names
     if "detection" in tasks:
         atomic_write_text(out_dir / "results.json", json.dumps({"meta": {
-            "use_camera": payload["modality"] != "lidar" and drop_sensor != "camera",
-            "use_lidar": payload["modality"] != "camera" and drop_sensor != "lidar",
+            "use_camera": modality != "lidar" and drop_sensor != "camera",
+            "use_lidar": modality != "camera" and drop_sensor != "lidar",
             "use_radar": False, "use_map": False, "use_external": False}, "results": results}))
     metrics = {
-        "checkpoint": str(checkpoint), "modality": payload["modality"], "split": split, "samples": len(source),
+        "checkpoint": str(checkpoint), "modality": modality, "split": split, "samples": len(source),
         "drop_sensor": drop_sensor, "tasks": config.train.tasks,
         # None for a task the model was not trained for (train.tasks)
         "detection": detection_metrics(source.nusc, results, split, out_dir) if "detection" in tasks else None,
         "map": map_iou.summary() if "segmentation" in tasks else None,
         "latency_ms": _latency_ms(timer),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "device": device,
+        "parameters": predictor.parameters,
+        "device": device, "backend": predictor.describe(),
     }
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics

@@ -1,0 +1,177 @@
+"""Do the detector nodes keep up with their sensors? End to end, across processes.
+
+Each node runs as its own process, started exactly as `vexkd-ros stack` starts it; this
+process plays the sensors at their rates from a wall-clock schedule (LiDAR 20 Hz: a
+34,720-point nuScenes-sized cloud; cameras 12 Hz: six 1600x900 JPEGs) with the vehicle's
+/tf, and records when each answer (~/output/objects) arrives. Per node and backend:
+the share of triggers answered, and end-to-end latency (publish of the trigger to receipt
+of its answer) p50 / p90. `tiny` preset, random weights (latency does not depend on them).
+Both processes share this machine's cores, as they would on a robot's computer.
+Records bench/results/node_stream.json.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+import rclpy  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import CameraInfo, CompressedImage, PointCloud2  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+from tf2_msgs.msg import TFMessage  # noqa: E402
+from vision_msgs.msg import Detection3DArray  # noqa: E402
+
+from bench_nodes import cloud, model_files  # noqa: E402
+from vexkd_core.data.sample import CAMERA_CHANNELS  # noqa: E402
+from vexkd_core.io import atomic_write_json  # noqa: E402
+from vexkd_ros.conversions import (intrinsics_to_camera_info, matrices_to_tf_message, ns_to_stamp,  # noqa: E402
+                                   rgb_to_compressed, stamp_to_ns)
+from vexkd_ros.environment import apply_default_ros_environment  # noqa: E402
+from vexkd_ros.scene_messages import LIDAR_TOPIC, camera_info_topic, image_topic  # noqa: E402
+from vexkd_ros.stack import NodeSpec  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "node_stream.json"
+RATE_HZ = {"lidar": 20.0, "camera": 12.0}
+SENSOR_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def camera_images(stamp_ns: int) -> list[CompressedImage]:
+    """Six JPEGs the size of nuScenes' (a smooth scene with sensor noise, ~0.3 MB each, not
+    incompressible random pixels)."""
+    rng = np.random.default_rng(0)
+    coarse = rng.integers(0, 255, (9, 16, 3), dtype=np.uint8)
+    import cv2
+
+    smooth = cv2.resize(coarse, (1600, 900), interpolation=cv2.INTER_CUBIC)
+    noisy = np.clip(smooth + rng.normal(0, 6, smooth.shape), 0, 255).astype(np.uint8)
+    return [rgb_to_compressed(noisy, Header(stamp=ns_to_stamp(stamp_ns), frame_id=c)) for c in CAMERA_CHANNELS]
+
+
+class Sensors:
+    """Publishers of the rig's inputs and a recorder of the node's answers."""
+
+    def __init__(self, node_name: str):
+        self.node = rclpy.create_node("vexkd_bench_sensors")
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self.tf = self.node.create_publisher(TFMessage, "/tf", 100)
+        self.tf_static = self.node.create_publisher(TFMessage, "/tf_static", LATCHED)
+        self.lidar = self.node.create_publisher(PointCloud2, LIDAR_TOPIC, SENSOR_QOS)
+        self.images = [self.node.create_publisher(CompressedImage, image_topic(c), SENSOR_QOS) for c in CAMERA_CHANNELS]
+        self.infos = [self.node.create_publisher(CameraInfo, camera_info_topic(c), 10) for c in CAMERA_CHANNELS]
+        self.answers: dict[int, float] = {}  # stamp -> monotonic receipt time
+        self.node.create_subscription(Detection3DArray, f"/{node_name}/output/objects",
+                                      lambda m: self.answers.setdefault(stamp_to_ns(m.header.stamp), time.monotonic()),
+                                      100)
+
+    def rig(self) -> None:
+        static = [("base_link", name, np.eye(4), ns_to_stamp(0)) for name in ("LIDAR_TOP", *CAMERA_CHANNELS)]
+        self.tf_static.publish(matrices_to_tf_message(static))
+
+    def camera_infos(self) -> None:
+        k = np.array([[1266.0, 0, 816], [0, 1266.0, 491], [0, 0, 1]])
+        for publisher, channel in zip(self.infos, CAMERA_CHANNELS):
+            publisher.publish(intrinsics_to_camera_info(k, 1600, 900, Header(frame_id=channel)))
+
+    def spin_for(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=max(0.0, min(0.005, deadline - time.monotonic())))
+
+
+def stream(modality: str, model_file: Path, backend: str, frames: int, warmup: int) -> dict:
+    spec = NodeSpec(modality, model_file, backend)
+    log = open(Path(tempfile.gettempdir()) / f"vexkd-bench-{spec.name}-{backend}.log", "w")
+    process = subprocess.Popen(spec.command(), stdout=log, stderr=subprocess.STDOUT)
+    sensors = Sensors(spec.name)
+    trigger = sensors.lidar if modality == "lidar" else sensors.images[0]
+    try:
+        deadline = time.monotonic() + 120
+        while trigger.get_subscription_count() == 0 or sensors.node.count_publishers(
+                f"/{spec.name}/output/objects") == 0:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{spec.name} ({backend}) did not start")
+            sensors.spin_for(0.1)
+        sensors.rig()
+        sensors.camera_infos()
+        sensors.spin_for(1.0)
+        period_ns = int(1e9 / RATE_HZ[modality])
+        images = camera_images(0) if modality == "camera" else None
+        clouds = [cloud(0, seed) for seed in range(4)] if modality == "lidar" else None
+        sent: dict[int, float] = {}
+        start = time.monotonic()
+        for k in range(warmup + frames):
+            stamp = 10**9 + k * period_ns
+            due = start + k / RATE_HZ[modality]
+            sensors.spin_for(max(0.0, due - time.monotonic()))
+            sensors.tf.publish(matrices_to_tf_message([("map", "base_link", np.eye(4), ns_to_stamp(stamp))]))
+            if modality == "lidar":
+                message = clouds[k % len(clouds)]
+                message.header.stamp = ns_to_stamp(stamp)
+                sent_at = time.monotonic()
+                sensors.lidar.publish(message)
+            else:
+                for publisher, image in reversed(list(zip(sensors.images, images))):  # the trigger last
+                    image.header.stamp = ns_to_stamp(stamp)
+                    sent_at = time.monotonic()
+                    publisher.publish(image)
+            if k >= warmup:
+                sent[stamp] = sent_at
+        sensors.spin_for(2.0)
+        latencies = [1e3 * (sensors.answers[s] - t) for s, t in sent.items() if s in sensors.answers]
+        answered = len(latencies)
+        return {"rate_hz": RATE_HZ[modality], "sent": len(sent), "answered": answered,
+                "answered_share": answered / len(sent),
+                "latency_ms_p50": statistics.median(latencies) if latencies else None,
+                "latency_ms_p90": float(np.percentile(latencies, 90)) if latencies else None}
+    finally:
+        process.send_signal(2)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        sensors.node.destroy_node()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--modalities", nargs="+", default=["lidar", "camera"])
+    parser.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"])
+    args = parser.parse_args()
+    apply_default_ros_environment()
+    rclpy.init()
+    results = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+               "torch_threads": torch.get_num_threads(), "preset": "tiny", "streams": {}}
+    with tempfile.TemporaryDirectory() as folder:
+        for modality in args.modalities:
+            files = model_files(modality, "tiny", Path(folder))
+            for backend in args.backends:
+                row = stream(modality, files[backend], backend, args.frames, args.warmup)
+                results["streams"][f"{modality} {backend}"] = row
+                print(f"{modality:6s} {backend:11s} at {row['rate_hz']:.0f} Hz: answered {row['answered']} of "
+                      f"{row['sent']} ({100 * row['answered_share']:.0f} %), end-to-end p50 "
+                      f"{row['latency_ms_p50']:.1f} ms, p90 {row['latency_ms_p90']:.1f} ms", flush=True)
+    rclpy.shutdown()
+    print(f"wrote {atomic_write_json(RESULTS, results)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""ONNX export and the onnxruntime backend: each model's exported graph predicts the boxes
+and maps the torch model predicts, on real samples of the tiny world, through the shared
+inference path; `vexkd-train eval` scores both alike; bad inputs get one clear line."""
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from spread_models import spread_model
+
+from vexkd_core.checkpoint import save_checkpoint
+from vexkd_core.config import from_dict, load_config
+from vexkd_core.data.nuscenes_source import NuScenesSource
+from vexkd_core.data.preprocess import collate, preprocess
+from vexkd_core.inference import Predictor, load_predictor
+from vexkd_core.onnx_export import OPSET, export_onnx
+
+# Every box above the threshold is kept (no top-k cut), so near-equal scores cannot swap a box out.
+OVERRIDES = ["model.lidar.sweeps=2", "model.score_threshold=0.8", "model.max_detections=500"]
+CONFIG = load_config("tiny", OVERRIDES)
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def val(tiny_world):
+    dataroot, world = tiny_world
+    return NuScenesSource(dataroot, world.version, "val", CONFIG.model.lidar.sweeps)
+
+
+@pytest.fixture(scope="module")
+def models(val, tmp_path_factory):
+    """{modality: (torch model, .pt, ExportResult)}, random weights with spread scores."""
+    folder = tmp_path_factory.mktemp("onnx_models")
+    batch = collate([preprocess(val.sample(0), CONFIG)[0]])
+    exported = {}
+    for modality in ("lidar", "camera", "fusion"):
+        model = spread_model(CONFIG, modality, batch)
+        checkpoint = save_checkpoint(folder / f"{modality}.pt", model, CONFIG, modality)
+        exported[modality] = (model, checkpoint, export_onnx(checkpoint, folder / "onnx"))
+    return exported
+
+
+def assert_same_prediction(theirs, mine):
+    """One-to-one: each box has a box of its class at the same place, size, heading, velocity
+    and score (the order of near-equal scores may differ); the maps agree cell by cell."""
+    assert len(mine.boxes) == len(theirs.boxes) > 0
+    matched = set()
+    for k in range(len(mine.boxes)):
+        distance = np.linalg.norm(theirs.boxes.center - mine.boxes.center[k], axis=1)
+        distance[theirs.boxes.label != mine.boxes.label[k]] = np.inf
+        j = int(np.argmin(distance))
+        assert distance[j] < 1e-4
+        np.testing.assert_allclose(mine.boxes.score[k], theirs.boxes.score[j], atol=1e-5)
+        np.testing.assert_allclose(mine.boxes.size_lwh[k], theirs.boxes.size_lwh[j], rtol=1e-4)
+        np.testing.assert_allclose(np.cos(mine.boxes.yaw[k] - theirs.boxes.yaw[j]), 1.0, atol=1e-6)
+        np.testing.assert_allclose(mine.boxes.velocity[k], theirs.boxes.velocity[j], atol=1e-4)
+        matched.add(j)
+    assert len(matched) == len(theirs.boxes)
+    np.testing.assert_allclose(mine.map_probability, theirs.map_probability, atol=1e-5)
+
+
+@pytest.mark.parametrize("modality", ["lidar", "camera", "fusion"])
+def test_onnxruntime_predicts_what_torch_predicts(modality, models, val):
+    model, _, result = models[modality]
+    torch_predictor = Predictor(model, CONFIG)
+    onnx_predictor = load_predictor(result.onnx_path, "onnxruntime")
+    assert onnx_predictor.modality == modality and onnx_predictor.describe().endswith("CPUExecutionProvider")
+    for index in range(3):  # other samples than the traced inputs, each with its own point count
+        sample = val.sample(index)
+        assert_same_prediction(torch_predictor(sample), onnx_predictor(sample))
+
+
+def test_the_sidecar_carries_what_a_runtime_needs(models):
+    _, checkpoint, result = models["lidar"]
+    sidecar = json.loads(result.sidecar_path.read_text())
+    assert sidecar["opset"] == OPSET == 18 and sidecar["modality"] == "lidar"
+    assert from_dict(sidecar["config"]) == CONFIG  # the config round-trips through JSON
+    assert [(i["name"], i["shape"]) for i in sidecar["inputs"]] == [
+        ("point_features", ["points", 10]), ("pillar_gather", ["pillars", 8]), ("pillar_cell", ["pillars"]),
+        ("pillar_extra_rows", ["pillar_extras"]), ("pillar_extra_cell", ["pillar_extras"])]
+    assert sidecar["outputs"] == ["heatmap", "regression", "map_logits"]
+    assert sidecar["parameters"] == sum(p.numel() for p in models["lidar"][0].parameters())
+    assert max(sidecar["check_max_difference"].values()) < 1e-4
+
+
+def test_the_camera_graph_takes_no_points(models, val):
+    _, _, result = models["camera"]
+    sidecar = json.loads(result.sidecar_path.read_text())
+    assert [i["name"] for i in sidecar["inputs"]] == ["images", "frustum_gather", "frustum_cell",
+                                                      "frustum_extra_rows", "frustum_extra_cell"]
+    predictor = load_predictor(result.onnx_path, "onnxruntime")
+    sample = val.sample(1)
+    without_points = replace(sample, points=np.full((7, 5), np.nan, np.float32))
+    assert_same_prediction(predictor(sample), predictor(without_points))
+
+
+def run_tool(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "vexkd-train"), *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def test_eval_scores_the_exported_graph_as_the_checkpoint(tiny_world, tmp_path):
+    """A briefly trained LiDAR model (so that mAP is not 0 for both): export, then eval with
+    each backend; every metric within 0.002."""
+    dataroot, _ = tiny_world
+    trained = run_tool("student", "--modality", "lidar", "--dataroot", dataroot, "--out", tmp_path / "lidar",
+                       "--set", "model.lidar.sweeps=2", "--max-steps", 60)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    exported = run_tool("export", "--checkpoint", tmp_path / "lidar" / "model.pt", "--out", tmp_path / "onnx")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert "opset 18" in exported.stdout and "onnxruntime vs torch" in exported.stdout
+    metrics = {}
+    for backend, path in (("torch", tmp_path / "lidar" / "model.pt"), ("onnxruntime", tmp_path / "onnx" / "model.onnx")):
+        result = run_tool("eval", "--backend", backend, "--checkpoint", path, "--dataroot", dataroot,
+                          "--out", tmp_path / backend)
+        assert result.returncode == 0, result.stderr[-2000:]
+        metrics[backend] = json.loads((tmp_path / backend / "metrics.json").read_text())
+    assert metrics["onnxruntime"]["backend"] == "onnxruntime with CPUExecutionProvider"
+    torch_metrics, onnx_metrics = metrics["torch"], metrics["onnxruntime"]
+    assert torch_metrics["detection"]["mAP"] > 0.01
+    for task, name in (("detection", "mAP"), ("detection", "NDS"), ("map", "mIoU")):
+        assert abs(torch_metrics[task][name] - onnx_metrics[task][name]) <= 0.002, (task, name)
+    for name, ap in torch_metrics["detection"]["per_class_ap"].items():
+        assert abs(ap - onnx_metrics["detection"]["per_class_ap"][name]) <= 0.002, name
+
+
+def error_line(*args) -> str:
+    result = run_tool(*args)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def test_bad_export_and_backend_inputs_get_one_clear_line(models, tmp_path, tiny_world):
+    dataroot, _ = tiny_world
+    _, checkpoint, result = models["lidar"]
+    assert "does not exist" in error_line("export", "--checkpoint", tmp_path / "missing.pt", "--out", tmp_path)
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    assert "not a readable vexkd checkpoint" in error_line("export", "--checkpoint", tmp_path / "notes.pt",
+                                                           "--out", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    evaluate = ("eval", "--dataroot", dataroot, "--out", tmp_path / "eval", "--checkpoint")
+    line = error_line(*evaluate, checkpoint, "--backend", "onnxruntime")
+    assert "serves an exported .onnx graph" in line and "vexkd-train export" in line, line
+    assert "serve it with backend onnxruntime" in error_line(*evaluate, result.onnx_path)
+    lonely = tmp_path / "lonely.onnx"
+    lonely.write_bytes(result.onnx_path.read_bytes())
+    assert "lonely.json does not exist" in error_line(*evaluate, lonely, "--backend", "onnxruntime")
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"\x00not a graph")
+    broken.with_suffix(".json").write_text(result.sidecar_path.read_text())
+    assert "not a graph onnxruntime can load" in error_line(*evaluate, broken, "--backend", "onnxruntime")
+    assert "invalid choice" in error_line(*evaluate, checkpoint, "--backend", "tensorflow")
+
+
+@pytest.mark.parametrize("reduce", ["max", "sum"])
+def test_pooling_through_a_layout_equals_the_scatter(reduce):
+    """The graph's pooling (dense block of each cell's first rows + the rest scattered) gives the
+    training path's scatter-reduce, with cells crowded past the block, empty cells and rows off the grid."""
+    import torch
+
+    from vexkd_core.models.pooling import SLOTS, pool, pool_layout
+
+    generator = torch.Generator().manual_seed(0)
+    cells, rows = 500, 4000
+    cell = torch.randint(0, cells + 1, (rows,), generator=generator)  # cells: off the grid
+    cell[:300] = 7  # one cell far past the block
+    values = torch.rand(rows, 16, generator=generator)  # >= 0, as the ReLU rows pooled by max
+    layout = pool_layout(cell, cells, reduce)
+    assert len(layout.extra_rows) >= 300 - SLOTS and len(set(layout.cell.tolist())) == len(layout.cell)
+    torch.testing.assert_close(pool(values, layout, cells, reduce), pool(values, cell, cells, reduce))
