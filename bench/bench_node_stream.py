@@ -31,7 +31,7 @@ import rclpy  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage, PointCloud2  # noqa: E402
-from std_msgs.msg import Header  # noqa: E402
+from std_msgs.msg import Float64, Header  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 from vision_msgs.msg import Detection3DArray  # noqa: E402
 
@@ -41,6 +41,7 @@ from vexkd_core.io import atomic_write_json  # noqa: E402
 from vexkd_ros.conversions import (intrinsics_to_camera_info, matrices_to_tf_message, ns_to_stamp,  # noqa: E402
                                    rgb_to_compressed, stamp_to_ns)
 from vexkd_ros.environment import apply_default_ros_environment  # noqa: E402
+from vexkd_ros.node_outputs import STAGES  # noqa: E402
 from vexkd_ros.scene_messages import LIDAR_TOPIC, camera_info_topic, image_topic  # noqa: E402
 from vexkd_ros.stack import NodeSpec  # noqa: E402
 
@@ -78,15 +79,21 @@ class Sensors:
         self.node.create_subscription(Detection3DArray, f"/{node_name}/output/objects",
                                       lambda m: self.answers.setdefault(stamp_to_ns(m.header.stamp), time.monotonic()),
                                       100)
+        self.stage_ms: dict[str, list[float]] = {stage: [] for stage in STAGES}  # the node's own, per answer
+        for stage in STAGES:
+            self.node.create_subscription(Float64, f"/{node_name}/debug/processing_time_ms/{stage}",
+                                          lambda m, s=stage: self.stage_ms[s].append(m.data), 100)
 
     def rig(self) -> None:
         static = [("base_link", name, np.eye(4), ns_to_stamp(0)) for name in ("LIDAR_TOP", *CAMERA_CHANNELS)]
         self.tf_static.publish(matrices_to_tf_message(static))
 
-    def camera_infos(self) -> None:
+    def camera_infos(self, stamp_ns: int) -> None:
+        """Each camera's CameraInfo, as a camera driver publishes it with every image."""
         k = np.array([[1266.0, 0, 816], [0, 1266.0, 491], [0, 0, 1]])
         for publisher, channel in zip(self.infos, CAMERA_CHANNELS):
-            publisher.publish(intrinsics_to_camera_info(k, 1600, 900, Header(frame_id=channel)))
+            publisher.publish(intrinsics_to_camera_info(k, 1600, 900, Header(stamp=ns_to_stamp(stamp_ns),
+                                                                              frame_id=channel)))
 
     def spin_for(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -94,21 +101,25 @@ class Sensors:
             self.executor.spin_once(timeout_sec=max(0.0, min(0.005, deadline - time.monotonic())))
 
 
+def warmup_answers(values: list[float]) -> int:
+    """The warm-up's answers are left out of the stage medians (a fifth of them, at most 10)."""
+    return min(10, len(values) // 5)
+
+
 def stream(modality: str, model_file: Path, backend: str, frames: int, warmup: int) -> dict:
     spec = NodeSpec(modality, model_file, backend)
     log = open(Path(tempfile.gettempdir()) / f"vexkd-bench-{spec.name}-{backend}.log", "w")
     process = subprocess.Popen(spec.command(), stdout=log, stderr=subprocess.STDOUT)
     sensors = Sensors(spec.name)
-    trigger = sensors.lidar if modality == "lidar" else sensors.images[0]
+    inputs = [sensors.lidar] if modality == "lidar" else [*sensors.images, *sensors.infos]
     try:
         deadline = time.monotonic() + 120
-        while trigger.get_subscription_count() == 0 or sensors.node.count_publishers(
+        while any(p.get_subscription_count() == 0 for p in inputs) or sensors.node.count_publishers(
                 f"/{spec.name}/output/objects") == 0:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{spec.name} ({backend}) did not start")
             sensors.spin_for(0.1)
         sensors.rig()
-        sensors.camera_infos()
         sensors.spin_for(1.0)
         period_ns = int(1e9 / RATE_HZ[modality])
         images = camera_images(0) if modality == "camera" else None
@@ -126,6 +137,7 @@ def stream(modality: str, model_file: Path, backend: str, frames: int, warmup: i
                 sent_at = time.monotonic()
                 sensors.lidar.publish(message)
             else:
+                sensors.camera_infos(stamp)
                 for publisher, image in reversed(list(zip(sensors.images, images))):  # the trigger last
                     image.header.stamp = ns_to_stamp(stamp)
                     sent_at = time.monotonic()
@@ -138,7 +150,9 @@ def stream(modality: str, model_file: Path, backend: str, frames: int, warmup: i
         return {"rate_hz": RATE_HZ[modality], "sent": len(sent), "answered": answered,
                 "answered_share": answered / len(sent),
                 "latency_ms_p50": statistics.median(latencies) if latencies else None,
-                "latency_ms_p90": float(np.percentile(latencies, 90)) if latencies else None}
+                "latency_ms_p90": float(np.percentile(latencies, 90)) if latencies else None,
+                "node_stages_ms_p50": {stage: statistics.median(values[warmup_answers(values):])
+                                       for stage, values in sensors.stage_ms.items() if values}}
     finally:
         process.send_signal(2)
         try:
@@ -167,7 +181,8 @@ def main() -> int:
                 results["streams"][f"{modality} {backend}"] = row
                 print(f"{modality:6s} {backend:11s} at {row['rate_hz']:.0f} Hz: answered {row['answered']} of "
                       f"{row['sent']} ({100 * row['answered_share']:.0f} %), end-to-end p50 "
-                      f"{row['latency_ms_p50']:.1f} ms, p90 {row['latency_ms_p90']:.1f} ms", flush=True)
+                      f"{row['latency_ms_p50']:.1f} ms, p90 {row['latency_ms_p90']:.1f} ms; node stages p50 "
+                      + ", ".join(f"{k} {v:.0f}" for k, v in row["node_stages_ms_p50"].items()), flush=True)
     rclpy.shutdown()
     print(f"wrote {atomic_write_json(RESULTS, results)}")
     return 0
