@@ -9,7 +9,9 @@ trigger uses it, and only after the size its header claims matched the calibrati
 from __future__ import annotations
 
 import collections
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -97,6 +99,9 @@ class CameraCache:
         self._frames = [collections.deque(maxlen=CAMERA_FRAMES_KEPT) for _ in CAMERA_CHANNELS]
         self._calibration: list[Calibration | None] = [None] * len(CAMERA_CHANNELS)
         self._lock = threading.Lock()
+        # The six JPEGs decode side by side: cv2 releases the GIL while it decodes.
+        self._decoders = ThreadPoolExecutor(min(len(CAMERA_CHANNELS), os.cpu_count() or 1),
+                                            thread_name_prefix="camera-decode")
 
     def add_frame(self, index: int, frame: CameraFrame) -> None:
         with self._lock:
@@ -122,11 +127,12 @@ class CameraCache:
               fixed_frame: str) -> tuple[list[CameraView], list[str]]:
         """Six CameraViews (image None where a camera is missing) and a note for each one missing."""
         views, notes = [], []
-        for index, channel in enumerate(CAMERA_CHANNELS):
-            view, note = self._view(index, channel, reference_frame, stamp_ns, max_delay_ns, tf, fixed_frame)
+        found = self._decoders.map(lambda index: self._view(index, CAMERA_CHANNELS[index], reference_frame, stamp_ns,
+                                                            max_delay_ns, tf, fixed_frame), range(len(CAMERA_CHANNELS)))
+        for index, (view, note) in enumerate(found):
             views.append(view)
             if note:
-                notes.append(f"camera {index} ({channel}) left out: {note}")
+                notes.append(f"camera {index} ({CAMERA_CHANNELS[index]}) left out: {note}")
         return views, notes
 
     def _view(self, index, channel, reference_frame, stamp_ns, max_delay_ns, tf, fixed_frame):
