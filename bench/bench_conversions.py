@@ -1,7 +1,8 @@
 """Cost of the message conversions the nodes do per frame.
 
-A 35k-point nuScenes-like cloud (x, y, z, intensity, ring) and a 1600x900 camera frame.
-Prints ms per message (median of repeats) and whether the read path copies the data,
+A 35k-point nuScenes-like cloud (x, y, z, intensity, ring), a 1600x900 camera frame, and
+the outputs of one frame with 200 boxes (a model's max_detections at a low threshold) and
+six map grids. Prints ms per message (median of repeats) and whether the read path copies the data,
 and records bench/results/conversions.json.
 """
 from __future__ import annotations
@@ -19,8 +20,11 @@ from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import Header
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from vexkd_core.classes import DETECTION_CLASSES  # noqa: E402
 from vexkd_core.io import atomic_write_json  # noqa: E402
+from vexkd_core.structures import BEVGrid, Boxes3D  # noqa: E402
 from vexkd_ros import conversions as conv  # noqa: E402
+from vexkd_ros.autoware import boxes_to_detected_objects  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "conversions.json"
 
@@ -52,6 +56,10 @@ def main() -> None:
     image = deserialize_message(serialize_message(conv.rgb_to_image(rgb, header)), Image)
     image_bgr = deserialize_message(serialize_message(conv.rgb_to_image(rgb, header, "bgr8")), Image)
     jpeg = conv.rgb_to_compressed(rgb, header, "jpeg")
+    boxes = Boxes3D(rng.uniform(-40, 40, (200, 3)), rng.uniform(1, 4, (200, 3)), rng.uniform(-3, 3, 200),
+                    rng.uniform(-1, 1, (200, 2)), rng.integers(0, len(DETECTION_CLASSES), 200), rng.uniform(0, 1, 200))
+    grid = BEVGrid.centered(50.0, 1.0)
+    probability = rng.random((grid.height, grid.width)).astype(np.float32)
 
     rows = [
         ("cloud 35k: numpy -> PointCloud2", median_ms(lambda: conv.array_to_cloud(columns, header)), None),
@@ -66,6 +74,15 @@ def main() -> None:
          copies(conv.image_to_rgb(image_bgr), image_bgr.data)),
         ("image 1600x900: JPEG encode", median_ms(lambda: conv.rgb_to_compressed(rgb, header), 5), None),
         ("image 1600x900: JPEG decode", median_ms(lambda: conv.compressed_to_rgb(jpeg), 5), None),
+        ("200 boxes -> Detection3DArray", median_ms(lambda: conv.boxes_to_detections(boxes, DETECTION_CLASSES,
+                                                                                    header), 10), None),
+        ("200 boxes -> Autoware DetectedObjects", median_ms(lambda: boxes_to_detected_objects(
+            boxes, DETECTION_CLASSES, header), 10), None),
+        ("200 boxes -> MarkerArray", median_ms(lambda: conv.boxes_to_markers(boxes, DETECTION_CLASSES, header), 5),
+         None),
+        ("200 boxes -> velocities PointCloud2", median_ms(lambda: conv.boxes_to_velocities(boxes, header)), None),
+        ("six 100x100 maps -> OccupancyGrid", median_ms(lambda: [conv.probability_to_grid(probability, grid, header)
+                                                                for _ in range(6)]), None),
     ]
     print(f"{'conversion':46s} {'ms/msg':>8s} {'copies':>6s}")
     for name, ms, copied in rows:

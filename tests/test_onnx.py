@@ -171,3 +171,13 @@ def test_pooling_through_a_layout_equals_the_scatter(reduce):
     layout = pool_layout(cell, cells, reduce)
     assert len(layout.extra_rows) >= 300 - SLOTS and len(set(layout.cell.tolist())) == len(layout.cell)
     torch.testing.assert_close(pool(values, layout, cells, reduce), pool(values, cell, cells, reduce))
+
+
+def test_the_stack_serves_an_exported_graph_with_onnxruntime(models):
+    from vexkd_ros.stack import node_specs
+
+    _, checkpoint, result = models["camera"]
+    specs = node_specs([models["lidar"][2].onnx_path, checkpoint], "all")
+    assert [(s.modality, s.backend) for s in specs] == [("lidar", "onnxruntime"), ("camera", "torch")]
+    command = " ".join(specs[0].command())
+    assert f"checkpoint:={models['lidar'][2].onnx_path}" in command and "backend:=onnxruntime" in command
