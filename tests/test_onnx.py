@@ -112,7 +112,8 @@ def test_eval_scores_the_exported_graph_as_the_checkpoint(tiny_world, tmp_path):
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert "opset 18" in exported.stdout and "onnxruntime vs torch" in exported.stdout
     metrics = {}
-    for backend, path in (("torch", tmp_path / "lidar" / "model.pt"), ("onnxruntime", tmp_path / "onnx" / "model.onnx")):
+    files = {"torch": tmp_path / "lidar" / "model.pt", "onnxruntime": tmp_path / "onnx" / "model.onnx"}
+    for backend, path in files.items():
         result = run_tool("eval", "--backend", backend, "--checkpoint", path, "--dataroot", dataroot,
                           "--out", tmp_path / backend)
         assert result.returncode == 0, result.stderr[-2000:]

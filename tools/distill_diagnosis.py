@@ -75,7 +75,8 @@ def diagnose(teacher, students: dict, source) -> dict:
             target = attention_map(getattr(views[""], level))[0]
             add(level, "teacher: variation", float(target.std() / target.mean()))
             add(level, "teacher ~ LiDAR occupancy", correlation(target, occupied))
-            add(level, "teacher ~ teacher without LiDAR", correlation(target, attention_map(getattr(views["lidar"], level))[0]))
+            add(level, "teacher ~ teacher without LiDAR",
+                correlation(target, attention_map(getattr(views["lidar"], level))[0]))
             add(level, "teacher ~ teacher without cameras",
                 correlation(target, attention_map(getattr(views["camera"], level))[0]))
             for name, output in outputs.items():

@@ -33,8 +33,6 @@ class Prediction:
 class Predictor:
     """A torch model in eval mode plus its config; stages are timed as preprocess, infer, postprocess."""
 
-    backend = "torch"
-
     def __init__(self, model: torch.nn.Module, config: Config, device: str = "cpu"):
         self.model, self.config, self.device = model.eval().to(device), config, device
         self.modality = model.modality

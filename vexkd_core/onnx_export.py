@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,9 @@ from torch import nn
 from vexkd_core.checkpoint import model_from_checkpoint
 from vexkd_core.classes import DETECTION_CLASSES, MAP_CLASSES
 from vexkd_core.config import Config
+from vexkd_core.data.sample import CAMERA_CHANNELS
 from vexkd_core.io import atomic_write_bytes, atomic_write_json
+from vexkd_core.models.lidar_encoder import POINT_INPUTS
 from vexkd_core.models.pooling import PoolLayout, pool_layout
 from vexkd_core.models.vexkd import NETWORK_INPUTS, NETWORK_OUTPUTS, network_outputs
 
@@ -43,7 +45,7 @@ OUTSIDE_THE_GRAPH = ("before: vexkd_core.models.vexkd.network_inputs (pillar_inp
                      "after: vexkd_core.models.detection_head.decode_boxes, sigmoid of map_logits")
 # The network inputs that are cells, and how their rows are pooled.
 POOLED = {"pillar_cell": "max", "frustum_cell": "sum"}
-LAYOUT_PARTS = ("gather", "cell", "extra_rows", "extra_cell")
+LAYOUT_PARTS = tuple(field.name for field in fields(PoolLayout))
 # Dynamic dimensions: the first of each graph input whose size changes from frame to frame.
 DYNAMIC = {"point_features": "points", "pillar_gather": "pillars", "pillar_cell": "pillars",
            "pillar_extra_rows": "pillar_extras", "pillar_extra_cell": "pillar_extras",
@@ -113,11 +115,9 @@ def example_inputs(config: Config, modality: str, points: int, seed: int) -> dic
 
     inputs = {}
     if modality != "camera":
-        inputs["point_features"] = torch.randn(points, 10, generator=generator)
+        inputs["point_features"] = torch.randn(points, POINT_INPUTS, generator=generator)
         inputs["pillar_cell"] = random_cells((points,), cells)
     if modality != "lidar":
-        from vexkd_core.data.sample import CAMERA_CHANNELS
-
         shape = (1, len(CAMERA_CHANNELS), camera.depth_bins, camera.input_height // camera.feature_stride,
                  camera.input_width // camera.feature_stride)
         inputs["images"] = torch.randn(1, len(CAMERA_CHANNELS), 3, camera.input_height, camera.input_width,

@@ -60,8 +60,6 @@ def read_sidecar(onnx_path: Path) -> dict:
 class OnnxPredictor(Predictor):
     """The exported network in an onnxruntime session; everything around it as Predictor's."""
 
-    backend = "onnxruntime"
-
     def __init__(self, session, sidecar: dict):
         self.session, self.config, self.device = session, from_dict(sidecar["config"]), "cpu"
         self.modality, self.parameters = sidecar["modality"], sidecar["parameters"]

@@ -124,7 +124,8 @@ def validate(values: dict, modality: str) -> DetectorSettings:
     if transport not in IMAGE_TRANSPORTS:
         raise ParameterError(f"parameter 'image_transport' must be raw or compressed, not '{transport}'")
     return DetectorSettings(
-        checkpoint=values["checkpoint"], backend=values["backend"], device=values["device"], score_threshold=values["score_threshold"],
+        checkpoint=values["checkpoint"], backend=values["backend"], device=values["device"],
+        score_threshold=values["score_threshold"],
         class_score_thresholds={name: values[f"class_score_threshold.{name}"] for name in DETECTION_CLASSES
                                 if values[f"class_score_threshold.{name}"] > 0.0},
         max_camera_delay=values.get("max_camera_delay", 0.0), sweeps=values.get("sweeps", -1),

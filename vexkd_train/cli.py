@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="evaluate with this sensor missing (a fusion model's robustness)")
     evaluation.add_argument("--save-maps", action="store_true",
                             help="also write maps.npz: each sample's map probabilities (float16)")
-    export = commands.add_parser("export", help="a checkpoint as an ONNX graph + JSON sidecar, checked with onnxruntime")
+    export = commands.add_parser("export",
+                                 help="a checkpoint as an ONNX graph + JSON sidecar, checked with onnxruntime")
     export.add_argument("--checkpoint", type=Path, required=True)
     export.add_argument("--out", type=Path, required=True, help="folder for <checkpoint stem>.onnx and .json")
     return parser

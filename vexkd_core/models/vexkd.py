@@ -22,9 +22,8 @@ from torch import nn
 from vexkd_core.classes import DETECTION_CLASSES, MAP_CLASSES
 from vexkd_core.config import Config
 from vexkd_core.data.preprocess import Batch, Targets
-from vexkd_core.timing import StageTimer
-
 from vexkd_core.structures import BEVGrid
+from vexkd_core.timing import StageTimer
 
 from .camera_encoder import CameraEncoder, LiftGeometry
 from .decoder import BEVDecoder
