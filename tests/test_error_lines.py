@@ -56,3 +56,15 @@ def test_stack_names_record_when_the_record_bag_exists(tmp_path):
                       cwd=tmp_path)
     assert "--record replay-out already exists" in line and "choose another --record" in line, line
     assert "--out" not in line
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--jobs", "0"], "jobs must be at least 1, not 0"),
+    (["--set", "train.tasks=detection"], "it needs train.tasks=both, not detection"),
+    (["--suite", "paper", "--set", "train.teacher_sensor_dropout=1.5"],
+     "train.teacher_sensor_dropout must be a probability in [0, 1], not 1.5"),
+])
+def test_experiment_names_a_bad_setting(args, expected, tiny_world, tmp_path):
+    line = error_line("vexkd-train", "experiment", "--dataroot", tiny_world[0], "--version", tiny_world[1].version,
+                      "--out", tmp_path / "out", *args, cwd=tmp_path)
+    assert expected in line, line

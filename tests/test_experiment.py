@@ -1,19 +1,32 @@
-"""The `quick` experiment suite runs every table of the paper end to end, and a re-run
+"""The `quick` experiment suite runs every table of the paper end to end (students side by side), and a re-run
 reuses every finished run; a run is redone when its dataset is rewritten or a checkpoint
 it started from is retrained."""
 import json
 
 from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.data.nuscenes_source import NuScenesSource
-from vexkd_train.experiment import run_experiment, summarise, tables
+from vexkd_train.experiment import run_experiment, summarise
+from vexkd_train.experiment_plan import tables
 from vexkd_train.experiment_report import markdown
 
 
 def test_quick_suite_end_to_end_then_resumes_without_retraining(tiny_world, tmp_path):
     dataroot, world = tiny_world
     # The tiny world doubles as the "held-out" world: its val metrics must then come out again.
-    results = run_experiment(dataroot, world.version, tmp_path, "quick", progress=False, heldout=dataroot)
-    assert set(results["tables"]) == {"comparison", "components", "masks", "blocks", "distance", "fusers"}
+    # Students train two side by side here; the re-run below, one process, must find them all finished.
+    results = run_experiment(dataroot, world.version, tmp_path, "quick", progress=False, heldout=dataroot, jobs=2)
+    assert set(results["tables"]) == {"comparison", "components", "masks", "blocks", "distance", "fusers", "camera"}
+    # Rows are compared with the row holding their own baseline student, whatever their labels.
+    assert {label: entry["baseline"] for label, entry in results["tables"]["camera"].items()} == {
+        "camera student": None, "camera student + VeXKD": "camera student",
+        "camera student without depth supervision": None,
+        "camera student without depth supervision + VeXKD": "camera student without depth supervision"}
+    assert {entry["baseline"] for entry in results["tables"]["blocks"].values()} == {None}
+    assert results["tables"]["masks"]["whole map"]["baseline"] == "no FD"
+    # Depth supervision is a training loss of the one row and not of the other.
+    logged = {name: (tmp_path / "runs" / name / "train" / "log.csv").read_text().splitlines()[0].split(",")
+              for name in ("camera-baseline-s0", "camera-nodepth-baseline-s0")}
+    assert "depth" in logged["camera-baseline-s0"] and "depth" not in logged["camera-nodepth-baseline-s0"]
     assert len(results["tables"]["masks"]) == 7 and len(results["tables"]["blocks"]) == 4
     assert list(results["tables"]["fusers"]) == [
         "LiDAR student", "camera student", "LiDAR student + MGFM teacher (whole-map FD)",
@@ -65,7 +78,8 @@ def test_quick_suite_end_to_end_then_resumes_without_retraining(tiny_world, tmp_
     fit_files = {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/training_split.json")}
     assert len(fit_files) == 5
     held = results["heldout"]
-    assert set(held["tables"]) == {"comparison", "components", "masks"} and held["val_objects"] == val_objects
+    assert set(held["tables"]) == {"comparison", "components", "masks", "camera"}
+    assert held["val_objects"] == val_objects
     assert held["teacher"]["mAP"]["values"] == results["teacher"]["mAP"]["values"]
     assert held["tables"]["masks"]["whole map"]["mIoU"] == results["tables"]["masks"]["whole map"]["mIoU"]
     assert f"# Held-out world: val split of {dataroot}" in markdown
@@ -88,7 +102,8 @@ def test_gains_are_paired_seed_by_seed():
     baseline = summarise([run(0.20, 0.30, 0.20), run(0.25, 0.30, 0.24)])
     distilled = summarise([run(0.22, 0.30, 0.20), run(0.27, 0.30, 0.20)])
     results = {"teacher": summarise([run(0.3, 0.3, 0.3)]),
-               "tables": {"comparison": {"LiDAR student": baseline, "LiDAR student + VeXKD": distilled}},
+               "tables": {"comparison": {"LiDAR student": {**baseline, "baseline": None},
+                                         "LiDAR student + VeXKD": {**distilled, "baseline": "LiDAR student"}}},
                "training_split": {"teacher": summarise([run(0.5, 0.4, 0.4)])},
                "val_objects": dict.fromkeys(DETECTION_CLASSES, 3)}
     row = next(line for line in markdown(results).splitlines() if line.startswith("| LiDAR student + VeXKD"))
@@ -100,7 +115,7 @@ def test_ablation_tables_can_run_fewer_seeds():
     chosen = tables((0, 1, 2), ablation_seeds=(0,))
     seeds = {table: {student.seed for _, student in rows} for table, rows in chosen.items()}
     assert seeds == {"comparison": {0, 1, 2}, "components": {0, 1, 2}, "masks": {0, 1, 2},
-                     "blocks": {0}, "distance": {0}, "fusers": {0, 1, 2}}
+                     "blocks": {0}, "distance": {0}, "fusers": {0, 1, 2}, "camera": {0, 1, 2}}
     assert tables((0, 1))["blocks"] == tables((0, 1), ablation_seeds=(0, 1))["blocks"]
 
 
@@ -119,7 +134,8 @@ def _write_world(out, seed):
 
 def _experiment(dataroot, version, out):
     from vexkd_core.config import load_config
-    from vexkd_train.experiment import SUITES, Experiment
+    from vexkd_train.experiment import Experiment
+    from vexkd_train.experiment_plan import SUITES
 
     return Experiment(dataroot, version, out, load_config("tiny"), SUITES["quick"], progress=False)
 
@@ -138,7 +154,7 @@ def test_a_run_is_redone_when_its_dataset_is_rewritten(tmp_path, monkeypatch):
     import shutil
 
     from vexkd_train import experiment as module
-    from vexkd_train.experiment import Student
+    from vexkd_train.experiment_plan import Student
 
     evaluations = []  # extra evaluations that ran, not read from <tag>.json
     monkeypatch.setattr(module, "evaluate", lambda *arguments, **_: evaluations.append(arguments) or {})
@@ -164,7 +180,7 @@ def test_a_run_is_redone_when_its_dataset_is_rewritten(tmp_path, monkeypatch):
 
 
 def test_a_distilled_run_is_redone_when_its_teacher_is_retrained(tiny_world, tmp_path):
-    from vexkd_train.experiment import Student
+    from vexkd_train.experiment_plan import Student
 
     dataroot, world = tiny_world
     experiment = _experiment(dataroot, world.version, tmp_path)

@@ -158,9 +158,17 @@ class TrainConfig:
     map_weight: float = 1.0
     augment: bool = True
     cbgs: bool = False  # class-balanced resampling of the training samples (mmdet3d CBGSDataset)
+    # The fusion teacher's training samples lose one sensor with this probability (LiDAR and
+    # cameras equally often), so its fused features cannot hang on one sensor alone.
+    teacher_sensor_dropout: float = 0.0
     # "detection", "map" or "both": the heads a model has. BEVFusion trains one model per
     # task, and the paper reports its detection and segmentation models separately.
     tasks: str = "both"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.teacher_sensor_dropout <= 1.0:
+            raise ValueError(f"train.teacher_sensor_dropout must be a probability in [0, 1], "
+                             f"not {self.teacher_sensor_dropout}")
 
     @property
     def task_names(self) -> tuple[str, ...]:

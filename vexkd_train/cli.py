@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="seeds of the generator-blocks and distance tables (default: --seeds)")
     experiment.add_argument("--heldout", type=Path, metavar="DATAROOT",
                             help="also evaluate the main tables' checkpoints on this dataset's val split")
+    experiment.add_argument("--jobs", type=int, default=1,
+                            help="students trained side by side, each process on an equal share of the cores")
     evaluation = commands.add_parser("eval", help="nuScenes detection metrics, map mIoU, latency")
     evaluation.add_argument("--checkpoint", type=Path, required=True)
     evaluation.add_argument("--dataroot", type=Path, required=True)
@@ -200,7 +202,7 @@ def run_experiment_command(args: argparse.Namespace) -> None:
     try:
         run_experiment(args.dataroot, args.version, args.out, args.suite, args.config, args.set,
                        seeds=args.seeds, ablation_seeds=args.ablation_seeds,
-                       heldout=args.heldout)
+                       heldout=args.heldout, jobs=args.jobs)
     except _user_errors() as error:
         raise CliError(str(error)) from None
     print(f"wrote {args.out / 'results.md'} and {args.out / 'results.json'}")

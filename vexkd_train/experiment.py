@@ -11,11 +11,15 @@ dataset or a retrained teacher redoes what depended on it.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import statistics
-from dataclasses import asdict, dataclass, replace
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.config import Config, load_config
@@ -25,97 +29,12 @@ from vexkd_core.fingerprint import dataset_identity, file_stamp
 from vexkd_core.io import atomic_write_json, atomic_write_text
 from vexkd_core.models.vexkd import build_model
 from vexkd_train.evaluate import evaluate
+from vexkd_train.experiment_plan import (FUSER_LABELS, HELDOUT_TABLES, SENSOR_CASES, SUITES, MaskRun, Student,
+                                         Suite, tables)
 from vexkd_train.experiment_report import markdown, spread
 from vexkd_train.masks import MaskSettings, train_masks
 from vexkd_train.trainer import RunOptions, train
 from vexkd_train.training_setup import build_distiller, initialise_from_lidar
-
-
-@dataclass(frozen=True)
-class MaskRun:
-    """One mask-generator run: generators of `blocks` blocks, with the fusion query or a random one."""
-
-    blocks: int = 3
-    random_query: bool = False
-
-    @property
-    def name(self) -> str:
-        return f"masks-{'random' if self.random_query else 'learned'}-b{self.blocks}"
-
-
-@dataclass(frozen=True)
-class Student:
-    """One distilled (or baseline) student run."""
-
-    modality: str
-    distill: str = "none"
-    levels: tuple[str, ...] = ("low", "high")
-    loss: str = "at"
-    blocks: int = 3
-    seed: int = 0
-    fuser: str = "mgfm"  # the teacher's fuser (the paper's MGFM / ConvFuser comparison)
-
-    @property
-    def name(self) -> str:
-        if self.distill == "none":
-            return f"{self.modality}-baseline-s{self.seed}"
-        teacher = "" if self.fuser == "mgfm" else f"-{self.fuser}"
-        return (f"{self.modality}-{self.distill}-{'+'.join(self.levels)}-{self.loss}-b{self.blocks}"
-                f"{teacher}-s{self.seed}")
-
-    @property
-    def masks(self) -> MaskRun | None:
-        if self.distill in ("vexkd", "random-query"):
-            return MaskRun(self.blocks, random_query=self.distill == "random-query")
-        return None
-
-
-@dataclass(frozen=True)
-class Suite:
-    epochs: int  # student and teacher epochs
-    mask_epochs: int
-    seeds: tuple[int, ...]
-    max_steps: int = 0  # 0: full epochs (the quick suite caps steps to stay seconds long)
-    ablation_seeds: tuple[int, ...] | None = None  # blocks and distance tables; None: `seeds`
-
-
-SUITES = {"quick": Suite(epochs=1, mask_epochs=1, seeds=(0,), max_steps=2),
-          "paper": Suite(epochs=15, mask_epochs=MaskSettings.epochs, seeds=(0, 1, 2))}
-FUSER_LABELS = {"mgfm": "MGFM", "convfuser": "ConvFuser"}
-SENSOR_CASES = {"both": None, "LiDAR only": "camera", "camera only": "lidar"}  # label -> sensor dropped
-
-
-def tables(seeds: tuple[int, ...], ablation_seeds: tuple[int, ...] | None = None) \
-        -> dict[str, list[tuple[str, Student]]]:
-    """Row label -> student, per table (the paper's ablations are on the LiDAR student).
-    `ablation_seeds` (default: `seeds`) are those of the generator-blocks and distance tables."""
-    def each(label: str, student: Student, chosen: tuple[int, ...] = seeds) -> list[tuple[str, Student]]:
-        return [(label, replace(student, seed=seed)) for seed in chosen]
-
-    ablation_seeds = seeds if ablation_seeds is None else ablation_seeds
-
-    vexkd = Student("lidar", "vexkd")
-    return {
-        "comparison": each("LiDAR student", Student("lidar")) + each("LiDAR student + VeXKD", vexkd)
-        + each("camera student", Student("camera")) + each("camera student + VeXKD", Student("camera", "vexkd")),
-        "components": each("baseline", Student("lidar")) + each("+ MGFM teacher (whole-map FD, low)",
-                                                                 Student("lidar", "full", ("low",)))
-        + each("+ low-level MFD", Student("lidar", "vexkd", ("low",))) + each("+ high-level MFD", vexkd),
-        "masks": [row for label, mode in (("no FD", "none"), ("whole map", "full"), ("GT foreground key points",
-                  "foreground"), ("GT-centred Gaussian", "gaussian"), ("top activation", "activation"),
-                  ("generated, random query", "random-query"), ("generated, fusion query (VeXKD)", "vexkd"))
-                  for row in each(label, Student("lidar", mode))],
-        "blocks": [row for blocks in (1, 2, 3, 4)
-                   for row in each(f"{blocks} blocks", replace(vexkd, blocks=blocks), ablation_seeds)],
-        "distance": [row for label, loss in (("AT", "at"), ("L1", "l1"), ("L2", "mse"), ("Smooth-L1", "smoothl1"))
-                     for row in each(label, replace(vexkd, loss=loss), ablation_seeds)],
-        # The paper's motivation for the MGFM: the same distillation (whole map, both levels:
-        # ConvFuser has no query to generate masks from) from each teacher.
-        "fusers": each("LiDAR student", Student("lidar")) + each("camera student", Student("camera")) + [
-            row for modality, name in (("lidar", "LiDAR student"), ("camera", "camera student"))
-            for fuser, label in FUSER_LABELS.items()
-            for row in each(f"{name} + {label} teacher (whole-map FD)", Student(modality, "full", fuser=fuser))],
-    }
 
 
 def _spec(value: dict) -> dict:
@@ -194,6 +113,9 @@ class Experiment:
         if self._done(folder, spec):
             return json.loads((folder / "metrics.json").read_text())
         config = replace(self.config, train=replace(self.config.train, seed=student.seed))
+        if not student.depth_supervision:
+            config = replace(config, model=replace(config.model, camera=replace(config.model.camera,
+                                                                               depth_loss_weight=0.0)))
         torch.manual_seed(student.seed)
         model = build_model(config, student.modality)
         distiller = None
@@ -274,19 +196,59 @@ class Experiment:
         a lead here (or the reverse) is a generalisation gap, not a modelling result."""
         return self.extra_evaluation(name, spec, self.dataroot, "train", "training_split")
 
+    def heldout_metrics(self, student: Student) -> dict:
+        return self.extra_evaluation(student.name, self._student_spec(student), self.heldout, "val", "heldout")
+
+    def student_with_evaluations(self, student: Student) -> None:
+        """A student's run and the extra evaluations `run` reads of it: the training split for
+        the comparison rows, the held-out world for the rows of HELDOUT_TABLES."""
+        self.student(student)
+        plan = tables(self.suite.seeds, self.suite.ablation_seeds)
+        if student in (row for _, row in plan["comparison"]):
+            self.training_split_metrics(student.name, self._student_spec(student))
+        if self.heldout is not None and student in (row for table in HELDOUT_TABLES for _, row in plan[table]):
+            self.heldout_metrics(student)
+
+    def train_side_by_side(self, jobs: int) -> None:
+        """What the students start from (the LiDAR baseline, both teachers, every mask
+        generator) first, in this process; then every student with its extra evaluations, in
+        `jobs` processes of an equal share of the cores. Once their inputs exist the runs are
+        independent, and small CPU models use one core per process better than one process
+        uses them all."""
+        for fuser in FUSER_LABELS:
+            self.teacher(fuser)
+        plan = tables(self.suite.seeds, self.suite.ablation_seeds)
+        students = list(dict.fromkeys(student for rows in plan.values() for _, student in rows))
+        for run in dict.fromkeys(student.masks for student in students if student.masks):
+            self.masks(run)
+        threads = max(1, len(os.sched_getaffinity(0)) // jobs)
+        arguments = dict(dataroot=self.dataroot, version=self.version, out=self.out, config=self.config,
+                         suite=self.suite, heldout=self.heldout, progress=False)
+        pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=torch.set_num_threads, initargs=(threads,))
+        try:
+            futures = [pool.submit(_train_student, arguments, student) for student in students]
+            for future in tqdm(as_completed(futures), total=len(futures), desc=f"students, {jobs} side by side",
+                               unit="run", disable=not self.progress):
+                future.result()
+        finally:  # the first failure stops the runs not yet started
+            pool.shutdown(cancel_futures=True)
+
     def heldout_results(self) -> dict:
         """Teacher and the comparison, components and mask-choice rows on the val split of a
         second world: more objects per class than one small val split gives."""
         teacher = self.extra_evaluation("teacher", self._teacher_spec(), self.heldout, "val", "heldout")
         held = {"dataroot": str(self.heldout), "teacher": summarise([teacher]), "tables": {}}
-        for table in ("comparison", "components", "masks"):
-            held["tables"][table] = _summarised(tables(self.suite.seeds)[table], lambda student: self.extra_evaluation(
-                student.name, self._student_spec(student), self.heldout, "val", "heldout"))
+        for table in HELDOUT_TABLES:
+            held["tables"][table] = _summarised(tables(self.suite.seeds)[table], self.heldout_metrics)
         source = NuScenesSource(self.heldout, self.version, "val", 0)
         held["val_objects"] = source.objects_per_class()
         return held
 
-    def run(self) -> dict:
+    def run(self, jobs: int = 1) -> dict:
+        """Every table; with `jobs` > 1 the students train side by side first (train_side_by_side)."""
+        if jobs > 1:
+            self.train_side_by_side(jobs)
         self.teacher()
         teacher_metrics = json.loads((self.out / "runs" / "teacher" / "metrics.json").read_text())
         results = {"teacher": summarise([teacher_metrics]), "tables": {}}
@@ -318,12 +280,23 @@ class Experiment:
                                     students, self.out, nusc=self.train_source.nusc)
 
 
+def _train_student(arguments: dict, student: Student) -> None:
+    """One side-by-side run, in its own process."""
+    Experiment(**arguments).student_with_evaluations(student)
+
+
 def _summarised(rows: list[tuple[str, Student]], metrics_of) -> dict[str, dict]:
-    """Row label -> summary over the row's seeds, with `metrics_of(student)` giving one run's metrics."""
+    """Row label -> summary over the row's seeds, with `metrics_of(student)` giving one run's
+    metrics, and `baseline`: the label of the table's row that holds the student's baseline
+    (None for a baseline, or where the table has none)."""
     grouped: dict[str, list[dict]] = {}
+    labels = {replace(student, seed=0): label for label, student in rows}
+    baselines = {}
     for label, student in rows:
         grouped.setdefault(label, []).append(metrics_of(student))
-    return {label: summarise(runs) for label, runs in grouped.items()}
+        baseline = labels.get(replace(student.baseline, seed=0))
+        baselines[label] = baseline if baseline != label else None
+    return {label: {**summarise(runs), "baseline": baselines[label]} for label, runs in grouped.items()}
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -342,10 +315,13 @@ def summarise(runs: list[dict]) -> dict:
 
 def run_experiment(dataroot: Path, version: str, out: Path, suite_name: str, config_name: str = "tiny",
                    overrides: list[str] = (), progress: bool = True, seeds: tuple[int, ...] | None = None,
-                   ablation_seeds: tuple[int, ...] | None = None, heldout: Path | None = None) -> dict:
+                   ablation_seeds: tuple[int, ...] | None = None, heldout: Path | None = None, jobs: int = 1) -> dict:
     """Run a suite; `seeds` replaces the suite's seeds and `ablation_seeds` those of the blocks and
     distance tables (default: `seeds`). Finished runs of other seeds stay reusable. `heldout`: a
-    second dataset whose val split the main tables' checkpoints are also evaluated on."""
+    second dataset whose val split the main tables' checkpoints are also evaluated on. `jobs`:
+    students trained side by side."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, not {jobs}")
     if suite_name not in SUITES:
         raise ValueError(f"suite must be one of {', '.join(SUITES)}, not '{suite_name}'")
     suite = SUITES[suite_name]
@@ -355,4 +331,4 @@ def run_experiment(dataroot: Path, version: str, out: Path, suite_name: str, con
         suite = replace(suite, ablation_seeds=tuple(ablation_seeds))
     if not suite.seeds or suite.ablation_seeds == ():
         raise ValueError("at least one seed is needed")
-    return Experiment(dataroot, version, out, load_config(config_name, overrides), suite, progress, heldout).run()
+    return Experiment(dataroot, version, out, load_config(config_name, overrides), suite, progress, heldout).run(jobs)

@@ -1,7 +1,7 @@
 """results.md of `vexkd-train experiment`: the tables, from results.json's summaries.
 
-Rows are linked to their baselines by label (the labels of `experiment.tables`); a gain
-is paired seed by seed.
+A row's gain is over the row its summary names as `baseline` (experiment._summarised
+finds it from the students, not from labels), paired seed by seed.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from vexkd_core.distill.selectivity import selectivity_table
 TITLES = {"comparison": "Teacher and students", "components": "Components (LiDAR student)",
           "masks": "Mask choice (LiDAR student)", "blocks": "Mask-generator blocks (LiDAR student)",
           "distance": "Distillation distance (LiDAR student)",
-          "fusers": "Teacher fusion: MGFM against BEVFusion's ConvFuser"}
+          "fusers": "Teacher fusion: MGFM against BEVFusion's ConvFuser",
+          "camera": "Camera student: depth supervision and VeXKD"}
 
 
 def spread(values: list[float]) -> float:
@@ -22,9 +23,6 @@ def spread(values: list[float]) -> float:
 
 SPREAD_NOTE = ("Mean +- spread (population std) over a table's seeds; a gain is the mean +- spread of the "
                "seed-by-seed difference from its baseline.")
-
-
-BASELINES = ("LiDAR student", "camera student", "baseline", "no FD")  # rows the others are compared with
 
 
 def markdown(results: dict) -> str:
@@ -40,7 +38,7 @@ def markdown(results: dict) -> str:
     lines += _robustness_table(results.get("robustness", {}))
     for label, report in results.get("selectivity", {}).items():
         lines += [f"## Mask selectivity on val: generators from the {label}", "", selectivity_table(report), ""]
-    validation = {"teacher": teacher, **results["tables"]["comparison"]}
+    validation = {"teacher": teacher, **_per_class_rows(results["tables"])}
     lines += _training_split_table(results["training_split"], validation)
     lines += _per_class_table(validation, results["val_objects"])
     if "heldout" in results:
@@ -51,18 +49,22 @@ def markdown(results: dict) -> str:
         lines += [f"# Held-out world: val split of {held['dataroot']}", "", introduction, ""]
         for table, rows in held["tables"].items():
             lines += _metric_table(f"## {TITLES[table]}, held-out world", rows)
-        lines += _per_class_table({"teacher": held["teacher"], **held["tables"]["comparison"]}, held["val_objects"])
+        lines += _per_class_table({"teacher": held["teacher"], **_per_class_rows(held["tables"])},
+                                  held["val_objects"])
     return "\n".join(lines)
 
 
+def _per_class_rows(tables: dict) -> dict:
+    """The rows whose per-class AP is shown: the comparison's and the camera table's."""
+    return {**tables["comparison"], **tables.get("camera", {})}
+
+
 def _metric_table(title: str, rows: dict) -> list[str]:
-    baseline = rows.get("LiDAR student") or rows.get("baseline") or rows.get("no FD")
     seeds = max(entry["seeds"] for entry in rows.values())
     lines = [f"{title} ({seeds} seed{'s' if seeds > 1 else ''})", "",
              "| row | mAP (gain) | NDS (gain) | mIoU (gain) | latency ms | parameters |", "|---|---|---|---|---|---|"]
     for label, entry in rows.items():
-        base = None if label in BASELINES else rows["camera student"] if label.startswith("camera student +") \
-            else baseline
+        base = rows[entry["baseline"]] if entry.get("baseline") else None
         lines.append(f"| {label} | {_cell(entry, 'mAP', base)} | {_cell(entry, 'NDS', base)} | "
                      f"{_cell(entry, 'mIoU', base)} | {entry['latency_ms']:.0f} | {entry['parameters'] / 1e6:.2f} M |")
     return lines + [""]

@@ -101,7 +101,8 @@ def train(model: torch.nn.Module, config: Config, source: NuScenesSource, modali
         if config.train.cbgs else None
     # `modality` says what the model reads: pasted objects are points without images.
     paster = training_paster(config, source, reads_lidar=modality != "camera", epochs=epochs)
-    dataset = TrainingSet(source, config, augment=config.train.augment, indices=indices, paster=paster)
+    dataset = TrainingSet(source, config, augment=config.train.augment, indices=indices, paster=paster,
+                          sensor_dropout=config.train.teacher_sensor_dropout if modality == "fusion" else 0.0)
     sampler = EpochSampler(len(dataset), config.train.batch_size, config.train.seed, rank, world)
     loader = DataLoader(dataset, batch_size=config.train.batch_size, sampler=sampler, collate_fn=collate_training,
                         num_workers=config.train.workers)

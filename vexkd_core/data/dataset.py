@@ -14,13 +14,16 @@ from vexkd_core.structures import BEVGrid
 from .gt_paste import GTPaster
 from .nuscenes_source import NuScenesSource
 from .preprocess import Augmentation, ModelInputs, Targets, collate, preprocess
+from .sample import without_sensor
 from .sample_cache import SampleCache
 
 # The map is read around the ego larger than the model's grid, so rotated crops stay full:
 # at least this much larger, more where the augmentation reaches further (map_source_margin).
 MAP_SOURCE_MARGIN = 1.5
-# GT-paste draws from its own stream, so turning it on leaves the augmentation as it was.
+# GT-paste and sensor dropout draw from their own streams, so turning either on leaves the
+# augmentation as it was.
 PASTE_STREAM = 29
+DROPOUT_STREAM = 31
 
 
 def map_source_grid(config: Config, augmented: bool) -> BEVGrid:
@@ -51,13 +54,17 @@ def model_source(dataroot, version: str, split: str | None, config: Config, augm
 
 class TrainingSet(Dataset):
     """Samples of `source`, or of `indices` into it (CBGS repeats some and leaves others out),
-    GT-pasted by `paster` before augmentation when given."""
+    GT-pasted by `paster` before augmentation when given. With `sensor_dropout` p, a sample
+    loses its LiDAR with probability p / 2 and its cameras with p / 2, exactly as a rig with
+    that sensor missing delivers it (`without_sensor`, what `eval --drop-sensor` feeds)."""
 
     def __init__(self, source: NuScenesSource, config: Config, augment: bool, indices: np.ndarray | None = None,
-                 paster: GTPaster | None = None):
+                 paster: GTPaster | None = None, sensor_dropout: float = 0.0):
+        if not 0.0 <= sensor_dropout <= 1.0:
+            raise ValueError(f"sensor dropout must be a probability in [0, 1], not {sensor_dropout}")
         self.source, self.config, self.augment = source, config, augment
         self.indices = np.arange(len(source)) if indices is None else np.asarray(indices)
-        self.paster = paster
+        self.paster, self.sensor_dropout = paster, sensor_dropout
         self.epoch = 0
         self._cache = SampleCache(config.train.sample_cache_mb * 2**20)
 
@@ -78,6 +85,10 @@ class TrainingSet(Dataset):
         if self.paster is not None and self.paster.active(self.epoch):
             sample = self.paster.paste(sample, np.random.default_rng([self.config.train.seed, self.epoch, position,
                                                                       PASTE_STREAM]))
+        if self.sensor_dropout > 0:
+            draw = np.random.default_rng([self.config.train.seed, self.epoch, position, DROPOUT_STREAM]).random()
+            if draw < self.sensor_dropout:
+                sample = without_sensor(sample, "lidar" if draw < self.sensor_dropout / 2 else "camera")
         augmentation = Augmentation.random(self.config.augment, rng) if self.augment else Augmentation()
         return preprocess(sample, self.config, augmentation, rng if self.augment else None)
 

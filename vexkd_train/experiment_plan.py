@@ -1,0 +1,109 @@
+"""What `vexkd-train experiment` runs: the runs (typed), the suites, and the paper's tables
+as rows of students. experiment.py trains and evaluates them; experiment_report.py writes
+the tables."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from vexkd_train.masks import MaskSettings
+
+
+@dataclass(frozen=True)
+class MaskRun:
+    """One mask-generator run: generators of `blocks` blocks, with the fusion query or a random one."""
+
+    blocks: int = 3
+    random_query: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"masks-{'random' if self.random_query else 'learned'}-b{self.blocks}"
+
+
+@dataclass(frozen=True)
+class Student:
+    """One distilled (or baseline) student run."""
+
+    modality: str
+    distill: str = "none"
+    levels: tuple[str, ...] = ("low", "high")
+    loss: str = "at"
+    blocks: int = 3
+    seed: int = 0
+    fuser: str = "mgfm"  # the teacher's fuser (the paper's MGFM / ConvFuser comparison)
+    depth_supervision: bool = True  # camera students: BEVDepth's depth loss (model.camera.depth_loss_weight)
+
+    @property
+    def name(self) -> str:
+        depth = "" if self.depth_supervision else "-nodepth"
+        if self.distill == "none":
+            return f"{self.modality}{depth}-baseline-s{self.seed}"
+        teacher = "" if self.fuser == "mgfm" else f"-{self.fuser}"
+        return (f"{self.modality}{depth}-{self.distill}-{'+'.join(self.levels)}-{self.loss}-b{self.blocks}"
+                f"{teacher}-s{self.seed}")
+
+    @property
+    def baseline(self) -> "Student":
+        """The undistilled student a distilled one is compared with: same modality, seed and
+        depth supervision (the same data order too, so gains pair seed by seed)."""
+        return Student(self.modality, seed=self.seed, depth_supervision=self.depth_supervision)
+
+    @property
+    def masks(self) -> MaskRun | None:
+        if self.distill in ("vexkd", "random-query"):
+            return MaskRun(self.blocks, random_query=self.distill == "random-query")
+        return None
+
+
+@dataclass(frozen=True)
+class Suite:
+    epochs: int  # student and teacher epochs
+    mask_epochs: int
+    seeds: tuple[int, ...]
+    max_steps: int = 0  # 0: full epochs (the quick suite caps steps to stay seconds long)
+    ablation_seeds: tuple[int, ...] | None = None  # blocks and distance tables; None: `seeds`
+
+
+SUITES = {"quick": Suite(epochs=1, mask_epochs=1, seeds=(0,), max_steps=2),
+          "paper": Suite(epochs=15, mask_epochs=MaskSettings.epochs, seeds=(0, 1, 2))}
+FUSER_LABELS = {"mgfm": "MGFM", "convfuser": "ConvFuser"}
+SENSOR_CASES = {"both": None, "LiDAR only": "camera", "camera only": "lidar"}  # label -> sensor dropped
+HELDOUT_TABLES = ("comparison", "components", "masks", "camera")  # also evaluated on the held-out world
+
+
+def tables(seeds: tuple[int, ...], ablation_seeds: tuple[int, ...] | None = None) \
+        -> dict[str, list[tuple[str, Student]]]:
+    """Row label -> student, per table (the paper's ablations are on the LiDAR student).
+    `ablation_seeds` (default: `seeds`) are those of the generator-blocks and distance tables."""
+    def each(label: str, student: Student, chosen: tuple[int, ...] = seeds) -> list[tuple[str, Student]]:
+        return [(label, replace(student, seed=seed)) for seed in chosen]
+
+    ablation_seeds = seeds if ablation_seeds is None else ablation_seeds
+
+    vexkd = Student("lidar", "vexkd")
+    camera, camera_without_depth = Student("camera"), Student("camera", depth_supervision=False)
+    return {
+        "comparison": each("LiDAR student", Student("lidar")) + each("LiDAR student + VeXKD", vexkd)
+        + each("camera student", Student("camera")) + each("camera student + VeXKD", Student("camera", "vexkd")),
+        "components": each("baseline", Student("lidar")) + each("+ MGFM teacher (whole-map FD, low)",
+                                                                 Student("lidar", "full", ("low",)))
+        + each("+ low-level MFD", Student("lidar", "vexkd", ("low",))) + each("+ high-level MFD", vexkd),
+        "masks": [row for label, mode in (("no FD", "none"), ("whole map", "full"), ("GT foreground key points",
+                  "foreground"), ("GT-centred Gaussian", "gaussian"), ("top activation", "activation"),
+                  ("generated, random query", "random-query"), ("generated, fusion query (VeXKD)", "vexkd"))
+                  for row in each(label, Student("lidar", mode))],
+        "blocks": [row for blocks in (1, 2, 3, 4)
+                   for row in each(f"{blocks} blocks", replace(vexkd, blocks=blocks), ablation_seeds)],
+        "distance": [row for label, loss in (("AT", "at"), ("L1", "l1"), ("L2", "mse"), ("Smooth-L1", "smoothl1"))
+                     for row in each(label, replace(vexkd, loss=loss), ablation_seeds)],
+        # The paper's motivation for the MGFM: the same distillation (whole map, both levels:
+        # ConvFuser has no query to generate masks from) from each teacher.
+        "fusers": each("LiDAR student", Student("lidar")) + each("camera student", Student("camera")) + [
+            row for modality, name in (("lidar", "LiDAR student"), ("camera", "camera student"))
+            for fuser, label in FUSER_LABELS.items()
+            for row in each(f"{name} + {label} teacher (whole-map FD)", Student(modality, "full", fuser=fuser))],
+        # The camera student with and without BEVDepth's depth supervision, each with and without VeXKD.
+        "camera": each("camera student", camera) + each("camera student + VeXKD", replace(camera, distill="vexkd"))
+        + each("camera student without depth supervision", camera_without_depth)
+        + each("camera student without depth supervision + VeXKD", replace(camera_without_depth, distill="vexkd")),
+    }
