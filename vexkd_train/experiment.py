@@ -218,7 +218,9 @@ class Experiment:
         for fuser in FUSER_LABELS:
             self.teacher(fuser)
         plan = tables(self.suite.seeds, self.suite.ablation_seeds)
-        students = list(dict.fromkeys(student for rows in plan.values() for _, student in rows))
+        # Seed by seed, so that the first seed's tables are complete first (`--seeds 0` then reads them).
+        students = sorted(dict.fromkeys(student for rows in plan.values() for _, student in rows),
+                          key=lambda student: student.seed)
         for run in dict.fromkeys(student.masks for student in students if student.masks):
             self.masks(run)
         threads = max(1, len(os.sched_getaffinity(0)) // jobs)
