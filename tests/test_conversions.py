@@ -207,25 +207,44 @@ def test_rviz_shows_only_the_newest_frames_markers():
         frame = conv.boxes_to_markers(boxes, DETECTION_CLASSES, ros_samples.header())
         display.receive(frame)
         assert set(display.shown) == ros_rviz.added(frame)
-        assert len(display.shown) == 3 * n
+        shown = list(display.shown.values())
+        assert sum(m.type == Marker.TEXT_VIEW_FACING for m in shown) == n
+        # Line lists draw a segment per pair of points: 12 edges a box, shaft + 2 head strokes an arrow.
+        for kind, segments in (("boxes", 12), ("velocity", 3)):
+            lines = [m for m in shown if m.ns == f"detections/{kind}"]
+            assert {m.type for m in lines} == {Marker.LINE_LIST}
+            assert sum(len(m.points) for m in lines) == 2 * segments * n
     display.receive(conv.boxes_to_markers(ros_samples.boxes(n=0), DETECTION_CLASSES, ros_samples.header()))
     assert display.shown == {}
 
 
 def test_markers_clear_then_draw_each_box_in_its_class_colour():
-    boxes = ros_samples.boxes(seed=6, n=3)
+    boxes = ros_samples.boxes(seed=6, n=5)
+    boxes.label[:] = [0, 8, 0, 1, 8]  # two cars, two pedestrians, a truck
+    boxes.velocity[:] = [[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, -2.0]]
     markers = conv.boxes_to_markers(boxes, DETECTION_CLASSES, ros_samples.header()).markers
     assert markers[0].action == Marker.DELETEALL
-    wires = [m for m in markers if m.type == Marker.LINE_LIST]
+    wires = {m.id: m for m in markers if m.ns == "detections/boxes"}
     labels = [m for m in markers if m.type == Marker.TEXT_VIEW_FACING]
-    assert len(wires) == len(labels) == 3
-    for i, wire in enumerate(wires):
-        name = DETECTION_CLASSES[boxes.label[i]]
-        assert len(wire.points) == 24
+    assert sorted(wires) == [0, 1, 8] and [m.id for m in labels] == list(range(5))
+    corners = boxes.corners()
+    for label_index, wire in wires.items():
+        name = DETECTION_CLASSES[label_index]
+        mine = boxes.label == label_index
+        assert len(wire.points) == 24 * mine.sum()
         assert (wire.color.r, wire.color.g, wire.color.b) == pytest.approx(DETECTION_CLASS_COLORS[name])
-        assert labels[i].text == f"{name} {boxes.score[i]:.2f}"
-        xs = [p.x for p in wire.points]
-        assert min(xs) == pytest.approx(boxes.corners()[i, :, 0].min())
+        drawn = np.array([[p.x, p.y, p.z] for p in wire.points])
+        assert {tuple(c) for c in drawn.round(6)} == {tuple(c) for c in corners[mine].reshape(-1, 3).round(6)}
+    for i, label in enumerate(labels):
+        assert label.text == f"{DETECTION_CLASSES[boxes.label[i]]} {boxes.score[i]:.2f}"
+        assert label.pose.position.z == pytest.approx(boxes.center[i, 2] + boxes.size_lwh[i, 2] / 2 + 0.6)
+    # Only the two moving pedestrians have arrows; each shaft ends where the box is 1 s later.
+    arrows = [m for m in markers if m.ns == "detections/velocity"]
+    assert [m.id for m in arrows] == [8] and len(arrows[0].points) == 2 * 6
+    for k, i in enumerate((1, 4)):
+        start, tip = arrows[0].points[6 * k], arrows[0].points[6 * k + 1]
+        assert (start.x, start.y) == pytest.approx(tuple(boxes.center[i, :2]))
+        assert (tip.x, tip.y) == pytest.approx(tuple(boxes.center[i, :2] + boxes.velocity[i] * conv.ARROW_HORIZON_S))
 
 
 def test_occupancy_grid_values_origin_and_unknown_cells():

@@ -16,12 +16,12 @@ from typing import Sequence
 import numpy as np
 from autoware_perception_msgs.msg import (DetectedObject, DetectedObjectKinematics, DetectedObjects,
                                           ObjectClassification, Shape)
-from geometry_msgs.msg import Vector3
+from geometry_msgs.msg import PoseWithCovariance, Twist, TwistWithCovariance, Vector3
 from std_msgs.msg import Header
 
 from vexkd_core.structures import Boxes3D
 
-from .conversions import pose_from_box, yaw_from_quaternion
+from .conversions import box_poses, copies, yaw_from_quaternion
 
 # nuScenes' 10 detection classes as Autoware labels; Autoware has no barrier or cone class.
 AUTOWARE_LABELS = {
@@ -37,21 +37,28 @@ CAR_LIKE = {ObjectClassification.CAR, ObjectClassification.TRUCK, ObjectClassifi
 
 
 def boxes_to_detected_objects(boxes: Boxes3D, class_names: Sequence[str], header: Header) -> DetectedObjects:
+    new_object, new_kinematics = copies(DetectedObject()), copies(DetectedObjectKinematics(has_twist=True))
+    new_pose, new_twist = copies(PoseWithCovariance()), copies(TwistWithCovariance())
+    cos, sin = np.cos(boxes.yaw), np.sin(boxes.yaw)
+    vx, vy = boxes.velocity[:, 0], boxes.velocity[:, 1]
+    # The twist in the object's frame: the ground velocity rotated by -yaw.
+    along, across = (cos * vx + sin * vy).tolist(), (-sin * vx + cos * vy).tolist()
     objects = []
-    for i in range(len(boxes)):
-        label = AUTOWARE_LABELS[class_names[int(boxes.label[i])]]
-        kinematics = DetectedObjectKinematics(
-            orientation_availability=DetectedObjectKinematics.SIGN_UNKNOWN if label in CAR_LIKE
-            else DetectedObjectKinematics.UNAVAILABLE, has_twist=True)
-        kinematics.pose_with_covariance.pose = pose_from_box(boxes.center[i], boxes.yaw[i])
-        c, s = np.cos(boxes.yaw[i]), np.sin(boxes.yaw[i])
-        vx, vy = boxes.velocity[i]
-        kinematics.twist_with_covariance.twist.linear = Vector3(x=float(c * vx + s * vy), y=float(-s * vx + c * vy))
-        length, width, height = (float(v) for v in boxes.size_lwh[i])
-        objects.append(DetectedObject(
-            existence_probability=float(boxes.score[i]),
-            classification=[ObjectClassification(label=label, probability=1.0)], kinematics=kinematics,
-            shape=Shape(type=Shape.BOUNDING_BOX, dimensions=Vector3(x=length, y=width, z=height))))
+    for i, (pose, (length, width, height), label, score) in enumerate(zip(
+            box_poses(boxes), boxes.size_lwh.tolist(), boxes.label.tolist(), boxes.score.tolist())):
+        autoware_label = AUTOWARE_LABELS[class_names[label]]
+        kinematics = new_kinematics()
+        kinematics.orientation_availability = DetectedObjectKinematics.SIGN_UNKNOWN if autoware_label in CAR_LIKE \
+            else DetectedObjectKinematics.UNAVAILABLE
+        kinematics.pose_with_covariance, kinematics.twist_with_covariance = new_pose(), new_twist()
+        kinematics.pose_with_covariance.pose = pose
+        kinematics.twist_with_covariance.twist = Twist(linear=Vector3(x=along[i], y=across[i]))
+        detected = new_object()
+        detected.existence_probability = score
+        detected.classification = [ObjectClassification(label=autoware_label, probability=1.0)]
+        detected.kinematics = kinematics
+        detected.shape = Shape(type=Shape.BOUNDING_BOX, dimensions=Vector3(x=length, y=width, z=height))
+        objects.append(detected)
     return DetectedObjects(header=header, objects=objects)
 
 
