@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vexkd_core.classes import DETECTION_CLASSES  # noqa: E402
 from vexkd_core.io import atomic_write_json  # noqa: E402
 from vexkd_core.structures import BEVGrid, Boxes3D  # noqa: E402
+from vexkd_ros import box_messages  # noqa: E402
 from vexkd_ros import conversions as conv  # noqa: E402
 from vexkd_ros.autoware import boxes_to_detected_objects  # noqa: E402
 
@@ -74,13 +75,13 @@ def main() -> None:
          copies(conv.image_to_rgb(image_bgr), image_bgr.data)),
         ("image 1600x900: JPEG encode", median_ms(lambda: conv.rgb_to_compressed(rgb, header), 5), None),
         ("image 1600x900: JPEG decode", median_ms(lambda: conv.compressed_to_rgb(jpeg), 5), None),
-        ("200 boxes -> Detection3DArray", median_ms(lambda: conv.boxes_to_detections(boxes, DETECTION_CLASSES,
+        ("200 boxes -> Detection3DArray", median_ms(lambda: box_messages.boxes_to_detections(boxes, DETECTION_CLASSES,
                                                                                     header), 10), None),
         ("200 boxes -> Autoware DetectedObjects", median_ms(lambda: boxes_to_detected_objects(
             boxes, DETECTION_CLASSES, header), 10), None),
-        ("200 boxes -> MarkerArray", median_ms(lambda: conv.boxes_to_markers(boxes, DETECTION_CLASSES, header), 5),
+        ("200 boxes -> MarkerArray", median_ms(lambda: box_messages.boxes_to_markers(boxes, DETECTION_CLASSES, header), 5),
          None),
-        ("200 boxes -> velocities PointCloud2", median_ms(lambda: conv.boxes_to_velocities(boxes, header)), None),
+        ("200 boxes -> velocities PointCloud2", median_ms(lambda: box_messages.boxes_to_velocities(boxes, header)), None),
         ("six 100x100 maps -> OccupancyGrid", median_ms(lambda: [conv.probability_to_grid(probability, grid, header)
                                                                 for _ in range(6)]), None),
     ]

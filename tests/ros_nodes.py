@@ -19,8 +19,9 @@ from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.data.sample import CAMERA_CHANNELS
 from vexkd_core.inference import model_file_backend
 from vexkd_core.structures import Boxes3D
-from vexkd_ros.conversions import (array_to_cloud, detections_to_boxes, matrices_to_tf_message, ns_to_stamp,
-                                   stamp_to_ns, structured_points)
+from vexkd_ros.box_messages import detections_to_boxes
+from vexkd_ros.conversions import (array_to_cloud, matrices_to_tf_message, ns_to_stamp, stamp_to_ns,
+                                   structured_points)
 from vexkd_ros.stack import NodeSpec
 
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)

@@ -5,6 +5,7 @@ from std_msgs.msg import Header
 
 from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.structures import BEVGrid, Boxes3D
+from vexkd_ros import box_messages
 from vexkd_ros import conversions as conv
 
 STAMP_NS = 1_533_151_603_547_590_000  # a nuScenes-like timestamp
@@ -53,7 +54,7 @@ def messages(seed: int = 0) -> dict:
     return {
         "/sample/cloud": conv.array_to_cloud(cloud_columns(seed), header()),
         "/sample/image": conv.rgb_to_image(rgb_image(seed), header("CAM_FRONT")),
-        "/sample/objects": conv.boxes_to_detections(boxes(seed), DETECTION_CLASSES, header()),
-        "/sample/velocities": conv.boxes_to_velocities(boxes(seed), header()),
+        "/sample/objects": box_messages.boxes_to_detections(boxes(seed), DETECTION_CLASSES, header()),
+        "/sample/velocities": box_messages.boxes_to_velocities(boxes(seed), header()),
         "/sample/map": conv.probability_to_grid(probability_map(seed), GRID, header()),
     }

@@ -10,6 +10,7 @@ from visualization_msgs.msg import Marker
 import ros_rviz
 import ros_samples
 from vexkd_core.classes import DETECTION_CLASS_COLORS, DETECTION_CLASSES
+from vexkd_ros import box_messages
 from vexkd_ros import conversions as conv
 from vexkd_ros.conversions import MessageError
 
@@ -177,20 +178,21 @@ def test_a_jpeg_claiming_a_huge_size_is_refused_before_decoding():
 
 def test_hypothesis_pose_is_the_box_pose_and_velocity_has_its_own_message():
     boxes = ros_samples.boxes(seed=5, n=7)
-    msg = conv.boxes_to_detections(boxes, DETECTION_CLASSES, ros_samples.header())
+    msg = box_messages.boxes_to_detections(boxes, DETECTION_CLASSES, ros_samples.header())
     assert len(msg.detections) == 7 and msg.detections[0].header.frame_id == "LIDAR_TOP"
     assert msg.detections[2].results[0].hypothesis.class_id == DETECTION_CLASSES[boxes.label[2]]
     assert msg.detections[2].bbox.size.x == pytest.approx(boxes.size_lwh[2, 0])
     for detection in msg.detections:
         assert detection.results[0].pose.pose == detection.bbox.center
-    velocities = conv.boxes_to_velocities(boxes, ros_samples.header())
+    velocities = box_messages.boxes_to_velocities(boxes, ros_samples.header())
     assert velocities.header == msg.header
-    cloud = conv.cloud_to_array(velocities, required=conv.VELOCITY_FIELDS)  # one point per detection, in the same order
-    assert cloud.dtype.names == conv.VELOCITY_FIELDS and len(cloud) == 7
+    # One point per detection, in the same order.
+    cloud = conv.cloud_to_array(velocities, required=box_messages.VELOCITY_FIELDS)
+    assert cloud.dtype.names == box_messages.VELOCITY_FIELDS and len(cloud) == 7
     np.testing.assert_allclose(np.column_stack([cloud["vx"], cloud["vy"]]), boxes.velocity, rtol=1e-6)
     np.testing.assert_allclose(np.column_stack([cloud["x"], cloud["y"], cloud["z"]]), boxes.center, rtol=1e-6)
     assert (cloud["vz"] == 0).all()
-    back = conv.detections_to_boxes(msg, DETECTION_CLASSES, velocities)
+    back = box_messages.detections_to_boxes(msg, DETECTION_CLASSES, velocities)
     np.testing.assert_allclose(back.velocity, boxes.velocity, rtol=1e-6)
     for name in ("center", "size_lwh", "score"):
         np.testing.assert_allclose(getattr(back, name), getattr(boxes, name), atol=1e-9)
@@ -204,7 +206,7 @@ def test_rviz_shows_only_the_newest_frames_markers():
     for n in (8, 2):
         boxes = ros_samples.boxes(seed=n, n=n)
         boxes.velocity[:] = 3.0  # every box moves: each has an arrow too
-        frame = conv.boxes_to_markers(boxes, DETECTION_CLASSES, ros_samples.header())
+        frame = box_messages.boxes_to_markers(boxes, DETECTION_CLASSES, ros_samples.header())
         display.receive(frame)
         assert set(display.shown) == ros_rviz.added(frame)
         shown = list(display.shown.values())
@@ -214,7 +216,7 @@ def test_rviz_shows_only_the_newest_frames_markers():
             lines = [m for m in shown if m.ns == f"detections/{kind}"]
             assert {m.type for m in lines} == {Marker.LINE_LIST}
             assert sum(len(m.points) for m in lines) == 2 * segments * n
-    display.receive(conv.boxes_to_markers(ros_samples.boxes(n=0), DETECTION_CLASSES, ros_samples.header()))
+    display.receive(box_messages.boxes_to_markers(ros_samples.boxes(n=0), DETECTION_CLASSES, ros_samples.header()))
     assert display.shown == {}
 
 
@@ -222,19 +224,25 @@ def test_markers_clear_then_draw_each_box_in_its_class_colour():
     boxes = ros_samples.boxes(seed=6, n=5)
     boxes.label[:] = [0, 8, 0, 1, 8]  # two cars, two pedestrians, a truck
     boxes.velocity[:] = [[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, -2.0]]
-    markers = conv.boxes_to_markers(boxes, DETECTION_CLASSES, ros_samples.header()).markers
+    markers = box_messages.boxes_to_markers(boxes, DETECTION_CLASSES, ros_samples.header()).markers
     assert markers[0].action == Marker.DELETEALL
     wires = {m.id: m for m in markers if m.ns == "detections/boxes"}
     labels = [m for m in markers if m.type == Marker.TEXT_VIEW_FACING]
     assert sorted(wires) == [0, 1, 8] and [m.id for m in labels] == list(range(5))
     corners = boxes.corners()
+
+    def segments(points) -> set:
+        return {frozenset(map(tuple, pair)) for pair in np.round(points, 6).reshape(-1, 2, 3)}
+
     for label_index, wire in wires.items():
         name = DETECTION_CLASSES[label_index]
-        mine = boxes.label == label_index
-        assert len(wire.points) == 24 * mine.sum()
+        mine = np.flatnonzero(boxes.label == label_index)
         assert (wire.color.r, wire.color.g, wire.color.b) == pytest.approx(DETECTION_CLASS_COLORS[name])
-        drawn = np.array([[p.x, p.y, p.z] for p in wire.points])
-        assert {tuple(c) for c in drawn.round(6)} == {tuple(c) for c in corners[mine].reshape(-1, 3).round(6)}
+        # A box's edges: the corner pairs as far apart as one of its length, width, height.
+        edges = [(corners[i, a], corners[i, b]) for i in mine for a in range(8) for b in range(a + 1, 8)
+                 if np.isclose(np.linalg.norm(corners[i, a] - corners[i, b]), boxes.size_lwh[i]).any()]
+        assert len(edges) == 12 * len(mine) and len(wire.points) == 2 * len(edges)
+        assert segments([[p.x, p.y, p.z] for p in wire.points]) == segments(np.array(edges))
     for i, label in enumerate(labels):
         assert label.text == f"{DETECTION_CLASSES[boxes.label[i]]} {boxes.score[i]:.2f}"
         assert label.pose.position.z == pytest.approx(boxes.center[i, 2] + boxes.size_lwh[i, 2] / 2 + 0.6)
@@ -242,9 +250,16 @@ def test_markers_clear_then_draw_each_box_in_its_class_colour():
     arrows = [m for m in markers if m.ns == "detections/velocity"]
     assert [m.id for m in arrows] == [8] and len(arrows[0].points) == 2 * 6
     for k, i in enumerate((1, 4)):
-        start, tip = arrows[0].points[6 * k], arrows[0].points[6 * k + 1]
-        assert (start.x, start.y) == pytest.approx(tuple(boxes.center[i, :2]))
-        assert (tip.x, tip.y) == pytest.approx(tuple(boxes.center[i, :2] + boxes.velocity[i] * conv.ARROW_HORIZON_S))
+        start, tip, *head = np.array([[p.x, p.y, p.z] for p in arrows[0].points[6 * k:6 * k + 6]])
+        shaft = boxes.velocity[i] * box_messages.ARROW_HORIZON_S
+        assert start[:2] == pytest.approx(boxes.center[i, :2]) and tip[:2] == pytest.approx(boxes.center[i, :2] + shaft)
+        # The head: two strokes from the tip back along the shaft, 25 degrees either side of it.
+        for stroke_start, stroke_end in (head[:2], head[2:]):
+            assert stroke_start == pytest.approx(tip)
+            back = (stroke_end - stroke_start)[:2]
+            assert 0 < np.linalg.norm(back) <= np.linalg.norm(shaft) / 3 + 1e-9
+            angle = np.degrees(np.arccos(-back @ shaft / np.linalg.norm(back) / np.linalg.norm(shaft)))
+            assert angle == pytest.approx(25.0)
 
 
 def test_occupancy_grid_values_origin_and_unknown_cells():

@@ -61,7 +61,7 @@ def test_stack_names_record_when_the_record_bag_exists(tmp_path):
 @pytest.mark.parametrize("args, expected", [
     (["--jobs", "0"], "jobs must be at least 1, not 0"),
     (["--set", "train.tasks=detection"], "it needs train.tasks=both, not detection"),
-    (["--suite", "paper", "--set", "train.teacher_sensor_dropout=1.5"],
+    (["--set", "train.teacher_sensor_dropout=1.5"],
      "train.teacher_sensor_dropout must be a probability in [0, 1], not 1.5"),
 ])
 def test_experiment_names_a_bad_setting(args, expected, tiny_world, tmp_path):

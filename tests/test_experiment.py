@@ -56,6 +56,7 @@ def test_quick_suite_end_to_end_then_resumes_without_retraining(tiny_world, tmp_
     masks, features = cv2.imread(str(tmp_path / "masks.png")), cv2.imread(str(tmp_path / "features.png"))
     # masks: a row per generator (4); features: a row per level, teacher + 4 students, then a colour bar
     assert masks.shape[0] == 4 * 200 and features.shape[0] == 2 * 200 and 5 * 200 < features.shape[1] < 6 * 200
+    assert cv2.imread(str(tmp_path / "robustness.png")).shape == (360, 900, 3)
     # The generalisation check: teacher and comparison rows evaluated on the training split too.
     fitted = results["training_split"]
     assert list(fitted) == ["teacher"] + list(comparison)

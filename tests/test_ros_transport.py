@@ -10,6 +10,7 @@ from rclpy.executors import SingleThreadedExecutor
 
 import ros_samples
 from vexkd_core.classes import DETECTION_CLASSES
+from vexkd_ros import box_messages
 from vexkd_ros import conversions as conv
 
 PEER = Path(__file__).resolve().parent / "ros_peer.py"
@@ -54,7 +55,7 @@ def test_messages_arrive_intact_from_another_process(rclpy_context):
     np.testing.assert_array_equal(conv.image_to_rgb(received["/sample/image"]),
                                   ros_samples.rgb_image(seed=3))
 
-    boxes = conv.detections_to_boxes(received["/sample/objects"], DETECTION_CLASSES, received["/sample/velocities"])
+    boxes = box_messages.detections_to_boxes(received["/sample/objects"], DETECTION_CLASSES, received["/sample/velocities"])
     sent_boxes = ros_samples.boxes(seed=3)
     for field in ("center", "size_lwh", "score"):
         np.testing.assert_allclose(getattr(boxes, field), getattr(sent_boxes, field), atol=1e-9)

@@ -34,9 +34,11 @@ def matrix_to_quaternion(rotation: np.ndarray) -> np.ndarray:
     return q if q[0] >= 0 else -q
 
 
-def yaw_to_quaternion(yaw: float) -> np.ndarray:
-    """(w, x, y, z) of a rotation by `yaw` radians about +z."""
-    return np.array([np.cos(yaw / 2.0), 0.0, 0.0, np.sin(yaw / 2.0)])
+def yaw_to_quaternion(yaw) -> np.ndarray:
+    """(w, x, y, z) of a rotation by `yaw` radians about +z; (..., 4) for an array of yaws."""
+    half = np.asarray(yaw) / 2.0  # in the yaw's own precision, as the scalar formula always was
+    zero = np.zeros_like(half)
+    return np.stack([np.cos(half), zero, zero, np.sin(half)], axis=-1).astype(np.float64)
 
 
 def matrix_yaw(rotation: np.ndarray) -> float:

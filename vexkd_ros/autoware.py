@@ -21,7 +21,7 @@ from std_msgs.msg import Header
 
 from vexkd_core.structures import Boxes3D
 
-from .conversions import box_poses, copies, yaw_from_quaternion
+from .box_messages import box_poses, copies, yaw_from_quaternion
 
 # nuScenes' 10 detection classes as Autoware labels; Autoware has no barrier or cone class.
 AUTOWARE_LABELS = {

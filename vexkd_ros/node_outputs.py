@@ -18,7 +18,8 @@ from visualization_msgs.msg import MarkerArray
 from vexkd_core.classes import DETECTION_CLASSES
 
 from .autoware import boxes_to_detected_objects
-from .conversions import boxes_to_detections, boxes_to_markers, boxes_to_velocities, ns_to_stamp, probability_to_grid
+from .box_messages import boxes_to_detections, boxes_to_markers, boxes_to_velocities
+from .conversions import ns_to_stamp, probability_to_grid
 from .pipeline import MODEL_STAGES, Result
 from .settings import DetectorSettings
 

@@ -20,7 +20,8 @@ from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.io import atomic_write_bytes
 from vexkd_core.structures import BEVGrid, Boxes3D
 
-from .conversions import detections_to_boxes, grid_to_probability, stamp_to_ns
+from .box_messages import detections_to_boxes
+from .conversions import grid_to_probability, stamp_to_ns
 from .player import message_class
 from .scene_messages import GT_MAP_GRID
 

@@ -21,8 +21,9 @@ from vexkd_core.data.sample import CAMERA_CHANNELS
 from vexkd_core.geometry import make_transform
 from vexkd_core.structures import BEVGrid
 
-from .conversions import (array_to_cloud, boxes_to_markers, encoded_to_compressed, intrinsics_to_camera_info,
-                          matrices_to_tf_message, ns_to_stamp, probability_to_grid, structured_points)
+from .box_messages import boxes_to_markers
+from .conversions import (array_to_cloud, encoded_to_compressed, intrinsics_to_camera_info, matrices_to_tf_message,
+                          ns_to_stamp, probability_to_grid, structured_points)
 
 LIDAR_CHANNEL = "LIDAR_TOP"
 FIXED_FRAME, VEHICLE_FRAME = "map", "base_link"

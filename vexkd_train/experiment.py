@@ -26,7 +26,7 @@ from vexkd_core.config import Config, load_config
 from vexkd_core.data.dataset import model_source
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.fingerprint import dataset_identity, file_stamp
-from vexkd_core.io import atomic_write_json, atomic_write_text
+from vexkd_core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from vexkd_core.models.vexkd import build_model
 from vexkd_train.evaluate import evaluate
 from vexkd_train.experiment_plan import (FUSER_LABELS, HELDOUT_TABLES, SENSOR_CASES, SUITES, MaskRun, Student,
@@ -44,12 +44,14 @@ def _spec(value: dict) -> dict:
 
 class Experiment:
     def __init__(self, dataroot: Path, version: str, out: Path, config: Config, suite: Suite, progress: bool = True,
-                 heldout: Path | None = None):
+                 heldout: Path | None = None, inputs_ready: bool = False):
+        """`inputs_ready`: the teachers and mask generators are trained already (the side-by-side
+        runs' processes, which must never train them, as two could at once)."""
         if config.train.tasks != "both":
             raise ValueError(f"the experiment's tables report detection and map together: it needs train.tasks=both, "
                              f"not {config.train.tasks}")
         self.dataroot, self.version, self.out, self.heldout = dataroot, version, out, heldout
-        self.config, self.suite, self.progress = config, suite, progress
+        self.config, self.suite, self.progress, self.inputs_ready = config, suite, progress, inputs_ready
         self.train_source = model_source(dataroot, version, "train", config, config.train.augment)
         # Each dataset's identity is taken once: the experiment's own reads leave the dataset as
         # it was, and taking it at every reuse check would hash its tables again each time.
@@ -136,6 +138,7 @@ class Experiment:
         self.student(Student("lidar"))
         spec = self._teacher_spec(fuser)
         if not self._done(folder, spec):
+            self._refuse_shared_training(name)
             config = self._teacher_config(fuser)
             torch.manual_seed(config.train.seed)
             teacher = build_model(config, "fusion")
@@ -151,10 +154,15 @@ class Experiment:
         spec = _spec({"masks": asdict(settings), "data": self._identity(self.dataroot),
                       "inputs": {"teacher": self._stamp(teacher)}})
         if not self._done(folder, spec, "masks.pt"):
+            self._refuse_shared_training(run.name)
             val = model_source(self.dataroot, self.version, "val", self.config, False, nusc=self.train_source.nusc)
             train_masks(teacher, self.train_source, folder, settings, progress=self.progress, report_source=val)
             atomic_write_json(folder / "spec.json", spec)
         return folder / "masks.pt"
+
+    def _refuse_shared_training(self, name: str) -> None:
+        if self.inputs_ready:
+            raise RuntimeError(f"{name} should have been trained before the students side by side")
 
     def selectivity(self) -> dict[str, dict]:
         """The selectivity report (on val) of the generators the mask-choice table uses."""
@@ -225,20 +233,20 @@ class Experiment:
             self.masks(run)
         threads = max(1, len(os.sched_getaffinity(0)) // jobs)
         arguments = dict(dataroot=self.dataroot, version=self.version, out=self.out, config=self.config,
-                         suite=self.suite, heldout=self.heldout, progress=False)
+                         suite=self.suite, heldout=self.heldout, progress=False, inputs_ready=True)
         pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=torch.set_num_threads, initargs=(threads,))
+                                   initializer=_start_worker, initargs=(threads, arguments))
         try:
-            futures = [pool.submit(_train_student, arguments, student) for student in students]
+            futures = [pool.submit(_train_student, student) for student in students]
             for future in tqdm(as_completed(futures), total=len(futures), desc=f"students, {jobs} side by side",
                                unit="run", disable=not self.progress):
                 future.result()
-        finally:  # the first failure stops the runs not yet started
+        finally:  # the first failure cancels the runs not yet started (those under way finish first)
             pool.shutdown(cancel_futures=True)
 
     def heldout_results(self) -> dict:
-        """Teacher and the comparison, components and mask-choice rows on the val split of a
-        second world: more objects per class than one small val split gives."""
+        """Teacher and the rows of HELDOUT_TABLES (comparison, components, mask choice, camera)
+        on the val split of a second world: more objects per class than one small val split gives."""
         teacher = self.extra_evaluation("teacher", self._teacher_spec(), self.heldout, "val", "heldout")
         held = {"dataroot": str(self.heldout), "teacher": summarise([teacher]), "tables": {}}
         for table in HELDOUT_TABLES:
@@ -267,13 +275,16 @@ class Experiment:
         if self.heldout is not None:
             results["heldout"] = self.heldout_results()
         atomic_write_json(self.out / "results.json", results)
-        self.pictures()
+        self.pictures(results)
         atomic_write_text(self.out / "results.md", markdown(results))
         return results
 
-    def pictures(self) -> None:
-        """masks.png and features.png for the first val sample."""
-        from .pictures import write_distillation_pictures
+    def pictures(self, results: dict) -> None:
+        """masks.png and features.png for the first val sample; robustness.png of the teachers
+        with a sensor missing."""
+        from .pictures import robustness_picture, write_distillation_pictures
+
+        atomic_write_bytes(self.out / "robustness.png", robustness_picture(results["robustness"]))
 
         students = {label: self._checkpoint(student.name)
                     for label, student in (("LiDAR", Student("lidar")), ("LiDAR+VeXKD", Student("lidar", "vexkd")),
@@ -282,9 +293,19 @@ class Experiment:
                                     students, self.out, nusc=self.train_source.nusc)
 
 
-def _train_student(arguments: dict, student: Student) -> None:
-    """One side-by-side run, in its own process."""
-    Experiment(**arguments).student_with_evaluations(student)
+_worker_experiment: Experiment | None = None  # a side-by-side process's own, made once by _start_worker
+
+
+def _start_worker(threads: int, arguments: dict) -> None:
+    """A side-by-side process: its share of the cores, and one Experiment for all its runs (each
+    reads the dataset's tables and takes its identity once)."""
+    global _worker_experiment
+    torch.set_num_threads(threads)
+    _worker_experiment = Experiment(**arguments)
+
+
+def _train_student(student: Student) -> None:
+    _worker_experiment.student_with_evaluations(student)
 
 
 def _summarised(rows: list[tuple[str, Student]], metrics_of) -> dict[str, dict]:

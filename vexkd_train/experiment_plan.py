@@ -33,6 +33,10 @@ class Student:
     fuser: str = "mgfm"  # the teacher's fuser (the paper's MGFM / ConvFuser comparison)
     depth_supervision: bool = True  # camera students: BEVDepth's depth loss (model.camera.depth_loss_weight)
 
+    def __post_init__(self) -> None:
+        if not self.depth_supervision and self.modality != "camera":
+            raise ValueError(f"depth supervision is a camera student's; a {self.modality} student has none to leave out")
+
     @property
     def name(self) -> str:
         depth = "" if self.depth_supervision else "-nodepth"

@@ -84,6 +84,7 @@ def _robustness_table(robustness: dict) -> list[str]:
     if not robustness:
         return []
     lines = ["## Each teacher with a sensor missing (val)", "",
+             "![Each teacher with a sensor missing](robustness.png)", "",
              "| teacher | sensors | mAP | NDS | mIoU |", "|---|---|---|---|---|"]
     for fuser, cases in robustness.items():
         lines += [f"| {fuser} | {case} | {entry['mAP']['mean']:.4f} | {entry['NDS']['mean']:.4f} | "

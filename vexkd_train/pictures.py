@@ -1,6 +1,7 @@
 """Pictures of what distillation does, on one val sample (BEV, forward up):
 the generated masks per task and feature level, and student BEV features (as attention
-maps) before and after distillation next to the teacher's, each picture with its colour bar."""
+maps) before and after distillation next to the teacher's, each picture with its colour bar;
+and the experiment's missing-sensor figure: each teacher with both sensors and with one."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -94,3 +95,33 @@ def write_distillation_pictures(dataroot, version: str, teacher_path: Path, mask
                           ("features.png", features_picture(teacher, models, batch))):
         written.append(atomic_write_bytes(out_dir / name, cv2.imencode(".png", picture)[1].tobytes()))
     return written
+
+
+def robustness_picture(robustness: dict[str, dict[str, dict]]) -> bytes:
+    """PNG of the experiment's robustness table (teacher -> sensor case -> summary): mAP and
+    mIoU bars per sensor case, one bar per teacher, each with its value (a teacher is one run)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    teachers = list(robustness)
+    cases = list(next(iter(robustness.values())))
+    figure, axes = pyplot.subplots(1, 2, figsize=(9, 3.6), constrained_layout=True)
+    width = 0.8 / len(teachers)
+    for axis, metric in zip(axes, ("mAP", "mIoU")):
+        for k, teacher in enumerate(teachers):
+            positions = np.arange(len(cases)) + (k - (len(teachers) - 1) / 2) * width
+            bars = axis.bar(positions, [robustness[teacher][case][metric]["mean"] for case in cases], width,
+                            label=teacher)
+            axis.bar_label(bars, fmt="%.3f", fontsize=8)
+        axis.set_xticks(np.arange(len(cases)), cases)
+        axis.set_title(f"teacher {metric} on val")
+        axis.set_ylim(0, max(0.05, axis.get_ylim()[1] * 1.15))
+    axes[0].legend(title="fuser")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    pyplot.close(figure)
+    return buffer.getvalue()
