@@ -148,13 +148,13 @@ def boxes_to_markers(boxes: Boxes3D, class_names: Sequence[str], header: Header,
     edges = boxes.corners()[:, _EDGE_CORNERS]
     arrows = _arrow_strokes(boxes)
     moving = np.hypot(boxes.velocity[:, 0], boxes.velocity[:, 1]) > _MOVING_M_S
-    for name in sorted(colors, key=class_names.index):
-        of_class = boxes.label == class_names.index(name)
+    for label in np.unique(boxes.label).tolist():
+        of_class = boxes.label == label
         for kind, strokes, width in (("boxes", edges[of_class], 0.08), ("velocity", arrows[of_class & moving], 0.15)):
             if len(strokes):
-                markers.append(Marker(header=header, ns=f"{namespace}/{kind}", id=class_names.index(name),
+                markers.append(Marker(header=header, ns=f"{namespace}/{kind}", id=label,
                                       type=Marker.LINE_LIST, action=Marker.ADD, pose=identity,
-                                      scale=Vector3(x=width), color=colors[name],
+                                      scale=Vector3(x=width), color=colors[class_names[label]],
                                       points=[Point(x=x, y=y, z=z) for x, y, z in strokes.reshape(-1, 3).tolist()]))
     new_label = copies(Marker(header=header, ns=f"{namespace}/labels", type=Marker.TEXT_VIEW_FACING,
                               action=Marker.ADD, scale=Vector3(z=0.8)))
