@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--blocks", type=int, default=MaskSettings.blocks, help="transformer blocks (paper: 3)")
     masks.add_argument("--random-query", action="store_true", help="ablation: do not start from the MGFM query")
     masks.add_argument("--area-budget", type=float, default=MaskSettings.area_budget,
-                       help="largest share of the map the masks of a generator may cover together")
+                       help="share of the map the masks of a generator cover together, in equal parts")
     masks.add_argument("--max-epochs", type=int, default=MaskSettings.epochs)
     masks.add_argument("--batch-size", type=int, default=0,
                        help="samples per step (0: the teacher's train.batch_size); memory grows with it")

@@ -1,44 +1,43 @@
 """Train the mask generators of a frozen teacher (one per task x feature level).
 
-A generator's T masks m_1..m_T and a background share every cell by a softmax (so
-u = sum_t m_t <= 1). The objective, per generator, over the teacher's feature F at its level:
+A generator gives each cell's shares s_1..s_T of T masks (the background has the rest, by a
+softmax), and decides the cell: the masks d_t are 1 where s_t is the largest share, the
+background's included, and 0 elsewhere (`decide`: straight-through, the gradient is the
+shares'). The objective, per generator, over the teacher's feature F at its level:
 
-    TaskLoss(teacher_rest(sum_t m_t * F)) / TaskLoss(teacher)   together the masks keep the task working
-  + diversity_weight * mean Dice(m_i, m_j), i < j   the T masks pick different cells
-  + area_weight * relu(mean(u) - area_budget)       together they cover at most the budget
-  + binary_weight * mean Gini impurity per cell     a cell is one mask's or the background's
-  + balance_weight * KL(shares of sum m^2 || 1/T)   and every mask decides its share of cells
+    TaskLoss(teacher_rest(sum_t d_t * F)) / TaskLoss(teacher)   together the masks keep the task working
+  + diversity_weight * mean Dice(s_i, s_j), i < j        the T masks want different cells
+  + area_weight * mean_t |mean(d_t) / (area_budget / T) - 1|   each takes its part of the budget
 
 where teacher_rest is the frozen rest of the teacher after that level and TaskLoss(teacher)
 its unmasked loss on the batch. This is MasKD's objective (Huang et al., ICLR 2023: the
-task loss of the sum of the token-masked copies, plus Dice over all pairs), with the sum
-bounded by the softmax and a budget on it.
-Why the task loss sees the sum and not each mask alone: the previous version asked every
-masked copy to keep the task working by itself, and the best region for one mask is the
-best region for all of them (the GT objects, for detection), so the task loss paid the T
-masks to be copies of one mask and Dice at weight 1 lost (demo: six detection masks with
-pairwise Dice 0.91-0.99). Through the sum, how the selected cells are split among the masks
-does not change the task loss, so Dice decides it, as in MasKD. The other terms close the
-ways around that:
-- the task loss alone is lowest on the whole map (the teacher was trained unmasked): the
-  budget is on the masks' union, since T masks of 0.25 each can cover the map together;
-- Dice is met by one mask taking every selected cell and T - 1 empty ones, and a balance
-  by mass by masks spread thinly over the map: the balance is over shares of sum m^2;
-- a union of 0.25 everywhere rescales the feature rather than selecting from it (and
-  attention transfer, normalising after masking, makes it whole-map distillation): the
-  impurity term asks each cell to be decided. It grows over the first half of the schedule,
-  so that the masks first learn where the task needs the feature (tried at full weight from
-  the start, with the raw task loss: the segmentation masks went into the background within
-  8 steps, the union covering 2-3 % of the map).
+task loss of the sum of the token-masked copies, plus Dice over all pairs), with masks that
+are chosen cells and an area for each.
+What the earlier versions taught (demo world, same teacher each time):
+- masks of their own sigmoid with no area: the optimum was m = 1, the teacher having been
+  trained unmasked (the first mask above 0.5 on 100 % of cells);
+- the task loss asked of each masked copy alone: the best region for one mask is the best
+  for all, so the six detection masks were copies (pairwise Dice 0.91-0.99). Through the
+  sum, how the chosen cells are split among the masks does not change the task loss, so
+  Dice decides it, as in MasKD;
+- soft shares (format 3) with a budget on their union, Gini impurity and a balance of
+  energies: the detection masks picked cells (6 and 4 of 6 distinct) but the segmentation
+  ones stayed faint (1 and 0 of 6): a map head is best served by the whole feature scaled
+  down a little, which attention transfer, normalising after masking, turns back into
+  whole-map distillation. A decided mask can only keep or drop a cell, so that way is
+  closed by construction, and softening the softmax's temperature on the way (tried) still
+  left ties that spread a mask thinly. The area is two-sided and per mask because Dice is
+  met by an empty mask (it overlaps nothing), and one-sided budgets let the segmentation
+  generators empty every mask;
+- the learning rate: at 5e-3 the decided masks swung from no cell to every cell within 20
+  steps and the high-level generators were still covering the whole map after 4 epochs;
+  at 1e-3 all 24 demo masks end distinct (`vexkd-train masks` prints the report).
 The task loss is divided by the unmasked one so that it weighs the same against the other
-terms, which are shares of the map, for both tasks (the demo teacher's map loss is 0.2-0.4,
-its detection loss 1.5-2.6) and at any dataset's loss scale. MasKD also weights each token
-per sample by a softmax; the weighted sum then collapses onto one token, so it is not used.
-One masked copy per step instead of T makes a step about 2x cheaper (the unmasked loss
-comes free, from the teacher's own output). The learning rate is 2.5x the previous one: at
-2e-3, 14 of the demo's 24 masks stayed below 0.5 everywhere after the 4 epochs (11 at 5e-3,
-with the balance by mass or by energy).
-The teacher's weights never change.
+terms for both tasks (the demo teacher's map loss is 0.2-0.4, its detection loss 1.5-2.6)
+and at any dataset's loss scale. MasKD also weights each token per sample by a softmax; the
+weighted sum then collapses onto one token, so it is not used. One masked copy per step
+instead of T makes a step about 2x cheaper (the unmasked loss comes free, from the
+teacher's own output). The teacher's weights never change.
 """
 from __future__ import annotations
 
@@ -55,13 +54,12 @@ from vexkd_core.checkpoint import CheckpointError, model_from_checkpoint, read_p
 from vexkd_core.data.dataset import EpochSampler, TrainingSet, collate_training
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.distill.distiller import freeze
-from vexkd_core.distill.mask_generator import (LEVELS, MaskGenerator, area_excess, dice_overlap, imbalance,
-                                                indecision)
+from vexkd_core.distill.mask_generator import LEVELS, MaskGenerator, area_error, decide, dice_overlap
 from vexkd_core.io import atomic_npz, atomic_write_bytes, atomic_write_json
 from vexkd_core.models.vexkd import detection_targets as batch_detection_targets
 from vexkd_train.trainer import warmup_cosine
 
-MASKS_FORMAT = 3  # 3: a background logit, masks by softmax
+MASKS_FORMAT = 4  # 3: a background logit, soft masks by softmax; 4: masks decided per cell
 
 
 @dataclass(frozen=True)
@@ -70,11 +68,9 @@ class MaskSettings:
     blocks: int = 3
     random_query: bool = False
     diversity_weight: float = 1.0
-    area_budget: float = 0.25  # the largest share of the map the masks may cover together
-    area_weight: float = 10.0
-    binary_weight: float = 1.0
-    balance_weight: float = 1.0
-    learning_rate: float = 5e-3
+    area_budget: float = 0.25  # the share of the map the masks of a generator cover together
+    area_weight: float = 5.0
+    learning_rate: float = 1e-3
     epochs: int = 4
     max_steps: int = 0  # > 0: stop there (and schedule for it); real nuScenes needs a fraction of an epoch
     # 0: the teacher's training batch. Memory grows with it: at the nuscenes preset on CPU a
@@ -117,23 +113,20 @@ class GeneratorLoss:
     task: torch.Tensor
     diversity: torch.Tensor
     area: torch.Tensor
-    indecision: torch.Tensor
-    balance: torch.Tensor
 
     @classmethod
-    def of(cls, task_loss: torch.Tensor, masks: torch.Tensor, settings: MaskSettings) -> "GeneratorLoss":
-        return cls(task_loss, dice_overlap(masks), area_excess(masks, settings.area_budget), indecision(masks),
-                   imbalance(masks))
+    def of(cls, task_loss: torch.Tensor, shares: torch.Tensor, masks: torch.Tensor,
+           settings: MaskSettings) -> "GeneratorLoss":
+        return cls(task_loss, dice_overlap(shares), area_error(masks, settings.area_budget))
 
     def terms(self) -> tuple[torch.Tensor, ...]:
-        return self.task, self.diversity, self.area, self.indecision, self.balance
+        return self.task, self.diversity, self.area
 
-    def total(self, settings: MaskSettings, binary_scale: float = 1.0) -> torch.Tensor:
-        return (self.task + settings.diversity_weight * self.diversity + settings.area_weight * self.area
-                + binary_scale * settings.binary_weight * self.indecision + settings.balance_weight * self.balance)
+    def total(self, settings: MaskSettings) -> torch.Tensor:
+        return self.task + settings.diversity_weight * self.diversity + settings.area_weight * self.area
 
 
-TERMS = ("task", "dice", "area", "indecision", "balance")
+TERMS = ("task", "dice", "area")
 
 
 def head_loss(teacher, task: str, predictions, targets, detection_targets=None) -> torch.Tensor:
@@ -165,16 +158,18 @@ def teacher_task_loss(teacher, task: str, output, targets, detection_targets=Non
                      detection_targets)
 
 
-def masks_loss(teacher, key: str, feature: torch.Tensor, masks: torch.Tensor, targets, settings: MaskSettings,
+def masks_loss(teacher, key: str, feature: torch.Tensor, shares: torch.Tensor, targets, settings: MaskSettings,
                unmasked: torch.Tensor, detection_targets=None) -> GeneratorLoss:
-    """The objective of generator `key` for `masks` of its level's `feature`. `unmasked`: the
+    """The objective of generator `key` for the mask `shares` of its level's `feature`: the
+    task term through the decided masks, Dice and area on the shares. `unmasked`: the
     teacher's own loss for the task on the batch; the task term is the masked loss as a
     multiple of it (1 = the masks lose nothing), so that it weighs the same against the
     other terms, which are shares of the map, whatever the task and the loss's scale (the
     demo teacher's map loss is 0.2-0.4, its detection loss 1.5-2.6)."""
     task, level = key.split("/")
+    masks = decide(shares)
     masked = masked_task_loss(teacher, task, level, feature, masks, targets, detection_targets)
-    return GeneratorLoss.of(masked / unmasked.clamp(min=1e-6), masks, settings)
+    return GeneratorLoss.of(masked / unmasked.clamp(min=1e-6), shares, masks, settings)
 
 
 def step_losses(teacher, generators: dict[str, MaskGenerator], batch, targets,
@@ -191,7 +186,7 @@ def step_losses(teacher, generators: dict[str, MaskGenerator], batch, targets,
     for key, generator in generators.items():
         task, level = key.split("/")
         feature = getattr(output, level)
-        losses[key] = masks_loss(teacher, key, feature, generator(feature), targets, settings, unmasked[task],
+        losses[key] = masks_loss(teacher, key, feature, generator.shares(feature), targets, settings, unmasked[task],
                                  detection_targets)
     return losses
 
@@ -229,9 +224,7 @@ def train_masks(teacher_checkpoint: Path, source: NuScenesSource, out: Path, set
                 for group in optimizer.param_groups:
                     group["lr"] = warmup_cosine(settings.learning_rate, step, total)
                 losses = step_losses(teacher, generators, batch.to(device), targets, settings)
-                # The impurity term grows over the first half (see the module's docstring).
-                binary_scale = min(1.0, 2 * step / total)
-                totals = {key: loss.total(settings, binary_scale) for key, loss in losses.items()}
+                totals = {key: loss.total(settings) for key, loss in losses.items()}
                 optimizer.zero_grad(set_to_none=True)
                 sum(totals.values()).backward()
                 optimizer.step()

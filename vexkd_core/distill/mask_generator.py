@@ -4,8 +4,9 @@ Its query starts as the trained teacher's MGFM BEV query and positional embeddin
 random, for the ablation, and for a ConvFuser teacher, which has no query). N blocks of
 deformable cross-attention from the query into the frozen teacher's feature map, each with
 an FFN, then a linear head gives, per cell, T + 1 logits resized to the feature map: T
-masks and a background. A softmax over the T + 1 makes the masks compete for every cell, so
-they sum to at most 1 and no two can both exceed 0.5 on a cell. How they are trained is in
+masks and a background. Their softmax gives each mask's share of every cell; each cell then
+goes wholly to the largest share, so a generator's masks are 0/1, disjoint, and cover the
+cells that no mask takes less than the background. How they are trained is in
 vexkd_train/masks.py.
 """
 from __future__ import annotations
@@ -71,17 +72,18 @@ class MaskGenerator(nn.Module):
         return cls(feature_channels, query, position, query_size, masks, blocks, heads, points, ffn_channels)
 
     def start_at_area(self, area: float) -> "MaskGenerator":
-        """Bias the background so that, before training, the masks together cover about `area`
-        of the map (each mask 1/T of it): training starts inside its budget instead of
-        spending its first steps pushing the whole map out (as focal loss starts at its prior)."""
+        """Bias the background so that, before training, the masks' shares together are about
+        `area` of every cell (each mask's 1/T of it): the background then takes every cell, and
+        training grows the masks from none, where the task loss wants them."""
         masks = self.head.out_features - 1
         with torch.no_grad():
             self.head.bias.zero_()
             self.head.bias[-1] = math.log(masks * max(1 - area, 1e-3) / area)
         return self
 
-    def forward(self, feature: torch.Tensor) -> torch.Tensor:
-        """feature (B, C, H, W) -> masks (B, T, H, W) in [0, 1], summing to at most 1 per cell."""
+    def shares(self, feature: torch.Tensor) -> torch.Tensor:
+        """feature (B, C, H, W) -> each mask's share of every cell (B, T, H, W): the softmax over
+        the T masks and the background."""
         batch = feature.shape[0]
         value = self.value_projection(feature)
         query = self.query.expand(batch, -1, -1)
@@ -92,6 +94,23 @@ class MaskGenerator(nn.Module):
         logits = self.head(query).transpose(1, 2).reshape(batch, -1, *self.query_size)
         logits = F.interpolate(logits, size=feature.shape[-2:], mode="bilinear", align_corners=False)
         return logits.softmax(1)[:, :-1]
+
+    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        """feature (B, C, H, W) -> masks (B, T, H, W) of 0 and 1: each cell is the mask's with
+        the largest share, or no mask's where the background's is larger."""
+        return decide(self.shares(feature))
+
+
+def decide(shares: torch.Tensor) -> torch.Tensor:
+    """Shares (B, T, H, W) of T masks (the background has the rest) -> each cell given wholly
+    to its largest share, with the gradient of the shares (straight-through): a soft mask
+    could keep the task working by scaling the whole feature down, which attention transfer
+    turns back into whole-map distillation; a decided one can only keep or drop a cell."""
+    with torch.no_grad():
+        background = 1 - shares.sum(1, keepdim=True)
+        winner = torch.cat([shares, background], 1).argmax(1, keepdim=True)
+        hard = torch.zeros_like(background.expand(-1, shares.shape[1] + 1, -1, -1)).scatter_(1, winner, 1.0)
+    return hard[:, :-1] + (shares - shares.detach())  # exactly 0 and 1, with the shares' gradient
 
 
 def dice_overlap(masks: torch.Tensor) -> torch.Tensor:
@@ -107,27 +126,10 @@ def dice_overlap(masks: torch.Tensor) -> torch.Tensor:
     return dice[:, pairs[0], pairs[1]].mean()
 
 
-def indecision(masks: torch.Tensor) -> torch.Tensor:
-    """Mean Gini impurity of each cell's share among the T masks and the background
-    (1 - sum of squared shares): 0 where one of them takes the whole cell. It is m(1 - m)
-    twice over for one mask, and it rules out both ways of being undecided: a mask spread
-    thinly over the whole map (a rescaled feature, not a selection) and masks sharing cells."""
-    background = 1 - masks.sum(1)
-    return (1 - masks.pow(2).sum(1) - background.pow(2)).mean()
-
-
-def area_excess(masks: torch.Tensor, budget: float) -> torch.Tensor:
-    """How far the share of the map the masks cover together exceeds `budget`, per sample, averaged."""
-    return torch.relu(masks.sum(1).flatten(1).mean(-1) - budget).mean()
-
-
-def imbalance(masks: torch.Tensor) -> torch.Tensor:
-    """KL divergence of the masks' shares of the masks' energy (sum of m^2 over the batch) from
-    equal shares: log T when one mask takes every selected cell and the others are empty,
-    which Dice alone would accept (an empty mask overlaps nothing). Energy, not mass: a mask
-    spread thinly over the whole map (0.02 everywhere, which attention transfer turns into
-    whole-map distillation) has as much mass as one that takes 2 % of the cells, but 1/50 of
-    their energy, so a share of the energy has to be earned by deciding cells."""
-    energy = masks.pow(2).sum((0, 2, 3))
-    share = energy / energy.sum().clamp(min=1e-9)
-    return (share * (share * len(share)).clamp(min=1e-9).log()).sum()
+def area_error(masks: torch.Tensor, area: float) -> torch.Tensor:
+    """How far each mask's share of the map is from its part of `area` (area / T), as a
+    multiple of that part, per sample and mask, averaged: 0 when the T masks together cover
+    `area` in equal parts, 1 for an empty mask. Two-sided, so that no mask can go empty (Dice
+    alone accepts an empty mask: it overlaps nothing) and none can spread over the map."""
+    part = area / masks.shape[1]
+    return (masks.flatten(2).mean(-1) / part - 1).abs().mean()
