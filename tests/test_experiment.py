@@ -94,6 +94,33 @@ def test_quick_suite_end_to_end_then_resumes_without_retraining(tiny_world, tmp_
     assert json.dumps(again, sort_keys=True) == json.dumps(results, sort_keys=True)
 
 
+def test_one_table_runs_alone_with_only_what_it_needs(tiny_world, tmp_path):
+    """`experiment --tables masks`: the mask-choice table, its selectivity reports and its
+    held-out rows; no ConvFuser teacher, no camera student, no pictures of absent students.
+    An unknown table is one line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dataroot, world = tiny_world
+    command = [Path(sys.executable).parent / "vexkd-train", "experiment", "--suite", "quick", "--dataroot", dataroot,
+               "--out", tmp_path, "--heldout", dataroot, "--tables"]
+    finished = subprocess.run(command + ["masks"], capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert list(results["tables"]) == ["masks"] and list(results["heldout"]["tables"]) == ["masks"]
+    assert len(results["tables"]["masks"]) == 7 and set(results["selectivity"]) == {
+        "fusion query (VeXKD)", "random query"}
+    assert "robustness" not in results and list(results["training_split"]) == ["teacher"]
+    runs = {path.name for path in (tmp_path / "runs").iterdir()}
+    assert "teacher-convfuser" not in runs and not any(name.startswith("camera") for name in runs)
+    markdown = (tmp_path / "results.md").read_text()
+    assert "## Mask choice (LiDAR student)" in markdown and "masks.png" not in markdown
+    refused = subprocess.run(command + ["masks", "fuser"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "not fuser" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
 def test_gains_are_paired_seed_by_seed():
     def run(map_, nds, miou):
         return {"detection": {"mAP": map_, "NDS": nds, "per_class_ap": dict.fromkeys(DETECTION_CLASSES, map_)},

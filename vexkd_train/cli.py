@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--seeds", type=int, nargs="+", help="replace the suite's seeds (paper: 0 1 2)")
     experiment.add_argument("--ablation-seeds", type=int, nargs="+",
                             help="seeds of the generator-blocks and distance tables (default: --seeds)")
+    experiment.add_argument("--tables", nargs="+", metavar="TABLE",
+                            help="only these tables and what they need: comparison components masks blocks "
+                                 "distance fusers camera (default: all)")
     experiment.add_argument("--heldout", type=Path, metavar="DATAROOT",
                             help="also evaluate the main tables' checkpoints on this dataset's val split")
     experiment.add_argument("--jobs", type=int, default=1,
@@ -202,7 +205,7 @@ def run_experiment_command(args: argparse.Namespace) -> None:
     try:
         run_experiment(args.dataroot, args.version, args.out, args.suite, args.config, args.set,
                        seeds=args.seeds, ablation_seeds=args.ablation_seeds,
-                       heldout=args.heldout, jobs=args.jobs)
+                       heldout=args.heldout, jobs=args.jobs, only=args.tables)
     except _user_errors() as error:
         raise CliError(str(error)) from None
     print(f"wrote {args.out / 'results.md'} and {args.out / 'results.json'}")

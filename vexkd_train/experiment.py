@@ -30,7 +30,7 @@ from vexkd_core.io import atomic_write_bytes, atomic_write_json, atomic_write_te
 from vexkd_core.models.vexkd import build_model
 from vexkd_train.evaluate import evaluate
 from vexkd_train.experiment_plan import (FUSER_LABELS, HELDOUT_TABLES, SENSOR_CASES, SUITES, MaskRun, Student,
-                                         Suite, tables)
+                                         TABLES, Suite, tables)
 from vexkd_train.experiment_report import markdown, spread
 from vexkd_train.masks import MaskSettings, train_masks
 from vexkd_train.trainer import RunOptions, train
@@ -207,14 +207,26 @@ class Experiment:
     def heldout_metrics(self, student: Student) -> dict:
         return self.extra_evaluation(student.name, self._student_spec(student), self.heldout, "val", "heldout")
 
+    def plan(self) -> dict[str, list[tuple[str, Student]]]:
+        """The suite's tables: row label -> student."""
+        return tables(self.suite.seeds, self.suite.ablation_seeds, self.suite.tables)
+
+    def _heldout_tables(self) -> list[str]:
+        return [table for table in HELDOUT_TABLES if table in self.suite.tables]
+
+    def _fusers(self) -> tuple[str, ...]:
+        """The teachers the tables distil from: the ConvFuser only for the fuser comparison."""
+        return tuple(FUSER_LABELS) if "fusers" in self.suite.tables else ("mgfm",)
+
     def student_with_evaluations(self, student: Student) -> None:
         """A student's run and the extra evaluations `run` reads of it: the training split for
         the comparison rows, the held-out world for the rows of HELDOUT_TABLES."""
         self.student(student)
-        plan = tables(self.suite.seeds, self.suite.ablation_seeds)
-        if student in (row for _, row in plan["comparison"]):
+        plan = self.plan()
+        if student in (row for _, row in plan.get("comparison", [])):
             self.training_split_metrics(student.name, self._student_spec(student))
-        if self.heldout is not None and student in (row for table in HELDOUT_TABLES for _, row in plan[table]):
+        if self.heldout is not None and student in (row for table in self._heldout_tables()
+                                                    for _, row in plan[table]):
             self.heldout_metrics(student)
 
     def train_side_by_side(self, jobs: int) -> None:
@@ -223,9 +235,9 @@ class Experiment:
         `jobs` processes of an equal share of the cores. Once their inputs exist the runs are
         independent, and small CPU models use one core per process better than one process
         uses them all."""
-        for fuser in FUSER_LABELS:
+        for fuser in self._fusers():
             self.teacher(fuser)
-        plan = tables(self.suite.seeds, self.suite.ablation_seeds)
+        plan = self.plan()
         # Seed by seed, so that the first seed's tables are complete first (`--seeds 0` then reads them).
         students = sorted(dict.fromkeys(student for rows in plan.values() for _, student in rows),
                           key=lambda student: student.seed)
@@ -249,8 +261,8 @@ class Experiment:
         on the val split of a second world: more objects per class than one small val split gives."""
         teacher = self.extra_evaluation("teacher", self._teacher_spec(), self.heldout, "val", "heldout")
         held = {"dataroot": str(self.heldout), "teacher": summarise([teacher]), "tables": {}}
-        for table in HELDOUT_TABLES:
-            held["tables"][table] = _summarised(tables(self.suite.seeds)[table], self.heldout_metrics)
+        for table in self._heldout_tables():
+            held["tables"][table] = _summarised(self.plan()[table], self.heldout_metrics)
         source = NuScenesSource(self.heldout, self.version, "val", 0)
         held["val_objects"] = source.objects_per_class()
         return held
@@ -262,16 +274,19 @@ class Experiment:
         self.teacher()
         teacher_metrics = json.loads((self.out / "runs" / "teacher" / "metrics.json").read_text())
         results = {"teacher": summarise([teacher_metrics]), "tables": {}}
-        for table, rows in tables(self.suite.seeds, self.suite.ablation_seeds).items():
+        plan = self.plan()
+        for table, rows in plan.items():
             results["tables"][table] = _summarised(rows, self.student)
         results["training_split"] = {
             "teacher": summarise([self.training_split_metrics("teacher", self._teacher_spec())]),
-            **_summarised(tables(self.suite.seeds)["comparison"],
+            **_summarised(plan.get("comparison", []),
                           lambda student: self.training_split_metrics(student.name, self._student_spec(student)))}
         val = NuScenesSource(self.dataroot, self.version, "val", 0, nusc=self.train_source.nusc)
         results["val_objects"] = val.objects_per_class()
-        results["selectivity"] = self.selectivity()
-        results["robustness"] = self.robustness()
+        if "masks" in plan:
+            results["selectivity"] = self.selectivity()
+        if "fusers" in plan:
+            results["robustness"] = self.robustness()
         if self.heldout is not None:
             results["heldout"] = self.heldout_results()
         atomic_write_json(self.out / "results.json", results)
@@ -280,11 +295,14 @@ class Experiment:
         return results
 
     def pictures(self, results: dict) -> None:
-        """masks.png and features.png for the first val sample; robustness.png of the teachers
-        with a sensor missing."""
+        """masks.png and features.png for the first val sample, with the comparison's students;
+        robustness.png of the teachers with a sensor missing, with the fuser comparison."""
         from .pictures import robustness_picture, write_distillation_pictures
 
-        atomic_write_bytes(self.out / "robustness.png", robustness_picture(results["robustness"]))
+        if "robustness" in results:
+            atomic_write_bytes(self.out / "robustness.png", robustness_picture(results["robustness"]))
+        if "comparison" not in results["tables"]:
+            return
 
         students = {label: self._checkpoint(student.name)
                     for label, student in (("LiDAR", Student("lidar")), ("LiDAR+VeXKD", Student("lidar", "vexkd")),
@@ -338,11 +356,12 @@ def summarise(runs: list[dict]) -> dict:
 
 def run_experiment(dataroot: Path, version: str, out: Path, suite_name: str, config_name: str = "tiny",
                    overrides: list[str] = (), progress: bool = True, seeds: tuple[int, ...] | None = None,
-                   ablation_seeds: tuple[int, ...] | None = None, heldout: Path | None = None, jobs: int = 1) -> dict:
+                   ablation_seeds: tuple[int, ...] | None = None, heldout: Path | None = None, jobs: int = 1,
+                   only: tuple[str, ...] | None = None) -> dict:
     """Run a suite; `seeds` replaces the suite's seeds and `ablation_seeds` those of the blocks and
     distance tables (default: `seeds`). Finished runs of other seeds stay reusable. `heldout`: a
     second dataset whose val split the main tables' checkpoints are also evaluated on. `jobs`:
-    students trained side by side."""
+    students trained side by side. `only`: run these tables (of TABLES) and what they need."""
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, not {jobs}")
     if suite_name not in SUITES:
@@ -354,4 +373,9 @@ def run_experiment(dataroot: Path, version: str, out: Path, suite_name: str, con
         suite = replace(suite, ablation_seeds=tuple(ablation_seeds))
     if not suite.seeds or suite.ablation_seeds == ():
         raise ValueError("at least one seed is needed")
+    if only is not None:
+        unknown = [name for name in only if name not in TABLES]
+        if unknown or not only:
+            raise ValueError(f"tables are among {', '.join(TABLES)}, not {', '.join(unknown) or 'none'}")
+        suite = replace(suite, tables=tuple(dict.fromkeys(only)))
     return Experiment(dataroot, version, out, load_config(config_name, overrides), suite, progress, heldout).run(jobs)

@@ -59,6 +59,9 @@ class Student:
         return None
 
 
+TABLES = ("comparison", "components", "masks", "blocks", "distance", "fusers", "camera")
+
+
 @dataclass(frozen=True)
 class Suite:
     epochs: int  # student and teacher epochs
@@ -66,6 +69,7 @@ class Suite:
     seeds: tuple[int, ...]
     max_steps: int = 0  # 0: full epochs (the quick suite caps steps to stay seconds long)
     ablation_seeds: tuple[int, ...] | None = None  # blocks and distance tables; None: `seeds`
+    tables: tuple[str, ...] = TABLES  # the tables to run, of TABLES
 
 
 SUITES = {"quick": Suite(epochs=1, mask_epochs=1, seeds=(0,), max_steps=2),
@@ -75,10 +79,11 @@ SENSOR_CASES = {"both": None, "LiDAR only": "camera", "camera only": "lidar"}  #
 HELDOUT_TABLES = ("comparison", "components", "masks", "camera")  # also evaluated on the held-out world
 
 
-def tables(seeds: tuple[int, ...], ablation_seeds: tuple[int, ...] | None = None) \
-        -> dict[str, list[tuple[str, Student]]]:
-    """Row label -> student, per table (the paper's ablations are on the LiDAR student).
-    `ablation_seeds` (default: `seeds`) are those of the generator-blocks and distance tables."""
+def tables(seeds: tuple[int, ...], ablation_seeds: tuple[int, ...] | None = None,
+           chosen: tuple[str, ...] = TABLES) -> dict[str, list[tuple[str, Student]]]:
+    """Row label -> student, per table of `chosen` (the paper's ablations are on the LiDAR
+    student). `ablation_seeds` (default: `seeds`) are those of the generator-blocks and
+    distance tables."""
     def each(label: str, student: Student, chosen: tuple[int, ...] = seeds) -> list[tuple[str, Student]]:
         return [(label, replace(student, seed=seed)) for seed in chosen]
 
@@ -86,7 +91,7 @@ def tables(seeds: tuple[int, ...], ablation_seeds: tuple[int, ...] | None = None
 
     vexkd = Student("lidar", "vexkd")
     camera, camera_without_depth = Student("camera"), Student("camera", depth_supervision=False)
-    return {
+    every = {
         "comparison": each("LiDAR student", Student("lidar")) + each("LiDAR student + VeXKD", vexkd)
         + each("camera student", Student("camera")) + each("camera student + VeXKD", Student("camera", "vexkd")),
         "components": each("baseline", Student("lidar")) + each("+ MGFM teacher (whole-map FD, low)",
@@ -111,3 +116,4 @@ def tables(seeds: tuple[int, ...], ablation_seeds: tuple[int, ...] | None = None
         + each("camera student without depth supervision", camera_without_depth)
         + each("camera student without depth supervision + VeXKD", replace(camera_without_depth, distill="vexkd")),
     }
+    return {name: rows for name, rows in every.items() if name in chosen}

@@ -30,9 +30,11 @@ def markdown(results: dict) -> str:
     summary = (f"Teacher: mAP {teacher['mAP']['mean']:.4f}, NDS {teacher['NDS']['mean']:.4f}, "
                f"mIoU {teacher['mIoU']['mean']:.4f}, {teacher['latency_ms']:.0f} ms, "
                f"{teacher['parameters'] / 1e6:.2f} M parameters.")
-    lines = ["# VeXKD experiment", "", "![Generated masks per task and level (first val sample)](masks.png)", "",
-             "![Attention maps of the BEV features: teacher, students before and after VeXKD](features.png)", "",
-             summary, "", SPREAD_NOTE, ""]
+    lines = ["# VeXKD experiment", ""]
+    if "comparison" in results["tables"]:  # the pictures are of the comparison's students
+        lines += ["![Generated masks per task and level (first val sample)](masks.png)", "",
+                  "![Attention maps of the BEV features: teacher, students before and after VeXKD](features.png)", ""]
+    lines += [summary, "", SPREAD_NOTE, ""]
     for table, rows in results["tables"].items():
         lines += _metric_table(f"## {TITLES[table]}", rows)
     lines += _robustness_table(results.get("robustness", {}))
@@ -56,7 +58,7 @@ def markdown(results: dict) -> str:
 
 def _per_class_rows(tables: dict) -> dict:
     """The rows whose per-class AP is shown: the comparison's and the camera table's."""
-    return {**tables["comparison"], **tables.get("camera", {})}
+    return {**tables.get("comparison", {}), **tables.get("camera", {})}
 
 
 def _metric_table(title: str, rows: dict) -> list[str]:
