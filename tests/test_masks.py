@@ -18,7 +18,8 @@ from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.distill.distiller import freeze
 from vexkd_core.distill.losses import MaskedDistillLoss
 from vexkd_core.distill.mask_generator import area_error, decide, dice_overlap
-from vexkd_core.distill.selectivity import SelectivityMeter, as_report, box_footprints, generator_diversity
+from vexkd_core.distill.selectivity import (SelectivityMeter, as_report, box_footprints, generator_diversity,
+                                            selectivity_table)
 from vexkd_core.models.vexkd import build_model
 from vexkd_core.structures import BEVGrid, Boxes3D
 from vexkd_train.masks import MaskSettings, build_generators, load_masks, masks_loss, teacher_task_loss, train_masks
@@ -93,6 +94,11 @@ def test_selectivity_tells_a_uniform_mask_from_a_selective_one():
     segmentation = SelectivityMeter("segmentation")
     segmentation.add(selective[None], region)
     assert segmentation.summary()[0].map_share == pytest.approx(3.6 / (3.6 + 60 * 0.05))
+    # A decided mask that lies only on the region: its ratio of means is "> 1000", not 1e9.
+    only_there = SelectivityMeter("detection")
+    only_there.add(torch.from_numpy(region.astype(np.float32))[None], region)
+    assert "| detection/low | 0 | 6.2% | 0.062 | 3.87 | > 1000 | - |" in selectivity_table(
+        as_report({"detection/low": only_there}))
 
 
 def test_diversity_counts_copies_and_uniform_masks_once_at_most():

@@ -127,7 +127,7 @@ def selectivity_table(report: dict[str, list[dict]]) -> str:
              "|---|---|---|---|---|---|---|"]
     for key, masks in report.items():
         for index, stats in enumerate(masks):
-            ratio = lambda name: f"{stats[name]:.2f}" if stats.get(name) is not None else "-"  # noqa: E731
+            ratio = lambda name: _ratio_cell(stats.get(name))  # noqa: E731
             lines.append(f"| {key} | {index} | {stats['above_half']:.1%} | {stats['mean']:.3f} | "
                          f"{stats['variation']:.2f} | {ratio('object_ratio')} | {ratio('map_ratio')} |")
     lines += ["", "| generator | masks | distinct | mean pairwise soft Dice | mean pairwise Dice of > 0.5 regions |",
@@ -137,6 +137,14 @@ def selectivity_table(report: dict[str, list[dict]]) -> str:
         lines.append(f"| {key} | {len(masks)} | {diversity.distinct} | {diversity.soft_dice:.2f} | "
                      f"{diversity.region_dice:.2f} |")
     return "\n".join(lines)
+
+
+def _ratio_cell(ratio: float | None) -> str:
+    """A ratio of means for the table; past 1000 the mask is (next to) nowhere else, and the
+    digits would only say how close to nowhere."""
+    if ratio is None:
+        return "-"
+    return f"{ratio:.2f}" if ratio < 1000 else "> 1000"
 
 
 def as_report(meters: dict[str, SelectivityMeter]) -> dict[str, list[dict]]:
