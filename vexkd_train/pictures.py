@@ -47,12 +47,12 @@ def _grid(rows: list[list[np.ndarray]]) -> np.ndarray:
 def masks_picture(teacher, generators: dict, batch) -> np.ndarray:
     """One row per generator (task/level), one panel per mask, all on one 0..1 colour scale
     (a per-panel stretch would make a uniform mask look selective); each title gives the
-    mask's share of cells above 0.5."""
+    mask's share of cells (the masks are decided: 0 or 1)."""
     output = teacher(batch)
     rows = []
     for key, generator in generators.items():
         masks = generator(getattr(output, key.split("/")[1]))[0].cpu().numpy()
-        rows.append([_panel(mask, f"{key} {t + 1}: {(mask > 0.5).mean():.0%} > 0.5", (0.0, 1.0))
+        rows.append([_panel(mask, f"{key} {t + 1}: {(mask > 0.5).mean():.1%}", (0.0, 1.0))
                      for t, mask in enumerate(masks)])
     grid = _grid(rows)
     return np.hstack([grid, _colour_bar(0.0, 1.0, grid.shape[0])])

@@ -4,10 +4,10 @@ The frozen teacher sees the same batch as the student; at each chosen level the 
 (generated, or one of the hand-made baselines) weight both feature maps before the
 distance. Generated masks stay per task: the detection generator's masks give the loss
 `distill_<level>_detection`, the segmentation generator's `distill_<level>_segmentation`,
-each the mean over its own masks. The multi-task student gets both, weighted by the
-level's weight times the task's share of the training weights (`train.detection_weight`,
-`train.map_weight`): each task's masks pull with that task's strength, and the two add up
-to the level's weight, as the single loss of a hand-made mask does, so the mask-choice
+each the mean over those of its masks that pick cells (MaskedDistillLoss). The multi-task
+student gets both, weighted by the level's weight times the task's share of the training
+weights (`train.detection_weight`, `train.map_weight`): each task's masks pull with that
+task's strength, and the two add up to the level's weight, as the single loss of a hand-made mask does, so the mask-choice
 rows compare masks and not loss scales. Nothing here becomes part of the student.
 """
 from __future__ import annotations

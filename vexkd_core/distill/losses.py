@@ -47,17 +47,21 @@ class MaskedDistillLoss(nn.Module):
         self.adapter = nn.Conv2d(student_channels, teacher_channels, 1) if needs_adapter else nn.Identity()
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """student/teacher (B, C, H, W); masks (B, T, H, W). Teacher and masks get no gradient."""
+        """student/teacher (B, C, H, W); masks (B, T, H, W). Teacher and masks get no gradient.
+        The mean runs over the (sample, mask) pairs where the mask picks a cell: an empty mask
+        (a decided one that takes no cell of this sample, a foreground mask without objects)
+        has nothing to compare, and counting its zero would shrink the loss with every empty
+        mask. 0 when no mask picks anything."""
         student = self.adapter(student.float())
         teacher, masks = teacher.detach().float(), masks.detach().float()
-        losses = []
-        for t in range(masks.shape[1]):
-            mask = masks[:, t:t + 1]
-            if self.kind == "at":
-                losses.append(feature_distance(student * mask, teacher * mask, "at"))
-                continue
-            per_sample = torch.stack([feature_distance(s * m, f * m, self.kind)
-                                      for s, f, m in zip(student, teacher, mask)])
-            power = 2 if self.kind == "mse" else 1
-            losses.append((per_sample / mask.pow(power).flatten(1).mean(1).clamp(min=1e-6)).mean())
-        return torch.stack(losses).mean()
+        distances = torch.stack([torch.stack([self._distance(s, f, m) for s, f, m in zip(student, teacher, mask)])
+                                 for mask in masks.unbind(1)])  # (T, B)
+        picked = (masks.flatten(2).sum(-1) > 0).T.float()  # (T, B)
+        return (distances * picked).sum() / picked.sum().clamp(min=1)
+
+    def _distance(self, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One sample's (C, H, W) features under one mask (H, W)."""
+        if self.kind == "at":
+            return feature_distance((student * mask)[None], (teacher * mask)[None], "at")
+        power = 2 if self.kind == "mse" else 1
+        return feature_distance(student * mask, teacher * mask, self.kind) / mask.pow(power).mean().clamp(min=1e-6)
