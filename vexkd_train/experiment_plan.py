@@ -80,8 +80,8 @@ HELDOUT_TABLES = ("comparison", "components", "masks", "camera")  # also evaluat
 
 
 def tables(seeds: tuple[int, ...], ablation_seeds: tuple[int, ...] | None = None,
-           chosen: tuple[str, ...] = TABLES) -> dict[str, list[tuple[str, Student]]]:
-    """Row label -> student, per table of `chosen` (the paper's ablations are on the LiDAR
+           names: tuple[str, ...] = TABLES) -> dict[str, list[tuple[str, Student]]]:
+    """Row label -> student, per table of `names` (the paper's ablations are on the LiDAR
     student). `ablation_seeds` (default: `seeds`) are those of the generator-blocks and
     distance tables."""
     def each(label: str, student: Student, chosen: tuple[int, ...] = seeds) -> list[tuple[str, Student]]:
@@ -116,4 +116,4 @@ def tables(seeds: tuple[int, ...], ablation_seeds: tuple[int, ...] | None = None
         + each("camera student without depth supervision", camera_without_depth)
         + each("camera student without depth supervision + VeXKD", replace(camera_without_depth, distill="vexkd")),
     }
-    return {name: rows for name, rows in every.items() if name in chosen}
+    return {name: rows for name, rows in every.items() if name in names}
