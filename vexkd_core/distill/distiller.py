@@ -8,7 +8,8 @@ each the mean over those of its masks that pick cells (MaskedDistillLoss). The m
 student gets both, weighted by the level's weight times the task's share of the training
 weights (`train.detection_weight`, `train.map_weight`): each task's masks pull with that
 task's strength, and the two add up to the level's weight, as the single loss of a
-hand-made mask does, so the mask-choice rows compare masks and not loss scales. Nothing here becomes part of the student.
+hand-made mask does, so the mask-choice rows compare masks and not loss scales. Nothing
+here becomes part of the student.
 """
 from __future__ import annotations
 
