@@ -23,9 +23,14 @@ def attention_map(feature: torch.Tensor) -> torch.Tensor:
     return F.normalize(feature.pow(2).mean(dim=1).flatten(1), dim=1)
 
 
+def attention_distances(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) x 2 -> (B,): the AT distance of each sample."""
+    return (attention_map(student) - attention_map(teacher)).pow(2).sum(dim=1)
+
+
 def feature_distance(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "at":
-        return (attention_map(student) - attention_map(teacher)).pow(2).sum(dim=1).mean()
+        return attention_distances(student, teacher).mean()
     if kind == "mse":
         return F.mse_loss(student, teacher)
     if kind == "l1":
@@ -54,14 +59,16 @@ class MaskedDistillLoss(nn.Module):
         mask. 0 when no mask picks anything."""
         student = self.adapter(student.float())
         teacher, masks = teacher.detach().float(), masks.detach().float()
-        distances = torch.stack([torch.stack([self._distance(s, f, m) for s, f, m in zip(student, teacher, mask)])
-                                 for mask in masks.unbind(1)])  # (T, B)
+        distances = torch.stack([self._distances(student, teacher, mask) for mask in masks.unbind(1)])  # (T, B)
         picked = (masks.flatten(2).sum(-1) > 0).T.float()  # (T, B)
         return (distances * picked).sum() / picked.sum().clamp(min=1)
 
-    def _distance(self, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """One sample's (C, H, W) features under one mask (H, W)."""
+    def _distances(self, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Each sample's distance under one mask (B, H, W): (B,). AT in one batched pass (it is
+        on every distilled step); the others per sample, divided by the mask's mean power."""
+        mask = mask[:, None]
         if self.kind == "at":
-            return feature_distance((student * mask)[None], (teacher * mask)[None], "at")
+            return attention_distances(student * mask, teacher * mask)
         power = 2 if self.kind == "mse" else 1
-        return feature_distance(student * mask, teacher * mask, self.kind) / mask.pow(power).mean().clamp(min=1e-6)
+        per_sample = torch.stack([feature_distance(s * m, f * m, self.kind) for s, f, m in zip(student, teacher, mask)])
+        return per_sample / mask.pow(power).flatten(1).mean(1).clamp(min=1e-6)

@@ -107,9 +107,8 @@ def decide(shares: torch.Tensor) -> torch.Tensor:
     could keep the task working by scaling the whole feature down, which attention transfer
     turns back into whole-map distillation; a decided one can only keep or drop a cell."""
     with torch.no_grad():
-        background = 1 - shares.sum(1, keepdim=True)
-        winner = torch.cat([shares, background], 1).argmax(1, keepdim=True)
-        hard = torch.zeros_like(background.expand(-1, shares.shape[1] + 1, -1, -1)).scatter_(1, winner, 1.0)
+        candidates = torch.cat([shares, 1 - shares.sum(1, keepdim=True)], 1)  # the background last
+        hard = torch.zeros_like(candidates).scatter_(1, candidates.argmax(1, keepdim=True), 1.0)
     return hard[:, :-1] + (shares - shares.detach())  # exactly 0 and 1, with the shares' gradient
 
 
