@@ -81,6 +81,8 @@ def test_every_distill_mode_trains_a_step_with_a_finite_loss_and_right_gradients
     student = build_model(CONFIG, "lidar").train()
     generators = load_masks(masks, teacher) if mode in ("vexkd", "random-query") else None
     distiller = Distiller(teacher, student, mode, ("low", "high"), "mse", {"low": 1.0, "high": 1.0}, generators)
+    # The trainer optimises the student's and the distiller's parameters: none may be both.
+    assert not {id(p) for p in distiller.parameters()} & {id(p) for p in student.parameters()}
     batch, targets = one_batch(source)
     output = student(batch)
     losses = distiller(student, batch, output, targets)
@@ -114,6 +116,20 @@ def test_distilled_student_is_the_baseline_architecture(source, teacher_and_mask
     assert checksum(teacher) == teacher_before == TEACHER_BEFORE["checksum"]
     log = (tmp_path / "kd" / "log.csv").read_text().splitlines()[0]
     assert all(name in log for name in GENERATED_LOSSES)
+    # AdamW stepped every parameter once per step, as for the baseline (a parameter listed twice
+    # would be stepped twice: twice the learning rate, and a confound in every distillation gain).
+    for run in ("base", "kd"):
+        optimizer = load_checkpoint(tmp_path / run / "last.pt")["optimizer"]
+        assert [float(state["step"]) for state in optimizer["state"].values()] == \
+            [2.0] * len(optimizer["param_groups"][0]["params"])
+
+
+def test_the_trainer_refuses_a_distiller_holding_the_students_parameters(source, tmp_path):
+    student = build_model(CONFIG, "lidar")
+    holder = torch.nn.Module()
+    holder.student = student
+    with pytest.raises(ValueError, match="twice"):
+        train(student, CONFIG, source, "lidar", RunOptions(tmp_path, max_steps=1, progress=False), holder)
 
 
 def test_attention_transfer_needs_no_adapter_and_detaches_teacher_and_masks():

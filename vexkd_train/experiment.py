@@ -37,6 +37,12 @@ from vexkd_train.trainer import RunOptions, train
 from vexkd_train.training_setup import build_distiller, initialise_from_lidar
 
 
+# In a distilled student's spec, so runs trained before a fix to distilled training are redone
+# rather than reused. 2: the student's parameters are stepped once per step (before, the
+# distiller also held them, and AdamW stepped them twice: twice the learning rate).
+DISTILLED_TRAINING_REVISION = 2
+
+
 def _spec(value: dict) -> dict:
     """As it is stored: through JSON, so tuples compare equal to their saved lists."""
     return json.loads(json.dumps(value))
@@ -95,6 +101,7 @@ class Experiment:
         inputs = {}
         if student.distill != "none":
             inputs["teacher"] = self._stamp(self.teacher(student.fuser))
+            inputs["distilled_training_revision"] = DISTILLED_TRAINING_REVISION
         if student.masks:
             inputs["masks"] = self._stamp(self.masks(student.masks))
         return _spec({"student": asdict(student), "schedule": self._schedule(), "config": self.config.to_dict(),

@@ -82,6 +82,8 @@ def train(model: torch.nn.Module, config: Config, source: NuScenesSource, modali
     parameters = [p for p in model.parameters() if p.requires_grad]
     if auxiliary is not None:
         auxiliary.to(device)
+        if {id(p) for p in auxiliary.parameters()} & {id(p) for p in model.parameters()}:
+            raise ValueError("the distiller holds the model's own parameters: AdamW would step them twice per step")
         parameters += [p for p in auxiliary.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.train.learning_rate, weight_decay=config.train.weight_decay)
     step = 0

@@ -53,8 +53,6 @@ class Distiller(nn.Module):
         if missing:
             raise ValueError(f"the masks have no {' or '.join(missing)} generators for this student's tasks "
                              f"(train.tasks={train.tasks})")
-        # GT-derived masks need detection targets: from the student's head, else the teacher's.
-        self.box_target_model = student if student.heads.detection_head is not None else teacher
         teacher_channels = {"low": teacher.heads.decoder.low_channels, "high": teacher.heads.decoder.out_channels}
         student_channels = {"low": student.heads.decoder.low_channels, "high": student.heads.decoder.out_channels}
         self.losses = nn.ModuleDict({level: MaskedDistillLoss(student_channels[level], teacher_channels[level], distance)
@@ -80,7 +78,11 @@ class Distiller(nn.Module):
         with torch.no_grad():
             teacher_output = self.teacher(batch)
             if box_targets is None and self.mode in ("foreground", "gaussian"):
-                box_targets = detection_targets(self.box_target_model, targets, output.low.device)
+                # GT-derived masks need detection targets: from the student's head, else the teacher's.
+                # (Chosen here, not kept as an attribute: a module attribute would make the student a
+                # submodule, and its parameters the distiller's, optimised twice.)
+                target_model = student if student.heads.detection_head is not None else self.teacher
+                box_targets = detection_targets(target_model, targets, output.low.device)
         heatmap = box_targets["heatmap"] if box_targets is not None else None
         losses = {}
         for level in self.levels:
