@@ -51,6 +51,8 @@ def test_resumed_training_ends_with_the_same_weights(tiny_world, tmp_path):
         assert torch.equal(a[name], b[name]), name
     log = (tmp_path / "resumed" / "log.csv").read_text().splitlines()
     assert log[0].startswith("step,epoch,lr,loss") and len(log) == 5
+    run("resumed", 2)  # trained again from scratch in the same folder: its log is this run's alone
+    assert len((tmp_path / "resumed" / "log.csv").read_text().splitlines()) == 3
 
 
 def test_two_process_torchrun_keeps_ranks_identical(tiny_world, tmp_path):

@@ -117,6 +117,8 @@ def train(model: torch.nn.Module, config: Config, source: NuScenesSource, modali
     use_amp = device.type == "cuda"
     bar = tqdm(total=total, initial=step, desc=f"train {modality}", unit="step", disable=rank != 0 or not options.progress)
     log_path = run_dir / "log.csv"
+    if step == 0 and rank == 0:
+        log_path.unlink(missing_ok=True)  # a fresh run's log starts empty, not after an earlier run's rows
     while step < total:
         epoch = step // per_epoch
         sampler.set_epoch(epoch, skip_batches=step % per_epoch)
