@@ -98,8 +98,10 @@ class FusionConfig:
     ffn_channels: int = 64
     symmetric_mode: str = "levels"  # "levels": one attention, two levels; "branches": two averaged
     # Query grid = BEV grid / downsample; values are still sampled from the full-resolution
-    # modality maps. 1 is the paper's setup; the CPU preset uses 2 (4x fewer queries).
-    downsample: int = 2
+    # modality maps. 1 is the paper's setup, in both presets: at 2 (4x fewer queries) the
+    # tiny teacher, fused from a LiDAR start, fell to val mAP 0.210 against the LiDAR
+    # student's 0.341 (0.387 at 1) for 0.8x its training time.
+    downsample: int = 1
 
 
 @dataclass(frozen=True)
