@@ -60,7 +60,8 @@ class Harness:
         self.objects: dict[int, Detection3DArray] = {}
         self.arrivals: list[tuple[float, int]] = []  # (wall time, stamp) of each objects message
         self.maps: dict[str, dict[int, OccupancyGrid]] = {}
-        self.node.create_subscription(Detection3DArray, f"/{node_name}/output/objects", self._on_objects, 100)
+        self.objects_subscription = self.node.create_subscription(Detection3DArray, f"/{node_name}/output/objects",
+                                                                  self._on_objects, 100)
         self.velocities: dict[int, PointCloud2] = {}
         self.node.create_subscription(PointCloud2, f"/{node_name}/output/objects/velocities",
                                       lambda m: self.velocities.__setitem__(stamp_to_ns(m.header.stamp), m), 100)
@@ -111,8 +112,9 @@ class Harness:
         def connected() -> bool:
             if process.poll() is not None:
                 raise AssertionError(f"the node exited with {process.returncode}:\n{process.stdout.read()}")
-            return self.node.count_subscribers(input_topic) > 0 and \
-                self.node.count_publishers(f"/{self.node_name}/output/objects") > 0
+            # Matched, not only in the graph: an answer sent before our subscription matched its
+            # publisher would be lost.
+            return self.node.count_subscribers(input_topic) > 0 and self.objects_subscription.get_publisher_count() > 0
         self.spin_until(connected, timeout_s, f"{self.node_name} to start")
         time.sleep(0.3)  # let both ends finish matching
 
