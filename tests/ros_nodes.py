@@ -116,7 +116,6 @@ class Harness:
             # publisher would be lost.
             return self.node.count_subscribers(input_topic) > 0 and self.objects_subscription.get_publisher_count() > 0
         self.spin_until(connected, timeout_s, f"{self.node_name} to start")
-        time.sleep(0.3)  # let both ends finish matching
 
     def answered(self, stamp_ns: int, timeout_s: float = 60.0) -> Detection3DArray:
         self.spin_until(lambda: stamp_ns in self.objects, timeout_s, f"an answer to the input stamped {stamp_ns}")
