@@ -222,8 +222,7 @@ def test_camera_node_survives_bad_images_and_calibration(checkpoints, tiny_world
                 if message is not trigger:
                     harness.publish(message.topic, replacement if message.topic == replace_topic else message.msg)
             time.sleep(0.05)
-            harness.publish(trigger.topic, trigger.msg)
-            return harness.answered(trigger.stamp_ns)
+            return harness.offer_until_answered(trigger.topic, trigger.msg, trigger.stamp_ns)
 
         replay()
         header = trigger.msg.header
@@ -301,8 +300,7 @@ def test_parameters_set_at_run_time_apply_or_are_refused(checkpoints, rclpy_cont
         harness.wait_until_connected(process, "/LIDAR_TOP")
         harness.connect({"/LIDAR_TOP": cloud(0, 1), "/tf": TFMessage(), "/tf_static": TFMessage()})
         static_and_pose(harness, [k * second // 10 for k in range(0, 200)])
-        harness.publish("/LIDAR_TOP", cloud(10 * second))
-        before = harness.answered(10 * second)
+        before = harness.offer_until_answered("/LIDAR_TOP", cloud(10 * second), 10 * second)
         assert len(before.detections) > 0
 
         refused = set_parameters(harness, NODE["lidar"], checkpoint="/elsewhere.pt", sweeps=3, score_threshold=2.0,
@@ -313,13 +311,13 @@ def test_parameters_set_at_run_time_apply_or_are_refused(checkpoints, rclpy_cont
         applied = set_parameters(harness, NODE["lidar"], score_threshold=1.0, publish_markers=False,
                                  map_classes=["divider"])
         assert all(result.successful for result in applied.values()), applied
-        harness.publish("/LIDAR_TOP", cloud(11 * second))
-        assert len(harness.answered(11 * second).detections) == 0  # no score reaches 1.0
+        strict = harness.offer_until_answered("/LIDAR_TOP", cloud(11 * second), 11 * second)
+        assert len(strict.detections) == 0  # no score reaches 1.0
         harness.spin_until(lambda: harness.node.count_publishers(markers) == 0 and
                            harness.node.count_publishers(drivable) == 0, 30, "markers and drivable_area to stop")
         assert set_parameters(harness, NODE["lidar"], score_threshold=-1.0)["score_threshold"].successful
-        harness.publish("/LIDAR_TOP", cloud(12 * second))
-        assert len(harness.answered(12 * second).detections) == len(before.detections)  # the checkpoint's again
+        again = harness.offer_until_answered("/LIDAR_TOP", cloud(12 * second), 12 * second)
+        assert len(again.detections) == len(before.detections)  # the checkpoint's threshold again
     finally:
         output = stop_node(process)
     assert process.returncode == 0, output
