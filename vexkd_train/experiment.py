@@ -32,7 +32,7 @@ from vexkd_train.evaluate import evaluate
 from vexkd_train.experiment_plan import (FUSER_LABELS, HELDOUT_TABLES, SENSOR_CASES, SUITES, MaskRun, Student,
                                          TABLES, Suite, tables)
 from vexkd_train.experiment_report import markdown, spread
-from vexkd_train.masks import MaskSettings, train_masks
+from vexkd_train.masks import MASKS_FORMAT, MaskSettings, train_masks
 from vexkd_train.trainer import RunOptions, train
 from vexkd_train.training_setup import build_distiller, initialise_from_lidar
 
@@ -158,7 +158,7 @@ class Experiment:
         folder = self.out / "runs" / run.name
         settings = MaskSettings(blocks=run.blocks, random_query=run.random_query, epochs=self.suite.mask_epochs)
         teacher = self.teacher()
-        spec = _spec({"masks": asdict(settings), "data": self._identity(self.dataroot),
+        spec = _spec({"masks": asdict(settings), "format": MASKS_FORMAT, "data": self._identity(self.dataroot),
                       "inputs": {"teacher": self._stamp(teacher)}})
         if not self._done(folder, spec, "masks.pt"):
             self._refuse_shared_training(run.name)
