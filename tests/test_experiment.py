@@ -42,6 +42,10 @@ def test_quick_suite_end_to_end_then_resumes_without_retraining(tiny_world, tmp_
     # The selectivity report of the generators the mask-choice table uses, per mask.
     assert set(results["selectivity"]) == {"fusion query (VeXKD)", "random query"}
     assert len(results["selectivity"]["fusion query (VeXKD)"]["detection/low"]) == 6
+    # How alike the two generators' masks are: the query ablation means something only if they differ.
+    agreement = results["mask_agreement"]
+    assert set(agreement) == set(results["selectivity"]["random query"])
+    assert all(0.0 <= value <= 1.0 for values in agreement.values() for value in values.values())
     for table in results["tables"].values():
         for entry in table.values():
             assert 0.0 <= entry["NDS"]["mean"] <= 1.0 and 0.0 <= entry["mIoU"]["mean"] <= 1.0
@@ -69,6 +73,7 @@ def test_quick_suite_end_to_end_then_resumes_without_retraining(tiny_world, tmp_
     assert "## Training split against val (generalisation check)" in markdown
     assert "## Each teacher with a sensor missing (val)" in markdown
     assert "## Mask selectivity on val: generators from the fusion query (VeXKD)" in markdown
+    assert "## Fusion-query against random-query masks on val" in markdown
     # Per-class AP: what mAP averages, next to how many val objects each class has.
     val_objects = NuScenesSource(dataroot, world.version, "val", 0).objects_per_class()
     assert results["val_objects"] == val_objects and set(val_objects) == set(DETECTION_CLASSES)

@@ -18,8 +18,8 @@ from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.distill.distiller import freeze
 from vexkd_core.distill.losses import MaskedDistillLoss
 from vexkd_core.distill.mask_generator import area_error, decide, dice_overlap
-from vexkd_core.distill.selectivity import (SelectivityMeter, as_report, box_footprints, generator_diversity,
-                                            selectivity_table)
+from vexkd_core.distill.selectivity import (AgreementMeter, SelectivityMeter, agreement_table, as_report,
+                                            box_footprints, generator_diversity, selectivity_table)
 from vexkd_core.models.vexkd import build_model
 from vexkd_core.structures import BEVGrid, Boxes3D
 from vexkd_train.masks import MaskSettings, build_generators, load_masks, masks_loss, teacher_task_loss, train_masks
@@ -116,6 +116,24 @@ def test_diversity_counts_copies_and_uniform_masks_once_at_most():
     # The copy and the two uniform masks are not distinct; soft Dice alone calls the uniform ones different.
     assert diversity.distinct == 2 and rows[3]["soft_dice"][4] < 0.5
     assert diversity.region_dice == pytest.approx(2 / 10)  # pairs (0, 1) and (3, 4) of 10
+
+
+def test_agreement_tells_the_same_masks_in_another_order_from_other_masks():
+    cells = torch.zeros(3, 8, 8)
+    cells[0, :2], cells[1, 2:4], cells[2, 4:6] = 1, 1, 1  # three disjoint masks, rows 6-7 background
+    same = AgreementMeter()
+    same.add(cells, cells.flip(0))  # the same masks, listed in another order
+    assert same.summary() == {"union_dice": 1.0, "best_dice": 1.0}
+    other = AgreementMeter()
+    elsewhere = torch.zeros(3, 8, 8)
+    elsewhere[:, 6:] = cells[:, :2]  # the first mask's rows moved into the background, the others gone
+    other.add(cells, elsewhere)
+    assert other.summary() == {"union_dice": 0.0, "best_dice": 0.0}
+    half = AgreementMeter()
+    half.add(cells, torch.cat([cells[:2], torch.zeros(1, 8, 8)]))  # two of three kept
+    assert half.summary()["union_dice"] == pytest.approx(2 * 32 / (48 + 32))
+    assert half.summary()["best_dice"] == pytest.approx(2 / 3)
+    assert "| detection/low | 0.80 | 0.67 |" in agreement_table({"detection/low": half.summary()})
 
 
 def test_attention_transfer_of_a_uniform_mask_is_the_whole_map():

@@ -21,10 +21,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from vexkd_core.checkpoint import model_from_checkpoint
 from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.config import Config, load_config
 from vexkd_core.data.dataset import model_source
 from vexkd_core.data.nuscenes_source import NuScenesSource
+from vexkd_core.distill.distiller import freeze
 from vexkd_core.fingerprint import dataset_identity, file_stamp
 from vexkd_core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from vexkd_core.models.vexkd import build_model
@@ -32,7 +34,7 @@ from vexkd_train.evaluate import evaluate
 from vexkd_train.experiment_plan import (FUSER_LABELS, HELDOUT_TABLES, SENSOR_CASES, SUITES, MaskRun, Student,
                                          TABLES, Suite, tables)
 from vexkd_train.experiment_report import markdown, spread
-from vexkd_train.masks import MASKS_FORMAT, MaskSettings, train_masks
+from vexkd_train.masks import MASKS_FORMAT, MaskSettings, load_masks, measure_agreement, train_masks
 from vexkd_train.trainer import RunOptions, train
 from vexkd_train.training_setup import build_distiller, initialise_from_lidar
 
@@ -162,8 +164,8 @@ class Experiment:
                       "inputs": {"teacher": self._stamp(teacher)}})
         if not self._done(folder, spec, "masks.pt"):
             self._refuse_shared_training(run.name)
-            val = model_source(self.dataroot, self.version, "val", self.config, False, nusc=self.train_source.nusc)
-            train_masks(teacher, self.train_source, folder, settings, progress=self.progress, report_source=val)
+            train_masks(teacher, self.train_source, folder, settings, progress=self.progress,
+                        report_source=self._val_model_source())
             atomic_write_json(folder / "spec.json", spec)
         return folder / "masks.pt"
 
@@ -175,6 +177,16 @@ class Experiment:
         """The selectivity report (on val) of the generators the mask-choice table uses."""
         return {label: json.loads((self.masks(run).parent / "selectivity.json").read_text())
                 for label, run in (("fusion query (VeXKD)", MaskRun()), ("random query", MaskRun(random_query=True)))}
+
+    def mask_agreement(self) -> dict[str, dict]:
+        """How alike the fusion-query and the random-query generators' masks are on val: the
+        ablation only tests the query if they differ."""
+        teacher, _, _ = model_from_checkpoint(self.teacher(), expected_modality="fusion")
+        fusion, random = (load_masks(self.masks(run), teacher) for run in (MaskRun(), MaskRun(random_query=True)))
+        return measure_agreement(freeze(teacher), fusion, random, self._val_model_source(), progress=self.progress)
+
+    def _val_model_source(self) -> NuScenesSource:
+        return model_source(self.dataroot, self.version, "val", self.config, False, nusc=self.train_source.nusc)
 
     def robustness(self) -> dict[str, dict]:
         """Each teacher on val with both sensors, LiDAR only and camera only: a fuser that leans
@@ -292,6 +304,7 @@ class Experiment:
         results["val_objects"] = val.objects_per_class()
         if "masks" in plan:
             results["selectivity"] = self.selectivity()
+            results["mask_agreement"] = self.mask_agreement()
         if "fusers" in plan:
             results["robustness"] = self.robustness()
         if self.heldout is not None:

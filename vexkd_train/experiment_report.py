@@ -8,7 +8,7 @@ from __future__ import annotations
 import statistics
 
 from vexkd_core.classes import DETECTION_CLASSES
-from vexkd_core.distill.selectivity import selectivity_table
+from vexkd_core.distill.selectivity import agreement_table, selectivity_table
 
 TITLES = {"comparison": "Teacher and students", "components": "Components (LiDAR student)",
           "masks": "Mask choice (LiDAR student)", "blocks": "Mask-generator blocks (LiDAR student)",
@@ -40,6 +40,11 @@ def markdown(results: dict) -> str:
     lines += _robustness_table(results.get("robustness", {}))
     for label, report in results.get("selectivity", {}).items():
         lines += [f"## Mask selectivity on val: generators from the {label}", "", selectivity_table(report), ""]
+    if "mask_agreement" in results:
+        lines += ["## Fusion-query against random-query masks on val", "",
+                  "Each generator's decided masks against those of its random-query ablation, per sample and "
+                  "averaged: near 1, the two rows of the mask-choice table distil with the same masks.", "",
+                  agreement_table(results["mask_agreement"]), ""]
     validation = {"teacher": teacher, **_per_class_rows(results["tables"])}
     lines += _training_split_table(results["training_split"], validation)
     lines += _per_class_table(validation, results["val_objects"])

@@ -244,20 +244,41 @@ def train_masks(teacher_checkpoint: Path, source: NuScenesSource, out: Path, set
     return path
 
 
+def teacher_outputs(teacher, source: NuScenesSource, device: str, what: str, progress: bool):
+    """(sample, targets, the teacher's output) for every sample of `source`, unaugmented."""
+    from vexkd_core.data.preprocess import collate, preprocess
+
+    for index in tqdm(range(len(source)), desc=what, unit="sample", disable=not progress):
+        sample = source.sample(index)
+        inputs, targets = preprocess(sample, teacher.config)
+        yield sample, targets, teacher(collate([inputs]).to(device))
+
+
+@torch.no_grad()
+def measure_agreement(teacher, first: dict[str, MaskGenerator], second: dict[str, MaskGenerator],
+                      source: NuScenesSource, device: str = "cpu", progress: bool = True) -> dict[str, dict]:
+    """How alike two sets of generators' masks are on `source` (AgreementMeter), per generator."""
+    from vexkd_core.distill.selectivity import AgreementMeter
+
+    meters = {key: AgreementMeter() for key in first}
+    for _, _, output in teacher_outputs(teacher, source, device, "mask agreement", progress):
+        for key, meter in meters.items():
+            feature = getattr(output, key.split("/")[1])
+            meter.add(first[key].eval()(feature)[0], second[key].eval()(feature)[0])
+    return {key: meter.summary() for key, meter in meters.items()}
+
+
 @torch.no_grad()
 def measure_selectivity(teacher, generators: dict[str, MaskGenerator], source: NuScenesSource, device: str = "cpu",
                         progress: bool = True) -> dict[str, list[dict]]:
     """Selectivity of every generator's masks over the samples of `source`, unaugmented."""
-    from vexkd_core.data.preprocess import Augmentation, collate, map_targets, preprocess
+    from vexkd_core.data.preprocess import Augmentation, map_targets
     from vexkd_core.distill.selectivity import SelectivityMeter, as_report, box_footprints
 
     config = teacher.config
     grid = config.grid.bev
     meters = {key: SelectivityMeter(key.split("/")[0]) for key in generators}
-    for index in tqdm(range(len(source)), desc="mask selectivity", unit="sample", disable=not progress):
-        sample = source.sample(index)
-        inputs, targets = preprocess(sample, config)
-        output = teacher(collate([inputs]).to(device))
+    for sample, targets, output in teacher_outputs(teacher, source, device, "mask selectivity", progress):
         # A split without annotations (nuScenes test) still gets the mask-only statistics.
         regions = {"detection": None if targets is None else box_footprints(targets.boxes, grid),
                    "segmentation": None if sample.map_masks is None
@@ -318,15 +339,11 @@ def export_masks(teacher_checkpoint: Path, masks_path: Path, source: NuScenesSou
     Written sample by sample: a nuScenes split's masks run to gigabytes."""
     import numpy as np
 
-    from vexkd_core.data.preprocess import collate, preprocess
-
-    teacher, config, _ = model_from_checkpoint(teacher_checkpoint, expected_modality="fusion")
+    teacher, _, _ = model_from_checkpoint(teacher_checkpoint, expected_modality="fusion")
     teacher.to(device)
     generators = {key: generator.to(device).eval() for key, generator in load_masks(masks_path, teacher).items()}
     with atomic_npz(out) as add:
-        for index in tqdm(range(len(source)), desc="export masks", unit="sample", disable=not progress):
-            sample = source.sample(index)
-            output = teacher(collate([preprocess(sample, config)[0]]).to(device))
+        for sample, _, output in teacher_outputs(teacher, source, device, "export masks", progress):
             for key, generator in generators.items():
                 task, level = key.split("/")
                 add(f"{sample.token}/{task}/{level}", generator(getattr(output, level))[0].cpu().numpy().astype(

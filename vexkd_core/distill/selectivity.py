@@ -139,6 +139,35 @@ def selectivity_table(report: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+class AgreementMeter:
+    """How alike two generators' masks are on the same samples (the fusion-query and the
+    random-query ablation), whatever order each put its masks in:
+    - `union_dice`: Dice of the cells any mask of one takes with those of the other;
+    - `best_dice`: per mask of the first, its best Dice with a mask of the second, averaged.
+    1 and 1 would make the ablation a comparison of one set of masks with itself."""
+
+    def __init__(self):
+        self.union: list[float] = []
+        self.best: list[float] = []
+
+    def add(self, first: torch.Tensor, second: torch.Tensor) -> None:
+        """first, second: (T, H, W) masks of one sample."""
+        first, second = (masks.detach().float().cpu().numpy() > 0.5 for masks in (first, second))
+        union = dice_matrix(np.stack([first.any(0), second.any(0)]))
+        self.union.append(float(union[0, 1]))
+        both = dice_matrix(np.concatenate([first, second]))
+        self.best.append(float(both[:len(first), len(first):].max(axis=1).mean()))
+
+    def summary(self) -> dict[str, float]:
+        return {"union_dice": float(np.mean(self.union)), "best_dice": float(np.mean(self.best))}
+
+
+def agreement_table(agreement: dict[str, dict[str, float]]) -> str:
+    lines = ["| generator | Dice of the cells any mask takes | best Dice per mask (mean) |", "|---|---|---|"]
+    lines += [f"| {key} | {values['union_dice']:.2f} | {values['best_dice']:.2f} |" for key, values in agreement.items()]
+    return "\n".join(lines)
+
+
 def _ratio_cell(ratio: float | None) -> str:
     """A ratio of means for the table; past 1000 the mask is (next to) nowhere else, and the
     digits would only say how close to nowhere."""
