@@ -53,8 +53,8 @@ class MaskGenerator(nn.Module):
                      ffn_channels: int, random_query: bool = False, seed: int = 0,
                      query_size: tuple[int, int] = (0, 0), query_dim: int = 0) -> "MaskGenerator":
         """The VeXKD generator: query (layer-normalised) and position copied from the teacher's
-        MGFM (or random with the same shape and scale, for the ablation). A fuser without a query (ConvFuser)
-        takes a random query of `query_size` cells x `query_dim` channels."""
+        MGFM (or random with the same shape and scale, for the ablation). A fuser without a
+        query (ConvFuser) takes a random query of `query_size` cells x `query_dim` channels."""
         if isinstance(fusion, MGFM):
             query, position = fusion.bev_query.detach(), fusion.bev_position.detach()
             query_size = (fusion.height, fusion.width)
