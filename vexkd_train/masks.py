@@ -59,9 +59,9 @@ from vexkd_core.io import atomic_npz, atomic_write_bytes, atomic_write_json
 from vexkd_core.models.vexkd import detection_targets as batch_detection_targets
 from vexkd_train.trainer import warmup_cosine
 
-# 3: a background logit, soft masks by softmax; 4: masks decided per cell; 5: the query
-# starts layer-normalised (generators of 4 were trained from a query too faint to count).
-MASKS_FORMAT = 5
+# 3: a background logit, soft masks by softmax; 4: masks decided per cell; 5 (1832a31,
+# withdrawn): the query layer-normalised. 6: 4 again, so that no generator of 5 is reused.
+MASKS_FORMAT = 6
 
 
 @dataclass(frozen=True)

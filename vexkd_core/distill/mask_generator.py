@@ -52,9 +52,9 @@ class MaskGenerator(nn.Module):
     def from_teacher(cls, fusion: nn.Module, feature_channels: int, masks: int, blocks: int, heads: int, points: int,
                      ffn_channels: int, random_query: bool = False, seed: int = 0,
                      query_size: tuple[int, int] = (0, 0), query_dim: int = 0) -> "MaskGenerator":
-        """The VeXKD generator: query (layer-normalised) and position copied from the teacher's
-        MGFM (or random with the same shape and scale, for the ablation). A fuser without a
-        query (ConvFuser) takes a random query of `query_size` cells x `query_dim` channels."""
+        """The VeXKD generator: query and position copied from the teacher's MGFM (or random
+        with the same shape and scale, for the ablation). A fuser without a query (ConvFuser)
+        takes a random query of `query_size` cells x `query_dim` channels."""
         if isinstance(fusion, MGFM):
             query, position = fusion.bev_query.detach(), fusion.bev_position.detach()
             query_size = (fusion.height, fusion.width)
@@ -69,13 +69,12 @@ class MaskGenerator(nn.Module):
             generator = torch.Generator().manual_seed(seed)
             query = torch.randn(shape, generator=generator) * scales[0]
             position = torch.randn(shape, generator=generator) * scales[1]
-        # The MGFM reads its query through its first Add&Norm, at unit scale per cell; the raw
-        # parameter stays near the 0.02 it started at, 6 % of what a generator's first attention
-        # adds to it. Copied raw, it hardly counted: fusion- and random-query generators gave
-        # masks 90-95 % alike, and a noise query moved a trained generator's masks on 3-8 % of
-        # cells. Layer-normalised, as the MGFM sees it (an N(0, 1) query like BEVFormer's
-        # instead cost the teacher a third of its detection mAP).
-        query = F.layer_norm(query, query.shape[-1:])
+        # Copied raw. The MGFM's query (std ~0.02) is a few % of what a generator's first
+        # attention adds, so the masks follow the teacher's feature and are near those of a
+        # random query (union Dice 0.80-0.94 on the demo). Layer-normalised (1832a31,
+        # withdrawn) the query decided the masks, but this teacher's query is still 85 % its
+        # random init (per-cell cosine), so the masks became a per-cell dither
+        # (docs/mask_choice_results.md).
         return cls(feature_channels, query, position, query_size, masks, blocks, heads, points, ffn_channels)
 
     def start_at_area(self, area: float) -> "MaskGenerator":
