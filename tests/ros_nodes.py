@@ -58,6 +58,7 @@ class Harness:
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
         self.publishers = {}
+        self.offers: dict[int, int] = {}  # stamp -> times offer_until_answered published it
         self.objects: dict[int, Detection3DArray] = {}
         self.arrivals: list[tuple[float, int]] = []  # (wall time, stamp) of each objects message
         self.maps: dict[str, dict[int, OccupancyGrid]] = {}
@@ -126,12 +127,16 @@ class Harness:
                              every_s: float = 5.0) -> Detection3DArray:
         """Publish a trigger again every `every_s` until the node answers it.
 
-        Sensor inputs are best effort with depth 1: a copy may be lost, and a node that took
-        the trigger before the messages sent just ahead of it (its first camera_info, say) is
-        right to skip it. Only for triggers whose repeats the test does not count.
+        A node skips work nobody subscribes to, and its output publisher may match our
+        subscription a moment after ours matched it (discovery matches each side on its own),
+        so a first answer can be skipped; sensor inputs are best effort with depth 1, so a copy
+        may be lost; and a node that took the trigger before the messages sent just ahead of it
+        (its first camera_info, say) is right to skip it. Only for triggers whose repeats the
+        test does not count (a repeat replaces the held sweep or image of the same stamp).
         """
         deadline = time.monotonic() + timeout_s
         while True:
+            self.offers[stamp_ns] = self.offers.get(stamp_ns, 0) + 1
             self.publish(topic, msg)
             try:
                 return self.answered(stamp_ns, min(every_s, max(deadline - time.monotonic(), 0.05)))
