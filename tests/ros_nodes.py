@@ -58,7 +58,6 @@ class Harness:
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
         self.publishers = {}
-        self.offers: dict[int, int] = {}  # stamp -> times offer_until_answered published it
         self.objects: dict[int, Detection3DArray] = {}
         self.arrivals: list[tuple[float, int]] = []  # (wall time, stamp) of each objects message
         self.maps: dict[str, dict[int, OccupancyGrid]] = {}
@@ -136,7 +135,6 @@ class Harness:
         """
         deadline = time.monotonic() + timeout_s
         while True:
-            self.offers[stamp_ns] = self.offers.get(stamp_ns, 0) + 1
             self.publish(topic, msg)
             try:
                 return self.answered(stamp_ns, min(every_s, max(deadline - time.monotonic(), 0.05)))
