@@ -143,6 +143,14 @@ class Harness:
                     raise AssertionError(f"timed out after {timeout_s} s waiting for an answer to the input "
                                          f"stamped {stamp_ns}, offered every {every_s} s") from None
 
+    def answer_to(self, topic: str, msg, stamp_ns: int) -> Detection3DArray:
+        """Publish a trigger and wait for its answer: once, or, while the node has not answered
+        yet, offered until answered (offer_until_answered)."""
+        if not self.objects:
+            return self.offer_until_answered(topic, msg, stamp_ns)
+        self.publish(topic, msg)
+        return self.answered(stamp_ns)
+
     def boxes(self, stamp_ns: int, timeout_s: float = 60.0) -> Boxes3D:
         """The answer to `stamp_ns` as boxes, velocities from the node's velocity output."""
         answer = self.answered(stamp_ns, timeout_s)

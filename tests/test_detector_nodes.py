@@ -115,20 +115,17 @@ def test_node_answers_each_key_frame_as_eval_predicts(modality, backend, checkpo
         harness.publish("/tf_static", scene.static_transforms().msg)
         compared = 0
         for record in feed_order(scene.records, modality):
-            if is_trigger(modality, record):
-                time.sleep(0.05)  # what came before the trigger has arrived, as in a live stream
             messages = list(scene.record_messages(record))
+            trigger = next((m for m in messages if m.topic == trigger_topic(modality)), None) \
+                if is_trigger(modality, record) else None
             for message in messages:
-                harness.publish(message.topic, message.msg)
-            if not is_trigger(modality, record):
+                if message is not trigger:
+                    harness.publish(message.topic, message.msg)
+            if trigger is None:
                 continue
+            time.sleep(0.05)  # what came before the trigger has arrived, as in a live stream
             stamp = record["timestamp"] * 1000
-            if not harness.objects:
-                # The first answer: see Harness.offer_until_answered.
-                trigger = next(m for m in messages if m.topic == trigger_topic(modality))
-                answer = harness.offer_until_answered(trigger.topic, trigger.msg, stamp)
-            else:
-                answer = harness.answered(stamp)
+            answer = harness.answer_to(trigger.topic, trigger.msg, stamp)
             expected_frame = "LIDAR_TOP"  # the camera node's bev_frame defaults to the trained LiDAR frame
             assert answer.header.frame_id == expected_frame and stamp_to_ns(answer.header.stamp) == stamp
             if not record["is_key_frame"]:
@@ -360,11 +357,7 @@ def test_lidar_node_keeps_tf_through_bad_transforms_and_any_fixed_frame(checkpoi
                     harness.publish("/LIDAR_TOP", cloud(stamp, 5000, frame=""))
                     time.sleep(0.2)
                 continue
-            if harness.objects:
-                harness.publish("/LIDAR_TOP", cloud(stamp, 5000, frame="LIDAR_TOP"))
-                harness.answered(stamp)
-            else:  # the first answer: see Harness.offer_until_answered
-                harness.offer_until_answered("/LIDAR_TOP", cloud(stamp, 5000, frame="LIDAR_TOP"), stamp)
+            harness.answer_to("/LIDAR_TOP", cloud(stamp, 5000, frame="LIDAR_TOP"), stamp)
         harness.executor.spin_once(timeout_sec=0.5)
         assert stamps[8] not in harness.objects  # no answer with frame_id ''
         assert all(answer.header.frame_id == "LIDAR_TOP" for answer in harness.objects.values())

@@ -90,12 +90,15 @@ def test_quick_suite_end_to_end_then_resumes_without_retraining(tiny_world, tmp_
     assert held["tables"]["masks"]["whole map"]["mIoU"] == results["tables"]["masks"]["whole map"]["mIoU"]
     assert f"# Held-out world: val split of {dataroot}" in markdown
     held_files = {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/heldout.json")}
+    agreement_file = tmp_path / "runs" / "mask-agreement.json"
+    agreement_written = agreement_file.stat().st_mtime_ns
 
     again = run_experiment(dataroot, world.version, tmp_path, "quick", progress=False, heldout=dataroot)
     assert {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/metrics.json")} == runs
     assert {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/training_split.json")} \
         == fit_files
     assert {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/heldout.json")} == held_files
+    assert agreement_file.stat().st_mtime_ns == agreement_written  # the teacher is not run over val again
     assert json.dumps(again, sort_keys=True) == json.dumps(results, sort_keys=True)
 
 

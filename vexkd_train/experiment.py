@@ -180,10 +180,19 @@ class Experiment:
 
     def mask_agreement(self) -> dict[str, dict]:
         """How alike the fusion-query and the random-query generators' masks are on val: the
-        ablation only tests the query if they differ."""
-        teacher, _, _ = model_from_checkpoint(self.teacher(), expected_modality="fusion")
-        fusion, random = (load_masks(self.masks(run), teacher) for run in (MaskRun(), MaskRun(random_query=True)))
-        return measure_agreement(freeze(teacher), fusion, random, self._val_model_source(), progress=self.progress)
+        ablation only tests the query if they differ. Kept in runs/mask-agreement.json while
+        the teacher, both generators and the dataset stay the same (it runs the teacher over val)."""
+        teacher_path = self.teacher()
+        fusion_path, random_path = (self.masks(run) for run in (MaskRun(), MaskRun(random_query=True)))
+        key = _spec({"teacher": self._stamp(teacher_path), "fusion_query": self._stamp(fusion_path),
+                     "random_query": self._stamp(random_path), "data": self._identity(self.dataroot)})
+
+        def measure() -> dict:
+            teacher, _, _ = model_from_checkpoint(teacher_path, expected_modality="fusion")
+            fusion, random = (load_masks(path, teacher) for path in (fusion_path, random_path))
+            return measure_agreement(freeze(teacher), fusion, random, self._val_model_source(), progress=self.progress)
+
+        return _kept(self.out / "runs" / "mask-agreement.json", key, "agreement", measure)
 
     def _val_model_source(self) -> NuScenesSource:
         return model_source(self.dataroot, self.version, "val", self.config, False, nusc=self.train_source.nusc)
@@ -208,15 +217,9 @@ class Experiment:
         folder, checkpoint = self.out / "runs" / name, self._checkpoint(name)
         key = _spec({"spec": spec, "checkpoint": self._stamp(checkpoint), "dataroot": str(dataroot),
                      "data": self._identity(dataroot), "split": split, "drop_sensor": drop_sensor})
-        stored = folder / f"{tag}.json"
-        if stored.is_file():
-            saved = json.loads(stored.read_text())
-            if {field: saved.get(field) for field in key} == key:
-                return saved["metrics"]
-        metrics = evaluate(checkpoint, dataroot, self.version, split, folder / f"eval_{tag}", progress=self.progress,
-                           drop_sensor=drop_sensor)
-        atomic_write_json(stored, {**key, "metrics": metrics})
-        return metrics
+        return _kept(folder / f"{tag}.json", key, "metrics",
+                     lambda: evaluate(checkpoint, dataroot, self.version, split, folder / f"eval_{tag}",
+                                      progress=self.progress, drop_sensor=drop_sensor))
 
     def training_split_metrics(self, name: str, spec: dict) -> dict:
         """A finished run's metrics on the split it was trained on: a lead on val that is not
@@ -344,6 +347,18 @@ def _start_worker(threads: int, arguments: dict) -> None:
 
 def _train_student(student: Student) -> None:
     _worker_experiment.student_with_evaluations(student)
+
+
+def _kept(stored: Path, key: dict, field: str, compute) -> dict:
+    """`compute()`'s result, kept under `field` in `stored` beside `key` (what it was made
+    from) and reused while the key is the same."""
+    if stored.is_file():
+        saved = json.loads(stored.read_text())
+        if {name: saved.get(name) for name in key} == key:
+            return saved[field]
+    value = compute()
+    atomic_write_json(stored, {**key, field: value})
+    return value
 
 
 def _summarised(rows: list[tuple[str, Student]], metrics_of) -> dict[str, dict]:
