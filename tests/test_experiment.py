@@ -5,7 +5,8 @@ import json
 
 from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.data.nuscenes_source import NuScenesSource
-from vexkd_train.experiment import run_experiment, summarise
+from vexkd_train.experiment import run_experiment
+from vexkd_train.experiment_report import summarise
 from vexkd_train.experiment_plan import tables
 from vexkd_train.experiment_report import markdown
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import statistics
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -22,7 +21,6 @@ import torch
 from tqdm import tqdm
 
 from vexkd_core.checkpoint import model_from_checkpoint
-from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.config import Config, load_config
 from vexkd_core.data.dataset import model_source
 from vexkd_core.data.nuscenes_source import NuScenesSource
@@ -33,7 +31,7 @@ from vexkd_core.models.vexkd import build_model
 from vexkd_train.evaluate import evaluate
 from vexkd_train.experiment_plan import (FUSER_LABELS, HELDOUT_TABLES, SENSOR_CASES, SUITES, MaskRun, Student,
                                          TABLES, Suite, tables)
-from vexkd_train.experiment_report import markdown, spread
+from vexkd_train.experiment_report import markdown, summarise, summarised
 from vexkd_train.masks import MASKS_FORMAT, MaskSettings, load_masks, measure_agreement, train_masks
 from vexkd_train.trainer import RunOptions, train
 from vexkd_train.training_setup import build_distiller, initialise_from_lidar
@@ -284,7 +282,7 @@ class Experiment:
         teacher = self.extra_evaluation("teacher", self._teacher_spec(), self.heldout, "val", "heldout")
         held = {"dataroot": str(self.heldout), "teacher": summarise([teacher]), "tables": {}}
         for table in self._heldout_tables():
-            held["tables"][table] = _summarised(self.plan()[table], self.heldout_metrics)
+            held["tables"][table] = summarised(self.plan()[table], self.heldout_metrics)
         source = NuScenesSource(self.heldout, self.version, "val", 0)
         held["val_objects"] = source.objects_per_class()
         return held
@@ -298,10 +296,10 @@ class Experiment:
         results = {"teacher": summarise([teacher_metrics]), "tables": {}}
         plan = self.plan()
         for table, rows in plan.items():
-            results["tables"][table] = _summarised(rows, self.student)
+            results["tables"][table] = summarised(rows, self.student)
         results["training_split"] = {
             "teacher": summarise([self.training_split_metrics("teacher", self._teacher_spec())]),
-            **_summarised(plan.get("comparison", []),
+            **summarised(plan.get("comparison", []),
                           lambda student: self.training_split_metrics(student.name, self._student_spec(student)))}
         val = NuScenesSource(self.dataroot, self.version, "val", 0, nusc=self.train_source.nusc)
         results["val_objects"] = val.objects_per_class()
@@ -359,34 +357,6 @@ def _kept(stored: Path, key: dict, field: str, compute) -> dict:
     value = compute()
     atomic_write_json(stored, {**key, field: value})
     return value
-
-
-def _summarised(rows: list[tuple[str, Student]], metrics_of) -> dict[str, dict]:
-    """Row label -> summary over the row's seeds, with `metrics_of(student)` giving one run's
-    metrics, and `baseline`: the label of the table's row that holds the student's baseline
-    (None for a baseline, or where the table has none)."""
-    grouped: dict[str, list[dict]] = {}
-    labels = {replace(student, seed=0): label for label, student in rows}
-    baselines = {}
-    for label, student in rows:
-        grouped.setdefault(label, []).append(metrics_of(student))
-        baseline = labels.get(replace(student.baseline, seed=0))
-        baselines[label] = baseline if baseline != label else None
-    return {label: {**summarise(runs), "baseline": baselines[label]} for label, runs in grouped.items()}
-
-
-def summarise(runs: list[dict]) -> dict:
-    """Mean and spread (population std) over seeds of mAP, NDS, mIoU, with the per-seed values
-    (in seed order, so gains can be paired seed by seed); latency and size."""
-    def stats(values: list[float]) -> dict:
-        return {"mean": statistics.fmean(values), "std": spread(values), "values": values}
-
-    return {"mAP": stats([r["detection"]["mAP"] for r in runs]), "NDS": stats([r["detection"]["NDS"] for r in runs]),
-            "mIoU": stats([r["map"]["mIoU"] for r in runs]), "seeds": len(runs),
-            "per_class_ap": {name: stats([r["detection"]["per_class_ap"][name] for r in runs])
-                             for name in DETECTION_CLASSES},
-            "latency_ms": statistics.fmean(r["latency_ms"]["total"] for r in runs),
-            "parameters": runs[0]["parameters"]}
 
 
 def run_experiment(dataroot: Path, version: str, out: Path, suite_name: str, config_name: str = "tiny",

@@ -1,11 +1,12 @@
 """results.md of `vexkd-train experiment`: the tables, from results.json's summaries.
 
-A row's gain is over the row its summary names as `baseline` (experiment._summarised
-finds it from the students, not from labels), paired seed by seed.
+A row's gain is over the row its summary names as `baseline` (summarised finds
+it from the students, not from labels), paired seed by seed.
 """
 from __future__ import annotations
 
 import statistics
+from dataclasses import replace
 
 from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.distill.selectivity import agreement_table, selectivity_table
@@ -19,6 +20,34 @@ TITLES = {"comparison": "Teacher and students", "components": "Components (LiDAR
 
 def spread(values: list[float]) -> float:
     return statistics.pstdev(values) if len(values) > 1 else 0.0
+
+
+def summarised(rows: list[tuple[str, Student]], metrics_of) -> dict[str, dict]:
+    """Row label -> summary over the row's seeds, with `metrics_of(student)` giving one run's
+    metrics, and `baseline`: the label of the table's row that holds the student's baseline
+    (None for a baseline, or where the table has none)."""
+    grouped: dict[str, list[dict]] = {}
+    labels = {replace(student, seed=0): label for label, student in rows}
+    baselines = {}
+    for label, student in rows:
+        grouped.setdefault(label, []).append(metrics_of(student))
+        baseline = labels.get(replace(student.baseline, seed=0))
+        baselines[label] = baseline if baseline != label else None
+    return {label: {**summarise(runs), "baseline": baselines[label]} for label, runs in grouped.items()}
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Mean and spread (population std) over seeds of mAP, NDS, mIoU, with the per-seed values
+    (in seed order, so gains can be paired seed by seed); latency and size."""
+    def stats(values: list[float]) -> dict:
+        return {"mean": statistics.fmean(values), "std": spread(values), "values": values}
+
+    return {"mAP": stats([r["detection"]["mAP"] for r in runs]), "NDS": stats([r["detection"]["NDS"] for r in runs]),
+            "mIoU": stats([r["map"]["mIoU"] for r in runs]), "seeds": len(runs),
+            "per_class_ap": {name: stats([r["detection"]["per_class_ap"][name] for r in runs])
+                             for name in DETECTION_CLASSES},
+            "latency_ms": statistics.fmean(r["latency_ms"]["total"] for r in runs),
+            "parameters": runs[0]["parameters"]}
 
 
 SPREAD_NOTE = ("Mean +- spread (population std) over a table's seeds; a gain is the mean +- spread of the "
