@@ -6,9 +6,8 @@ import json
 from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_train.experiment import run_experiment
-from vexkd_train.experiment_report import summarise
 from vexkd_train.experiment_plan import tables
-from vexkd_train.experiment_report import markdown
+from vexkd_train.experiment_report import markdown, summarise
 
 
 def test_quick_suite_end_to_end_then_resumes_without_retraining(tiny_world, tmp_path):

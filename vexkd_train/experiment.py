@@ -300,7 +300,7 @@ class Experiment:
         results["training_split"] = {
             "teacher": summarise([self.training_split_metrics("teacher", self._teacher_spec())]),
             **summarised(plan.get("comparison", []),
-                          lambda student: self.training_split_metrics(student.name, self._student_spec(student)))}
+                         lambda student: self.training_split_metrics(student.name, self._student_spec(student)))}
         val = NuScenesSource(self.dataroot, self.version, "val", 0, nusc=self.train_source.nusc)
         results["val_objects"] = val.objects_per_class()
         if "masks" in plan:

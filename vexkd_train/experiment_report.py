@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.distill.selectivity import agreement_table, selectivity_table
+
+if TYPE_CHECKING:
+    from vexkd_train.experiment_plan import Student
 
 TITLES = {"comparison": "Teacher and students", "components": "Components (LiDAR student)",
           "masks": "Mask choice (LiDAR student)", "blocks": "Mask-generator blocks (LiDAR student)",
