@@ -2,7 +2,7 @@
 its fusion-query and random-query generators are. If the query has barely moved, the two
 generators see nearly the same inputs and the mask-choice ablation cannot tell them apart.
 
-The initialisation is rebuilt as `vexkd-train teacher` builds it (the config's seed). Per
+The initialisation is rebuilt as `vexkd-train teacher` builds it (initial_model). Per
 teacher: mean per-cell cosine of the query to its init, |q - q0| / |q0|, and the query's std;
 with --masks, the agreement (Dice) of the two generators' decided masks on val.
 
@@ -23,13 +23,12 @@ sys.path.insert(0, str(REPO))
 
 from vexkd_core.checkpoint import model_from_checkpoint  # noqa: E402
 from vexkd_core.data.dataset import model_source  # noqa: E402
-from vexkd_core.models.vexkd import build_model  # noqa: E402
+from vexkd_core.models.vexkd import initial_model  # noqa: E402
 from vexkd_train.masks import load_masks, measure_agreement  # noqa: E402
 
 
 def query_drift(teacher) -> dict[str, float]:
-    torch.manual_seed(teacher.config.train.seed)
-    initial = build_model(teacher.config, "fusion").fusion.bev_query.detach()
+    initial = initial_model(teacher.config, "fusion").fusion.bev_query.detach()
     query = teacher.fusion.bev_query.detach()
     return {"cosine_to_init": torch.nn.functional.cosine_similarity(query, initial, dim=1).mean().item(),
             "relative_change": ((query - initial).norm() / initial.norm()).item(), "std": query.std().item()}

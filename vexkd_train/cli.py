@@ -128,11 +128,9 @@ def _user_errors():
 
 
 def run_training(args: argparse.Namespace) -> None:
-    import torch
-
     from vexkd_core.config import load_config
     from vexkd_core.data.dataset import model_source
-    from vexkd_core.models.vexkd import build_model
+    from vexkd_core.models.vexkd import initial_model
     from vexkd_train.trainer import RunOptions, train
     from vexkd_train.training_setup import initialise_from_lidar
 
@@ -142,8 +140,7 @@ def run_training(args: argparse.Namespace) -> None:
         config = load_config(args.config, args.set + ([f"model.fuser={args.fuser}"]
                                                       if args.command == "teacher" and args.fuser else []))
         source = model_source(args.dataroot, args.version, args.split, config, config.train.augment)
-        torch.manual_seed(config.train.seed)  # the same config starts from the same weights
-        model = build_model(config, modality)
+        model = initial_model(config, modality)
         if args.command == "teacher" and args.init_from is not None:
             initialise_from_lidar(model, args.init_from)
         distiller = _distiller(args, model) if args.command == "student" else None

@@ -27,7 +27,7 @@ from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.distill.distiller import freeze
 from vexkd_core.fingerprint import dataset_identity, file_stamp
 from vexkd_core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from vexkd_core.models.vexkd import build_model
+from vexkd_core.models.vexkd import initial_model
 from vexkd_train.evaluate import evaluate
 from vexkd_train.experiment_plan import (FUSER_LABELS, HELDOUT_TABLES, SENSOR_CASES, SUITES, MaskRun, Student,
                                          TABLES, Suite, tables)
@@ -125,8 +125,7 @@ class Experiment:
         if not student.depth_supervision:
             config = replace(config, model=replace(config.model, camera=replace(config.model.camera,
                                                                                depth_loss_weight=0.0)))
-        torch.manual_seed(student.seed)
-        model = build_model(config, student.modality)
+        model = initial_model(config, student.modality)
         distiller = None
         if student.distill != "none":
             distiller = build_distiller(self.teacher(student.fuser), model, student.distill, student.levels,
@@ -147,8 +146,7 @@ class Experiment:
         if not self._done(folder, spec):
             self._refuse_shared_training(name)
             config = self._teacher_config(fuser)
-            torch.manual_seed(config.train.seed)
-            teacher = build_model(config, "fusion")
+            teacher = initial_model(config, "fusion")
             initialise_from_lidar(teacher, self._checkpoint(Student("lidar").name))
             self._finish(folder, spec, train(teacher, config, self.train_source, "fusion",
                                              self._options(folder / "train")))

@@ -196,6 +196,13 @@ def build_model(config: Config, modality: str) -> nn.Module:
     return Student(config, modality)
 
 
+def initial_model(config: Config, modality: str) -> nn.Module:
+    """build_model after seeding torch with the config's seed, so the same config starts from
+    the same weights: how training starts a model, and how a tool rebuilds that start."""
+    torch.manual_seed(config.train.seed)
+    return build_model(config, modality)
+
+
 def detection_targets(model: nn.Module, targets: list[Targets], device) -> dict[str, torch.Tensor]:
     """The detection head's targets of a batch: computed once per step, read by the task loss
     and by distillation's ground-truth masks."""
