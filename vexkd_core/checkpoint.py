@@ -55,6 +55,12 @@ def load_checkpoint(path: str | Path) -> dict:
     return payload
 
 
+def state_dict_mismatch(error: RuntimeError) -> str:
+    """The first mismatch load_state_dict names (its message starts with a header line)."""
+    lines = str(error).splitlines()
+    return lines[1].strip() if len(lines) > 1 else str(error)
+
+
 def model_from_checkpoint(path: str | Path, expected_modality: str | None = None):
     """(model in eval mode, config, payload); the model is rebuilt from the stored config."""
     from vexkd_core.models.vexkd import build_model
@@ -71,6 +77,5 @@ def model_from_checkpoint(path: str | Path, expected_modality: str | None = None
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as error:
-        first = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
-        raise CheckpointError(f"{path} does not match its own config: {first}") from None
+        raise CheckpointError(f"{path} does not match its own config: {state_dict_mismatch(error)}") from None
     return model.eval(), config, payload

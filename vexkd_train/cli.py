@@ -35,6 +35,13 @@ def _training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
 
 
+def _image_encoder_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image-encoder-from", type=Path, metavar="CAMERA_CKPT",
+                        help="start the image backbone, neck and depth network from a trained camera student or "
+                             "teacher (as camera BEV detectors start from a pretrained image network), e.g. "
+                             "pretrained/camera_world_seed3.pt for the tiny preset")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="vexkd-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -43,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--init-from", type=Path, metavar="LIDAR_CKPT",
                          help="start the LiDAR encoder, decoder and heads from a trained LiDAR model "
                               "(BEVFusion's practice: pre-train the LiDAR branch, then fine-tune fused)")
+    _image_encoder_argument(teacher)
     teacher.add_argument("--fuser", choices=FUSERS, help="mgfm (VeXKD's fusion module, the default) or convfuser "
                          "(BEVFusion's concatenation + conv, for comparison); sets model.fuser")
     student = commands.add_parser("student", help="train a single-modality student, optionally distilled")
@@ -54,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     student.add_argument("--levels", default="low,high", help="feature levels to distil: low, high or low,high")
     student.add_argument("--loss", choices=DISTANCES, default="at", help="feature distance")
     student.add_argument("--distill-weights", default="1.0,1.0", metavar="LOW,HIGH")
+    _image_encoder_argument(student)
     masks = commands.add_parser("masks", help="train the mask generators of a frozen teacher")
     masks.add_argument("--teacher", type=Path, required=True)
     masks.add_argument("--dataroot", type=Path, required=True)
@@ -132,7 +141,7 @@ def run_training(args: argparse.Namespace) -> None:
     from vexkd_core.data.dataset import model_source
     from vexkd_core.models.vexkd import initial_model
     from vexkd_train.trainer import RunOptions, train
-    from vexkd_train.training_setup import initialise_from_lidar
+    from vexkd_train.training_setup import initialise_from_lidar, initialise_image_stages
 
     _check_device(args.device)
     modality = "fusion" if args.command == "teacher" else args.modality
@@ -143,6 +152,8 @@ def run_training(args: argparse.Namespace) -> None:
         model = initial_model(config, modality)
         if args.command == "teacher" and args.init_from is not None:
             initialise_from_lidar(model, args.init_from)
+        if args.image_encoder_from is not None:
+            initialise_image_stages(model, args.image_encoder_from)
         distiller = _distiller(args, model) if args.command == "student" else None
         final = train(model, config, source, modality, RunOptions(args.out, args.device, args.resume,
                                                                    args.max_steps, args.max_epochs), distiller)

@@ -1,12 +1,14 @@
 """What the `teacher` and `student` commands and the experiment runner build alike: a
-teacher started from a LiDAR model, and the distiller of a student. One function each, so
+teacher started from a LiDAR model, a camera encoder started from another model's image
+stages, and the distiller of a student. One function each, so
 the checks they make (grids, encoders) hold wherever a run is started from."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from vexkd_core.checkpoint import CheckpointError, model_from_checkpoint
+from vexkd_core.checkpoint import CheckpointError, model_from_checkpoint, state_dict_mismatch
 from vexkd_core.distill.distiller import GENERATED, Distiller
+from vexkd_core.models.vexkd import camera_encoder_of
 from vexkd_train.masks import load_masks
 
 
@@ -18,8 +20,27 @@ def initialise_from_lidar(teacher, checkpoint: Path) -> None:
     try:
         teacher.load_lidar_branch(lidar)
     except RuntimeError as error:  # the decoder or heads differ in shape (channels, ...)
-        first = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
-        raise CheckpointError(f"{checkpoint}'s decoder and heads do not fit the teacher's config: {first}") from None
+        raise CheckpointError(f"{checkpoint}'s decoder and heads do not fit the teacher's config: "
+                              f"{state_dict_mismatch(error)}") from None
+
+
+def initialise_image_stages(model, checkpoint: Path) -> None:
+    """`model`'s image backbone, neck and depth/context network from a trained camera student or
+    teacher (`CameraEncoder.IMAGE_STAGES`); its BEV side, decoder and heads keep their start."""
+    encoder = camera_encoder_of(model)
+    if encoder is None:
+        raise ValueError("--image-encoder-from is for models that read cameras (a camera student or the teacher)")
+    source, _, _ = model_from_checkpoint(checkpoint)
+    source_encoder = camera_encoder_of(source)
+    if source_encoder is None:
+        raise CheckpointError(f"{checkpoint} holds a lidar model: it has no image encoder to start from")
+    try:
+        encoder.load_image_stages(source_encoder)
+    except ValueError as error:
+        raise CheckpointError(f"{checkpoint}: {error}") from None
+    except RuntimeError as error:  # another backbone, feature width or number of depth bins
+        raise CheckpointError(f"{checkpoint}'s image encoder does not fit this model's config: "
+                              f"{state_dict_mismatch(error)}") from None
 
 
 def build_distiller(teacher_checkpoint: Path, student, mode: str, levels: tuple[str, ...], distance: str,

@@ -102,6 +102,21 @@ class CameraEncoder(nn.Module):
         self.geometry = LiftGeometry(config, grid, z_range)
         self.train()  # backbone_norm_eval holds from construction on, not only after the trainer's first train()
 
+    # The image stages: everything before the lift, i.e. what a camera model learns about images
+    # (features and depth) rather than about the BEV grid. Another camera-reading model can hand
+    # them on (`load_image_stages`), as camera BEV detectors start from a pretrained image network.
+    IMAGE_STAGES = ("backbone", "neck", "depth_and_context")
+
+    def load_image_stages(self, other: CameraEncoder) -> None:
+        """Copy `other`'s image stages into this encoder; ValueError where their depth bins
+        mean other depths, RuntimeError (load_state_dict's) where their shapes differ."""
+        depths = ("depth_min_m", "depth_max_m", "depth_step_m")
+        if [getattr(other.config, name) for name in depths] != [getattr(self.config, name) for name in depths]:
+            raise ValueError("its depth bins (model.camera.depth_min_m, depth_max_m, depth_step_m) differ from "
+                             "this model's: its depth logits would mean other depths")
+        for name in self.IMAGE_STAGES:
+            getattr(self, name).load_state_dict(getattr(other, name).state_dict())
+
     def train(self, mode: bool = True) -> CameraEncoder:
         """As nn.Module's, but with backbone_norm_eval the backbone's BatchNorms stay in eval mode."""
         super().train(mode)

@@ -190,6 +190,13 @@ class Student(nn.Module):
         return output
 
 
+def camera_encoder_of(model: nn.Module) -> CameraEncoder | None:
+    """The camera encoder of a teacher or a camera student; None for a LiDAR student."""
+    if isinstance(model, Teacher):
+        return model.camera_encoder
+    return model.encoder if model.modality == "camera" else None
+
+
 def build_model(config: Config, modality: str) -> nn.Module:
     if modality == "fusion":
         return Teacher(config)
