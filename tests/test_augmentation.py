@@ -267,3 +267,29 @@ def test_the_source_map_covers_the_furthest_augmentation_draw(name):
                             scale=min(config.augment.scale), translation=(shift, shift, 0.0))
     everywhere = SimpleNamespace(map_source_grid=source, map_masks=np.ones((6, source.height, source.width), bool))
     assert map_targets(everywhere, furthest, config.map_grid.bev).numpy().all()
+
+
+@pytest.mark.parametrize("augmentation", [Augmentation(), PARTS["rotation"], Augmentation(rotation=0.3, scale=1.05,
+                                                                                         flip_x=True)],
+                         ids=["inference", "rotation", "rotated_scaled_flipped"])
+def test_the_model_gets_exactly_the_transformed_points_on_the_grid_and_no_non_finite_one(augmentation):
+    """The float64 transform, grid crop and finite test written out plainly, against what
+    preprocess hands the model (it skips the identity and fills float32 column by column)."""
+    config = preset("tiny")
+    rng = np.random.default_rng(3)
+    extent = config.grid.half_extent_m
+    points = np.column_stack([rng.uniform(-1.2 * extent, 1.2 * extent, (4000, 2)), rng.uniform(-6, 4, 4000),
+                              rng.uniform(0, 100, 4000), rng.uniform(0, 0.5, 4000)]).astype(np.float32)
+    for column in range(5):  # a NaN and an inf in every column, each in its own point
+        points[10 * column, column], points[10 * column + 1, column] = np.nan, -np.inf
+    sample = Sample(token="points", timestamp_us=0, points=points, cameras=[], lidar_to_global=np.eye(4))
+
+    matrix = augmentation.lidar_matrix()
+    xyz = points[:, :3].astype(np.float64) @ matrix[:3, :3].T + matrix[:3, 3]
+    keep = (np.abs(xyz[:, 0]) < extent) & (np.abs(xyz[:, 1]) < extent) & (xyz[:, 2] >= config.grid.z_min_m) & \
+        (xyz[:, 2] < config.grid.z_max_m) & np.all(np.isfinite(points), axis=1)
+    expected = np.column_stack([xyz, points[:, 3:5]])[keep].astype(np.float32)
+
+    inputs, _ = preprocess(sample, config, augmentation)
+    assert 1000 < len(expected) < len(points) - 10
+    np.testing.assert_array_equal(inputs.points.numpy(), expected)

@@ -138,11 +138,22 @@ def image_transform(height: int, width: int, config: Config,
 
 
 def _points(points: np.ndarray, matrix: np.ndarray, config: Config, rng: np.random.Generator | None) -> np.ndarray:
-    xyz = transform_points(matrix, points[:, :3])
+    """(N, 5) points -> those on the grid after `matrix`, float32. Written for the ~140k points
+    of a node's every frame: an identity matrix (inference) is not multiplied, and the
+    columns go straight into the float32 result (the same values as transforming and
+    stacking in float64, half the time)."""
+    if np.array_equal(matrix, np.eye(4)):
+        xyz = points[:, :3].astype(np.float64)  # compared in float64, as the transformed ones are
+    else:
+        xyz = transform_points(matrix, points[:, :3])
     grid, extent = config.grid, config.grid.half_extent_m
+    # Comparisons with NaN or inf are False: they drop non-finite coordinates as well.
     keep = (np.abs(xyz[:, 0]) < extent) & (np.abs(xyz[:, 1]) < extent) & \
-        (xyz[:, 2] >= grid.z_min_m) & (xyz[:, 2] < grid.z_max_m) & np.all(np.isfinite(points), axis=1)
-    out = np.column_stack([xyz, points[:, 3:5]])[keep].astype(np.float32)
+        (xyz[:, 2] >= grid.z_min_m) & (xyz[:, 2] < grid.z_max_m) & \
+        np.isfinite(points[:, 3]) & np.isfinite(points[:, 4])
+    out = np.empty((int(keep.sum()), 5), np.float32)
+    out[:, :3] = xyz[keep]
+    out[:, 3:] = points[keep, 3:5]
     limit = config.model.lidar.max_points
     if len(out) > limit:  # random at train time, evenly spaced at inference
         chosen = rng.choice(len(out), limit, replace=False) if rng is not None else \

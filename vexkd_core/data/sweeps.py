@@ -19,5 +19,8 @@ def sweep_in_key_frame(raw: np.ndarray, sensor_to_key: np.ndarray, lag_s: float)
     Points within MIN_POINT_DISTANCE_M of the sensor axis (the ego's own body) are dropped.
     """
     raw = raw[np.hypot(raw[:, 0], raw[:, 1]) >= MIN_POINT_DISTANCE_M]
-    xyz = transform_points(sensor_to_key, raw[:, :3].astype(np.float64))
-    return np.column_stack([xyz, raw[:, 3], np.full(len(raw), lag_s)]).astype(np.float32)
+    out = np.empty((len(raw), 5), np.float32)  # filled column by column: no float64 stack to copy
+    out[:, :3] = transform_points(sensor_to_key, raw[:, :3].astype(np.float64))
+    out[:, 3] = raw[:, 3]
+    out[:, 4] = lag_s
+    return out
