@@ -3,11 +3,14 @@
 Each node runs as its own process, started exactly as `vexkd-ros stack` starts it; this
 process plays the sensors at their rates from a wall-clock schedule (LiDAR 20 Hz: a
 34,720-point nuScenes-sized cloud; cameras 12 Hz: six 1600x900 JPEGs) with the vehicle's
-/tf, and records when each answer (~/output/objects) arrives. Per node and backend:
-the share of triggers answered, and end-to-end latency (publish of the trigger to receipt
-of its answer) p50 / p90. `tiny` preset, random weights (latency does not depend on them).
-Both processes share this machine's cores, as they would on a robot's computer.
-Records bench/results/node_stream.json.
+/tf, and records when each answer (~/output/objects) arrives. Per node, backend and rate (the
+sensor's, then a half and a quarter of it): the share of triggers answered, end-to-end
+latency (publish of the trigger to receipt of its answer) p50 / p90, and the CPU each
+process used (cores: CPU seconds over wall seconds); per node and backend the highest of
+those rates it kept up with (KEEPS_UP of the triggers answered). `tiny` preset, random
+weights: every frame carries max_detections boxes, as a trained model's does at its
+checkpoint's score threshold (0.05). Both processes share this machine's cores, as they
+would on a robot's computer. Records bench/results/node_stream.json.
 """
 from __future__ import annotations
 
@@ -35,32 +38,22 @@ from std_msgs.msg import Float64, Header  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 from vision_msgs.msg import Detection3DArray  # noqa: E402
 
-from bench_nodes import cloud, model_files  # noqa: E402
+from bench_nodes import camera_images, cloud, model_files  # noqa: E402
 from vexkd_core.data.sample import CAMERA_CHANNELS  # noqa: E402
 from vexkd_core.io import atomic_write_json  # noqa: E402
-from vexkd_ros.conversions import (intrinsics_to_camera_info, matrices_to_tf_message, ns_to_stamp,  # noqa: E402
-                                   rgb_to_compressed, stamp_to_ns)
+from vexkd_ros.conversions import intrinsics_to_camera_info, matrices_to_tf_message  # noqa: E402
+from vexkd_ros.conversions import ns_to_stamp, stamp_to_ns  # noqa: E402
 from vexkd_ros.environment import apply_default_ros_environment  # noqa: E402
 from vexkd_ros.node_outputs import STAGES  # noqa: E402
 from vexkd_ros.scene_messages import LIDAR_TOPIC, camera_info_topic, image_topic  # noqa: E402
 from vexkd_ros.stack import NodeSpec  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "node_stream.json"
-RATE_HZ = {"lidar": 20.0, "camera": 12.0}
+RATE_HZ = {"lidar": 20.0, "camera": 12.0}  # the sensors'
+RATE_DIVISORS = (1, 2, 4)
+KEEPS_UP = 0.95
 SENSOR_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-
-
-def camera_images(stamp_ns: int) -> list[CompressedImage]:
-    """Six JPEGs the size of nuScenes' (a smooth scene with sensor noise, ~0.3 MB each, not
-    incompressible random pixels)."""
-    rng = np.random.default_rng(0)
-    coarse = rng.integers(0, 255, (9, 16, 3), dtype=np.uint8)
-    import cv2
-
-    smooth = cv2.resize(coarse, (1600, 900), interpolation=cv2.INTER_CUBIC)
-    noisy = np.clip(smooth + rng.normal(0, 6, smooth.shape), 0, 255).astype(np.uint8)
-    return [rgb_to_compressed(noisy, Header(stamp=ns_to_stamp(stamp_ns), frame_id=c)) for c in CAMERA_CHANNELS]
 
 
 class Sensors:
@@ -101,12 +94,18 @@ class Sensors:
             self.executor.spin_once(timeout_sec=max(0.0, min(0.005, deadline - time.monotonic())))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; fields 14 and 15 of stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def warmup_answers(values: list[float]) -> int:
     """The warm-up's answers are left out of the stage medians (a fifth of them, at most 10)."""
     return min(10, len(values) // 5)
 
 
-def stream(modality: str, model_file: Path, backend: str, frames: int, warmup: int) -> dict:
+def stream(modality: str, model_file: Path, backend: str, rate_hz: float, frames: int, warmup: int) -> dict:
     spec = NodeSpec(modality, model_file, backend)
     log = open(Path(tempfile.gettempdir()) / f"vexkd-bench-{spec.name}-{backend}.log", "w")
     process = subprocess.Popen(spec.command(), stdout=log, stderr=subprocess.STDOUT)
@@ -121,15 +120,17 @@ def stream(modality: str, model_file: Path, backend: str, frames: int, warmup: i
             sensors.spin_for(0.1)
         sensors.rig()
         sensors.spin_for(1.0)
-        period_ns = int(1e9 / RATE_HZ[modality])
+        period_ns = int(1e9 / rate_hz)
         images = camera_images(0) if modality == "camera" else None
         clouds = [cloud(0, seed) for seed in range(4)] if modality == "lidar" else None
         sent: dict[int, float] = {}
         start = time.monotonic()
         for k in range(warmup + frames):
             stamp = 10**9 + k * period_ns
-            due = start + k / RATE_HZ[modality]
+            due = start + k / rate_hz
             sensors.spin_for(max(0.0, due - time.monotonic()))
+            if k == warmup:
+                cpu_start = (time.monotonic(), cpu_seconds(process.pid), cpu_seconds(os.getpid()))
             sensors.tf.publish(matrices_to_tf_message([("map", "base_link", np.eye(4), ns_to_stamp(stamp))]))
             if modality == "lidar":
                 message = clouds[k % len(clouds)]
@@ -144,13 +145,18 @@ def stream(modality: str, model_file: Path, backend: str, frames: int, warmup: i
                     publisher.publish(image)
             if k >= warmup:
                 sent[stamp] = sent_at
+        sensors.spin_for(1.0 / rate_hz)
+        wall_s = time.monotonic() - cpu_start[0]
+        node_cores = (cpu_seconds(process.pid) - cpu_start[1]) / wall_s
+        sender_cores = (cpu_seconds(os.getpid()) - cpu_start[2]) / wall_s
         sensors.spin_for(2.0)
         latencies = [1e3 * (sensors.answers[s] - t) for s, t in sent.items() if s in sensors.answers]
         answered = len(latencies)
-        return {"rate_hz": RATE_HZ[modality], "sent": len(sent), "answered": answered,
+        return {"rate_hz": rate_hz, "sent": len(sent), "answered": answered,
                 "answered_share": answered / len(sent),
                 "latency_ms_p50": statistics.median(latencies) if latencies else None,
                 "latency_ms_p90": float(np.percentile(latencies, 90)) if latencies else None,
+                "node_cpu_cores": node_cores, "sender_cpu_cores": sender_cores,
                 "node_stages_ms_p50": {stage: statistics.median(values[warmup_answers(values):])
                                        for stage, values in sensors.stage_ms.items() if values}}
     finally:
@@ -168,21 +174,32 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--modalities", nargs="+", default=["lidar", "camera"])
     parser.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"])
+    parser.add_argument("--rate-divisors", nargs="+", type=float, default=list(RATE_DIVISORS),
+                        help="streams at the sensor's rate divided by each")
     args = parser.parse_args()
     apply_default_ros_environment()
     rclpy.init()
     results = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-               "torch_threads": torch.get_num_threads(), "preset": "tiny", "streams": {}}
+               "torch_threads": torch.get_num_threads(), "preset": "tiny", "streams": {}, "keeps_up_hz": {}}
     with tempfile.TemporaryDirectory() as folder:
         for modality in args.modalities:
             files = model_files(modality, "tiny", Path(folder))
             for backend in args.backends:
-                row = stream(modality, files[backend], backend, args.frames, args.warmup)
-                results["streams"][f"{modality} {backend}"] = row
-                print(f"{modality:6s} {backend:11s} at {row['rate_hz']:.0f} Hz: answered {row['answered']} of "
-                      f"{row['sent']} ({100 * row['answered_share']:.0f} %), end-to-end p50 "
-                      f"{row['latency_ms_p50']:.1f} ms, p90 {row['latency_ms_p90']:.1f} ms; node stages p50 "
-                      + ", ".join(f"{k} {v:.0f}" for k, v in row["node_stages_ms_p50"].items()), flush=True)
+                kept_up = []
+                for divisor in args.rate_divisors:
+                    rate_hz = RATE_HZ[modality] / divisor
+                    row = stream(modality, files[backend], backend, rate_hz, args.frames, args.warmup)
+                    results["streams"][f"{modality} {backend} {rate_hz:g} Hz"] = row
+                    if row["answered_share"] >= KEEPS_UP:
+                        kept_up.append(rate_hz)
+                    print(f"{modality:6s} {backend:11s} at {rate_hz:4.1f} Hz: answered {row['answered']} of "
+                          f"{row['sent']} ({100 * row['answered_share']:.0f} %), end-to-end p50 "
+                          f"{row['latency_ms_p50']:.1f} ms, p90 {row['latency_ms_p90']:.1f} ms; CPU: node "
+                          f"{row['node_cpu_cores']:.2f} cores, sender {row['sender_cpu_cores']:.2f}; node stages p50 "
+                          + ", ".join(f"{k} {v:.0f}" for k, v in row["node_stages_ms_p50"].items()), flush=True)
+                results["keeps_up_hz"][f"{modality} {backend}"] = max(kept_up, default=None)
+                print(f"{modality:6s} {backend:11s} keeps up (>= {100 * KEEPS_UP:.0f} % answered) at "
+                      + (f"{max(kept_up):g} Hz" if kept_up else "none of the rates tried"), flush=True)
     rclpy.shutdown()
     print(f"wrote {atomic_write_json(RESULTS, results)}")
     return 0
