@@ -108,6 +108,27 @@ class Harness:
                 raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
             self.executor.spin_once(timeout_sec=0.05)
 
+    def call(self, client, request, timeout_s: float, what: str, every_s: float = 5.0):
+        """A service's response to `request` (an idempotent one: parameters got or set), asked
+        again every `every_s` until it comes.
+
+        service_is_ready() says the client has matched the server's request reader; the
+        server may not have matched the client's response reader yet, and Fast DDS then
+        drops the response ("failed to send response (timeout)"), so one call can go unanswered.
+        """
+        deadline = time.monotonic() + timeout_s
+        self.spin_until(client.service_is_ready, timeout_s, f"the service for {what}")
+        while True:
+            future = client.call_async(request)
+            try:
+                self.spin_until(future.done, min(every_s, max(deadline - time.monotonic(), 0.05)), what)
+                return future.result()
+            except AssertionError:
+                client.remove_pending_request(future)
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}, asked every "
+                                         f"{every_s} s") from None
+
     def wait_until_connected(self, process: subprocess.Popen, input_topic: str, timeout_s: float = 90.0) -> None:
         """The node is up: it subscribes to its trigger input and our subscription matched its output."""
         def connected() -> bool:

@@ -284,13 +284,11 @@ def test_bad_parameters_at_start_are_one_line_and_exit_2(checkpoints):
 def set_parameters(harness, node_name: str, **values) -> dict[str, SetParametersResult]:
     """`ros2 param set` through the node's service, one result per parameter."""
     client = harness.node.create_client(SetParameters, f"/{node_name}/set_parameters")
-    harness.spin_until(client.service_is_ready, 30, "the set_parameters service")
     request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()
                                                 for name, value in values.items()])
-    future = client.call_async(request)
-    harness.spin_until(future.done, 30, "set_parameters to answer")
+    response = harness.call(client, request, 30, "set_parameters to answer")
     harness.node.destroy_client(client)
-    return dict(zip(values, future.result().results))
+    return dict(zip(values, response.results))
 
 
 def test_parameters_set_at_run_time_apply_or_are_refused(checkpoints, rclpy_context):

@@ -108,10 +108,9 @@ def test_the_parameter_file_applies_to_a_node_in_a_namespace(checkpoint, rclpy_c
     harness = Harness(rclpy_context, f"robot/{NODE}")
     try:
         client = harness.node.create_client(GetParameters, f"/robot/{NODE}/get_parameters")
-        harness.spin_until(client.service_is_ready, 90, "the namespaced node's parameter service")
-        future = client.call_async(GetParameters.Request(names=["marker_score_threshold", "fixed_frame"]))
-        harness.spin_until(future.done, 30, "get_parameters to answer")
-        threshold, frame = future.result().values
+        response = harness.call(client, GetParameters.Request(names=["marker_score_threshold", "fixed_frame"]), 90,
+                                "the namespaced node's get_parameters to answer")
+        threshold, frame = response.values
         assert threshold.double_value == 0.55 and frame.string_value == "map"
     finally:
         output = stop_node(process)
