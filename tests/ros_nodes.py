@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from typing import Sequence
 
 import numpy as np
 import rclpy
@@ -143,9 +144,12 @@ class Harness:
         self.spin_until(lambda: stamp_ns in self.objects, timeout_s, f"an answer to the input stamped {stamp_ns}")
         return self.objects[stamp_ns]
 
-    def offer_until_answered(self, topic: str, msg, stamp_ns: int, timeout_s: float = 60.0,
-                             every_s: float = 5.0) -> Detection3DArray:
-        """Publish a trigger again every `every_s` until the node answers it.
+    def offer_until_answered(self, topic: str, msg, stamp_ns: int, timeout_s: float = 60.0, every_s: float = 5.0,
+                             together_with: Sequence[tuple[str, object]] = ()) -> Detection3DArray:
+        """Publish a trigger again every `every_s` until the node answers it, each time after
+        the (topic, message) pairs it needs `together_with` it (the other cameras' images and
+        CameraInfo of its frame): a best-effort subscription drops what a publisher sends before
+        the subscription has matched it too, though the publisher already counts it.
 
         A node skips work nobody subscribes to, and its output publisher may match our
         subscription a moment after ours matched it (discovery matches each side on its own),
@@ -156,6 +160,10 @@ class Harness:
         """
         deadline = time.monotonic() + timeout_s
         while True:
+            for other_topic, other in together_with:
+                self.publish(other_topic, other)
+            if together_with:
+                time.sleep(0.05)  # they reach the node ahead of the trigger
             self.publish(topic, msg)
             try:
                 return self.answered(stamp_ns, min(every_s, max(deadline - time.monotonic(), 0.05)))
@@ -164,11 +172,13 @@ class Harness:
                     raise AssertionError(f"timed out after {timeout_s} s waiting for an answer to the input "
                                          f"stamped {stamp_ns}, offered every {every_s} s") from None
 
-    def answer_to(self, topic: str, msg, stamp_ns: int) -> Detection3DArray:
+    def answer_to(self, topic: str, msg, stamp_ns: int,
+                  together_with: Sequence[tuple[str, object]] = ()) -> Detection3DArray:
         """Publish a trigger and wait for its answer: once, or, while the node has not answered
-        yet, offered until answered (offer_until_answered)."""
+        yet, offered until answered together with what came since the last trigger
+        (offer_until_answered)."""
         if not self.objects:
-            return self.offer_until_answered(topic, msg, stamp_ns)
+            return self.offer_until_answered(topic, msg, stamp_ns, together_with=together_with)
         self.publish(topic, msg)
         return self.answered(stamp_ns)
 
