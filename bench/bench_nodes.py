@@ -41,7 +41,7 @@ from vexkd_ros.conversions import (array_to_cloud, intrinsics_to_camera_info, ma
                                    ns_to_stamp, rgb_to_compressed, structured_points)
 from vexkd_ros.detector_node import DetectorNode  # noqa: E402
 from vexkd_ros.node_outputs import STAGES  # noqa: E402
-from vexkd_ros.environment import apply_default_ros_environment  # noqa: E402
+from vexkd_ros.environment import apply_default_ros_environment, single_threaded_blas  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "nodes.json"
 POINTS_PER_SWEEP = 34_720  # nuScenes LIDAR_TOP average
@@ -125,6 +125,7 @@ def main() -> int:
     parser.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"])
     args = parser.parse_args()
     apply_default_ros_environment()
+    single_threaded_blas()  # as a node process has it (detector_node.run)
     rclpy.init()
     results = {"machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
                "nodes": {}, "onnxruntime_over_torch": {}}

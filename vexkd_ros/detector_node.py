@@ -31,7 +31,7 @@ from vexkd_core.inference import load_predictor
 from .conversions import (MessageError, camera_info_to_intrinsics, cloud_to_points, compressed_to_rgb,
                           encoded_image_size, image_to_rgb, stamp_to_ns)
 from .detector_parameters import ParameterError, current_values, declare_and_read, validate
-from .environment import apply_default_ros_environment
+from .environment import apply_default_ros_environment, single_threaded_blas
 from .node_diagnostics import WARN_PERIOD_S, NodeHealth
 from .node_inputs import Calibration, CameraFrame, Sweep
 from .node_outputs import NodeOutputs
@@ -203,6 +203,7 @@ class DetectorNode(Node):
 def run(modality: str, argv: list[str] | None = None) -> int:
     """Console-script entry: one node, spun until Ctrl-C or shutdown; exit 2 on a bad setup."""
     apply_default_ros_environment()
+    single_threaded_blas()
     argv = sys.argv if argv is None else argv
     rclpy.init(args=argv)
     node = None

@@ -40,3 +40,16 @@ def default_ros_environment() -> dict[str, str]:
 def apply_default_ros_environment() -> None:
     """Call before rclpy.init() in every vexkd entry point."""
     os.environ.update(default_ros_environment())
+
+
+def single_threaded_blas() -> None:
+    """numpy's BLAS (OpenBLAS) on one thread for the rest of the process.
+
+    A node's numpy work is small products (points times a 4x4); after each one OpenBLAS's
+    worker threads keep polling on sched_yield for a while and take a core from the model:
+    on 2 cores the onnxruntime LiDAR graph ran 63-67 ms per frame instead of 33-37 until
+    they were gone. Set at run time: numpy is loaded long before a node starts.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
