@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import rclpy
@@ -109,6 +109,20 @@ class Harness:
                 raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
             self.executor.spin_once(timeout_sec=0.05)
 
+    def repeat_until(self, attempt: Callable[[], Callable[[], bool]], timeout_s: float, every_s: float,
+                     what: str) -> None:
+        """attempt() starts something and returns the check that it is done; attempted again
+        every `every_s` until one is done, AssertionError after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            done = attempt()
+            try:
+                return self.spin_until(done, min(every_s, max(deadline - time.monotonic(), 0.05)), what)
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}, tried every "
+                                         f"{every_s} s") from None
+
     def call(self, client, request, timeout_s: float, what: str, every_s: float = 5.0):
         """A service's response to `request` (an idempotent one: parameters got or set), asked
         again every `every_s` until it comes.
@@ -117,18 +131,16 @@ class Harness:
         server may not have matched the client's response reader yet, and Fast DDS then
         drops the response ("failed to send response (timeout)"), so one call can go unanswered.
         """
-        deadline = time.monotonic() + timeout_s
         self.spin_until(client.service_is_ready, timeout_s, f"the service for {what}")
-        while True:
-            future = client.call_async(request)
-            try:
-                self.spin_until(future.done, min(every_s, max(deadline - time.monotonic(), 0.05)), what)
-                return future.result()
-            except AssertionError:
-                client.remove_pending_request(future)
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}, asked every "
-                                         f"{every_s} s") from None
+        futures = []
+
+        def ask() -> Callable[[], bool]:
+            for unanswered in futures:
+                client.remove_pending_request(unanswered)
+            futures[:] = [client.call_async(request)]
+            return futures[0].done
+        self.repeat_until(ask, timeout_s, every_s, what)
+        return futures[0].result()
 
     def wait_until_connected(self, process: subprocess.Popen, input_topic: str, timeout_s: float = 90.0) -> None:
         """The node is up: it subscribes to its trigger input and our subscription matched its output."""
@@ -158,19 +170,15 @@ class Harness:
         (its first camera_info, say) is right to skip it. Only for triggers whose repeats the
         test does not count (a repeat replaces the held sweep or image of the same stamp).
         """
-        deadline = time.monotonic() + timeout_s
-        while True:
+        def offer() -> Callable[[], bool]:
             for other_topic, other in together_with:
                 self.publish(other_topic, other)
             if together_with:
                 time.sleep(0.05)  # they reach the node ahead of the trigger
             self.publish(topic, msg)
-            try:
-                return self.answered(stamp_ns, min(every_s, max(deadline - time.monotonic(), 0.05)))
-            except AssertionError:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"timed out after {timeout_s} s waiting for an answer to the input "
-                                         f"stamped {stamp_ns}, offered every {every_s} s") from None
+            return lambda: stamp_ns in self.objects
+        self.repeat_until(offer, timeout_s, every_s, f"an answer to the input stamped {stamp_ns}")
+        return self.objects[stamp_ns]
 
     def answer_to(self, topic: str, msg, stamp_ns: int,
                   together_with: Sequence[tuple[str, object]] = ()) -> Detection3DArray:
