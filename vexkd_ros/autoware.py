@@ -14,14 +14,13 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from autoware_perception_msgs.msg import (DetectedObject, DetectedObjectKinematics, DetectedObjects,
-                                          ObjectClassification, Shape)
-from geometry_msgs.msg import PoseWithCovariance, Twist, TwistWithCovariance, Vector3
+from autoware_perception_msgs.msg import DetectedObjectKinematics, DetectedObjects, ObjectClassification, Shape
 from std_msgs.msg import Header
 
 from vexkd_core.structures import Boxes3D
 
-from .box_messages import box_poses, copies, yaw_from_quaternion
+from .box_messages import box_poses, yaw_from_quaternion
+from .cdr import HEADER, POSE_WITH_COVARIANCE, TWIST_WITH_COVARIANCE, VECTOR3, CdrWriter, fragment
 
 # nuScenes' 10 detection classes as Autoware labels; Autoware has no barrier or cone class.
 AUTOWARE_LABELS = {
@@ -34,32 +33,53 @@ AUTOWARE_LABELS = {
 # lidar_centerpoint's isCarLikeVehicleLabel: their heading is known only up to a sign flip.
 CAR_LIKE = {ObjectClassification.CAR, ObjectClassification.TRUCK, ObjectClassification.BUS,
             ObjectClassification.TRAILER}
+# What boxes_to_detected_objects writes (cdr.check_layout).
+DETECTED_OBJECTS_LAYOUT = {"header": HEADER, "objects": ("sequence<autoware_perception_msgs/DetectedObject>", {
+    "existence_probability": "float",
+    "classification": ("sequence<autoware_perception_msgs/ObjectClassification>",
+                       {"label": "uint8", "probability": "float"}),
+    "kinematics": ("autoware_perception_msgs/DetectedObjectKinematics", {
+        "pose_with_covariance": POSE_WITH_COVARIANCE, "has_position_covariance": "boolean",
+        "orientation_availability": "uint8", "twist_with_covariance": TWIST_WITH_COVARIANCE,
+        "has_twist": "boolean", "has_twist_covariance": "boolean"}),
+    "shape": ("autoware_perception_msgs/Shape", {
+        "type": "uint8", "footprint": ("geometry_msgs/Polygon", {"points": "sequence<geometry_msgs/Point32>"}),
+        "dimensions": VECTOR3})})}
 
 
-def boxes_to_detected_objects(boxes: Boxes3D, class_names: Sequence[str], header: Header) -> DetectedObjects:
-    new_object, new_kinematics = copies(DetectedObject()), copies(DetectedObjectKinematics(has_twist=True))
-    new_pose, new_twist = copies(PoseWithCovariance()), copies(TwistWithCovariance())
+def boxes_to_detected_objects(boxes: Boxes3D, class_names: Sequence[str], header: Header) -> bytes:
+    """A serialized DetectedObjects, one DetectedObject per box."""
+    n = len(boxes)
     cos, sin = np.cos(boxes.yaw), np.sin(boxes.yaw)
     vx, vy = boxes.velocity[:, 0], boxes.velocity[:, 1]
-    # The twist in the object's frame: the ground velocity rotated by -yaw.
-    along, across = (cos * vx + sin * vy).tolist(), (-sin * vx + cos * vy).tolist()
-    objects = []
-    for i, (pose, (length, width, height), label, score) in enumerate(zip(
-            box_poses(boxes), boxes.size_lwh.tolist(), boxes.label.tolist(), boxes.score.tolist())):
-        autoware_label = AUTOWARE_LABELS[class_names[label]]
-        kinematics = new_kinematics()
-        kinematics.orientation_availability = DetectedObjectKinematics.SIGN_UNKNOWN if autoware_label in CAR_LIKE \
-            else DetectedObjectKinematics.UNAVAILABLE
-        kinematics.pose_with_covariance, kinematics.twist_with_covariance = new_pose(), new_twist()
-        kinematics.pose_with_covariance.pose = pose
-        kinematics.twist_with_covariance.twist = Twist(linear=Vector3(x=along[i], y=across[i]))
-        detected = new_object()
-        detected.existence_probability = score
-        detected.classification = [ObjectClassification(label=autoware_label, probability=1.0)]
-        detected.kinematics = kinematics
-        detected.shape = Shape(type=Shape.BOUNDING_BOX, dimensions=Vector3(x=length, y=width, z=height))
-        objects.append(detected)
-    return DetectedObjects(header=header, objects=objects)
+    # The twist in the object's frame: the ground velocity rotated by -yaw; no yaw rate.
+    twist = np.column_stack([cos * vx + sin * vy, -sin * vx + cos * vy, np.zeros((n, 4))])
+    # Each object's float64 runs: its pose and (zero) covariance; its twist and covariance; its dimensions.
+    poses = np.column_stack([box_poses(boxes), np.zeros((n, 36))])
+    twists = np.column_stack([twist, np.zeros((n, 36))])
+    # existence_probability, then one classification with probability 1.
+    classified = {label: (fragment(lambda w, c=AUTOWARE_LABELS[name]: (w.uint32(1), w.uint8(c), w.float32(1.0))),
+                          DetectedObjectKinematics.SIGN_UNKNOWN if AUTOWARE_LABELS[name] in CAR_LIKE
+                          else DetectedObjectKinematics.UNAVAILABLE)
+                  for label, name in enumerate(class_names)}
+    writer = CdrWriter()
+    writer.header(header)
+    writer.uint32(n)
+    for score, label, pose, moving, size in zip(boxes.score.tolist(), boxes.label.tolist(), poses, twists,
+                                                 boxes.size_lwh):
+        classification, orientation = classified[label]
+        writer.float32(score)
+        writer.fragment(classification)
+        writer.float64s(pose)
+        writer.boolean(False)  # has_position_covariance
+        writer.uint8(orientation)
+        writer.float64s(moving)
+        writer.boolean(True)  # has_twist
+        writer.boolean(False)  # has_twist_covariance
+        writer.uint8(Shape.BOUNDING_BOX)
+        writer.uint32(0)  # footprint: none for a box
+        writer.float64s(size)  # dimensions: x length, y width, z height
+    return writer.bytes()
 
 
 def detected_objects_to_boxes(msg: DetectedObjects) -> tuple[Boxes3D, np.ndarray]:

@@ -1,27 +1,25 @@
 """Boxes3D <-> the box messages a detector node publishes: vision_msgs Detection3DArray,
 the per-detection velocity cloud, RViz markers. (Autoware's DetectedObjects: autoware.py.)
 
-Python builds these message by message, so this is where a frame's publishing time goes
-(bench_conversions): floats are taken from numpy in one go, and many messages of one kind
-are copied from a filled-in template (`copies`).
+The Detection3DArray and the markers carry a record per box: they are written straight to
+CDR bytes (cdr.py) from numpy, which rclpy publishes as they are; tests and consumers read
+them back with rclpy's deserialize_message.
 """
 from __future__ import annotations
 
-import copy
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
-from geometry_msgs.msg import Point, Pose, PoseWithCovariance, Quaternion, Vector3
 from sensor_msgs.msg import PointCloud2
-from std_msgs.msg import ColorRGBA, Header
-from vision_msgs.msg import (BoundingBox3D, Detection3D, Detection3DArray, ObjectHypothesis,
-                             ObjectHypothesisWithPose)
-from visualization_msgs.msg import Marker, MarkerArray
+from std_msgs.msg import Header
+from vision_msgs.msg import Detection3DArray
+from visualization_msgs.msg import Marker
 
 from vexkd_core.classes import DETECTION_CLASS_COLORS
 from vexkd_core.geometry import yaw_to_quaternion
 from vexkd_core.structures import Boxes3D
 
+from .cdr import HEADER, POINT, POSE, POSE_WITH_COVARIANCE, VECTOR3, CdrWriter, fragment
 from .conversions import MessageError, array_to_cloud, cloud_to_array, structured_points
 
 # A velocity marker arrow ends where the box centre will be this many seconds later.
@@ -29,49 +27,48 @@ ARROW_HORIZON_S = 1.0
 # Fields of the per-object velocity cloud (see boxes_to_velocities), in this order.
 VELOCITY_FIELDS = ("x", "y", "z", "vx", "vy", "vz")
 
+# What boxes_to_detections writes (cdr.check_layout).
+DETECTION3D_ARRAY_LAYOUT = {"header": HEADER, "detections": ("sequence<vision_msgs/Detection3D>", {
+    "header": HEADER,
+    "results": ("sequence<vision_msgs/ObjectHypothesisWithPose>", {
+        "hypothesis": ("vision_msgs/ObjectHypothesis", {"class_id": "string", "score": "double"}),
+        "pose": POSE_WITH_COVARIANCE}),
+    "bbox": ("vision_msgs/BoundingBox3D", {"center": POSE, "size": VECTOR3}),
+    "id": "string"})}
 
-def yaw_from_quaternion(q: Quaternion) -> float:
+
+def yaw_from_quaternion(q) -> float:
     return float(np.arctan2(2 * (q.w * q.z + q.x * q.y), 1 - 2 * (q.y * q.y + q.z * q.z)))
 
 
-def box_poses(boxes: Boxes3D) -> list[Pose]:
-    """Each box's pose: its centre, and its yaw as a rotation about +z. Python floats are
-    taken in one go: a numpy scalar costs a conversion each."""
-    rows = np.column_stack([boxes.center, yaw_to_quaternion(boxes.yaw).reshape(-1, 4)]).tolist()
-    return [Pose(position=Point(x=x, y=y, z=z), orientation=Quaternion(w=w, x=qx, y=qy, z=qz))
-            for x, y, z, w, qx, qy, qz in rows]
+def box_poses(boxes: Boxes3D) -> np.ndarray:
+    """(N, 7) each box's pose in geometry_msgs/Pose's field order: its centre x, y, z, then
+    the quaternion x, y, z, w of its yaw about +z."""
+    w, x, y, z = yaw_to_quaternion(boxes.yaw).reshape(-1, 4).T
+    return np.column_stack([boxes.center.reshape(-1, 3), x, y, z, w])
 
 
-def copies(template) -> Callable[[], object]:
-    """A maker of shallow copies of a filled-in message. Building many messages of one kind
-    this way is several times faster: a rosidl constructor makes every default sub-message
-    even when given one (a Marker's header, pose, scale, colour, texture, ...: about 60 us
-    a Marker, 5 for a copy). The copies share the template's sub-messages, so a field that
-    differs must be assigned a new object, never changed in place (and so must the returned
-    messages' parts be, by whoever publishes them)."""
-    return lambda: copy.copy(template)
-
-
-def boxes_to_detections(boxes: Boxes3D, class_names: Sequence[str], header: Header) -> Detection3DArray:
-    """One Detection3D per box; the hypothesis pose is the box pose (bbox.center).
+def boxes_to_detections(boxes: Boxes3D, class_names: Sequence[str], header: Header) -> bytes:
+    """A serialized Detection3DArray: one Detection3D per box under `header`, with one
+    hypothesis (class name, score) whose pose is the box pose (bbox.center), no covariance
+    and no id.
 
     vision_msgs has no velocity field: velocities go out on their own (boxes_to_velocities).
     """
-    new_detection, new_result = copies(Detection3D(header=header)), copies(ObjectHypothesisWithPose())
-    new_box, new_pose = copies(BoundingBox3D()), copies(PoseWithCovariance())
-    detections = []
-    for pose, (length, width, height), label, score in zip(box_poses(boxes), boxes.size_lwh.tolist(),
-                                                           boxes.label.tolist(), boxes.score.tolist()):
-        result = new_result()
-        result.hypothesis = ObjectHypothesis(class_id=class_names[label], score=score)
-        result.pose = new_pose()
-        result.pose.pose = pose
-        box = new_box()
-        box.center, box.size = pose, Vector3(x=length, y=width, z=height)
-        detection = new_detection()
-        detection.results, detection.bbox = [result], box
-        detections.append(detection)
-    return Detection3DArray(header=header, detections=detections)
+    poses = box_poses(boxes)
+    # Each detection's float64 fields in order: score, hypothesis pose and its covariance, bbox centre, size.
+    floats = np.column_stack([boxes.score, poses, np.zeros((len(boxes), 36)), poses, boxes.size_lwh])
+    detection_header = fragment(lambda w: w.header(header))
+    one_hypothesis = [fragment(lambda w, name=name: (w.uint32(1), w.string(name))) for name in class_names]
+    writer = CdrWriter()
+    writer.header(header)
+    writer.uint32(len(boxes))
+    for row, label in zip(floats, boxes.label.tolist()):
+        writer.fragment(detection_header)
+        writer.fragment(one_hypothesis[label])
+        writer.float64s(row)
+        writer.string("")  # id: none (a tracker assigns them)
+    return writer.bytes()
 
 
 def boxes_to_velocities(boxes: Boxes3D, header: Header) -> PointCloud2:
@@ -128,43 +125,94 @@ _ARROW_HEAD_M, _ARROW_HEAD_SHARE, _ARROW_HEAD_ANGLE = 0.5, 1 / 3, np.radians(25.
 
 
 def boxes_to_markers(boxes: Boxes3D, class_names: Sequence[str], header: Header,
-                     namespace: str = "detections") -> MarkerArray:
-    """After a DELETEALL of the last frame: per class, one LINE_LIST of its boxes' wireframes
-    (`<namespace>/boxes`) and one of its moving boxes' velocity arrows (`/velocity`: shaft
-    from the centre to where it is ARROW_HORIZON_S later, and a two-stroke head), id the
-    class index; per box a label with class and score (`/labels`, id the box index).
+                     namespace: str = "detections") -> bytes:
+    """A serialized MarkerArray: after a DELETEALL of the last frame, per class one LINE_LIST
+    of its boxes' wireframes (`<namespace>/boxes`) and one of its moving boxes' velocity
+    arrows (`/velocity`: shaft from the centre to where it is ARROW_HORIZON_S later, and a
+    two-stroke head), id the class index; per box a label with class and score (`/labels`,
+    id the box index).
 
-    One line list per class rather than per box: RViz makes a scene object per marker, and
-    building and serialising a marker is most of the cost (200 boxes as 596 markers: 39 ms to
-    build and 14 to serialise in Python, bench_conversions). The DELETEALL has an empty namespace: since
-    Humble RViz deletes only the markers of exactly the namespace a DELETEALL names; an
-    empty one clears everything this topic's display holds.
+    One line list per class rather than per box: RViz makes a scene object per marker. The
+    DELETEALL has an empty namespace: since Humble RViz deletes only the markers of exactly
+    the namespace a DELETEALL names; an empty one clears everything this topic's display holds.
     """
-    markers = [Marker(header=header, ns="", action=Marker.DELETEALL)]
-    identity = Pose()  # the line lists' points are in the header's frame
     names = [class_names[label] for label in boxes.label.tolist()]
-    colors = {name: ColorRGBA(r=r, g=g, b=b, a=1.0)
-              for name in set(names) for r, g, b in [DETECTION_CLASS_COLORS.get(name, (1.0, 1.0, 1.0))]}
+    colors = {label: np.array([*DETECTION_CLASS_COLORS.get(class_names[label], (1.0, 1.0, 1.0)), 1.0])
+              for label in set(boxes.label.tolist())}
     edges = boxes.corners()[:, _EDGE_CORNERS]
     arrows = _arrow_strokes(boxes)
     moving = np.hypot(boxes.velocity[:, 0], boxes.velocity[:, 1]) > _MOVING_M_S
+    line_lists = []
     for label in np.unique(boxes.label).tolist():
         of_class = boxes.label == label
         for kind, strokes, width in (("boxes", edges[of_class], 0.08), ("velocity", arrows[of_class & moving], 0.15)):
             if len(strokes):
-                markers.append(Marker(header=header, ns=f"{namespace}/{kind}", id=label,
-                                      type=Marker.LINE_LIST, action=Marker.ADD, pose=identity,
-                                      scale=Vector3(x=width), color=colors[class_names[label]],
-                                      points=[Point(x=x, y=y, z=z) for x, y, z in strokes.reshape(-1, 3).tolist()]))
-    new_label = copies(Marker(header=header, ns=f"{namespace}/labels", type=Marker.TEXT_VIEW_FACING,
-                              action=Marker.ADD, scale=Vector3(z=0.8)))
-    above = (boxes.center + np.column_stack([np.zeros((len(boxes), 2)), boxes.size_lwh[:, 2] / 2 + 0.6])).tolist()
-    for i, (name, score, (x, y, z)) in enumerate(zip(names, boxes.score.tolist(), above)):
-        label = new_label()
-        label.id, label.color, label.text = i, colors[name], f"{name} {score:.2f}"
-        label.pose = Pose(position=Point(x=x, y=y, z=z))
-        markers.append(label)
-    return MarkerArray(markers=markers)
+                line_lists.append((kind, label, width, strokes.reshape(-1, 3)))
+    writer = CdrWriter()
+    writer.uint32(1 + len(line_lists) + len(boxes))
+    marker = _MarkerWriter(writer, header)
+    marker.write("", 0, Marker.ARROW, Marker.DELETEALL, _IDENTITY_POSE, np.zeros(3), np.zeros(4))
+    for kind, label, width, points in line_lists:  # points in the header's frame
+        marker.write(f"{namespace}/{kind}", label, Marker.LINE_LIST, Marker.ADD, _IDENTITY_POSE,
+                     np.array([width, 0.0, 0.0]), colors[label], points)
+    above = boxes.center + np.column_stack([np.zeros((len(boxes), 2)), boxes.size_lwh[:, 2] / 2 + 0.6])
+    label_poses = np.column_stack([above, np.zeros((len(boxes), 3)), np.ones(len(boxes))])
+    for i, (name, label, score, pose) in enumerate(zip(names, boxes.label.tolist(), boxes.score.tolist(), label_poses)):
+        marker.write(f"{namespace}/labels", i, Marker.TEXT_VIEW_FACING, Marker.ADD, pose, _LABEL_SCALE,
+                     colors[label], text=f"{name} {score:.2f}")
+    return writer.bytes()
+
+
+_IDENTITY_POSE = np.array([0.0, 0, 0, 0, 0, 0, 1])  # x, y, z, quaternion x, y, z, w
+_LABEL_SCALE = np.array([0.0, 0.0, 0.8])  # a text marker's height is scale.z
+_NO_POINTS = np.zeros((0, 3))
+# What _MarkerWriter writes (cdr.check_layout).
+MARKER_ARRAY_LAYOUT = {"markers": ("sequence<visualization_msgs/Marker>", {
+    "header": HEADER, "ns": "string", "id": "int32", "type": "int32", "action": "int32", "pose": POSE,
+    "scale": VECTOR3, "color": ("std_msgs/ColorRGBA", {"r": "float", "g": "float", "b": "float", "a": "float"}),
+    "lifetime": ("builtin_interfaces/Duration", {"sec": "int32", "nanosec": "uint32"}), "frame_locked": "boolean",
+    "points": ("sequence<geometry_msgs/Point>", POINT[1]), "colors": "sequence<std_msgs/ColorRGBA>",
+    "texture_resource": "string",
+    "texture": ("sensor_msgs/CompressedImage", {"header": HEADER, "format": "string", "data": "sequence<uint8>"}),
+    "uv_coordinates": "sequence<visualization_msgs/UVCoordinate>", "text": "string", "mesh_resource": "string",
+    "mesh_file": ("visualization_msgs/MeshFile", {"filename": "string", "data": "sequence<uint8>"}),
+    "mesh_use_embedded_materials": "boolean"})}
+
+
+class _MarkerWriter:
+    """Markers of one frame into a CdrWriter: the fields they all share encoded once."""
+
+    # lifetime 0 (forever: the next frame's DELETEALL removes them), frame_locked false
+    _LIFETIME = fragment(lambda w: (w.int32(0), w.uint32(0), w.boolean(False)))
+    # no per-point colours, no texture (resource, then a CompressedImage: header, format, data), no uv coordinates
+    _BEFORE_TEXT = fragment(lambda w: (w.uint32(0), w.string(""), w.header(Header()), w.string(""), w.uint32(0),
+                                       w.uint32(0)))
+    # no mesh (resource, then a MeshFile: filename, data), mesh_use_embedded_materials false
+    _AFTER_TEXT = fragment(lambda w: (w.string(""), w.string(""), w.uint32(0), w.boolean(False)))
+
+    def __init__(self, writer: CdrWriter, header: Header):
+        self._writer, self._header = writer, fragment(lambda w: w.header(header))
+        self._namespaces: dict[str, bytes] = {}
+
+    def write(self, namespace: str, marker_id: int, kind: int, action: int, pose: np.ndarray, scale: np.ndarray,
+              color: np.ndarray, points: np.ndarray = _NO_POINTS, text: str = "") -> None:
+        """`pose` (7,) as box_poses' rows, `scale` (3,), `color` (4,) r, g, b, a; `points` (M, 3)."""
+        writer = self._writer
+        writer.fragment(self._header)
+        if namespace not in self._namespaces:
+            self._namespaces[namespace] = fragment(lambda w: w.string(namespace))
+        writer.fragment(self._namespaces[namespace])
+        writer.int32(marker_id)
+        writer.int32(kind)
+        writer.int32(action)
+        writer.float64s(np.concatenate([pose, scale]))
+        writer.float32s(color)
+        writer.fragment(self._LIFETIME)
+        writer.uint32(len(points))
+        writer.float64s(points)
+        writer.fragment(self._BEFORE_TEXT)
+        writer.string(text)
+        writer.fragment(self._AFTER_TEXT)
 
 
 def _arrow_strokes(boxes: Boxes3D) -> np.ndarray:

@@ -28,6 +28,7 @@ from vexkd_core.data.sample import CAMERA_CHANNELS
 from vexkd_core.data.sensor_files import reduce_image
 from vexkd_core.inference import load_predictor
 
+from .cdr import LayoutError
 from .conversions import (MessageError, camera_info_to_intrinsics, cloud_to_points, compressed_to_rgb,
                           encoded_image_size, image_to_rgb, stamp_to_ns)
 from .detector_parameters import ParameterError, current_values, declare_and_read, validate
@@ -212,7 +213,7 @@ def run(modality: str, argv: list[str] | None = None) -> int:
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
-    except (ParameterError, CheckpointError) as error:
+    except (ParameterError, CheckpointError, LayoutError) as error:
         print(f"{NODE_NAMES[modality]}: error: {error}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):

@@ -17,8 +17,10 @@ from visualization_msgs.msg import MarkerArray
 
 from vexkd_core.classes import DETECTION_CLASSES
 
-from .autoware import boxes_to_detected_objects
-from .box_messages import boxes_to_detections, boxes_to_markers, boxes_to_velocities
+from .autoware import DETECTED_OBJECTS_LAYOUT, boxes_to_detected_objects
+from .box_messages import (DETECTION3D_ARRAY_LAYOUT, MARKER_ARRAY_LAYOUT, boxes_to_detections, boxes_to_markers,
+                           boxes_to_velocities)
+from .cdr import check_layout
 from .conversions import ns_to_stamp, probability_to_grid
 from .pipeline import MODEL_STAGES, Result
 from .settings import DetectorSettings
@@ -44,6 +46,13 @@ class NodeOutputs:
     per-stage times. A parameter change swaps publishers while the worker publishes: a lock."""
 
     def __init__(self, node: Node, detects: bool, settings: DetectorSettings):
+        """Raises cdr.LayoutError if this ROS install defines a box message otherwise than
+        the node serialises it."""
+        if detects:
+            for message_class, layout in ((Detection3DArray, DETECTION3D_ARRAY_LAYOUT),
+                                          (DetectedObjects, DETECTED_OBJECTS_LAYOUT),
+                                          (MarkerArray, MARKER_ARRAY_LAYOUT)):
+                check_layout(message_class, layout)
         self._node = node
         self._lock = threading.Lock()
         self.objects = node.create_publisher(Detection3DArray, OBJECTS_TOPIC, OUTPUT_QOS) if detects else None
@@ -84,8 +93,8 @@ class NodeOutputs:
         started = time.perf_counter()
         header = Header(stamp=ns_to_stamp(result.stamp_ns), frame_id=result.frame_id)
         with self._lock:
-            # A message nobody subscribes to is not built: hundreds of boxes as Python messages
-            # cost milliseconds each frame (a recorder is a subscriber, so nothing recorded is lost).
+            # A message nobody subscribes to is not built (a recorder is a subscriber, so nothing
+            # recorded is lost). The box messages come serialized (cdr.py): rclpy sends the bytes.
             if result.boxes is not None:
                 if _wanted(self.objects):
                     self.objects.publish(boxes_to_detections(result.boxes, DETECTION_CLASSES, header))

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from rclpy.serialization import deserialize_message
 from std_msgs.msg import Header
+from visualization_msgs.msg import MarkerArray
 
 from vexkd_core.classes import DETECTION_CLASSES, MAP_CLASSES
 from vexkd_core.data.nuscenes_source import DatasetError, NuScenesSource
@@ -159,7 +161,9 @@ class SceneMessages:
 
     def _ground_truth(self, sample_token: str, stamp_ns: int, header: Header) -> Iterator[Message]:
         _, boxes, masks = self.source.ground_truth(sample_token)
-        yield Message(GT_MARKERS_TOPIC, stamp_ns, boxes_to_markers(boxes, DETECTION_CLASSES, header, "ground_truth"))
+        # The bytes a node would send, as an rclpy message like every other Message here.
+        yield Message(GT_MARKERS_TOPIC, stamp_ns, deserialize_message(
+            boxes_to_markers(boxes, DETECTION_CLASSES, header, "ground_truth"), MarkerArray))
         if masks is not None:
             for name, mask in zip(MAP_CLASSES, masks):
                 yield Message(gt_map_topic(name), stamp_ns, probability_to_grid(mask.astype(np.float32), GT_MAP_GRID,
