@@ -12,9 +12,11 @@ from vexkd_core.classes import MAP_CLASSES
 from vexkd_core.config import load_config
 from vexkd_core.data.sample import CAMERA_CHANNELS
 from vexkd_core.data.sensor_files import reduce_image
+from vexkd_core.data.sweeps import sweep_in_key_frame
+from vexkd_core.geometry import make_transform
 from vexkd_core.inference import Predictor
 from vexkd_core.models.vexkd import build_model
-from vexkd_ros.node_inputs import Calibration, CameraCache, CameraFrame, Sweep
+from vexkd_ros.node_inputs import Calibration, CameraCache, CameraFrame, Sweep, SweepHistory
 from vexkd_ros.pipeline import MODEL_STAGES, Pipeline, Trigger
 from vexkd_ros.settings import DetectorSettings
 from vexkd_ros.worker import NewestWorker
@@ -60,9 +62,9 @@ def sweep(stamp_ns: int, n: int = 3000, frame: str = "LIDAR_TOP") -> Sweep:
 
 def lidar_run(p: Pipeline, key: Sweep, chosen: DetectorSettings):
     for past in (sweep(key.stamp_ns - SECOND // 10), sweep(key.stamp_ns - SECOND // 20)):
-        assert p.add_sweep(past)[0]
-    assert p.add_sweep(key)[0]
-    return p.run(Trigger(key.stamp_ns, key.frame_id, key), p.resolve(chosen))
+        assert p.add_sweep(past)[0] is not None
+    kept, _ = p.add_sweep(key)
+    return p.run(Trigger(kept.stamp_ns, kept.frame_id, kept), p.resolve(chosen))
 
 
 def test_the_pipeline_imports_no_ros():
@@ -94,18 +96,51 @@ def test_without_tf_every_note_is_kept():
     assert len(result.boxes) > 0  # the trigger sweep alone still makes a frame
 
 
+class Driving(StandingStill):
+    """The rig drives along x at 10 m/s, turning at 0.2 rad/s: a past sweep's points move."""
+
+    def lookup_across_time(self, target, target_ns, source, source_ns, fixed):
+        super().lookup_across_time(target, target_ns, source, source_ns, fixed)
+        lag = (target_ns - source_ns) * 1e-9
+        return make_transform([np.cos(-0.1 * lag), 0, 0, np.sin(-0.1 * lag)], [-10.0 * lag, 0.3 * lag, 0.0])
+
+
+def test_the_node_assembles_sweeps_bitwise_as_the_dataset_reader_does():
+    """Each sweep loses its ego returns once, on arrival; past ones are moved into the key frame
+    each frame. The result is what the dataset reader's sweep_in_key_frame gives, key sweep first."""
+    p = Pipeline.__new__(Pipeline)  # only the sweep history: no model needed
+    p.sweeps = SweepHistory(2)
+    received = []
+    for k in range(3):
+        raw = sweep(T0 + k * SECOND // 20).points
+        raw[:40, :2] = np.random.default_rng(k).uniform(-0.7, 0.7, (40, 2))  # returns from the ego's roof
+        raw[40:45, 0] = np.nan
+        received.append(Sweep(T0 + k * SECOND // 20, "LIDAR_TOP", raw))
+        kept, _ = p.add_sweep(received[-1])
+        assert len(kept.points) <= len(raw) - 45 and (np.hypot(kept.points[:, 0], kept.points[:, 1]) >= 1.0).all()
+    tf = Driving()
+    got, notes = p.sweeps.points(kept, tf, "map")
+    key = received[-1]
+    expected = np.concatenate([sweep_in_key_frame(s.points, tf.lookup_across_time("LIDAR_TOP", key.stamp_ns, "LIDAR_TOP",
+                                                                                  s.stamp_ns, "map"),
+                                                  (key.stamp_ns - s.stamp_ns) * 1e-9) for s in reversed(received)])
+    assert notes == [] and got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
+    assert sorted(set(got[:, 4].tolist())) == pytest.approx([0.0, 0.05, 0.1])
+
+
 def test_non_finite_points_are_counted_and_left_to_preprocess():
     clean = sweep(T0)
     polluted = Sweep(T0, "LIDAR_TOP", np.concatenate([clean.points, np.full((500, 4), np.nan, np.float32)]))
     p = pipeline()
-    accepted, notes = p.add_sweep(polluted)
-    assert accepted and notes == ["500 of 3500 points are NaN/inf; they are dropped"]
+    kept, notes = p.add_sweep(polluted)
+    assert kept is not None and notes == ["500 of 3500 points are NaN/inf; they are dropped"]
     expected = lidar_run(pipeline(), clean, settings()).boxes
     got = lidar_run(pipeline(), polluted, settings()).boxes
     np.testing.assert_array_equal(got.center, expected.center)
     np.testing.assert_array_equal(got.score, expected.score)
-    accepted, notes = p.add_sweep(Sweep(T0 + SECOND, "LIDAR_TOP", np.full((10, 4), np.inf, np.float32)))
-    assert not accepted and notes[-1] == "point cloud skipped: it has no (finite) points"
+    kept, notes = p.add_sweep(Sweep(T0 + SECOND, "LIDAR_TOP", np.full((10, 4), np.inf, np.float32)))
+    assert kept is None and notes[-1] == "point cloud skipped: it has no (finite) points"
 
 
 @pytest.mark.parametrize("tasks, objects, maps", [("map", False, True), ("detection", True, False)])

@@ -151,12 +151,11 @@ class DetectorNode(Node):
         except MessageError as error:
             self.health.warn("cloud", f"point cloud skipped: {error}")
             return
-        sweep = Sweep(stamp_to_ns(msg.header.stamp), msg.header.frame_id, points)
-        accepted, notes = self.pipeline.add_sweep(sweep)
+        kept, notes = self.pipeline.add_sweep(Sweep(stamp_to_ns(msg.header.stamp), msg.header.frame_id, points))
         for note in notes:
             self.health.warn_text(note)
-        if accepted:
-            self._trigger(Trigger(sweep.stamp_ns, sweep.frame_id, sweep, time.perf_counter() - started))
+        if kept is not None:
+            self._trigger(Trigger(kept.stamp_ns, kept.frame_id, kept, time.perf_counter() - started))
 
     def _on_image(self, index: int, msg) -> None:
         if not self._has_frame(msg, f"image{index}"):

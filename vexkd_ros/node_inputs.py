@@ -19,7 +19,7 @@ import numpy as np
 
 from vexkd_core.data.sample import CAMERA_CHANNELS, CameraView
 from vexkd_core.data.sensor_files import decode_reduction, reduced_intrinsics
-from vexkd_core.data.sweeps import sweep_in_key_frame
+from vexkd_core.data.sweeps import into_key_frame
 
 CAMERA_FRAMES_KEPT = 4  # per camera: enough to choose the nearest of ~3 frames around a trigger
 
@@ -37,7 +37,7 @@ class Transforms(Protocol):
 class Sweep:
     stamp_ns: int
     frame_id: str
-    points: np.ndarray  # (N, 4) float32 x, y, z, intensity in frame_id
+    points: np.ndarray  # (N, 4) float32 x, y, z, intensity in frame_id (kept: without the ego's own returns)
 
 
 @dataclass(frozen=True)
@@ -77,16 +77,20 @@ class SweepHistory:
         """(M, 5) points in the key sweep's frame, and a note for every past sweep left out."""
         with self._lock:
             past = [s for s in self._history if s.stamp_ns < key.stamp_ns][-self.sweeps:] if self.sweeps else []
-        clouds = [sweep_in_key_frame(key.points, np.eye(4), 0.0)]
-        notes = []
+        moves, notes = [(key.points, np.eye(4), 0.0)], []
         for sweep in reversed(past):
             try:
                 to_key = tf.lookup_across_time(key.frame_id, key.stamp_ns, sweep.frame_id, sweep.stamp_ns, fixed_frame)
             except LookupError as error:
                 notes.append(f"past sweep left out: {error}")
                 continue
-            clouds.append(sweep_in_key_frame(sweep.points, to_key, (key.stamp_ns - sweep.stamp_ns) * 1e-9))
-        return np.concatenate(clouds), notes
+            moves.append((sweep.points, to_key, (key.stamp_ns - sweep.stamp_ns) * 1e-9))
+        points = np.empty((sum(len(p) for p, _, _ in moves), 5), np.float32)
+        start = 0
+        for sweep_points, to_key, lag_s in moves:
+            into_key_frame(sweep_points, to_key, lag_s, out=points[start:start + len(sweep_points)])
+            start += len(sweep_points)
+        return points, notes
 
 
 class CameraCache:

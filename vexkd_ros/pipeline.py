@@ -15,6 +15,7 @@ import numpy as np
 
 from vexkd_core.classes import MAP_CLASSES
 from vexkd_core.data.sample import Sample
+from vexkd_core.data.sweeps import without_ego_points
 from vexkd_core.inference import Predictor
 from vexkd_core.structures import BEVGrid, Boxes3D
 from vexkd_core.timing import StageTimer
@@ -69,16 +70,18 @@ class Pipeline:
             settings = replace(settings, publish_markers=False)
         return settings
 
-    def add_sweep(self, sweep: Sweep) -> tuple[bool, list[str]]:
-        """(whether the sweep can trigger, notes). Non-finite points are only counted here:
-        preprocess() drops them, for the dataset path and this one alike."""
+    def add_sweep(self, sweep: Sweep) -> tuple[Sweep | None, list[str]]:
+        """(the sweep as kept, to trigger with: without the ego's own returns; None: it cannot
+        trigger, notes). Non-finite points are only counted here: preprocess() drops them, for
+        the dataset path and this one alike."""
         finite = int(np.isfinite(sweep.points).all(axis=1).sum())
         notes = [] if finite == len(sweep.points) else \
             [f"{len(sweep.points) - finite} of {len(sweep.points)} points are NaN/inf; they are dropped"]
         if finite == 0:
-            return False, notes + ["point cloud skipped: it has no (finite) points"]
-        self.sweeps.add(sweep)
-        return True, notes
+            return None, notes + ["point cloud skipped: it has no (finite) points"]
+        kept = replace(sweep, points=without_ego_points(sweep.points))
+        self.sweeps.add(kept)
+        return kept, notes
 
     def add_frame(self, index: int, frame: CameraFrame) -> None:
         self.cameras.add_frame(index, frame)
