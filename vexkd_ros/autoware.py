@@ -57,7 +57,7 @@ def boxes_to_detected_objects(boxes: Boxes3D, class_names: Sequence[str], header
     # Each object's float64 runs: its pose and (zero) covariance; its twist and covariance; its dimensions.
     poses = np.column_stack([box_poses(boxes), np.zeros((n, 36))])
     twists = np.column_stack([twist, np.zeros((n, 36))])
-    # existence_probability, then one classification with probability 1.
+    # Per class: its one classification (Autoware label, probability 1) and its orientation availability.
     classified = {label: (fragment(lambda w, c=AUTOWARE_LABELS[name]: (w.uint32(1), w.uint8(c), w.float32(1.0))),
                           DetectedObjectKinematics.SIGN_UNKNOWN if AUTOWARE_LABELS[name] in CAR_LIKE
                           else DetectedObjectKinematics.UNAVAILABLE)

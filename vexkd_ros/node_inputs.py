@@ -37,7 +37,9 @@ class Transforms(Protocol):
 class Sweep:
     stamp_ns: int
     frame_id: str
-    points: np.ndarray  # (N, 4) float32 x, y, z, intensity in frame_id (kept: without the ego's own returns)
+    # (N, 4) float32 x, y, z, intensity in frame_id; without the ego's own returns once the
+    # pipeline keeps it (Pipeline.add_sweep)
+    points: np.ndarray
 
 
 @dataclass(frozen=True)
