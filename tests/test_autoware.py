@@ -7,6 +7,7 @@ import ros_samples
 from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.structures import Boxes3D
 from vexkd_ros.autoware import AUTOWARE_LABELS, boxes_to_detected_objects, detected_objects_to_boxes
+from vexkd_ros.cdr import read_back
 
 
 def test_every_class_has_an_autoware_label():
@@ -17,7 +18,7 @@ def test_every_class_has_an_autoware_label():
 
 def test_boxes_survive_the_wire_as_detected_objects():
     boxes = ros_samples.boxes(seed=4, n=12)
-    msg = ros_samples.from_wire(boxes_to_detected_objects(boxes, DETECTION_CLASSES, ros_samples.header()),
+    msg = read_back(boxes_to_detected_objects(boxes, DETECTION_CLASSES, ros_samples.header()),
                                 DetectedObjects)
     assert msg.header.frame_id == "LIDAR_TOP" and len(msg.objects) == 12
     back, labels = detected_objects_to_boxes(msg)
@@ -36,7 +37,7 @@ def test_the_twist_is_in_the_objects_frame():
     """A car heading +y (yaw 90 deg) driving 5 m/s along +y over the ground, sliding 1 m/s to -x."""
     boxes = Boxes3D(np.array([[10.0, 0.0, 0.0]]), np.array([[4.5, 1.9, 1.6]]), np.array([np.pi / 2]),
                     np.array([[-1.0, 5.0]]), np.array([DETECTION_CLASSES.index("car")]), np.array([0.9]))
-    obj = ros_samples.from_wire(boxes_to_detected_objects(boxes, DETECTION_CLASSES, ros_samples.header()),
+    obj = read_back(boxes_to_detected_objects(boxes, DETECTION_CLASSES, ros_samples.header()),
                                 DetectedObjects).objects[0]
     twist = obj.kinematics.twist_with_covariance.twist
     np.testing.assert_allclose([twist.linear.x, twist.linear.y, twist.angular.z], [5.0, 1.0, 0.0], atol=1e-12)

@@ -13,6 +13,7 @@ import ros_samples
 from vexkd_core.classes import DETECTION_CLASS_COLORS, DETECTION_CLASSES
 from vexkd_ros import box_messages
 from vexkd_ros import conversions as conv
+from vexkd_ros.cdr import read_back
 from vexkd_ros.conversions import MessageError
 
 
@@ -179,7 +180,7 @@ def test_a_jpeg_claiming_a_huge_size_is_refused_before_decoding():
 
 def test_hypothesis_pose_is_the_box_pose_and_velocity_has_its_own_message():
     boxes = ros_samples.boxes(seed=5, n=7)
-    msg = ros_samples.from_wire(box_messages.boxes_to_detections(boxes, DETECTION_CLASSES, ros_samples.header()),
+    msg = read_back(box_messages.boxes_to_detections(boxes, DETECTION_CLASSES, ros_samples.header()),
                                 Detection3DArray)
     assert len(msg.detections) == 7 and msg.detections[0].header.frame_id == "LIDAR_TOP"
     assert msg.detections[2].results[0].hypothesis.class_id == DETECTION_CLASSES[boxes.label[2]]
@@ -208,7 +209,7 @@ def test_rviz_shows_only_the_newest_frames_markers():
     for n in (8, 2):
         boxes = ros_samples.boxes(seed=n, n=n)
         boxes.velocity[:] = 3.0  # every box moves: each has an arrow too
-        frame = ros_samples.from_wire(box_messages.boxes_to_markers(boxes, DETECTION_CLASSES, ros_samples.header()),
+        frame = read_back(box_messages.boxes_to_markers(boxes, DETECTION_CLASSES, ros_samples.header()),
                                       MarkerArray)
         display.receive(frame)
         assert set(display.shown) == ros_rviz.added(frame)
@@ -219,7 +220,7 @@ def test_rviz_shows_only_the_newest_frames_markers():
             lines = [m for m in shown if m.ns == f"detections/{kind}"]
             assert {m.type for m in lines} == {Marker.LINE_LIST}
             assert sum(len(m.points) for m in lines) == 2 * segments * n
-    display.receive(ros_samples.from_wire(box_messages.boxes_to_markers(ros_samples.boxes(n=0), DETECTION_CLASSES,
+    display.receive(read_back(box_messages.boxes_to_markers(ros_samples.boxes(n=0), DETECTION_CLASSES,
                                                                         ros_samples.header()), MarkerArray))
     assert display.shown == {}
 
@@ -228,7 +229,7 @@ def test_markers_clear_then_draw_each_box_in_its_class_colour():
     boxes = ros_samples.boxes(seed=6, n=5)
     boxes.label[:] = [0, 8, 0, 1, 8]  # two cars, two pedestrians, a truck
     boxes.velocity[:] = [[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, -2.0]]
-    markers = ros_samples.from_wire(box_messages.boxes_to_markers(boxes, DETECTION_CLASSES, ros_samples.header()),
+    markers = read_back(box_messages.boxes_to_markers(boxes, DETECTION_CLASSES, ros_samples.header()),
                                     MarkerArray).markers
     assert markers[0].action == Marker.DELETEALL
     wires = {m.id: m for m in markers if m.ns == "detections/boxes"}

@@ -6,8 +6,9 @@ took 12 ms of a 77 ms LiDAR frame (bench_nodes); writing the same bytes from num
 fraction of that. `Publisher.publish` sends bytes as they are, and a bag takes them too.
 
 The layouts follow the message definitions field by field; `check_layout` compares them
-with the definitions the running ROS install has, so a node on a distro whose messages
-differ stops with a clear error instead of sending bytes its subscribers misread.
+with the definitions the running ROS install has, and `read_back` has this process's rmw
+read a written message and write it again, so a node on a distro or rmw that differs stops
+with a clear error instead of sending bytes its subscribers misread.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import struct
 from typing import Callable, Mapping
 
 import numpy as np
+import rclpy
+from rclpy.serialization import deserialize_message, serialize_message
 from std_msgs.msg import Header
 
 # Encapsulation: CDR, little endian, no options (rmw_fastrtps' serialized messages start so).
@@ -119,6 +122,23 @@ def check_layout(message_class, layout: Mapping[str, object]) -> None:
     for name, kind in layout.items():
         if not isinstance(kind, str):
             check_layout(_field_class(message_class, name), kind[1])
+
+
+def read_back(data: bytes, message_class):
+    """`data` as a subscriber reads it: deserialised by this process's rmw. LayoutError unless
+    that rmw writes the message it read as the same bytes, padding aside (where this writer
+    puts zeros and rmw_fastrtps leaves whatever its buffer held)."""
+    try:
+        msg = deserialize_message(data, message_class)
+        reference = serialize_message(msg)
+    except Exception as error:  # rclpy raises whatever the rmw's deserializer threw
+        raise LayoutError(f"{_type_name(message_class)}: {rclpy.get_rmw_implementation_identifier()} cannot read "
+                          f"the bytes the node writes ({error})") from None
+    ours, theirs = np.frombuffer(data, np.uint8), np.frombuffer(reference, np.uint8)
+    if len(ours) != len(theirs) or not ((ours == theirs) | (ours == 0)).all():
+        raise LayoutError(f"{_type_name(message_class)}: {rclpy.get_rmw_implementation_identifier()} serialises it "
+                          "otherwise than the node writes it")
+    return msg
 
 
 def _type_name(message_class) -> str:

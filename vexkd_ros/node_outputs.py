@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 from autoware_internal_debug_msgs.msg import Float64Stamped
 from autoware_perception_msgs.msg import DetectedObjects
 from nav_msgs.msg import OccupancyGrid
@@ -16,11 +17,12 @@ from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
 from vexkd_core.classes import DETECTION_CLASSES
+from vexkd_core.structures import Boxes3D
 
 from .autoware import DETECTED_OBJECTS_LAYOUT, boxes_to_detected_objects
 from .box_messages import (DETECTION3D_ARRAY_LAYOUT, MARKER_ARRAY_LAYOUT, boxes_to_detections, boxes_to_markers,
                            boxes_to_velocities)
-from .cdr import check_layout
+from .cdr import check_layout, read_back
 from .conversions import ns_to_stamp, probability_to_grid
 from .pipeline import MODEL_STAGES, Result
 from .settings import DetectorSettings
@@ -37,6 +39,22 @@ STAGES = (*MODEL_STAGES, "publish")
 LATENCY_TOPIC = "~/debug/pipeline_latency_ms"
 
 
+def check_box_messages() -> None:
+    """Raise cdr.LayoutError unless this ROS install defines the box messages as the node
+    writes them and its rmw reads two written boxes back as the same bytes."""
+    car, pedestrian = DETECTION_CLASSES.index("car"), DETECTION_CLASSES.index("pedestrian")
+    boxes = Boxes3D(center=np.array([[12.0, -3.0, 0.2], [6.5, 4.0, 0.1]]),
+                    size_lwh=np.array([[4.5, 1.9, 1.6], [0.7, 0.6, 1.8]]), yaw=np.array([0.4, -2.0]),
+                    velocity=np.array([[8.0, 1.0], [0.0, 0.0]]), label=np.array([car, pedestrian]),
+                    score=np.array([0.9, 0.35]))
+    header = Header(stamp=ns_to_stamp(1_533_151_603_547_590_000), frame_id="LIDAR_TOP")
+    for message_class, layout, write in ((Detection3DArray, DETECTION3D_ARRAY_LAYOUT, boxes_to_detections),
+                                         (DetectedObjects, DETECTED_OBJECTS_LAYOUT, boxes_to_detected_objects),
+                                         (MarkerArray, MARKER_ARRAY_LAYOUT, boxes_to_markers)):
+        check_layout(message_class, layout)
+        read_back(write(boxes, DETECTION_CLASSES, header), message_class)
+
+
 def _wanted(publisher) -> bool:
     return publisher is not None and publisher.get_subscription_count() > 0
 
@@ -46,13 +64,10 @@ class NodeOutputs:
     per-stage times. A parameter change swaps publishers while the worker publishes: a lock."""
 
     def __init__(self, node: Node, detects: bool, settings: DetectorSettings):
-        """Raises cdr.LayoutError if this ROS install defines a box message otherwise than
-        the node serialises it."""
+        """Raises cdr.LayoutError if this ROS install defines or serialises a box message
+        otherwise than the node writes it (check_box_messages)."""
         if detects:
-            for message_class, layout in ((Detection3DArray, DETECTION3D_ARRAY_LAYOUT),
-                                          (DetectedObjects, DETECTED_OBJECTS_LAYOUT),
-                                          (MarkerArray, MARKER_ARRAY_LAYOUT)):
-                check_layout(message_class, layout)
+            check_box_messages()
         self._node = node
         self._lock = threading.Lock()
         self.objects = node.create_publisher(Detection3DArray, OBJECTS_TOPIC, OUTPUT_QOS) if detects else None
