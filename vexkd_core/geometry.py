@@ -67,5 +67,13 @@ def invert_transform(transform: np.ndarray) -> np.ndarray:
 
 
 def transform_points(transform: np.ndarray, xyz: np.ndarray) -> np.ndarray:
-    """Apply a 4x4 transform to (N, 3) points."""
-    return xyz @ transform[:3, :3].T + transform[:3, 3]
+    """Apply a 4x4 transform to (N, 3) points: (N, 3) float64, float32 points widened first.
+
+    The identity is not multiplied (the same values, without the work): inference applies
+    it to a node's ~35-140k points every frame, as the key sweep's pose and as augmentation.
+    """
+    if np.array_equal(transform, np.eye(4)):
+        return xyz.astype(np.float64)
+    moved = np.matmul(xyz, transform[:3, :3].T, dtype=np.float64)
+    moved += transform[:3, 3]
+    return moved

@@ -139,13 +139,9 @@ def image_transform(height: int, width: int, config: Config,
 
 def _points(points: np.ndarray, matrix: np.ndarray, config: Config, rng: np.random.Generator | None) -> np.ndarray:
     """(N, 5) points -> those on the grid after `matrix`, float32. Written for the ~140k points
-    of a node's every frame: an identity matrix (inference) is not multiplied, and the
-    columns go straight into the float32 result (the same values as transforming and
-    stacking in float64, half the time)."""
-    if np.array_equal(matrix, np.eye(4)):
-        xyz = points[:, :3].astype(np.float64)  # compared in float64, as the transformed ones are
-    else:
-        xyz = transform_points(matrix, points[:, :3])
+    of a node's every frame: the columns go straight into the float32 result (the same values
+    as transforming and stacking in float64, half the time)."""
+    xyz = transform_points(matrix, points[:, :3])  # compared in float64
     grid, extent = config.grid, config.grid.half_extent_m
     # Comparisons with NaN or inf are False: they drop non-finite coordinates as well.
     keep = (np.abs(xyz[:, 0]) < extent) & (np.abs(xyz[:, 1]) < extent) & \

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vexkd_core.geometry import transform_points
+
 MIN_POINT_DISTANCE_M = 1.0  # returns from the ego vehicle itself
 
 
@@ -30,16 +32,14 @@ def into_key_frame(points: np.ndarray, sensor_to_key: np.ndarray, lag_s: float,
     """(M, 4) from without_ego_points -> (M, 5) float32 in the key frame, the lag in seconds
     as fifth column; written into `out` when given (a node fills one array with all sweeps).
 
-    Moved in float64 and rounded once. The identity (a node's key sweep) is not multiplied:
-    the same values, without the work.
+    Moved in float64 and rounded once. The identity (a node's key sweep) copies the float32
+    coordinates straight: the same values, without a float64 copy of 35k points a frame.
     """
     out = np.empty((len(points), 5), np.float32) if out is None else out
     if np.array_equal(sensor_to_key, np.eye(4)):
         out[:, :3] = points[:, :3]
     else:
-        xyz = np.matmul(points[:, :3], sensor_to_key[:3, :3].T, dtype=np.float64)
-        xyz += sensor_to_key[:3, 3]
-        out[:, :3] = xyz
+        out[:, :3] = transform_points(sensor_to_key, points[:, :3])
     out[:, 3] = points[:, 3]
     out[:, 4] = lag_s
     return out
