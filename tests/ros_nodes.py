@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import rclpy
+import ros_rviz
 from autoware_perception_msgs.msg import DetectedObjects
 from nav_msgs.msg import OccupancyGrid
 from rclpy.executors import SingleThreadedExecutor
@@ -15,6 +16,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection3DArray
+from visualization_msgs.msg import MarkerArray
 
 from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.data.sample import CAMERA_CHANNELS
@@ -70,6 +72,9 @@ class Harness:
         self.autoware: dict[int, DetectedObjects] = {}
         self.node.create_subscription(DetectedObjects, f"/{node_name}/output/autoware/objects",
                                       lambda m: self.autoware.__setitem__(stamp_to_ns(m.header.stamp), m), 100)
+        # What an RViz MarkerArray display on the node's markers shows, and the newest frame it got.
+        self.shown_markers, self.markers_stamp = ros_rviz.ShownMarkers(), None
+        self.node.create_subscription(MarkerArray, f"/{node_name}/output/markers", self._on_markers, 100)
         for name in ("drivable_area", "divider"):
             self.maps[name] = {}
             self.node.create_subscription(OccupancyGrid, f"/{node_name}/output/map/{name}",
@@ -81,6 +86,10 @@ class Harness:
         stamp = stamp_to_ns(msg.header.stamp)
         self.objects[stamp] = msg
         self.arrivals.append((time.monotonic(), stamp))
+
+    def _on_markers(self, msg: MarkerArray) -> None:
+        self.shown_markers.receive(msg)
+        self.markers_stamp = stamp_to_ns(msg.markers[0].header.stamp)  # the DELETEALL, always first
 
     def publish(self, topic: str, msg) -> None:
         self.publish_later(topic, msg)

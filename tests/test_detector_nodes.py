@@ -24,6 +24,7 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage
 from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
+from visualization_msgs.msg import Marker
 
 from vexkd_ros.autoware import AUTOWARE_LABELS, detected_objects_to_boxes
 from vexkd_ros.conversions import (array_to_cloud, encoded_to_compressed, grid_to_probability,
@@ -96,6 +97,19 @@ def assert_autoware_carries(harness, stamp_ns, boxes):
     assert labels.tolist() == [AUTOWARE_LABELS[DETECTION_CLASSES[k]] for k in boxes.label]
 
 
+def assert_rviz_draws(harness, stamp_ns, boxes):
+    """An RViz marker display on the node's markers shows this frame's boxes at or above
+    marker_score_threshold (0.3, the default): a label with class and score and a wireframe
+    each, under the frame's header, and nothing left of earlier frames."""
+    harness.spin_until(lambda: harness.markers_stamp == stamp_ns, 30, "the markers")
+    shown = list(harness.shown_markers.shown.values())
+    drawn = boxes.select(boxes.score >= 0.3)
+    assert sorted(m.text for m in shown if m.type == Marker.TEXT_VIEW_FACING) == \
+        sorted(f"{DETECTION_CLASSES[label]} {score:.2f}" for label, score in zip(drawn.label, drawn.score))
+    assert sum(len(m.points) for m in shown if m.ns == "detections/boxes") == 24 * len(drawn)  # 12 edges a box
+    assert all(m.header == harness.objects[stamp_ns].header for m in shown)
+
+
 @pytest.mark.parametrize("modality, backend", [("lidar", "torch"), ("camera", "torch"), ("fusion", "torch"),
                                                ("lidar", "onnxruntime"), ("camera", "onnxruntime")])
 def test_node_answers_each_key_frame_as_eval_predicts(modality, backend, checkpoints, tiny_world, rclpy_context,
@@ -137,6 +151,7 @@ def test_node_answers_each_key_frame_as_eval_predicts(modality, backend, checkpo
             boxes = harness.boxes(stamp)
             assert_same_records(boxes_to_results(boxes, lidar_to_global, token), eval_results[token])
             assert_autoware_carries(harness, stamp, boxes)
+            assert_rviz_draws(harness, stamp, boxes)
             harness.spin_until(lambda: all(stamp in grids for grids in harness.maps.values()), 30, "the maps")
             for index, name in ((0, "drivable_area"), (5, "divider")):
                 probability, _ = grid_to_probability(harness.maps[name][stamp])
