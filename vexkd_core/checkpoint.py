@@ -49,10 +49,47 @@ def read_payload(path: str | Path, what: str = "checkpoint") -> dict:
 
 
 def load_checkpoint(path: str | Path) -> dict:
+    """The payload of a vexkd checkpoint of this format, checked field by field; anything else
+    (another format, a newer version, a missing or mistyped field) is a one-line CheckpointError."""
     payload = read_payload(path)
-    if payload.get("format_version") != FORMAT_VERSION or "model" not in payload:
+    version = payload.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} is a vexkd checkpoint of format {version}, written by a newer vexkd; "
+                              f"this one reads format {FORMAT_VERSION}")
+    if version != FORMAT_VERSION:
         raise CheckpointError(f"{path} is not a vexkd checkpoint (format {FORMAT_VERSION})")
+    check_model_description(payload, path, "checkpoint")
+    weights = payload.get("model")
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in weights.items()):
+        raise CheckpointError(f"{path}: its 'model' is not a dict of named tensors")
     return payload
+
+
+def check_model_description(description: dict, path: str | Path, what: str) -> Config:
+    """The fields a checkpoint and an ONNX sidecar share (modality, config, class names),
+    checked; returns the config. One-line CheckpointError naming the file and the field."""
+    from vexkd_core.models.vexkd import MODALITIES  # lazily: the models import this module
+
+    modality = description.get("modality")
+    if modality not in MODALITIES:
+        raise CheckpointError(f"{path}: its 'modality' is {modality!r}, not one of {', '.join(MODALITIES)}")
+    for field, ours in (("detection_classes", DETECTION_CLASSES), ("map_classes", MAP_CLASSES)):
+        if description.get(field, list(ours)) != list(ours):
+            raise CheckpointError(f"{path}: its {field} differ from this version's ({', '.join(ours)})")
+    return stored_config(description, path, what)
+
+
+def stored_config(description: dict, path: str | Path, what: str) -> Config:
+    """The Config a checkpoint or sidecar stores, or a one-line CheckpointError."""
+    data = description.get("config")
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: its 'config' is {type(data).__name__}, not a mapping of config fields")
+    try:
+        return from_dict(data)
+    except (ValueError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{path}: its config is not one this version of vexkd reads ({error}); "
+                              f"was the {what} written by another version?") from None
 
 
 def state_dict_mismatch(error: RuntimeError) -> str:
@@ -69,11 +106,16 @@ def model_from_checkpoint(path: str | Path, expected_modality: str | None = None
     modality = payload["modality"]
     if expected_modality is not None and modality != expected_modality:
         raise CheckpointError(f"{path} holds a {modality} model, not {expected_modality}")
-    config = from_dict(payload["config"])
+    config = stored_config(payload, path, "checkpoint")
     # The checkpoint holds the trained backbone: the ImageNet file it started from is not
     # needed (nor present, on the robot that runs the model).
     camera = dataclasses.replace(config.model.camera, pretrained_backbone="")
-    model = build_model(dataclasses.replace(config, model=dataclasses.replace(config.model, camera=camera)), modality)
+    try:
+        model = build_model(dataclasses.replace(config, model=dataclasses.replace(config.model, camera=camera)),
+                            modality)
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as error:
+        raise CheckpointError(f"{path}: its config does not build a {modality} model "
+                              f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as error:

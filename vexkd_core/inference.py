@@ -89,10 +89,10 @@ def model_file_backend(path: str | Path) -> str:
 
 def model_file_modality(path: str | Path) -> str:
     """lidar, camera or fusion, from a checkpoint or an exported graph's sidecar, without building the model."""
-    from vexkd_core.checkpoint import read_payload
+    from vexkd_core.checkpoint import load_checkpoint
 
     if model_file_backend(path) == "onnxruntime":
         from vexkd_core.onnx_runtime import read_sidecar
 
         return read_sidecar(Path(path))["modality"]
-    return read_payload(path)["modality"]
+    return load_checkpoint(path)["modality"]

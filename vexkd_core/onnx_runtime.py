@@ -11,16 +11,17 @@ from pathlib import Path
 
 import torch
 
-from vexkd_core.checkpoint import CheckpointError
+from vexkd_core.checkpoint import CheckpointError, check_model_description
 from vexkd_core.config import from_dict
 from vexkd_core.data.preprocess import Batch
 from vexkd_core.inference import Predictor
 from vexkd_core.models.camera_encoder import LiftGeometry
 from vexkd_core.models.vexkd import network_inputs
-from vexkd_core.onnx_export import SIDECAR_FORMAT, SIDECAR_VERSION, graph_feed, sidecar_path
+from vexkd_core.onnx_export import SIDECAR_FORMAT, SIDECAR_VERSION, graph_feed, graph_input_names, sidecar_path
 from vexkd_core.timing import StageTimer
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+ONNX_TYPE_NAMES = {"float32": "float", "float64": "double"}  # torch dtype names -> onnxruntime's tensor(...) names
 
 
 def execution_providers(device: str) -> list[str]:
@@ -43,6 +44,7 @@ def session_options():
 
 
 def read_sidecar(onnx_path: Path) -> dict:
+    """The sidecar of an exported graph, checked field by field (one-line CheckpointError)."""
     path = sidecar_path(onnx_path)
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist: an ONNX graph is served with the .json "
@@ -51,10 +53,42 @@ def read_sidecar(onnx_path: Path) -> dict:
         sidecar = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise CheckpointError(f"{path} is not JSON: not a vexkd ONNX sidecar") from None
-    if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT or \
-            sidecar.get("format_version") != SIDECAR_VERSION:
+    if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
         raise CheckpointError(f"{path} is not a vexkd ONNX sidecar (format {SIDECAR_FORMAT} {SIDECAR_VERSION})")
+    if sidecar.get("format_version") != SIDECAR_VERSION:
+        raise CheckpointError(f"{path} is a {SIDECAR_FORMAT} sidecar of format version "
+                              f"{sidecar.get('format_version')!r}; this vexkd reads version {SIDECAR_VERSION}")
+    check_model_description(sidecar, path, "sidecar")
+    inputs, outputs = sidecar.get("inputs"), sidecar.get("outputs")
+    if not isinstance(inputs, list) or not inputs or not all(
+            isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("dtype"), str)
+            for entry in inputs):
+        raise CheckpointError(f"{path}: its 'inputs' are not a list of {{name, dtype, shape}} entries")
+    if not isinstance(outputs, list) or not outputs or not all(isinstance(name, str) for name in outputs):
+        raise CheckpointError(f"{path}: its 'outputs' are not a list of output names")
+    if not isinstance(sidecar.get("parameters"), int):
+        raise CheckpointError(f"{path}: its 'parameters' is not a count")
     return sidecar
+
+
+def check_graph_matches(session, sidecar: dict, path: Path) -> None:
+    """The graph takes the inputs the sidecar lists (names and element types) and produces
+    its outputs: checked at load, so a mismatch is refused before the first frame."""
+    graph_inputs = {node.name: node.type for node in session.get_inputs()}
+    listed = {entry["name"]: f"tensor({ONNX_TYPE_NAMES.get(entry['dtype'], entry['dtype'])})"
+              for entry in sidecar["inputs"]}
+    expected = set(graph_input_names(sidecar["modality"]))
+    if set(listed) != expected:
+        raise CheckpointError(f"{sidecar_path(path)}: its inputs ({', '.join(sorted(listed))}) are not those of a "
+                              f"{sidecar['modality']} graph ({', '.join(sorted(expected))})")
+    if listed != graph_inputs:
+        differ = sorted(set(listed.items()) ^ set(graph_inputs.items()))
+        raise CheckpointError(f"{sidecar_path(path)} does not describe {path.name}: inputs differ at "
+                              f"{', '.join(f'{name} {kind}' for name, kind in differ[:4])}")
+    missing = set(sidecar["outputs"]) - {node.name for node in session.get_outputs()}
+    if missing:
+        raise CheckpointError(f"{sidecar_path(path)} names outputs {', '.join(sorted(missing))} that "
+                              f"{path.name} does not have")
 
 
 class OnnxPredictor(Predictor):
@@ -89,6 +123,7 @@ class OnnxPredictor(Predictor):
                 onnxruntime.capi.onnxruntime_pybind11_state.InvalidGraph) as error:
             raise CheckpointError(f"{path} is not a graph onnxruntime can load "
                                   f"({str(error).splitlines()[0][:160]})") from None
+        check_graph_matches(session, sidecar, path)
         return cls(session, sidecar)
 
     def describe(self) -> str:
