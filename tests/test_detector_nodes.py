@@ -284,7 +284,7 @@ def test_bad_checkpoint_is_one_line_and_nonzero_exit(checkpoints, tmp_path):
 def test_bad_parameters_at_start_are_one_line_and_exit_2(checkpoints):
     cases = {"score_threshold:=0": "score_threshold", "score_threshold:=2.0": "score_threshold",
              "sweeps:=50": "sweeps", "class_score_threshold.car:=1.5": "class_score_threshold.car",
-             "fixed_frame:=''": "fixed_frame"}
+             "fixed_frame:=''": "fixed_frame", "tf_timeout:=5.0": "tf_timeout", "tf_timeout:=-0.1": "tf_timeout"}
     command = NodeSpec("lidar", checkpoints["lidar"]).command()
     # Started together: each one spends its time importing torch.
     runs = {parameter: subprocess.Popen(command + ["-p", parameter], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -380,6 +380,42 @@ def test_lidar_node_keeps_tf_through_bad_transforms_and_any_fixed_frame(checkpoi
     assert "zero or non-finite quaternion" in output and "header.frame_id is empty" in output, output
     for symptom in ("past sweep left out", "no transform", "failed"):
         assert symptom not in output, output
+
+
+@pytest.mark.parametrize("tf_timeout, placed", [(1.5, True), (0.1, False)])
+def test_lidar_node_waits_for_a_lagging_localiser_up_to_tf_timeout(tf_timeout, placed, checkpoints, rclpy_context):
+    """/tf for each cloud's stamp comes 300 ms after the cloud (a localiser lagging the LiDAR),
+    clouds at 10 Hz: with tf_timeout 1.5 (slack for a loaded machine) every answered cloud waited for its pose and has its
+    past sweeps; with 0.1 the clouds run without them, and the node says so naming tf_timeout."""
+    # Few boxes and no grids: this process must keep the 10 Hz pace, not read 500-box frames.
+    process = start_node("lidar", checkpoints["lidar"], f"tf_timeout:={tf_timeout}", "score_threshold:=0.99",
+                         "map_classes:=['']")
+    harness = Harness(rclpy_context, NODE["lidar"])
+    second, lag = 1_000_000_000, 3  # three clouds at 10 Hz: 300 ms
+    stamps = [10 * second + k * second // 10 for k in range(16)]
+    try:
+        harness.wait_until_connected(process, "/LIDAR_TOP")
+        harness.connect({"/LIDAR_TOP": cloud(0, 1), "/tf": TFMessage(), "/tf_static": TFMessage()})
+        harness.publish("/tf_static", matrices_to_tf_message([("base_link", "LIDAR_TOP", np.eye(4), ns_to_stamp(0))]))
+        started = time.monotonic()
+        for k in range(len(stamps) + lag):
+            if k < len(stamps):
+                harness.publish("/LIDAR_TOP", cloud(stamps[k], 5000))
+            if k >= lag:
+                harness.publish("/tf", matrices_to_tf_message([("map", "base_link", np.eye(4),
+                                                                ns_to_stamp(stamps[k - lag]))]))
+            while time.monotonic() < started + 0.1 * (k + 1):
+                harness.executor.spin_once(timeout_sec=0.01)
+        harness.spin_until(lambda: stamps[-1] in harness.objects, 30, "an answer to the last cloud")
+        assert len(harness.objects) >= 3  # the newest input is never blocked by one still waiting
+    finally:
+        output = stop_node(process)
+    assert process.returncode == 0, output
+    if placed:
+        for symptom in ("past sweep left out", "no transform", "failed"):
+            assert symptom not in output, output
+    else:
+        assert f"at the trigger's stamp within tf_timeout {tf_timeout} s" in output, output
 
 
 def test_a_clock_reset_clears_the_tf_history(checkpoints, rclpy_context):

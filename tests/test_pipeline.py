@@ -31,7 +31,7 @@ class StandingStill:
     def __init__(self, known=("map", "LIDAR_TOP", *CAMERA_CHANNELS)):
         self.known = set(known)
 
-    def wait_for(self, target, source, stamp_ns, timeout_s):
+    def can_transform(self, target, source, stamp_ns):
         return {target, source} <= self.known
 
     def lookup_across_time(self, target, target_ns, source, source_ns, fixed):
@@ -43,7 +43,8 @@ class StandingStill:
 def settings(**overrides) -> DetectorSettings:
     values = dict(checkpoint="model.pt", backend="torch", device="cpu", score_threshold=-1.0, class_score_thresholds={},
                   max_camera_delay=0.12, sweeps=-1, map_classes=MAP_CLASSES, publish_markers=True,
-                  marker_score_threshold=0.3, image_transport="compressed", fixed_frame="map", bev_frame="LIDAR_TOP")
+                  marker_score_threshold=0.3, image_transport="compressed", fixed_frame="map", bev_frame="LIDAR_TOP",
+                  tf_timeout=0.2)
     values.update(overrides)
     return DetectorSettings(**values)
 

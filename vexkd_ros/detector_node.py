@@ -15,7 +15,7 @@ import time
 
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.clock import JumpThreshold
+from rclpy.clock import Clock, ClockType, JumpThreshold
 from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
@@ -39,11 +39,13 @@ from .node_outputs import NodeOutputs
 from .pipeline import Pipeline, Trigger
 from .settings import DetectorSettings
 from .tf_buffer import TransformBuffer
+from .transform_gate import TransformGate
 from .worker import NewestWorker
 
 SENSOR_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
 TF_QOS = QoSProfile(depth=100)
 TF_STATIC_QOS = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+GATE_POLL_S = 0.01  # how often held triggers are checked for an expired tf_timeout (wall time: sim time may pause)
 CLOCK_JUMP_BACK = Duration(seconds=-1.0)  # a ROS time jump back this large (reset /clock) clears /tf history
 NODE_NAMES = {"lidar": "lidar_detector", "camera": "camera_detector", "fusion": "fusion_detector"}
 
@@ -78,6 +80,8 @@ class DetectorNode(Node):
         self.settings: DetectorSettings = self.pipeline.resolve(settings)
         self.outputs = NodeOutputs(self, self.pipeline.detects, self.settings)
         self.worker = NewestWorker(self._work, f"{self.get_name()}-worker")
+        self.gate = TransformGate(self.tf)
+        self.create_timer(GATE_POLL_S, self._release_held, clock=Clock(clock_type=ClockType.STEADY_TIME))
         # The worker starts only after the executor has handled every message that was ready
         # together with the trigger (a guard condition fires in the next wait), so an image that
         # arrived with it is not missed just because its subscription comes later in the list.
@@ -136,9 +140,11 @@ class DetectorNode(Node):
                 self.get_logger().warning(note.text)  # rare (a looped bag): every one is said
             else:
                 self.health.warn(f"{topic} {note.kind}", f"{topic}: {note.text}")
+        self._release_held()
 
     def _on_clock_jump(self, jump) -> None:
         self.tf.clear_dynamic()
+        self.gate.clear()  # held triggers are from before the jump: their transforms will not come
         self.get_logger().warning(f"ROS time jumped back {-jump.delta.nanoseconds * 1e-9:.1f} s: "
                                   "/tf history cleared")
 
@@ -174,8 +180,19 @@ class DetectorNode(Node):
         self.pipeline.set_calibration(index, calibration)
 
     def _trigger(self, trigger: Trigger) -> None:
-        self.worker.offer(trigger)
-        self._release.trigger()
+        self._offer(self.gate.offer(trigger, self.pipeline.placement(trigger, self.settings), self.settings.tf_timeout,
+                                    time.monotonic()))
+
+    def _release_held(self) -> None:
+        if len(self.gate):
+            self._offer(self.gate.release(time.monotonic()))
+
+    def _offer(self, triggers: list[Trigger]) -> None:
+        """To the worker, oldest first: it keeps the newest and counts the others as dropped."""
+        for trigger in triggers:
+            self.worker.offer(trigger)
+        if triggers:
+            self._release.trigger()
 
     # ------------------------------------------------------------------ the model
     def _work(self, trigger: Trigger) -> None:

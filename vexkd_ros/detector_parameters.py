@@ -19,6 +19,7 @@ from .settings import DetectorSettings
 
 IMAGE_TRANSPORTS = ("raw", "compressed")
 DEVICES = ("cpu", "cuda")
+MAX_TF_TIMEOUT_S = 2.0  # the longest an answer may be held back waiting for /tf
 
 
 class ParameterError(ValueError):
@@ -64,6 +65,11 @@ PARAMETERS = {
                                                   read_only=True), ("camera", "fusion")),
     "fixed_frame": ("map", _descriptor("world-fixed TF frame through which past sweeps and images are moved"),
                     ("lidar", "camera", "fusion")),
+    "tf_timeout": (0.2, _descriptor("seconds an input waits for /tf to know its frame at its stamp (a localiser "
+                                    "lagging the sensor); then it runs without past sweeps and cameras off its "
+                                    "time, and says so", floating_point_range=[
+                                        FloatingPointRange(from_value=0.0, to_value=MAX_TF_TIMEOUT_S)]),
+                   ("lidar", "camera", "fusion")),
     "bev_frame": ("LIDAR_TOP", _descriptor("frame of the outputs: the LiDAR frame the model was trained in"),
                   ("camera",)),
 }
@@ -131,4 +137,4 @@ def validate(values: dict, modality: str) -> DetectorSettings:
         max_camera_delay=values.get("max_camera_delay", 0.0), sweeps=values.get("sweeps", -1),
         map_classes=map_classes, publish_markers=values["publish_markers"],
         marker_score_threshold=values["marker_score_threshold"], image_transport=transport,
-        fixed_frame=values["fixed_frame"], bev_frame=values.get("bev_frame", ""))
+        fixed_frame=values["fixed_frame"], bev_frame=values.get("bev_frame", ""), tf_timeout=values["tf_timeout"])

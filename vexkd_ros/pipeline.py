@@ -22,8 +22,8 @@ from vexkd_core.timing import StageTimer
 
 from .node_inputs import Calibration, CameraCache, CameraFrame, Sweep, SweepHistory, Transforms
 from .settings import DetectorSettings
+from .transform_gate import Placement
 
-TF_WAIT_S = 0.1  # how long a trigger waits for /tf at its own stamp
 MODEL_STAGES = ("convert", "preprocess", "infer", "postprocess")
 
 
@@ -70,6 +70,17 @@ class Pipeline:
             settings = replace(settings, publish_markers=False)
         return settings
 
+    def placement(self, trigger: Trigger, settings: DetectorSettings) -> Placement | None:
+        """The transform a trigger needs at its stamp to place past sweeps and cameras off its
+        time (the node holds it until TF knows it, tf_timeout at most); None: it needs none."""
+        if self.sweeps.sweeps == 0 and self.modality == "lidar":
+            return None
+        return Placement(settings.fixed_frame, self._reference(trigger, settings), trigger.stamp_ns)
+
+    @staticmethod
+    def _reference(trigger: Trigger, settings: DetectorSettings) -> str:
+        return trigger.frame_id if trigger.sweep is not None else settings.bev_frame
+
     def add_sweep(self, sweep: Sweep) -> tuple[Sweep | None, list[str]]:
         """(the sweep as kept, to trigger with: without the ego's own returns; None: it cannot
         trigger, notes). Non-finite points are only counted here: preprocess() drops them, for
@@ -93,12 +104,13 @@ class Pipeline:
         """The model on one trigger; `settings` as resolve() returns them."""
         started, timer = time.perf_counter(), StageTimer()
         stamp_ns = trigger.stamp_ns
-        reference = trigger.frame_id if trigger.sweep is not None else settings.bev_frame
+        reference = self._reference(trigger, settings)
         notes = []
-        if (self.sweeps.sweeps > 0 or self.modality != "lidar") and \
-                not self.tf.wait_for(settings.fixed_frame, reference, stamp_ns, TF_WAIT_S):
+        placement = self.placement(trigger, settings)
+        if placement is not None and not self.tf.can_transform(placement.target, placement.source, stamp_ns):
             notes.append(f"no transform {settings.fixed_frame} <- {reference} at the trigger's stamp "
-                         f"within {TF_WAIT_S} s: past sweeps and cameras off the trigger time cannot be placed")
+                         f"within tf_timeout {settings.tf_timeout} s: past sweeps and cameras off the trigger "
+                         f"time cannot be placed")
         points = np.zeros((0, 5), np.float32)
         if trigger.sweep is not None:
             points, sweep_notes = self.sweeps.points(trigger.sweep, self.tf, settings.fixed_frame)

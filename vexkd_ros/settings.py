@@ -25,6 +25,7 @@ class DetectorSettings:
     image_transport: str
     fixed_frame: str  # a world-fixed frame to move past sweeps and camera frames through
     bev_frame: str  # camera_detector only: the frame its boxes and grids are in (the trained LiDAR frame)
+    tf_timeout: float  # seconds an input waits for the transform of its stamp before it runs without it
 
     def lowest_threshold(self) -> float:
         return min([self.score_threshold, *self.class_score_thresholds.values()]) \

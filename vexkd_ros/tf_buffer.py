@@ -16,7 +16,6 @@ from __future__ import annotations
 import bisect
 import math
 import threading
-import time
 from typing import NamedTuple
 
 import numpy as np
@@ -197,21 +196,13 @@ class TransformBuffer:
         with self._lock:
             return self._lookup(target, source, stamp_ns)
 
-    def wait_for(self, target: str, source: str, stamp_ns: int, timeout_s: float) -> bool:
-        """True once `target` <- `source` at `stamp_ns` is known; False after `timeout_s`.
-
-        /tf and a sensor message with the same stamp travel on different topics; the sensor
-        message may win the race by a millisecond.
-        """
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                self.lookup(target, source, stamp_ns)
-                return True
-            except TransformError:
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(0.002)
+    def can_transform(self, target: str, source: str, stamp_ns: int) -> bool:
+        """Whether `target` <- `source` at `stamp_ns` is known now (never waits)."""
+        try:
+            self.lookup(target, source, stamp_ns)
+        except TransformError:
+            return False
+        return True
 
     def lookup_across_time(self, target: str, target_ns: int, source: str, source_ns: int,
                            fixed: str | None) -> np.ndarray:
