@@ -6,6 +6,10 @@ from pathlib import Path
 
 from vexkd_core.cli import CliError, OneLineParser, run_cli
 
+# player.MIN_RATE and MAX_RATE, which PlayOptions enforces; written out because importing the
+# player (rclpy) would slow every --help by seconds.
+RATE_HELP = "replay speed factor from 0.01 to 100, e.g. 2 plays twice as fast"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="vexkd-ros", description=__doc__)
@@ -21,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     to_bag.add_argument("--no-sweeps", action="store_true", help="key frames only (2 Hz)")
     play = commands.add_parser("play", help="publish a bag's messages with their original timing")
     play.add_argument("bag", type=Path)
-    play.add_argument("--rate", type=float, default=1.0)
+    play.add_argument("--rate", type=float, default=1.0, help=RATE_HELP)
     play.add_argument("--loop", action="store_true")
     play.add_argument("--clock", action="store_true", help="also publish /clock from the bag's timestamps")
     play.add_argument("--topics", nargs="+", default=(), help="only these topics")
@@ -34,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "the node of its modality")
     stack.add_argument("--modality", choices=("lidar", "camera", "fusion", "all"), default="all")
     stack.add_argument("--record", type=Path, help="write the nodes' outputs to this bag")
-    stack.add_argument("--rate", type=float, default=1.0, help="replay speed factor")
+    stack.add_argument("--rate", type=float, default=1.0, help=RATE_HELP)
     return parser
 
 
@@ -96,6 +100,7 @@ def run_stack_command(args: argparse.Namespace) -> None:
     from vexkd_core.checkpoint import CheckpointError
 
     from .bag import BagError
+    from .player import check_rate
     from .stack import run_stack
 
     for path in args.checkpoint:
@@ -103,6 +108,7 @@ def run_stack_command(args: argparse.Namespace) -> None:
     if args.record is not None:
         _check_new(args.record, "--record")
     try:
+        check_rate(args.rate)  # now, not once the nodes are up and the player process refuses it
         run_stack(args.bag, args.checkpoint, args.modality, args.record, args.rate)
     except (BagError, CheckpointError) as error:
         raise CliError(str(error)) from None

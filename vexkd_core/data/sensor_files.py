@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 POINT_FLOATS = 5  # x, y, z, intensity, ring index
+POINT_BYTES = POINT_FLOATS * np.dtype(np.float32).itemsize  # one point record: 20 bytes
 _REDUCED_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
                   8: cv2.IMREAD_REDUCED_COLOR_8}
 
@@ -71,11 +72,15 @@ def read_image(path: Path, reduction: int = 1) -> np.ndarray:
 
 
 def read_points(path: Path) -> np.ndarray:
-    """(N, 5) float32 of a nuScenes `.pcd.bin`; DatasetError for a missing or misshapen file."""
+    """(N, 5) float32 of a nuScenes `.pcd.bin`; DatasetError for a missing or misshapen file.
+
+    Read as bytes: as float32, np.fromfile would silently drop 1-3 trailing bytes of a
+    truncated or padded file and return whole points."""
     try:
-        raw = np.fromfile(path, dtype=np.float32)
+        raw = np.fromfile(path, dtype=np.uint8)
     except OSError:
         raise DatasetError(f"point cloud {path} is missing or unreadable") from None
-    if raw.size % POINT_FLOATS:
-        raise DatasetError(f"{path} is not a {POINT_FLOATS}-float nuScenes point cloud")
-    return raw.reshape(-1, POINT_FLOATS)
+    if raw.size % POINT_BYTES:
+        raise DatasetError(f"{path} is not a nuScenes point cloud: {raw.size} bytes is not a whole number of "
+                           f"{POINT_BYTES}-byte points ({POINT_FLOATS} float32)")
+    return raw.view(np.float32).reshape(-1, POINT_FLOATS)
