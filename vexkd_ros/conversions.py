@@ -19,6 +19,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, Poi
 from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 
+from vexkd_core.data.distortion import Distortion, DistortionError, distortion_of
 from vexkd_core.data.sensor_files import decode_image
 from vexkd_core.geometry import make_transform, matrix_to_quaternion
 from vexkd_core.structures import BEVGrid
@@ -283,6 +284,15 @@ def camera_info_to_intrinsics(msg: CameraInfo) -> np.ndarray:
     if not np.all(np.isfinite(k)) or not np.isfinite(np.linalg.cond(k)):
         raise MessageError(f"CameraInfo '{frame}' k is not invertible")
     return k
+
+
+def camera_info_to_distortion(msg: CameraInfo) -> Distortion | None:
+    """The lens distortion CameraInfo declares (None: a pinhole), or a MessageError naming the
+    model when it is one the node cannot remove."""
+    try:
+        return distortion_of(msg.distortion_model, msg.d)
+    except DistortionError as error:
+        raise MessageError(f"CameraInfo '{msg.header.frame_id}': {error}") from None
 
 
 def intrinsics_to_camera_info(k: np.ndarray, width: int, height: int, header: Header) -> CameraInfo:

@@ -29,8 +29,8 @@ from vexkd_core.data.sensor_files import reduce_image
 from vexkd_core.inference import load_predictor
 
 from .cdr import LayoutError
-from .conversions import (MessageError, camera_info_to_intrinsics, cloud_to_points, compressed_to_rgb,
-                          encoded_image_size, image_to_rgb, stamp_to_ns)
+from .conversions import (MessageError, camera_info_to_distortion, camera_info_to_intrinsics, cloud_to_points,
+                          compressed_to_rgb, encoded_image_size, image_to_rgb, stamp_to_ns)
 from .detector_parameters import ParameterError, current_values, declare_and_read, validate
 from .environment import apply_default_ros_environment, single_threaded_blas
 from .node_diagnostics import WARN_PERIOD_S, NodeHealth
@@ -172,7 +172,8 @@ class DetectorNode(Node):
 
     def _on_camera_info(self, index: int, msg: CameraInfo) -> None:
         try:
-            calibration = Calibration(camera_info_to_intrinsics(msg), msg.width, msg.height)
+            calibration = Calibration(camera_info_to_intrinsics(msg), msg.width, msg.height,
+                                      camera_info_to_distortion(msg))
         except MessageError as error:
             calibration = None
             self.health.warn_text(f"camera_info{index} refused, camera {index} left out until a valid one "

@@ -4,7 +4,8 @@ For each trigger they assemble what the dataset reader builds: past sweeps moved
 into the trigger's frame with their age as the fifth point channel, and for each camera the
 frame nearest the trigger (within `max_camera_delay`) with its extrinsics from TF and the
 intrinsics of its last calibration. Frames are decoded lazily: a JPEG is decoded only when a
-trigger uses it, and only after the size its header claims matched the calibration.
+trigger uses it, and only after the size its header claims matched the calibration; a camera
+whose CameraInfo has a distortion is undistorted to its pinhole K right after decoding.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from vexkd_core.data.distortion import Distortion, Undistorter
 from vexkd_core.data.sample import CAMERA_CHANNELS, CameraView
 from vexkd_core.data.sensor_files import decode_reduction, reduced_intrinsics
 from vexkd_core.data.sweeps import into_key_frame
@@ -59,6 +61,11 @@ class Calibration:
     intrinsics: np.ndarray  # 3x3, checked invertible
     width: int
     height: int
+    distortion: Distortion | None = None  # removed before the model sees the image; None: a pinhole
+
+    def same_as(self, other: Calibration | None) -> bool:
+        return other is not None and (self.width, self.height, self.distortion) == \
+            (other.width, other.height, other.distortion) and np.array_equal(self.intrinsics, other.intrinsics)
 
 
 class SweepHistory:
@@ -104,6 +111,7 @@ class CameraCache:
         self.input_width = input_width
         self._frames = [collections.deque(maxlen=CAMERA_FRAMES_KEPT) for _ in CAMERA_CHANNELS]
         self._calibration: list[Calibration | None] = [None] * len(CAMERA_CHANNELS)
+        self._undistorters: list[Undistorter | None] = [None] * len(CAMERA_CHANNELS)
         self._lock = threading.Lock()
         # The six JPEGs decode side by side: cv2 releases the GIL while it decodes.
         self._decoders = ThreadPoolExecutor(min(len(CAMERA_CHANNELS), os.cpu_count() or 1),
@@ -118,9 +126,14 @@ class CameraCache:
 
     def set_calibration(self, index: int, calibration: Calibration | None) -> None:
         """None (an unusable CameraInfo) leaves the camera out until a valid one arrives: the
-        newest calibration holds, and an older one may no longer be true."""
+        newest calibration holds, and an older one may no longer be true. A distortion gets its
+        remap table when the calibration changes, not with every CameraInfo (they repeat it)."""
         with self._lock:
+            if calibration is not None and calibration.same_as(self._calibration[index]):
+                return
             self._calibration[index] = calibration
+            distortion = calibration.distortion if calibration is not None else None
+            self._undistorters[index] = Undistorter(distortion) if distortion is not None else None
 
     def nearest(self, index: int, stamp_ns: int, max_delay_ns: int) -> CameraFrame | None:
         with self._lock:
@@ -143,7 +156,8 @@ class CameraCache:
 
     def _view(self, index, channel, reference_frame, stamp_ns, max_delay_ns, tf, fixed_frame):
         missing = CameraView(channel, None, np.eye(3), np.eye(4))
-        calibration = self._calibration[index]
+        with self._lock:
+            calibration, undistort = self._calibration[index], self._undistorters[index]
         frame = self.nearest(index, stamp_ns, max_delay_ns)
         if frame is None:
             return missing, f"no image within {max_delay_ns * 1e-9:.3f} s of the trigger"
@@ -166,8 +180,10 @@ class CameraCache:
                                                         fixed_frame)
         except LookupError as error:
             return missing, str(error)
-        return CameraView(channel, rgb, reduced_intrinsics(calibration.intrinsics, reduction),
-                          camera_to_reference), None
+        intrinsics = reduced_intrinsics(calibration.intrinsics, reduction)
+        if undistort is not None:
+            rgb = undistort(rgb, intrinsics)
+        return CameraView(channel, rgb, intrinsics, camera_to_reference), None
 
 
 def _size_mismatch(size: tuple[int, int], calibration: Calibration) -> str:
