@@ -25,14 +25,16 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     entry_points={
+        # Each imports its command only when run: Ctrl-C during the seconds of torch and
+        # rclpy imports then exits 130 with one line instead of a traceback.
         "console_scripts": [
-            "vexkd-data = vexkd_core.data.cli:main",
-            "vexkd-train = vexkd_train.cli:main",
-            "vexkd-ros = vexkd_ros.cli:main",
-            "lidar_detector = vexkd_ros.detector_node:lidar_main",
-            "camera_detector = vexkd_ros.detector_node:camera_main",
-            "fusion_detector = vexkd_ros.detector_node:fusion_main",
-            "bag_player = vexkd_ros.cli:player_main",
+            "vexkd-data = vexkd_ros.console_scripts:vexkd_data",
+            "vexkd-train = vexkd_ros.console_scripts:vexkd_train",
+            "vexkd-ros = vexkd_ros.console_scripts:vexkd_ros",
+            "lidar_detector = vexkd_ros.console_scripts:lidar_detector",
+            "camera_detector = vexkd_ros.console_scripts:camera_detector",
+            "fusion_detector = vexkd_ros.console_scripts:fusion_detector",
+            "bag_player = vexkd_ros.console_scripts:bag_player",
         ],
     },
 )
