@@ -109,7 +109,7 @@ def measure(modality: str, model_file: Path, backend: str, repeats: int) -> dict
         trigger, node.worker._pending = node.worker._pending, None
         result = node.pipeline.run(trigger, node.settings)
         if k > sweeps and not result.skipped:  # warm: full sweep history, allocator settled
-            rows.append(node.outputs.publish(result, node.settings)[0])
+            rows.append(node.outputs.publish(result, node.settings, trigger.arrived_s)[0])
     node.destroy_node()
     median = {stage: statistics.median(r[stage] for r in rows) for stage in STAGES}
     model_ms = median["preprocess"] + median["infer"] + median["postprocess"]

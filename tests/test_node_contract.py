@@ -20,6 +20,7 @@ from vexkd_core.config import load_config
 from vexkd_core.models.vexkd import build_model
 from vexkd_ros import bag
 from vexkd_ros.conversions import stamp_to_ns
+from vexkd_ros.node_outputs import FROM_ARRIVAL, FROM_STAMP, pipeline_latency
 from vexkd_ros.stack import NodeSpec
 
 NODE = "lidar_detector"
@@ -64,7 +65,7 @@ def test_diagnostics_and_latency_as_a_consumer_reads_them(checkpoint, rclpy_cont
             stamp = time.time_ns()  # a live sensor: latency is against the node's (wall) clock
             static_and_pose(harness, [stamp])
             # /tf and the cloud are separate topics with no order between them, and a pose later
-            # than the node's 0.1 s TF wait is a (correct) WARN. A live TF source streams ahead of
+            # than the node's tf_timeout is a (correct) WARN. A live TF source streams ahead of
             # the sensors; here the pose gets half a second to land before its cloud.
             landed = time.monotonic() + 0.5
             harness.spin_until(lambda: time.monotonic() > landed, 5, "the pose to land")
@@ -92,9 +93,21 @@ def test_diagnostics_and_latency_as_a_consumer_reads_them(checkpoint, rclpy_cont
         assert reports[-1][1].level == DiagnosticStatus.OK  # a WARN covers the period its warning came in
         periods = np.diff([stamp for stamp, _ in reports[-3:]]) * 1e-9
         assert np.all((periods > 0.5) & (periods < 1.5)), periods
+        assert report["latency_from"] == FROM_STAMP
+
+        # A 2018 bag replayed on wall time: its stamps are years off the node's clock, so the
+        # latency counts from each cloud's arrival (it read 2.6e11 ms) and says so.
+        replayed = 1_533_151_603 * 1_000_000_000
+        static_and_pose(harness, [replayed - 50_000_000, replayed])  # two: a jump back in /tf is confirmed
+        harness.offer_until_answered("/LIDAR_TOP", cloud(replayed, 5000), replayed)
+        harness.spin_until(lambda: replayed in latencies, 30, "the replayed cloud's latency")
+        assert 0 < latencies[replayed] < 30_000
+        harness.spin_until(lambda: values(reports[-1][1])["latency_from"] == FROM_ARRIVAL, 30,
+                           "diagnostics counting latency from arrival")
     finally:
         output = stop_node(process)
     assert process.returncode == 0, output
+    assert output.count("pipeline_latency_ms counts from each input's arrival") == 1, output
 
 
 def test_the_parameter_file_applies_to_a_node_in_a_namespace(checkpoint, rclpy_context, tmp_path):
@@ -115,3 +128,10 @@ def test_the_parameter_file_applies_to_a_node_in_a_namespace(checkpoint, rclpy_c
     finally:
         output = stop_node(process)
     assert process.returncode == 0, output
+
+
+def test_latency_counts_from_the_stamp_only_when_the_stamp_is_on_the_nodes_clock():
+    now = 1_796_000_000 * 1_000_000_000
+    assert pipeline_latency(now, now - 35_000_000, 0.02) == (pytest.approx(35.0), FROM_STAMP)
+    assert pipeline_latency(now, 1_533_151_603 * 1_000_000_000, 0.02) == (pytest.approx(20.0), FROM_ARRIVAL)
+    assert pipeline_latency(now, now + 60 * 1_000_000_000, 0.02).counted_from == FROM_ARRIVAL  # stamps from ahead

@@ -39,13 +39,13 @@ from .node_outputs import NodeOutputs
 from .pipeline import Pipeline, Trigger
 from .settings import DetectorSettings
 from .tf_buffer import TransformBuffer
-from .transform_gate import TransformGate
+from .trigger_gate import TriggerGate
 from .worker import NewestWorker
 
 SENSOR_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
 TF_QOS = QoSProfile(depth=100)
 TF_STATIC_QOS = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-GATE_POLL_S = 0.01  # how often held triggers are checked for an expired tf_timeout (wall time: sim time may pause)
+GATE_POLL_S = 0.01  # how often held triggers are checked for an expired wait (wall time: sim time may pause)
 CLOCK_JUMP_BACK = Duration(seconds=-1.0)  # a ROS time jump back this large (reset /clock) clears /tf history
 NODE_NAMES = {"lidar": "lidar_detector", "camera": "camera_detector", "fusion": "fusion_detector"}
 
@@ -80,7 +80,7 @@ class DetectorNode(Node):
         self.settings: DetectorSettings = self.pipeline.resolve(settings)
         self.outputs = NodeOutputs(self, self.pipeline.detects, self.settings)
         self.worker = NewestWorker(self._work, f"{self.get_name()}-worker")
-        self.gate = TransformGate(self.tf)
+        self.gate = TriggerGate()
         self.create_timer(GATE_POLL_S, self._release_held, clock=Clock(clock_type=ClockType.STEADY_TIME))
         # The worker starts only after the executor has handled every message that was ready
         # together with the trigger (a guard condition fires in the next wait), so an image that
@@ -169,6 +169,8 @@ class DetectorNode(Node):
         self.pipeline.add_frame(index, camera_frame(msg))
         if self.modality == "camera" and index == 0:
             self._trigger(Trigger(stamp_to_ns(msg.header.stamp), msg.header.frame_id, None))
+        else:
+            self._release_held()  # it may complete a held frame
 
     def _on_camera_info(self, index: int, msg: CameraInfo) -> None:
         try:
@@ -181,7 +183,8 @@ class DetectorNode(Node):
         self.pipeline.set_calibration(index, calibration)
 
     def _trigger(self, trigger: Trigger) -> None:
-        self._offer(self.gate.offer(trigger, self.pipeline.placement(trigger, self.settings), self.settings.tf_timeout,
+        settings = self.settings
+        self._offer(self.gate.offer(trigger, lambda waited_s: self.pipeline.ready(trigger, settings, waited_s),
                                     time.monotonic()))
 
     def _release_held(self) -> None:
@@ -205,8 +208,8 @@ class DetectorNode(Node):
             for note in result.notes:
                 self.health.warn_text(note)
             if not result.skipped:
-                milliseconds, latency_ms = self.outputs.publish(result, settings)
-                self.health.published(latency_ms, sum(milliseconds.values()))
+                milliseconds, latency = self.outputs.publish(result, settings, trigger.arrived_s)
+                self.health.published(latency, sum(milliseconds.values()))
         except Exception as error:  # noqa: BLE001 - one bad frame must not stop the node
             if self.worker.stopping or not self.context.ok():
                 return  # shutting down mid-frame: the publishers are gone

@@ -5,8 +5,9 @@ drops, latency and the last problem.
 Level: ERROR when a frame failed since the last report, WARN when an input was refused or
 left out, else OK. Values (KeyValue, as text): input_rate_hz (triggers), output_rate_hz
 (frames published), triggers_in, frames_out, dropped (triggers replaced by a newer one
-before the model took them), pipeline_latency_ms (input stamp to publish, last frame),
-processing_time_ms (last frame), last_warning, last_error.
+before the model took them), pipeline_latency_ms (last frame: input stamp to publish, or input
+arrival to publish when the stamps are not on the node's clock), latency_from (which of the
+two), processing_time_ms (last frame), last_warning, last_error.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from std_msgs.msg import Header
 
+from .node_outputs import FROM_STAMP, PipelineLatency
 from .worker import NewestWorker
 
 DIAGNOSTICS_PERIOD_S = 1.0
@@ -32,7 +34,8 @@ class NodeHealth:
         self._node, self._worker = node, worker
         self._lock = threading.Lock()
         self.frames_out = 0
-        self._latency_ms = self._processing_ms = float("nan")
+        self._latency = PipelineLatency(float("nan"), FROM_STAMP)
+        self._processing_ms = float("nan")
         self._last_warning = self._last_error = ""
         self._warned = self._failed = False  # since the last report
         self._logged: dict[str, float] = {}  # kind -> when its last warning was logged
@@ -44,10 +47,10 @@ class NodeHealth:
         self._timer = node.create_timer(DIAGNOSTICS_PERIOD_S, self.report,
                                         clock=Clock(clock_type=ClockType.STEADY_TIME))
 
-    def published(self, latency_ms: float, processing_ms: float) -> None:
+    def published(self, latency: PipelineLatency, processing_ms: float) -> None:
         with self._lock:
             self.frames_out += 1
-            self._latency_ms, self._processing_ms = latency_ms, processing_ms
+            self._latency, self._processing_ms = latency, processing_ms
 
     def warn(self, kind: str, message: str) -> None:
         """Reported each time; logged at most once per kind per WARN_PERIOD_S (rclpy throttles
@@ -79,7 +82,8 @@ class NodeHealth:
             values = {"input_rate_hz": (offered - offered_before) / period,
                       "output_rate_hz": (self.frames_out - out_before) / period,
                       "triggers_in": offered, "frames_out": self.frames_out, "dropped": self._worker.dropped,
-                      "pipeline_latency_ms": self._latency_ms, "processing_time_ms": self._processing_ms,
+                      "pipeline_latency_ms": self._latency.milliseconds,
+                      "latency_from": self._latency.counted_from, "processing_time_ms": self._processing_ms,
                       "last_warning": self._last_warning, "last_error": self._last_error}
             self._reported, self._warned, self._failed = (now, offered, self.frames_out), False, False
         name = self._node.get_name()

@@ -142,6 +142,27 @@ class CameraCache:
         candidates = [c for c in candidates if c[0] <= max_delay_ns]
         return frames[min(candidates)[1]] if candidates else None
 
+    def all_settled(self, stamp_ns: int, max_delay_ns: int) -> bool:
+        """Whether every camera's frame nearest `stamp_ns` (within max_delay_ns) has arrived."""
+        return all(self._settled(index, stamp_ns, max_delay_ns) for index in range(len(CAMERA_CHANNELS)))
+
+    def _settled(self, index: int, stamp_ns: int, max_delay_ns: int) -> bool:
+        """A camera's frames come in stamp order, one a period: its nearest frame is known once
+        one is stamped at or after `stamp_ns`, or once its next frame, a period after the
+        newest, would lie farther away than the newest (a camera that fired just before the
+        reference). The period is the median spacing of its recent frames."""
+        with self._lock:
+            stamps = [frame.stamp_ns for frame in self._frames[index]]
+        if not stamps:
+            return False
+        newest = stamps[-1]
+        if newest >= stamp_ns:
+            return True
+        if len(stamps) < 2:
+            return False
+        period = float(np.median(np.diff(stamps)))
+        return stamp_ns - newest <= max_delay_ns and newest + period - stamp_ns > stamp_ns - newest
+
     def views(self, reference_frame: str, stamp_ns: int, max_delay_ns: int, tf: Transforms,
               fixed_frame: str) -> tuple[list[CameraView], list[str]]:
         """Six CameraViews (image None where a camera is missing) and a note for each one missing."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import NamedTuple
 
 import numpy as np
 from autoware_internal_debug_msgs.msg import Float64Stamped
@@ -37,6 +38,10 @@ STAGES = (*MODEL_STAGES, "publish")
 # Input stamp to publish time (the node's clock: ROS time, /clock under use_sim_time), stamped
 # with the input's stamp so a consumer can pair it with the frame's outputs.
 LATENCY_TOPIC = "~/debug/pipeline_latency_ms"
+# An input stamped further than this from the node's clock is not on it (a replay on wall
+# time); a live sensor's stamps are milliseconds behind it.
+STAMP_CLOCK_AGREEMENT_S = 10.0
+FROM_STAMP, FROM_ARRIVAL = "input stamp", "input arrival (stamps not on this node's clock)"
 
 
 def check_box_messages() -> None:
@@ -102,9 +107,10 @@ class NodeOutputs:
             publishers = [self.objects, self.velocities, self.autoware, self.markers, *self.maps.values()]
         return any(p is not None and p.get_subscription_count() > 0 for p in publishers)
 
-    def publish(self, result: Result, settings: DetectorSettings) -> tuple[dict[str, float], float]:
+    def publish(self, result: Result, settings: DetectorSettings,
+                arrived_s: float) -> tuple[dict[str, float], PipelineLatency]:
         """Every output of `result` under its stamp and frame; returns the milliseconds per stage
-        and the pipeline latency in milliseconds."""
+        and the pipeline latency."""
         started = time.perf_counter()
         header = Header(stamp=ns_to_stamp(result.stamp_ns), frame_id=result.frame_id)
         with self._lock:
@@ -127,6 +133,27 @@ class NodeOutputs:
         for stage, publisher in self.stage_times.items():
             publisher.publish(Float64(data=milliseconds[stage]))
         self.total_time.publish(Float64(data=sum(milliseconds.values())))
-        latency_ms = (self._node.get_clock().now().nanoseconds - result.stamp_ns) * 1e-6
-        self.latency.publish(Float64Stamped(stamp=header.stamp, data=latency_ms))
-        return milliseconds, latency_ms
+        now_ns = self._node.get_clock().now().nanoseconds
+        latency = pipeline_latency(now_ns, result.stamp_ns, time.monotonic() - arrived_s)
+        if latency.counted_from != FROM_STAMP:
+            self._node.get_logger().info(
+                f"input stamps are {abs(now_ns - result.stamp_ns) * 1e-9:.3g} s from this node's clock (a bag replayed "
+                f"without use_sim_time and --clock?): pipeline_latency_ms counts from each input's arrival",
+                once=True)
+        self.latency.publish(Float64Stamped(stamp=header.stamp, data=latency.milliseconds))
+        return milliseconds, latency
+
+
+class PipelineLatency(NamedTuple):
+    milliseconds: float
+    counted_from: str  # FROM_STAMP or FROM_ARRIVAL
+
+
+def pipeline_latency(clock_now_ns: int, stamp_ns: int, since_arrival_s: float) -> PipelineLatency:
+    """From the input's stamp (sensor to output, what Autoware reports) when the stamp is on
+    this node's clock; from the input's arrival when it is not: a 2018 bag replayed on wall
+    time would read 2.6e11 ms."""
+    from_stamp_ms = (clock_now_ns - stamp_ns) * 1e-6
+    if abs(from_stamp_ms) <= STAMP_CLOCK_AGREEMENT_S * 1e3:
+        return PipelineLatency(from_stamp_ms, FROM_STAMP)
+    return PipelineLatency(since_arrival_s * 1e3, FROM_ARRIVAL)

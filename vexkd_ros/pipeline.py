@@ -22,7 +22,6 @@ from vexkd_core.timing import StageTimer
 
 from .node_inputs import Calibration, CameraCache, CameraFrame, Sweep, SweepHistory, Transforms
 from .settings import DetectorSettings
-from .transform_gate import Placement
 
 MODEL_STAGES = ("convert", "preprocess", "infer", "postprocess")
 
@@ -33,6 +32,7 @@ class Trigger:
     frame_id: str  # the triggering sensor's frame
     sweep: Sweep | None  # a LiDAR trigger's own sweep (already added); None: the camera node's trigger
     convert_s: float = 0.0  # what the adapter spent converting the trigger message
+    arrived_s: float = field(default_factory=time.monotonic)  # when the adapter made it (steady clock)
 
 
 @dataclass
@@ -70,12 +70,23 @@ class Pipeline:
             settings = replace(settings, publish_markers=False)
         return settings
 
-    def placement(self, trigger: Trigger, settings: DetectorSettings) -> Placement | None:
-        """The transform a trigger needs at its stamp to place past sweeps and cameras off its
-        time (the node holds it until TF knows it, tf_timeout at most); None: it needs none."""
-        if self.sweeps.sweeps == 0 and self.modality == "lidar":
-            return None
-        return Placement(settings.fixed_frame, self._reference(trigger, settings), trigger.stamp_ns)
+    def ready(self, trigger: Trigger, settings: DetectorSettings, waited_s: float) -> bool:
+        """Whether a held trigger may run (the node holds it until then, TriggerGate): /tf knows
+        its frame at its stamp, or it has waited tf_timeout; and each camera's frame nearest
+        its stamp has arrived, or it has waited max_camera_delay."""
+        return self._transform_ready(trigger, settings, waited_s) and self._cameras_ready(trigger, settings, waited_s)
+
+    def _transform_ready(self, trigger: Trigger, settings: DetectorSettings, waited_s: float) -> bool:
+        return not self._needs_transform() or waited_s >= settings.tf_timeout or \
+            self.tf.can_transform(settings.fixed_frame, self._reference(trigger, settings), trigger.stamp_ns)
+
+    def _cameras_ready(self, trigger: Trigger, settings: DetectorSettings, waited_s: float) -> bool:
+        return self.modality == "lidar" or waited_s >= settings.max_camera_delay or \
+            self.cameras.all_settled(trigger.stamp_ns, int(settings.max_camera_delay * 1e9))
+
+    def _needs_transform(self) -> bool:
+        """Past sweeps and cameras off the trigger time are placed through TF."""
+        return self.sweeps.sweeps > 0 or self.modality != "lidar"
 
     @staticmethod
     def _reference(trigger: Trigger, settings: DetectorSettings) -> str:
@@ -106,8 +117,7 @@ class Pipeline:
         stamp_ns = trigger.stamp_ns
         reference = self._reference(trigger, settings)
         notes = []
-        placement = self.placement(trigger, settings)
-        if placement is not None and not self.tf.can_transform(placement.target, placement.source, stamp_ns):
+        if self._needs_transform() and not self.tf.can_transform(settings.fixed_frame, reference, stamp_ns):
             notes.append(f"no transform {settings.fixed_frame} <- {reference} at the trigger's stamp "
                          f"within tf_timeout {settings.tf_timeout} s: past sweeps and cameras off the trigger "
                          f"time cannot be placed")
