@@ -11,7 +11,7 @@ from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import Header
 from test_pipeline import StandingStill, settings
 
-from vexkd_core.data.distortion import Distortion, Undistorter, distortion_of
+from vexkd_core.data.distortion import Distortion, Undistorter
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.data.sample import CAMERA_CHANNELS
 from vexkd_core.data.sensor_files import reduce_image
