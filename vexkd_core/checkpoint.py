@@ -14,6 +14,8 @@ import torch
 from vexkd_core.classes import DETECTION_CLASSES, MAP_CLASSES
 from vexkd_core.config import Config, from_dict
 from vexkd_core.io import atomic_write_bytes
+from vexkd_core.training_data import FIELD as TRAINING_DATA
+from vexkd_core.training_data import TrainingData
 
 FORMAT_VERSION = 1
 
@@ -23,11 +25,14 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: Config, modality: str,
-                    **extra) -> Path:
+                    training_data: TrainingData | None = None, **extra) -> Path:
+    """`training_data`: the dataset the trainer trained on (training_data.training_data_line
+    describes it; a checkpoint without one says so)."""
     payload = {
         "format_version": FORMAT_VERSION, "modality": modality, "config": config.to_dict(),
         "detection_classes": list(DETECTION_CLASSES), "map_classes": list(MAP_CLASSES),
-        "torch_version": str(torch.__version__), "model": model.state_dict(), **extra,
+        "torch_version": str(torch.__version__), "model": model.state_dict(),
+        **({TRAINING_DATA: training_data.to_dict()} if training_data is not None else {}), **extra,
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)

@@ -87,12 +87,17 @@ def model_file_backend(path: str | Path) -> str:
     return "onnxruntime" if Path(path).suffix == ".onnx" else "torch"
 
 
-def model_file_modality(path: str | Path) -> str:
-    """lidar, camera or fusion, from a checkpoint or an exported graph's sidecar, without building the model."""
+def model_file_description(path: str | Path) -> dict:
+    """A checkpoint's payload or an exported graph's sidecar, checked, without building the model."""
     from vexkd_core.checkpoint import load_checkpoint
 
     if model_file_backend(path) == "onnxruntime":
         from vexkd_core.onnx_runtime import read_sidecar
 
-        return read_sidecar(Path(path))["modality"]
-    return load_checkpoint(path)["modality"]
+        return read_sidecar(Path(path))
+    return load_checkpoint(path)
+
+
+def model_file_modality(path: str | Path) -> str:
+    """lidar, camera or fusion, from a checkpoint or an exported graph's sidecar, without building the model."""
+    return model_file_description(path)["modality"]

@@ -4,8 +4,8 @@ The graph is the model's `network`: everything with weights, from the points' pi
 inputs and the cameras' frustum cells to the heads' raw maps. What has no weights stays
 outside it and is the same code the torch path runs (vexkd.network_inputs before the graph,
 detection_head.decode_boxes and a sigmoid after it), so a runtime needs the graph and the
-sidecar JSON written next to it: config (grids, classes, thresholds), modality, and the
-input and output layout.
+sidecar JSON written next to it: config (grids, classes, thresholds), modality, the
+input and output layout, and the training data its checkpoint recorded.
 
 The graph pools points into pillars and frustum points into BEV cells through a
 PoolLayout (pooling.py says why), so each cell input becomes four: `<x>_gather`, `<x>_cell`,
@@ -34,6 +34,8 @@ from vexkd_core.io import atomic_write_bytes, atomic_write_json
 from vexkd_core.models.lidar_encoder import POINT_INPUTS
 from vexkd_core.models.pooling import PoolLayout, pool_layout
 from vexkd_core.models.vexkd import NETWORK_INPUTS, NETWORK_OUTPUTS, network_outputs
+from vexkd_core.training_data import FIELD as TRAINING_DATA
+from vexkd_core.training_data import recorded_training_data
 
 OPSET = 18
 SIDECAR_FORMAT = "vexkd-onnx"
@@ -156,6 +158,7 @@ def export_onnx(checkpoint: Path, out_dir: Path) -> ExportResult:
     onnxruntime on inputs other than the traced ones (another point count)."""
     model, config, payload = model_from_checkpoint(checkpoint)
     modality = payload["modality"]
+    training_data = _training_data(payload, checkpoint)
     graph = NetworkGraph(model).eval()
     network = example_inputs(config, modality, points=2000, seed=0)
     traced = graph_feed(network, config)
@@ -187,8 +190,19 @@ def export_onnx(checkpoint: Path, out_dir: Path) -> ExportResult:
         "parameters": sum(p.numel() for p in model.parameters()),
         "source_checkpoint": str(checkpoint), "source_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
         "torch_version": str(torch.__version__), "check_max_difference": difference,
+        **training_data,
     }
     return ExportResult(onnx_path, atomic_write_json(sidecar_path(onnx_path), sidecar), difference)
+
+
+def _training_data(payload: dict, checkpoint: Path) -> dict:
+    """The sidecar's copy of what the checkpoint says the model was trained on (nothing where an
+    older vexkd recorded nothing); a record that does not read is refused, not passed on."""
+    try:
+        recorded = recorded_training_data(payload)
+    except ValueError as error:
+        raise ExportError(f"{checkpoint}: its {TRAINING_DATA} record does not read ({error})") from None
+    return {TRAINING_DATA: recorded.to_dict()} if recorded is not None else {}
 
 
 def _check(onnx_model: bytes, feed: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],

@@ -61,6 +61,8 @@ def run_to_bag(args: argparse.Namespace) -> None:
 
     try:
         source = scene_source(args.dataroot, args.version)
+        if source.maps_missing:
+            print(f"ground-truth map topics skipped: {source.maps_missing}")
         names = [s["name"] for s in source.nusc.scene] if args.all else args.scene
         scenes = [SceneMessages(source, name, sweeps=not args.no_sweeps) for name in names]
         for scene in scenes:

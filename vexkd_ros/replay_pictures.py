@@ -106,13 +106,16 @@ def _outline(tint: tuple[int, int, int]) -> tuple[int, int, int]:
 Maps = dict[str, tuple[np.ndarray, BEVGrid]]  # map class -> (probability [y, x], its grid), as published
 
 
-def map_panel(gt_masks: np.ndarray, maps: Maps, half_extent: float) -> np.ndarray:
+def map_panel(gt_masks: np.ndarray | None, maps: Maps, half_extent: float) -> np.ndarray:
     """Predicted classes filled in their tints over ground truth outlined in theirs: a fill with
-    no outline around it is a false positive, an outline around background a miss."""
+    no outline around it is a false positive, an outline around background a miss. Without
+    ground truth (a dataset without the map expansion) only the predictions."""
     image = np.full((PIXELS, PIXELS, 3), BACKGROUND, np.uint8)
     for name, (probability, grid) in maps.items():
         predicted = _raster(np.nan_to_num(probability) >= MAP_THRESHOLD, grid, half_extent)
         image[predicted] = (0.5 * image[predicted] + 0.5 * np.array(MAP_TINTS[name])).astype(np.uint8)
+    if gt_masks is None:
+        return image
     for index, name in enumerate(MAP_CLASSES):
         truth = _raster(gt_masks[index], GT_MAP_GRID, half_extent).astype(np.uint8)
         contours, _ = cv2.findContours(truth, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
@@ -141,7 +144,7 @@ def error_map(name: str, gt_mask: np.ndarray, predicted: tuple[np.ndarray, BEVGr
     return image
 
 
-def bev_panel(title: str, gt_boxes: Boxes3D, gt_masks: np.ndarray, boxes: Boxes3D, maps: Maps,
+def bev_panel(title: str, gt_boxes: Boxes3D, gt_masks: np.ndarray | None, boxes: Boxes3D, maps: Maps,
               half_extent: float) -> np.ndarray:
     """One node's column: the BEV with boxes and map, then its error map per map class."""
     image = map_panel(gt_masks, maps, half_extent)
@@ -149,10 +152,20 @@ def bev_panel(title: str, gt_boxes: Boxes3D, gt_masks: np.ndarray, boxes: Boxes3
     _draw_boxes(image, boxes.select(boxes.score >= SHOWN_SCORE), half_extent)
     _text(image, title, (8, 24), 0.7)
     _text(image, f"boxes: score >= {SHOWN_SCORE:g}   map: p >= {MAP_THRESHOLD:g}", (8, PIXELS - 10))
+    return np.vstack([image, _error_maps(gt_masks, maps, half_extent)])
+
+
+def _error_maps(gt_masks: np.ndarray | None, maps: Maps, half_extent: float) -> np.ndarray:
+    """The error maps, three to a row, PIXELS wide; without ground truth a block of their size
+    saying so (the columns and the legend keep their height)."""
+    rows = -(-len(MAP_CLASSES) // 3)
+    if gt_masks is None:
+        block = np.full((rows * ERROR_PIXELS, PIXELS, 3), BACKGROUND, np.uint8)
+        _text(block, "no map ground truth (the dataset lacks its map expansion)", (8, 24))
+        return block
     errors = [error_map(name, gt_masks[index], maps.get(name), half_extent) for index, name in enumerate(MAP_CLASSES)]
-    rows = [np.hstack(errors[i:i + 3]) for i in range(0, len(errors), 3)]
-    padding = np.full((len(rows) * ERROR_PIXELS, PIXELS - 3 * ERROR_PIXELS, 3), BACKGROUND, np.uint8)
-    return np.vstack([image, np.hstack([np.vstack(rows), padding])])
+    padding = np.full((rows * ERROR_PIXELS, PIXELS - 3 * ERROR_PIXELS, 3), BACKGROUND, np.uint8)
+    return np.hstack([np.vstack([np.hstack(errors[i:i + 3]) for i in range(0, len(errors), 3)]), padding])
 
 
 def legend(height: int) -> np.ndarray:

@@ -95,7 +95,8 @@ def _cloud(path: Path, header: Header):
 
 
 def scene_source(dataroot: str | Path, version: str) -> NuScenesSource:
-    """Every scene of a dataset, with ground-truth maps on GT_MAP_GRID."""
+    """Every scene of a dataset, with ground-truth maps on GT_MAP_GRID where the dataset has its
+    map expansion files (else none, and `maps_missing` says why)."""
     return NuScenesSource(dataroot, version, None, sweeps=0, map_source_grid=GT_MAP_GRID)
 
 

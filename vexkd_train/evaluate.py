@@ -1,6 +1,9 @@
 """Evaluate a checkpoint on a split: the official nuScenes detection metrics (mAP, NDS, TP
 errors via nuscenes-devkit), BEV map IoU per class (best over thresholds 0.35..0.65) and
-mIoU, latency per stage and parameter count. Writes results.json and metrics.json."""
+mIoU, latency per stage and parameter count. Writes results.json and metrics.json.
+
+A dataset without the map expansion download has no map ground truth: a model with a map
+head is then scored on detection, and its map metrics are reported as skipped."""
 from __future__ import annotations
 
 import contextlib
@@ -17,10 +20,11 @@ from vexkd_core.data.dataset import model_source
 from vexkd_core.data.preprocess import Augmentation, map_targets
 from vexkd_core.data.sample import without_sensor
 from vexkd_core.geometry import matrix_yaw, yaw_to_quaternion
-from vexkd_core.inference import load_predictor
+from vexkd_core.inference import load_predictor, model_file_description
 from vexkd_core.io import atomic_npz, atomic_write_json, atomic_write_text
 from vexkd_core.structures import Boxes3D
 from vexkd_core.timing import StageTimer
+from vexkd_core.training_data import training_data_line
 
 MAP_THRESHOLDS = tuple(round(0.35 + 0.05 * i, 2) for i in range(7))
 VEHICLES = ("car", "truck", "bus", "trailer", "construction_vehicle")
@@ -102,6 +106,7 @@ def evaluate(checkpoint: Path, dataroot: Path, version: str, split: str, out_dir
     probability); `drop_sensor` ('lidar' or 'camera') evaluates with that sensor missing;
     `backend` onnxruntime evaluates an exported graph (`checkpoint` is then its .onnx)."""
     predictor = load_predictor(checkpoint, backend, device)
+    description = model_file_description(checkpoint)
     config, modality = predictor.config, predictor.modality
     if drop_sensor is not None and modality != "fusion":
         raise ValueError(f"--drop-sensor is for a fusion model; {checkpoint} is a {modality} model")
@@ -123,10 +128,13 @@ def evaluate(checkpoint: Path, dataroot: Path, version: str, split: str, out_dir
                               key=lambda record: -record["detection_score"])
                 results[sample.token] = best[:DEVKIT_MAX_BOXES]
             if prediction.map_probability is not None:
-                map_iou.add(prediction.map_probability, _map_target(sample, config))
+                if sample.map_masks is not None:
+                    map_iou.add(prediction.map_probability, _map_target(sample, config))
                 if save_map is not None:
                     save_map(sample.token, prediction.map_probability.astype(np.float16))
     tasks = config.train.task_names
+    # A dataset without the map expansion scores a map head's detection alone.
+    maps_skipped = source.maps_missing if "segmentation" in tasks else None
     if "detection" in tasks:
         atomic_write_text(out_dir / "results.json", json.dumps({"meta": {
             "use_camera": modality != "lidar" and drop_sensor != "camera",
@@ -137,7 +145,9 @@ def evaluate(checkpoint: Path, dataroot: Path, version: str, split: str, out_dir
         "drop_sensor": drop_sensor, "tasks": config.train.tasks,
         # None for a task the model was not trained for (train.tasks)
         "detection": detection_metrics(source.nusc, results, split, out_dir) if "detection" in tasks else None,
-        "map": map_iou.summary() if "segmentation" in tasks else None,
+        "map": map_iou.summary() if "segmentation" in tasks and maps_skipped is None else None,
+        "map_skipped": maps_skipped,  # why a map head's metrics are missing
+        "training_data": training_data_line(description),
         "latency_ms": _latency_ms(timer),
         "parameters": predictor.parameters,
         "device": device, "backend": predictor.describe(),
@@ -162,12 +172,14 @@ def _latency_ms(timer: StageTimer) -> dict[str, float]:
 def metrics_table(metrics: dict) -> str:
     detection, segmentation = metrics["detection"], metrics["map"]
     lines = [f"{metrics['modality']} model on {metrics['split']} ({metrics['samples']} samples, "
-             f"{metrics['parameters'] / 1e6:.2f} M parameters)"]
+             f"{metrics['parameters'] / 1e6:.2f} M parameters)", f"  {metrics['training_data']}"]
     if detection is not None:
         lines += [f"  detection  mAP {detection['mAP']:.4f}  NDS {detection['NDS']:.4f}",
                   "  AP per class: " + ", ".join(f"{k} {v:.3f}" for k, v in detection["per_class_ap"].items())]
     if segmentation is not None:
         lines += [f"  map        mIoU {segmentation['mIoU']:.4f}",
                   "  IoU per class: " + ", ".join(f"{k} {v:.3f}" for k, v in segmentation["iou"].items())]
+    if metrics["map_skipped"] is not None:
+        lines.append(f"  map        metrics skipped: {metrics['map_skipped']}")
     lines.append("  latency ms: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["latency_ms"].items()))
     return "\n".join(lines)

@@ -51,12 +51,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vexkd_core.checkpoint import CheckpointError, model_from_checkpoint, read_payload
-from vexkd_core.data.dataset import EpochSampler, TrainingSet, collate_training
+from vexkd_core.data.dataset import EpochSampler, TrainingSet, collate_training, require_map_ground_truth
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.distill.distiller import freeze
 from vexkd_core.distill.mask_generator import LEVELS, MaskGenerator, area_error, decide, dice_overlap
 from vexkd_core.io import atomic_npz, atomic_write_bytes, atomic_write_json
 from vexkd_core.models.vexkd import detection_targets as batch_detection_targets
+from vexkd_core.models.vexkd import map_targets_of
 from vexkd_train.trainer import warmup_cosine
 
 # 3: a background logit, soft masks by softmax; 4: masks decided per cell; 5 (1832a31,
@@ -139,8 +140,7 @@ def head_loss(teacher, task: str, predictions, targets, detection_targets=None) 
         if detection_targets is None:
             detection_targets = batch_detection_targets(teacher, targets, predictions["heatmap"].device)
         return sum(heads.detection_head.loss(predictions, detection_targets).values())
-    target = torch.stack([t.map_masks for t in targets]).to(predictions.device)
-    return heads.map_head.loss(predictions, target)
+    return heads.map_head.loss(predictions, map_targets_of(targets, predictions.device))
 
 
 def masked_task_loss(teacher, task: str, level: str, feature: torch.Tensor, masks: torch.Tensor, targets,
@@ -199,6 +199,7 @@ def train_masks(teacher_checkpoint: Path, source: NuScenesSource, out: Path, set
     on `report_source` (default: the training source), selectivity.json and selectivity.md."""
     settings.validate()
     teacher, config, payload = model_from_checkpoint(teacher_checkpoint, expected_modality="fusion")
+    require_map_ground_truth(source, config)
     teacher = freeze(teacher).to(device)
     torch.manual_seed(config.train.seed)
     generators = build_generators(teacher, settings, config.train.seed)

@@ -22,10 +22,11 @@ from vexkd_core.checkpoint import CheckpointError, load_checkpoint, save_checkpo
 from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.config import Config
 from vexkd_core.data.cbgs import balanced_indices, sample_classes
-from vexkd_core.data.dataset import EpochSampler, TrainingSet, collate_training
+from vexkd_core.data.dataset import EpochSampler, TrainingSet, collate_training, require_map_ground_truth
 from vexkd_core.data.gt_paste import training_paster
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.models.vexkd import depth_losses, detection_targets, task_losses
+from vexkd_core.training_data import TrainingData
 
 LAST = "last.pt"
 FINAL = "model.pt"
@@ -68,12 +69,15 @@ def parameter_checksum(model: torch.nn.Module) -> float:
 
 def train(model: torch.nn.Module, config: Config, source: NuScenesSource, modality: str, options: RunOptions,
           auxiliary: torch.nn.Module | None = None) -> Path:
-    """Train `model`; returns the final checkpoint, which holds the model alone.
+    """Train `model`; returns the final checkpoint, which holds the model alone and, as last.pt
+    does, the dataset it was trained on (TrainingData).
 
     `auxiliary` (the distiller) adds its losses through `auxiliary(model, batch, output,
     targets, box_targets)`; its trainable parameters (adapters) are optimised and saved in last.pt for
     resuming, its frozen ones (teacher, mask generators) only moved to the device.
     """
+    require_map_ground_truth(source, config)
+    training_data = TrainingData.of_source(source)
     rank, world, local_rank = distributed()
     device = torch.device(f"cuda:{local_rank}" if options.device == "cuda" else options.device)
     run_dir = Path(options.run_dir)
@@ -150,12 +154,13 @@ def train(model: torch.nn.Module, config: Config, source: NuScenesSource, modali
                 bar.set_postfix_str(f"loss {loss.item():.3f} ({_format(losses)})")
                 bar.update()
             if step % config.train.checkpoint_every == 0 or step == total:
-                _checkpoint(run_dir / LAST, model, optimizer, config, modality, step, epoch, rank, world, auxiliary)
+                _checkpoint(run_dir / LAST, model, optimizer, config, modality, step, epoch, rank, world, auxiliary,
+                            training_data)
             if step >= total:
                 break
     bar.close()
     if rank == 0:  # the deliverable: weights and config, no optimizer state
-        save_checkpoint(run_dir / FINAL, model, config, modality, step=step)
+        save_checkpoint(run_dir / FINAL, model, config, modality, training_data, step=step)
     if world > 1:
         dist.barrier()
     return run_dir / FINAL
@@ -176,7 +181,7 @@ def _log(path: Path, step: int, epoch: int, lr: float, loss, losses: dict, secon
 
 
 def _checkpoint(path: Path, model, optimizer, config: Config, modality: str, step: int, epoch: int,
-                rank: int, world: int, auxiliary: torch.nn.Module | None) -> None:
+                rank: int, world: int, auxiliary: torch.nn.Module | None, training_data: TrainingData) -> None:
     checksum = parameter_checksum(model)
     checksums = [checksum]
     if world > 1:  # every rank must hold the same weights; say so in the checkpoint
@@ -185,5 +190,5 @@ def _checkpoint(path: Path, model, optimizer, config: Config, modality: str, ste
     if rank == 0:
         trained_auxiliary = {} if auxiliary is None else \
             {name: p.detach() for name, p in auxiliary.named_parameters() if p.requires_grad}
-        save_checkpoint(path, model, config, modality, optimizer=optimizer.state_dict(), step=step, epoch=epoch,
-                        world_size=world, rank_checksums=checksums, auxiliary=trained_auxiliary)
+        save_checkpoint(path, model, config, modality, training_data, optimizer=optimizer.state_dict(), step=step,
+                        epoch=epoch, world_size=world, rank_checksums=checksums, auxiliary=trained_auxiliary)

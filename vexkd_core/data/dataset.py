@@ -12,7 +12,7 @@ from vexkd_core.config import AugmentConfig, Config
 from vexkd_core.structures import BEVGrid
 
 from .gt_paste import GTPaster
-from .nuscenes_source import NuScenesSource
+from .nuscenes_source import DatasetError, NuScenesSource
 from .preprocess import Augmentation, ModelInputs, Targets, collate, preprocess
 from .sample import without_sensor
 from .sample_cache import SampleCache
@@ -50,6 +50,15 @@ def model_source(dataroot, version: str, split: str | None, config: Config, augm
     camera input needs."""
     return NuScenesSource(dataroot, version, split, config.model.lidar.sweeps, map_source_grid(config, augmented),
                           nusc=nusc, input_width=config.model.camera.input_width)
+
+
+def require_map_ground_truth(source: NuScenesSource, config: Config) -> None:
+    """Refuse, before the first step, to train a map head (train.tasks map or both) on samples
+    without map ground truth; a detection-only model trains on them."""
+    if "segmentation" in config.train.task_names and source.maps_missing:
+        raise DatasetError(f"a model of train.tasks={config.train.tasks} learns from map ground truth, which this "
+                           f"dataset lacks: {source.maps_missing}; without it only detection models train "
+                           f"(--set train.tasks=detection)")
 
 
 class TrainingSet(Dataset):

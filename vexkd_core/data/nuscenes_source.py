@@ -24,6 +24,8 @@ from .sweeps import sweep_in_key_frame
 
 MAP_LAYERS = ("drivable_area", "ped_crossing", "walkway", "stop_line", "carpark_area", "road_divider",
               "lane_divider")
+# Real nuScenes ships its map layers as a separate download that many users never fetch.
+MAP_EXPANSION_DOWNLOAD = 'the nuScenes "Map expansion" pack v1.3 from the Download page of nuscenes.org'
 
 
 def open_nuscenes(dataroot: str | Path, version: str):
@@ -45,6 +47,11 @@ def open_nuscenes(dataroot: str | Path, version: str):
         raise DatasetError(f"{dataroot}/{version} is not a valid nuScenes dataset: {error!r}") from None
 
 
+def map_expansion_file(dataroot: str | Path, location: str) -> Path:
+    """The map expansion JSON NuScenesMap reads for a location."""
+    return Path(dataroot) / "maps" / "expansion" / f"{location}.json"
+
+
 def split_scene_names(nusc, split: str) -> list[str]:
     """Scene names of a split: `<version>/splits.json` first, then the devkit's own splits."""
     custom = Path(nusc.dataroot) / nusc.version / "splits.json"
@@ -63,7 +70,9 @@ class NuScenesSource:
 
     With an `input_width` (the model's), images are decoded as small as they can be while
     staying that wide (sensor_files.decode_reduction), their K scaled to match; 0 keeps
-    them at full resolution.
+    them at full resolution. With a `map_source_grid`, samples carry map masks where the
+    dataset has the map expansion file of every location of these scenes; without them their
+    map_masks is None and `maps_missing` says which file is missing.
     """
 
     def __init__(self, dataroot: str | Path, version: str, split: str | None, sweeps: int,
@@ -75,7 +84,10 @@ class NuScenesSource:
             raise DatasetError(f"split '{split}' has no scenes in {dataroot}/{version}")
         self.split = split
         self.sweeps = sweeps
-        self.map_source_grid = map_source_grid
+        self.missing_map_files = self._missing_map_files(scenes) if map_source_grid is not None else []
+        # Map ground truth is all or nothing per source: metrics or losses over the samples of
+        # some locations only would not be the split's (maps_missing says what is missing).
+        self.map_source_grid = None if self.missing_map_files else map_source_grid
         self.input_width = input_width
         self.tokens: list[str] = []
         for scene in scenes:
@@ -86,6 +98,22 @@ class NuScenesSource:
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    def _missing_map_files(self, scenes: list[dict]) -> list[Path]:
+        locations = dict.fromkeys(self.nusc.get("log", scene["log_token"])["location"] for scene in scenes)
+        files = [map_expansion_file(self.nusc.dataroot, location) for location in locations]
+        return [path for path in files if not path.is_file()]
+
+    @property
+    def maps_missing(self) -> str | None:
+        """Why this source's samples carry no map masks though a map grid was asked for, in
+        one line naming the first missing file and where it comes from; None when they do."""
+        if not self.missing_map_files:
+            return None
+        first, more = self.missing_map_files[0], len(self.missing_map_files) - 1
+        others = f" (and {more} more of these scenes' locations)" if more else ""
+        return (f"no {first}{others}; map files come in {MAP_EXPANSION_DOWNLOAD}, "
+                f"unpacked into {Path(self.nusc.dataroot) / 'maps'}")
 
     def _pose(self, sample_data: dict) -> tuple[np.ndarray, np.ndarray]:
         """(sensor -> ego, ego -> global) of a sample_data record."""
@@ -174,6 +202,7 @@ class NuScenesSource:
                        np.ones(len(rows)))
 
     def _map(self, record: dict, lidar_to_global: np.ndarray) -> np.ndarray | None:
+        """The map masks around the ego; None without a map grid or without map files (maps_missing)."""
         if self.map_source_grid is None:
             return None
         scene = self.nusc.get("scene", record["scene_token"])

@@ -114,7 +114,7 @@ class ModelInputs:
 @dataclass
 class Targets:
     boxes: Boxes3D  # in the augmented frame
-    map_masks: torch.Tensor  # (6, H, W) float on the model's map grid
+    map_masks: torch.Tensor | None  # (6, H, W) float on the model's map grid; None: the sample has no map
 
 
 def image_transform(height: int, width: int, config: Config,
@@ -210,8 +210,7 @@ def preprocess(sample: Sample, config: Config, augmentation: Augmentation | None
     extent = config.grid.half_extent_m
     inside = (np.abs(boxes.center[:, 0]) < extent) & (np.abs(boxes.center[:, 1]) < extent)
     boxes = boxes.select(inside)
-    map_masks = map_targets(sample, augmentation, config.map_grid.bev) if sample.map_masks is not None else \
-        torch.zeros((6, config.map_grid.bev.height, config.map_grid.bev.width))
+    map_masks = map_targets(sample, augmentation, config.map_grid.bev) if sample.map_masks is not None else None
     return inputs, Targets(boxes, map_masks)
 
 

@@ -10,6 +10,7 @@ from nuscenes.utils.geometry_utils import BoxVisibility
 from pyquaternion import Quaternion
 
 from vexkd_core.classes import DETECTION_CLASS_COLORS
+from vexkd_core.data.nuscenes_source import map_expansion_file
 
 # Camera mosaic layout, as a driver looks around: front row, then back row.
 MOSAIC = (("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT"), ("CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"))
@@ -51,11 +52,13 @@ def _bev(nusc: NuScenes, sample: dict, bev_range_m: float, pixels: int) -> np.nd
     yaw = Quaternion(pose["rotation"]).yaw_pitch_roll[0]
     resolution = 2 * bev_range_m / pixels
     image = np.full((pixels, pixels, 3), 25, np.uint8)
-    nusc_map = NuScenesMap(nusc.dataroot, location)
-    masks = nusc_map.get_map_mask((pose["translation"][0], pose["translation"][1], 2 * bev_range_m,
-                                   2 * bev_range_m), np.degrees(yaw), list(MAP_LAYER_COLORS), (pixels, pixels))
-    for mask, color in zip(masks, MAP_LAYER_COLORS.values()):
-        image[mask > 0] = color  # mask rows run along ego y, columns along ego x
+    has_map = map_expansion_file(nusc.dataroot, location).is_file()  # a separate nuScenes download
+    if has_map:
+        nusc_map = NuScenesMap(nusc.dataroot, location)
+        masks = nusc_map.get_map_mask((pose["translation"][0], pose["translation"][1], 2 * bev_range_m,
+                                       2 * bev_range_m), np.degrees(yaw), list(MAP_LAYER_COLORS), (pixels, pixels))
+        for mask, color in zip(masks, MAP_LAYER_COLORS.values()):
+            image[mask > 0] = color  # mask rows run along ego y, columns along ego x
 
     def to_pixels(xy: np.ndarray) -> np.ndarray:
         return np.stack([(xy[:, 0] + bev_range_m) / resolution, (xy[:, 1] + bev_range_m) / resolution], axis=-1)
@@ -80,8 +83,8 @@ def _bev(nusc: NuScenes, sample: dict, bev_range_m: float, pixels: int) -> np.nd
     # Forward up, left to the left: rotate the [y, x] raster a quarter turn and mirror it.
     image = np.ascontiguousarray(np.rot90(image)[:, ::-1])
     cv2.drawMarker(image, (pixels // 2, pixels // 2), (255, 255, 255), cv2.MARKER_TRIANGLE_UP, 12, 2)
-    cv2.putText(image, f"BEV {2 * bev_range_m:.0f} m, {location}", (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
-                (255, 255, 255), 1, cv2.LINE_AA)
+    caption = f"BEV {2 * bev_range_m:.0f} m, {location}" + ("" if has_map else " (no map expansion)")
+    cv2.putText(image, caption, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
     return image
 
 

@@ -31,7 +31,9 @@ class Sample:
     cameras: list[CameraView]  # in CAMERA_CHANNELS order
     lidar_to_global: np.ndarray  # (4, 4), to write results in the global frame
     boxes: Boxes3D | None = None  # ground truth in the LiDAR frame (training, evaluation)
-    map_masks: np.ndarray | None = None  # (6, H, W) bool on map_source_grid, MAP_CLASSES order
+    # (6, H, W) bool on map_source_grid, MAP_CLASSES order; None where there is no map ground
+    # truth (a dataset without the map expansion download, a sensor frame from ROS)
+    map_masks: np.ndarray | None = None
     map_source_grid: BEVGrid | None = None  # larger than the model's map grid, for augmentation
 
 

@@ -229,9 +229,18 @@ def task_losses(model: nn.Module, output: Output, targets: list[Targets],
         losses.update({name: value * train.detection_weight
                        for name, value in head.loss(output.detection, box_targets).items()})
     if model.heads.map_head is not None:
-        map_target = torch.stack([t.map_masks for t in targets]).to(output.high.device)
-        losses["map"] = model.heads.map_head.loss(output.map_logits, map_target) * train.map_weight
+        losses["map"] = model.heads.map_head.loss(output.map_logits, map_targets_of(targets, output.high.device)) \
+            * train.map_weight
     return losses
+
+
+def map_targets_of(targets: list[Targets], device) -> torch.Tensor:
+    """The batch's map targets, (B, 6, H, W). A map head cannot learn from samples without
+    map ground truth: training refuses such a dataset at start (require_map_ground_truth)."""
+    if any(t.map_masks is None for t in targets):
+        raise ValueError("a map head needs map ground truth, and a sample of this batch has none "
+                         "(a dataset without the map expansion?)")
+    return torch.stack([t.map_masks for t in targets]).to(device)
 
 
 def depth_losses(model: nn.Module, output: Output, batch: Batch) -> dict[str, torch.Tensor]:
