@@ -18,12 +18,14 @@ from tf2_msgs.msg import TFMessage
 from vexkd_core.checkpoint import save_checkpoint
 from vexkd_core.config import load_config
 from vexkd_core.models.vexkd import build_model
+from vexkd_core.training_data import TrainingData
 from vexkd_ros import bag
 from vexkd_ros.conversions import stamp_to_ns
 from vexkd_ros.node_outputs import FROM_ARRIVAL, FROM_STAMP, pipeline_latency
 from vexkd_ros.stack import NodeSpec
 
 NODE = "lidar_detector"
+TRAINED_ON = TrainingData("demo_world", "v1.0-trainval", "train", 48, synthetic=True)
 CONFIG_FILE = Path(__file__).resolve().parent.parent / "config" / "detector.yaml"
 
 
@@ -32,7 +34,7 @@ def checkpoint(tmp_path_factory):
     config = load_config("tiny", ["model.lidar.sweeps=1"])
     torch.manual_seed(0)
     return save_checkpoint(tmp_path_factory.mktemp("observed") / "lidar.pt", build_model(config, "lidar"), config,
-                           "lidar")
+                           "lidar", training_data=TRAINED_ON)
 
 
 def values(status: DiagnosticStatus) -> dict[str, str]:
@@ -81,6 +83,7 @@ def test_diagnostics_and_latency_as_a_consumer_reads_them(checkpoint, rclpy_cont
         assert counted("triggers_in") == frames and counted("dropped") == 0
         assert float(report["pipeline_latency_ms"]) == pytest.approx(latencies[stamp], abs=1e-3)
         assert float(report["processing_time_ms"]) > 0 and report["last_error"] == ""
+        assert report["trained_on"] == TRAINED_ON.describe()
         published = dict(harness.node.get_publisher_names_and_types_by_node(NODE, "/"))
         recorded = NodeSpec("lidar", checkpoint).output_topics()  # what `vexkd-ros stack --record` keeps
         assert {t: published.get(t) for t in recorded} == {t: [bag.type_name(k)] for t, k in recorded.items()}
@@ -108,6 +111,9 @@ def test_diagnostics_and_latency_as_a_consumer_reads_them(checkpoint, rclpy_cont
         output = stop_node(process)
     assert process.returncode == 0, output
     assert output.count("pipeline_latency_ms counts from each input's arrival") == 1, output
+    start_line = output.splitlines()[0]
+    assert "lidar model" in start_line and "trained on synthetic world 'demo_world' (v1.0-trainval, split train, " \
+        "48 samples)" in start_line, start_line
 
 
 def test_the_parameter_file_applies_to_a_node_in_a_namespace(checkpoint, rclpy_context, tmp_path):

@@ -20,6 +20,7 @@ from vexkd_core.models.detection_head import decode_boxes
 from vexkd_core.models.vexkd import network_outputs
 from vexkd_core.structures import Boxes3D
 from vexkd_core.timing import StageTimer
+from vexkd_core.training_data import NOT_RECORDED, training_data_line
 
 BACKENDS = ("torch", "onnxruntime")
 
@@ -33,10 +34,11 @@ class Prediction:
 class Predictor:
     """A torch model in eval mode plus its config; stages are timed as preprocess, infer, postprocess."""
 
-    def __init__(self, model: torch.nn.Module, config: Config, device: str = "cpu"):
+    def __init__(self, model: torch.nn.Module, config: Config, device: str = "cpu", trained_on: str = NOT_RECORDED):
         self.model, self.config, self.device = model.eval().to(device), config, device
         self.modality = model.modality
         self.parameters = sum(p.numel() for p in model.parameters())
+        self.trained_on = trained_on  # training_data.training_data_line of the model file
 
     def describe(self) -> str:
         return f"torch on {self.device}"
@@ -73,8 +75,8 @@ def load_predictor(path: str | Path, backend: str = "torch", device: str = "cpu"
     if backend == "torch":
         if Path(path).suffix == ".onnx":
             raise CheckpointError(f"{path} is an ONNX graph: serve it with backend onnxruntime, or give the .pt")
-        model, config, _ = model_from_checkpoint(path, expected_modality)
-        return Predictor(model, config, device)
+        model, config, payload = model_from_checkpoint(path, expected_modality)
+        return Predictor(model, config, device, training_data_line(payload))
     if backend == "onnxruntime":
         from vexkd_core.onnx_runtime import OnnxPredictor
 

@@ -19,6 +19,7 @@ from vexkd_core.models.camera_encoder import LiftGeometry
 from vexkd_core.models.vexkd import network_inputs
 from vexkd_core.onnx_export import SIDECAR_FORMAT, SIDECAR_VERSION, graph_feed, graph_input_names, sidecar_path
 from vexkd_core.timing import StageTimer
+from vexkd_core.training_data import training_data_line
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 ONNX_TYPE_NAMES = {"float32": "float", "float64": "double"}  # torch dtype names -> onnxruntime's tensor(...) names
@@ -97,6 +98,7 @@ class OnnxPredictor(Predictor):
     def __init__(self, session, sidecar: dict):
         self.session, self.config, self.device = session, from_dict(sidecar["config"]), "cpu"
         self.modality, self.parameters = sidecar["modality"], sidecar["parameters"]
+        self.trained_on = training_data_line(sidecar)
         self.input_names = [entry["name"] for entry in sidecar["inputs"]]
         self.output_names = sidecar["outputs"]
         self.lift = None if self.modality == "lidar" else LiftGeometry(

@@ -86,14 +86,15 @@ class DetectorNode(Node):
         # together with the trigger (a guard condition fires in the next wait), so an image that
         # arrived with it is not missed just because its subscription comes later in the list.
         self._release = self.create_guard_condition(self.worker.release)
-        self.health = NodeHealth(self, self.worker)
+        self.health = NodeHealth(self, self.worker, predictor.trained_on)
         self._create_inputs()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._clock_jump = self.get_clock().create_jump_callback(
             JumpThreshold(min_forward=None, min_backward=CLOCK_JUMP_BACK, on_clock_change=False),
             post_callback=self._on_clock_jump)
         self.get_logger().info(f"{modality} model ({config.train.tasks}) from {settings.checkpoint} with "
-                               f"{predictor.describe()}; {self.pipeline.sweeps.sweeps} past sweeps; "
+                               f"{predictor.describe()}, {predictor.trained_on}; "
+                               f"{self.pipeline.sweeps.sweeps} past sweeps; "
                                f"{'publishing objects' if self.pipeline.detects else 'no detection head: no objects'}"
                                f"; publishing map classes {', '.join(self.settings.map_classes) or 'none'}")
 

@@ -7,7 +7,8 @@ left out, else OK. Values (KeyValue, as text): input_rate_hz (triggers), output_
 (frames published), triggers_in, frames_out, dropped (triggers replaced by a newer one
 before the model took them), pipeline_latency_ms (last frame: input stamp to publish, or input
 arrival to publish when the stamps are not on the node's clock), latency_from (which of the
-two), processing_time_ms (last frame), last_warning, last_error.
+two), processing_time_ms (last frame), last_warning, last_error, trained_on (the dataset the
+model was trained on, as its checkpoint or sidecar records it).
 """
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ DIAGNOSTICS_QOS = QoSProfile(depth=10)
 
 
 class NodeHealth:
-    def __init__(self, node: Node, worker: NewestWorker):
-        self._node, self._worker = node, worker
+    def __init__(self, node: Node, worker: NewestWorker, trained_on: str):
+        self._node, self._worker, self._trained_on = node, worker, trained_on
         self._lock = threading.Lock()
         self.frames_out = 0
         self._latency = PipelineLatency(float("nan"), FROM_STAMP)
@@ -84,7 +85,8 @@ class NodeHealth:
                       "triggers_in": offered, "frames_out": self.frames_out, "dropped": self._worker.dropped,
                       "pipeline_latency_ms": self._latency.milliseconds,
                       "latency_from": self._latency.counted_from, "processing_time_ms": self._processing_ms,
-                      "last_warning": self._last_warning, "last_error": self._last_error}
+                      "last_warning": self._last_warning, "last_error": self._last_error,
+                      "trained_on": self._trained_on}
             self._reported, self._warned, self._failed = (now, offered, self.frames_out), False, False
         name = self._node.get_name()
         status = DiagnosticStatus(level=level, name=f"{name}: detector", message=message, hardware_id=name,

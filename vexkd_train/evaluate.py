@@ -20,11 +20,10 @@ from vexkd_core.data.dataset import model_source
 from vexkd_core.data.preprocess import Augmentation, map_targets
 from vexkd_core.data.sample import without_sensor
 from vexkd_core.geometry import matrix_yaw, yaw_to_quaternion
-from vexkd_core.inference import load_predictor, model_file_description
+from vexkd_core.inference import load_predictor
 from vexkd_core.io import atomic_npz, atomic_write_json, atomic_write_text
 from vexkd_core.structures import Boxes3D
 from vexkd_core.timing import StageTimer
-from vexkd_core.training_data import training_data_line
 
 MAP_THRESHOLDS = tuple(round(0.35 + 0.05 * i, 2) for i in range(7))
 VEHICLES = ("car", "truck", "bus", "trailer", "construction_vehicle")
@@ -106,7 +105,6 @@ def evaluate(checkpoint: Path, dataroot: Path, version: str, split: str, out_dir
     probability); `drop_sensor` ('lidar' or 'camera') evaluates with that sensor missing;
     `backend` onnxruntime evaluates an exported graph (`checkpoint` is then its .onnx)."""
     predictor = load_predictor(checkpoint, backend, device)
-    description = model_file_description(checkpoint)
     config, modality = predictor.config, predictor.modality
     if drop_sensor is not None and modality != "fusion":
         raise ValueError(f"--drop-sensor is for a fusion model; {checkpoint} is a {modality} model")
@@ -147,7 +145,7 @@ def evaluate(checkpoint: Path, dataroot: Path, version: str, split: str, out_dir
         "detection": detection_metrics(source.nusc, results, split, out_dir) if "detection" in tasks else None,
         "map": map_iou.summary() if "segmentation" in tasks and maps_skipped is None else None,
         "map_skipped": maps_skipped,  # why a map head's metrics are missing
-        "training_data": training_data_line(description),
+        "training_data": predictor.trained_on,
         "latency_ms": _latency_ms(timer),
         "parameters": predictor.parameters,
         "device": device, "backend": predictor.describe(),
