@@ -6,6 +6,8 @@ import contextlib
 import sys
 from typing import Callable, Iterator, Sequence
 
+from .allocator import use_chosen_allocator
+
 
 class CliError(Exception):
     """A user error (missing file, bad flag, dataset in the wrong shape): one line, exit 2."""
@@ -82,6 +84,7 @@ def _relaxed(parser: argparse.ArgumentParser) -> Iterator[None]:
 
 def run_cli(parser: argparse.ArgumentParser, handlers: dict[str, Callable[[argparse.Namespace], None]],
             argv: list[str] | None = None) -> int:
+    use_chosen_allocator()  # before the command allocates: see vexkd_core/allocator.py
     args = parser.parse_args(argv)
     try:
         handlers[args.command](args)

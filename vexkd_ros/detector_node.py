@@ -23,6 +23,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from tf2_msgs.msg import TFMessage
 
+from vexkd_core.allocator import use_chosen_allocator
 from vexkd_core.checkpoint import CheckpointError
 from vexkd_core.data.sample import CAMERA_CHANNELS
 from vexkd_core.data.sensor_files import reduce_image
@@ -226,6 +227,7 @@ def run(modality: str, argv: list[str] | None = None) -> int:
     """Console-script entry: one node, spun until Ctrl-C or shutdown; exit 2 on a bad setup."""
     apply_default_ros_environment()
     single_threaded_blas()
+    use_chosen_allocator()
     argv = sys.argv if argv is None else argv
     rclpy.init(args=argv)
     node = None
