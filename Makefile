@@ -29,6 +29,7 @@ bench: setup
 	$(PY) bench/bench_nodes.py
 	$(PY) bench/bench_node_stream.py
 	$(PY) bench/bench_data_loading.py
+	$(PY) bench/bench_training_memory.py --narrow
 
 clean:
 	rm -rf $(VENV) build install log .pytest_cache
