@@ -13,6 +13,7 @@ bench/results/full_resolution.json (CPU) or the file given by --results.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -73,20 +74,21 @@ def measured(arguments: list[str]) -> dict:
     return {**json.loads(result.stdout.strip().splitlines()[-1]), **wall}
 
 
+def train_in_this_process(arguments: list[str]) -> None:
+    """`vexkd-train ARGUMENTS` in this process, its progress output discarded; SystemExit on failure."""
+    from vexkd_train.cli import main
+
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+        code = main(arguments)
+    if code:
+        raise SystemExit(code)
+
+
 def child(arguments: list[str]) -> None:
     """The --child side: the CLI in this process, then its own peak memory on the last line."""
     import torch
 
-    from vexkd_train.cli import main
-
-    with open(os.devnull, "w") as quiet:
-        stdout, sys.stdout = sys.stdout, quiet
-        try:
-            code = main(arguments)
-        finally:
-            sys.stdout = stdout
-    if code:
-        raise SystemExit(code)
+    train_in_this_process(arguments)
     gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "peak_gpu_mb": gpu}))

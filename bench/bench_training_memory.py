@@ -119,19 +119,14 @@ def child(arguments: list[str], trim: bool, rows_file: Path) -> None:
     """The training process: the CLI with the probe after each optimizer step."""
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
-    from vexkd_train.cli import main
+    from bench_full_resolution import train_in_this_process
 
     step_probe = StepProbe(trim)
     register_optimizer_step_post_hook(step_probe)
-    with open(os.devnull, "w") as quiet:
-        stdout, sys.stdout = sys.stdout, quiet
-        try:
-            code = main(arguments)
-        finally:
-            sys.stdout = stdout
-            rows_file.write_text(json.dumps(step_probe.rows))
-    if code:
-        raise SystemExit(code)
+    try:
+        train_in_this_process(arguments)
+    finally:
+        rows_file.write_text(json.dumps(step_probe.rows))
 
 
 def measured(arguments: list[str], setting: str, threads: int) -> dict:
