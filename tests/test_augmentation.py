@@ -293,3 +293,47 @@ def test_the_model_gets_exactly_the_transformed_points_on_the_grid_and_no_non_fi
     inputs, _ = preprocess(sample, config, augmentation)
     assert 1000 < len(expected) < len(points) - 10
     np.testing.assert_array_equal(inputs.points.numpy(), expected)
+
+
+SENSOR_RANDOMISATION = dict(intensity_scale=(0.6, 1.4), point_dropout=0.3, height_jitter_m=0.1)
+
+
+def test_sensor_randomisation_is_off_in_both_presets():
+    for name in ("tiny", "nuscenes"):
+        augment = preset(name).augment
+        assert (augment.intensity_scale, augment.point_dropout, augment.height_jitter_m) == ((1.0, 1.0), 0.0, 0.0)
+
+
+def test_sensor_randomisation_draws_within_its_ranges():
+    config = dataclasses.replace(preset("tiny").augment, **SENSOR_RANDOMISATION)
+    draws = [Augmentation.random(config, np.random.default_rng(seed)) for seed in range(300)]
+    scales, kept = np.array([a.intensity_scale for a in draws]), np.array([a.point_keep for a in draws])
+    assert 0.6 <= scales.min() < 0.65 and 1.35 < scales.max() <= 1.4
+    assert 0.7 <= kept.min() < 0.72 and kept.max() <= 1.0
+    assert 0.08 < np.std([a.translation[2] for a in draws]) < 0.12  # the mount height, as a translation
+    assert all(a.translation[:2] == (0.0, 0.0) for a in draws)
+
+
+def test_sensor_randomisation_keeps_a_scaled_subset_and_the_frame_with_its_boxes(encoder):
+    original = SAMPLE.points.copy()
+    plain, _ = preprocess(SAMPLE, CONFIG)
+    inputs, _ = preprocess(SAMPLE, CONFIG, Augmentation(intensity_scale=1.3, point_keep=0.6), np.random.default_rng(0))
+    np.testing.assert_array_equal(SAMPLE.points, original)  # a cached sample is left as it was
+    assert 0.5 < len(inputs.points) / len(plain.points) < 0.7
+    rows = {tuple(p) for p in plain.points[:, :3].numpy().round(5)}
+    assert all(tuple(p) in rows for p in inputs.points[:, :3].numpy().round(5))  # a subset, unmoved
+    np.testing.assert_allclose(np.sort(inputs.points[:, 3].numpy()), 1.3)  # the hand-built sample's are 1
+    # A mount height moves points and boxes together (and nothing else draws from the points' rng).
+    height_only = dataclasses.replace(CONFIG.augment, height_jitter_m=0.1, point_dropout=0.0,
+                                      intensity_scale=(1.0, 1.0))
+    check_consistent(Augmentation.random(height_only, np.random.default_rng(4)), encoder)
+    with pytest.raises(ValueError, match="training rng"):
+        preprocess(SAMPLE, CONFIG, Augmentation(point_keep=0.5))
+
+
+def test_inference_never_randomises_the_sensor():
+    """Only a drawn Augmentation randomises; inference passes none, whatever the config says."""
+    config = dataclasses.replace(CONFIG, augment=dataclasses.replace(CONFIG.augment, **SENSOR_RANDOMISATION))
+    plain, _ = preprocess(SAMPLE, CONFIG)
+    inference, _ = preprocess(SAMPLE, config)
+    torch.testing.assert_close(inference.points, plain.points, rtol=0.0, atol=0.0)

@@ -9,10 +9,10 @@ from vexkd_core.models.vexkd import build_model
 from vexkd_train.evaluate import evaluate
 from vexkd_train.trainer import RunOptions, train
 
-# Seed 7's val scene holds all 10 classes within their evaluation ranges in its first two
-# samples (with fewer classes, even perfect predictions could not reach mAP 0.9).
+# Seed 9's val scene holds all 10 classes within their evaluation ranges and all 6 map
+# classes in its first two samples (with fewer, even perfect predictions could not reach 0.9).
 TWO_SAMPLES = dict(scenes=2, val_scenes=1, samples_per_scene=2, sweeps=1, camera_sweeps=0, image_size=(320, 180),
-                   seed=7, workers=1)
+                   seed=9, workers=1)
 
 
 def test_tiny_teacher_overfits_two_samples(tmp_path):

@@ -1,5 +1,6 @@
-"""The simulator's parts behave physically: objects never overlap, LiDAR occludes and reads
-paint brighter than asphalt, the camera depth-tests, and every scene has all 10 classes."""
+"""The simulator's parts behave physically: objects never overlap each other, the ego or the
+street's structures, LiDAR occludes and reads paint brighter than asphalt, the camera
+depth-tests, and every scene has all 10 classes."""
 import numpy as np
 import pytest
 
@@ -7,9 +8,15 @@ from vexkd_core.data.synthetic.actors import populate_scene
 from vexkd_core.data.synthetic.camera import render
 from vexkd_core.data.synthetic.city import ASPHALT, LOCATIONS, PAINT_WHITE, build_city
 from vexkd_core.data.synthetic.lidar import LidarSpec, cast_sweep
-from vexkd_core.data.synthetic.rig import MOUNT_BY_CHANNEL, intrinsics
+from vexkd_core.data.synthetic.rig import EGO_BODY_BOXES, MOUNT_BY_CHANNEL, intrinsics
 from vexkd_core.data.synthetic.world import KIND_INDEX, SceneSolids
 from vexkd_core.geometry import transform_points
+
+
+# The ego's body (rig.EGO_BODY_BOXES) as one footprint: its centre ahead of the rear axle.
+EGO_LOW, EGO_HIGH = np.min([low for low, _ in EGO_BODY_BOXES], axis=0), \
+    np.max([high for _, high in EGO_BODY_BOXES], axis=0)
+EGO_CENTRE_AHEAD_M, EGO_SIZE_LW = (EGO_LOW[0] + EGO_HIGH[0]) / 2, (EGO_HIGH - EGO_LOW)[:2]
 
 
 def footprint(center, size_lwh, yaw):
@@ -34,16 +41,18 @@ def test_objects_never_overlap_each_other_or_the_ego(location):
         for t in (0.0, 1.75, 3.5):
             boxes = [footprint(a.center_at(t), a.size_lwh, a.yaw) for a in scenario.actors]
             x, y, yaw = scenario.ego.pose_at(t)
-            ego = footprint(np.array([x, y]), np.array([4.6, 1.9]), yaw)
+            ego = footprint(np.array([x, y]) + EGO_CENTRE_AHEAD_M * np.array([np.cos(yaw), np.sin(yaw)]),
+                            EGO_SIZE_LW, yaw)
             for i, box in enumerate(boxes):
                 assert not overlap(box, ego), (t, scenario.actors[i].category)
                 for j in range(i + 1, len(boxes)):
                     assert not overlap(box, boxes[j]), (t, scenario.actors[i].category, scenario.actors[j].category)
 
 
-def single_box_world(center, size=(4.0, 2.0, 1.6)) -> SceneSolids:
-    return SceneSolids(np.array([center], float), np.array([size], float), np.zeros(1), np.zeros((1, 2)),
-                       np.array([KIND_INDEX["car"]]), np.array([0]), np.array([[[200, 30, 30], [20, 20, 20]]], np.uint8))
+def single_box_world(center, size=(4.0, 2.0, 1.6), velocity=(0.0, 0.0), kind="car", yaw=0.0) -> SceneSolids:
+    return SceneSolids(np.array([center], float), np.array([size], float), np.array([yaw]), np.array([velocity], float),
+                       np.array([KIND_INDEX[kind]]), np.array([0]), np.array([[[200, 30, 30], [20, 20, 20]]], np.uint8),
+                       np.array([0.3]), np.array([200.0]))
 
 
 class StandingEgo:
@@ -98,13 +107,15 @@ def test_camera_depth_test_keeps_the_nearer_box_and_labels_its_pixels():
     x, y = OPEN_GROUND
     near = single_box_world((x + 8.0, y, 0.8))
     both = SceneSolids(*(np.concatenate([a, b]) for a, b in zip(
-        (near.center, near.size_lwh, near.yaw, near.velocity, near.kind, near.actor, near.colors),
+        (near.center, near.size_lwh, near.yaw, near.velocity, near.kind, near.actor, near.colors, near.reflectance,
+         near.retro_reading),
         (np.array([[x + 20.0, y, 2.0]]), np.array([[4.0, 8.0, 4.0]]), np.zeros(1), np.zeros((1, 2)),
-         np.array([KIND_INDEX["bus"]]), np.array([1]), np.array([[[30, 30, 200], [20, 20, 20]]], np.uint8)))))
+         np.array([KIND_INDEX["bus"]]), np.array([1]), np.array([[[30, 30, 200], [20, 20, 20]]], np.uint8),
+         np.array([0.3]), np.array([200.0])))))
     mount = MOUNT_BY_CHANNEL["CAM_FRONT"]
     pose = np.eye(4)
     pose[:3, :3], pose[:3, 3] = mount.rotation(), np.array(mount.translation) + [x, y, 0.0]
-    from vexkd_core.data.synthetic.actors import LIGHTINGS
+    from vexkd_core.data.synthetic.conditions import LIGHTINGS
 
     size = (320, 180)
     frame = render(city, both, 2, LIGHTINGS[0], pose, intrinsics(mount, size), size, 0.0,
@@ -115,3 +126,20 @@ def test_camera_depth_test_keeps_the_nearer_box_and_labels_its_pixels():
     assert frame.silhouette_px[1] > (frame.actor == 1).sum()  # and part of it is hidden
     again = render(city, both, 2, LIGHTINGS[0], pose, intrinsics(mount, size), size, 0.0, np.random.default_rng(0))
     np.testing.assert_array_equal(frame.rgb, again.rgb)
+
+
+@pytest.mark.parametrize("location", LOCATIONS)
+def test_static_structures_never_reach_into_an_annotated_box(location):
+    """Street furniture, trees, signs and buildings stand clear of every actor in 3D, so the
+    points in a box (num_lidar_pts) are the object's own."""
+    city = build_city(location, seed=0)
+    for seed in range(3):
+        scenario = populate_scene(city, np.random.default_rng([seed, 1]), 3.5)
+        statics = [(footprint(np.array(s.center), s.size_lwh, s.yaw), s.center[2] - s.size_lwh[2] / 2,
+                    s.center[2] + s.size_lwh[2] / 2, s.kind) for s in city.solids]
+        for actor in scenario.actors:
+            for t in (0.0, 1.75, 3.5):
+                box, bottom, top = footprint(actor.center_at(t), actor.size_lwh, actor.yaw), \
+                    actor.center[2] - actor.size_lwh[2] / 2, actor.center[2] + actor.size_lwh[2] / 2
+                for area, low, high, kind in statics:
+                    assert not (overlap(box, area) and low < top and bottom < high), (actor.category, kind, t)

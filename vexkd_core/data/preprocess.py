@@ -4,7 +4,8 @@ Train-time augmentation is BEVFusion's: one rotation / scale / translation / x- 
 the LiDAR frame (GlobalRotScaleTrans, RandomFlip3D) and a resize / crop / rotation / mirror
 per camera (ImageAug3D). The LiDAR part is one 4x4 matrix that moves points, boxes and the
 map together; both parts reach the camera encoder as matrices, so its frustum stays
-consistent with them. Each part is switched in AugmentConfig.
+consistent with them. Each part is switched in AugmentConfig, as is a sensor randomisation
+(intensity scale, point dropout, mount height) for models that will meet another LiDAR.
 """
 from __future__ import annotations
 
@@ -54,6 +55,8 @@ class Augmentation:
     flip_x: bool = False  # x -> -x
     translation: tuple[float, float, float] = (0.0, 0.0, 0.0)  # metres, applied before the flips
     cameras: tuple[ImageAugmentation, ...] = ()  # one per camera, CAMERA_CHANNELS order
+    intensity_scale: float = 1.0  # every point's intensity times this
+    point_keep: float = 1.0  # the share of points kept, each at random (needs preprocess's rng)
 
     @classmethod
     def random(cls, config: AugmentConfig, rng: np.random.Generator) -> "Augmentation":
@@ -69,8 +72,14 @@ class Augmentation:
         flip_x = bool(config.flip_x and rng.random() < 0.5)
         translation = tuple(float(t) for t in rng.normal(0.0, config.translation_std_m, 3)) \
             if config.translation_std_m else (0.0, 0.0, 0.0)
+        # Sensor randomisation, each part drawn only when on (so the presets draw as before).
+        intensity_scale = float(rng.uniform(*config.intensity_scale)) \
+            if tuple(config.intensity_scale) != (1.0, 1.0) else 1.0
+        point_keep = 1.0 - float(rng.uniform(0.0, config.point_dropout)) if config.point_dropout else 1.0
+        if config.height_jitter_m:  # a mount height moves points and boxes alike: part of the translation
+            translation = (*translation[:2], translation[2] + float(rng.normal(0.0, config.height_jitter_m)))
         return cls(rotation=rotation, scale=scale, flip_y=flip_y, flip_x=flip_x, translation=translation,
-                   cameras=cameras)
+                   cameras=cameras, intensity_scale=intensity_scale, point_keep=point_keep)
 
     def camera(self, index: int) -> ImageAugmentation:
         return self.cameras[index] if self.cameras else ImageAugmentation(scale=self.image_scale)
@@ -158,6 +167,19 @@ def _points(points: np.ndarray, matrix: np.ndarray, config: Config, rng: np.rand
     return out
 
 
+def _randomised_sensor(points: np.ndarray, augmentation: Augmentation, rng: np.random.Generator | None) -> np.ndarray:
+    """The points as another LiDAR might return them: some dropped at random, intensities
+    scaled (a new array: `points` may be a cached sample's)."""
+    if augmentation.point_keep < 1.0:
+        if rng is None:
+            raise ValueError("point dropout draws from the training rng; preprocess() got none")
+        points = points[rng.random(len(points)) < augmentation.point_keep]
+    if augmentation.intensity_scale != 1.0:
+        points = points.copy()
+        points[:, 3] *= augmentation.intensity_scale
+    return points
+
+
 def map_targets(sample: Sample, augmentation: Augmentation, target: BEVGrid) -> torch.Tensor:
     """Resample the source map (LiDAR frame) onto the target grid in the augmented frame."""
     source = sample.map_source_grid
@@ -197,7 +219,8 @@ def preprocess(sample: Sample, config: Config, augmentation: Augmentation | None
     # A LiDAR-only sample (a LiDAR node) carries no cameras: stacks of zero views.
     stack = lambda arrays, shape: np.stack(arrays) if arrays else np.zeros((0,) + shape, np.float32)  # noqa: E731
     inputs = ModelInputs(
-        points=torch.from_numpy(_points(sample.points, lidar_matrix, config, rng)),
+        points=torch.from_numpy(_points(_randomised_sensor(sample.points, augmentation, rng), lidar_matrix, config,
+                                        rng)),
         images=torch.from_numpy(stack(images, (3, camera.input_height, camera.input_width))),
         intrinsics=torch.tensor(stack(intrinsics, (3, 3)), dtype=torch.float32),
         camera_to_lidar=torch.tensor(stack(camera_to_lidar, (4, 4)), dtype=torch.float32),

@@ -11,8 +11,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .city import (CITY_MARGIN_M, LANE_WIDTH_M, STOP_LINE_DEPTH_M, WALKWAY_HEIGHT_M, City,
-                   LaneSegment, Rect)
+from .city import CITY_MARGIN_M, LANE_WIDTH_M, STOP_LINE_DEPTH_M, City, LaneSegment
+from .conditions import LIGHTINGS, Lighting
+from .shapes import Rect
+from .sizes import draw_size
+from .streetscape import KERBSIDE_KINDS, WALKWAY_HEIGHT_M, point_on_line
 
 # Across a 3.5 m walkway, from its centre line towards the kerb (+) or the buildings (-):
 # street furniture at +1.05, parked cycles at +1.3, two walking sub-lanes at +-0.5,
@@ -21,18 +24,9 @@ WALKING_OFFSETS = ((0.5, 1), (-0.5, -1))  # (offset, walking direction along the
 PARKED_CYCLE_OFFSET = 1.3
 STANDING_OFFSET = -1.3
 
-# nuScenes mean sizes as (length, width, height).
-MEAN_SIZE_LWH = {
-    "vehicle.car": (4.63, 1.96, 1.74), "vehicle.truck": (6.93, 2.51, 2.84),
-    "vehicle.bus.rigid": (10.9, 2.94, 3.47), "vehicle.trailer": (12.0, 2.90, 3.87),
-    "vehicle.construction": (6.37, 2.85, 3.19), "human.pedestrian.adult": (0.73, 0.67, 1.77),
-    "human.pedestrian.child": (0.50, 0.48, 1.25),
-    "human.pedestrian.construction_worker": (0.75, 0.70, 1.78),
-    "vehicle.motorcycle": (2.11, 0.77, 1.47), "vehicle.bicycle": (1.70, 0.60, 1.28),
-    "movable_object.trafficcone": (0.41, 0.41, 1.07), "movable_object.barrier": (0.50, 2.53, 0.98),
-}
 BODY_COLORS = [(200, 30, 35), (235, 235, 235), (25, 25, 30), (40, 70, 160), (150, 150, 155),
                (90, 110, 60), (215, 170, 40), (110, 20, 40), (60, 140, 170)]
+CONSTRUCTION_YELLOW = (235, 170, 20)
 CLOTHES = [(30, 30, 40), (200, 50, 50), (40, 90, 170), (220, 200, 60), (235, 235, 235),
            (60, 120, 60), (120, 70, 160), (90, 60, 40)]
 
@@ -62,22 +56,6 @@ class EgoRoute:
                 self.start[1] + np.sin(self.yaw) * self.speed * t, self.yaw)
 
 
-@dataclass(frozen=True)
-class Lighting:
-    name: str
-    sun_direction: tuple[float, float, float]  # towards the sun, world frame
-    ambient: float
-    sky_top: tuple[int, int, int]
-    sky_horizon: tuple[int, int, int]
-
-
-LIGHTINGS = (
-    Lighting("sunny", (0.4, 0.3, 0.87), 0.45, (70, 130, 210), (185, 210, 235)),
-    Lighting("overcast", (0.1, 0.2, 0.97), 0.75, (150, 155, 165), (200, 202, 208)),
-    Lighting("dusk", (-0.8, 0.2, 0.25), 0.35, (40, 45, 90), (230, 140, 90)),
-)
-
-
 @dataclass
 class Scenario:
     ego: EgoRoute
@@ -97,7 +75,7 @@ def _lane_yaw(axis: int, direction: int) -> float:
 
 
 def _lane_point(lane: LaneSegment, along: float) -> tuple[float, float]:
-    return (along, lane.position) if lane.axis == 0 else (lane.position, along)
+    return point_on_line(lane.axis, lane.position, along)
 
 
 class _Populator:
@@ -108,7 +86,7 @@ class _Populator:
 
     # ----------------------------------------------------------------- basics
     def size(self, category: str, height: float | None = None) -> np.ndarray:
-        size = np.array(MEAN_SIZE_LWH[category]) * self.rng.uniform(0.92, 1.08, 3)
+        size = draw_size(category, self.rng)
         if height is not None:
             size[2] = height * self.rng.uniform(0.95, 1.05)
         return size
@@ -116,6 +94,8 @@ class _Populator:
     def colors(self, category: str) -> tuple:
         palette = CLOTHES if category.startswith("human") else BODY_COLORS
         first, second = self.rng.choice(len(palette), 2, replace=False)
+        if category == "vehicle.construction":  # construction plant is yellow, whatever its trim
+            return CONSTRUCTION_YELLOW, tuple(palette[second])
         return tuple(palette[first]), tuple(palette[second])
 
     def add(self, category: str, attribute: str | None, xy, yaw: float, speed: float = 0.0,
@@ -345,8 +325,9 @@ class _Populator:
                 category = "vehicle.bicycle" if placed % 2 == 0 else "vehicle.motorcycle"
                 point = (along, line) if axis == 0 else (line, along)
                 size = self.size(category, 1.1 if category == "vehicle.bicycle" else 1.2)
-                clear = all(np.hypot(point[0] - s.center[0], point[1] - s.center[1]) > size[0] / 2 + 0.5
-                            for s in self.city.solids if s.kind in ("pole", "trunk"))
+                clear = all(np.hypot(point[0] - s.center[0], point[1] - s.center[1])
+                            > size[0] / 2 + max(s.size_lwh[:2]) / 2 + 0.2
+                            for s in self.city.solids if s.kind in KERBSIDE_KINDS)
                 if clear and self.add(category, "cycle.without_rider", point, _lane_yaw(axis, 1),
                                       ground=WALKWAY_HEIGHT_M, size=size) is not None:
                     placed += 1

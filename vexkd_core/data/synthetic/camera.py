@@ -5,7 +5,8 @@ city's material raster, so lane lines, crossings, stop lines, kerbs and car-park
 visible where the map says. Boxes are drawn face by face: each visible face is filled as
 a polygon, its exact depth per pixel comes from the ray/plane intersection, and a pixel
 is kept only when nearer than what is already there. Surface patterns (windows, wheels,
-clothes, cone stripes) identify each class; colours vary per instance.
+clothes, cone stripes) identify each class; colours vary per instance. The scene's camera
+response (conditions.py) then sets exposure, glare and blur before the sensor's noise.
 """
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from .actors import Lighting
-from .city import KERB, WALKWAY, WALKWAY_HEIGHT_M, City
+from .city import KERB, WALKWAY, City
+from .conditions import CameraResponse, Lighting
+from .rig import NUSCENES_IMAGE_SIZE
+from .streetscape import WALKWAY_HEIGHT_M
 from .world import KIND_INDEX, SceneSolids
 
 GROUND_RGB = np.array([(88, 110, 60), (72, 72, 76), (225, 225, 220), (220, 180, 40),
@@ -55,7 +58,8 @@ def _hash(*coordinates: np.ndarray) -> np.ndarray:
 
 def render(city: City, solids: SceneSolids, actor_count: int, lighting: Lighting,
            camera_to_world: np.ndarray, k: np.ndarray, image_size: tuple[int, int], t: float,
-           rng: np.random.Generator, count_silhouettes: bool = False) -> Frame:
+           rng: np.random.Generator, count_silhouettes: bool = False,
+           response: CameraResponse = CameraResponse()) -> Frame:
     """One camera image; `count_silhouettes` also measures each actor's unoccluded area
     (needed for the visibility of key-frame annotations, and slower)."""
     width, height = image_size
@@ -71,8 +75,18 @@ def render(city: City, solids: SceneSolids, actor_count: int, lighting: Lighting
     silhouette = np.zeros(actor_count, dtype=np.int64)
     _boxes(solids, t, rays, origin, rotation, k, lighting, sun, color, depth, actor,
            silhouette if count_silhouettes else None)
-    noisy = color + 2.5 * rng.standard_normal(color.shape, dtype=np.float32)
+    noisy = _respond(color, response, width) + 2.5 * rng.standard_normal(color.shape, dtype=np.float32)
     return Frame(np.clip(noisy, 0, 255).astype(np.uint8), actor, silhouette)
+
+
+def _respond(color: np.ndarray, response: CameraResponse, width: int) -> np.ndarray:
+    """Radiance -> pixel values: exposure gain, blur (given at 1600 px, scaled to this width),
+    and veiling glare that lifts black towards `flare`."""
+    exposed = color * response.exposure
+    sigma = response.blur_sigma_px * width / NUSCENES_IMAGE_SIZE[0]
+    if sigma > 0:
+        exposed = cv2.GaussianBlur(exposed.astype(np.float32), (0, 0), sigma)
+    return response.flare + exposed * (1.0 - response.flare / 255.0)
 
 
 def _sky(rays: np.ndarray, lighting: Lighting) -> np.ndarray:
@@ -121,7 +135,6 @@ def _surface(kind: int, face: int, along: np.ndarray, up: np.ndarray, size: np.n
     elif name in ("car", "truck", "bus", "construction") and face < 4:
         cab = (along > 0.72) if side else np.full(len(up), face == 0)
         if name == "construction":
-            out[:] = (235, 170, 20)
             out[np.modf(metres_along / 0.8)[0] < 0.2] = (30, 30, 30)
         if name == "truck":
             out[cab] = secondary
@@ -154,9 +167,9 @@ def _surface(kind: int, face: int, along: np.ndarray, up: np.ndarray, size: np.n
         stripe = np.modf(metres_along / 0.6 + up * 0.8)[0] < 0.5
         out[:] = (210, 25, 25)
         out[stripe] = (240, 240, 240)
-    elif name == "foliage":
+    elif name in ("foliage", "hedge"):
         out *= 0.75 + 0.5 * _hash(np.floor(along * 9), np.floor(up * 9), float(face))[:, None]
-    if face == 4 and name not in ("foliage", "cone", "pedestrian"):
+    if face == 4 and name not in ("foliage", "hedge", "cone", "pedestrian"):
         out *= 0.85
     return out
 

@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .shapes import Rect, Solid
+from .streetscape import (WALKWAY_WIDTH_M, block_sides, build_frontages, furnish_kerbside, plant_interior,
+                          point_on_line)
+
 LOCATIONS = ("singapore-onenorth", "boston-seaport", "singapore-queenstown",
              "singapore-hollandvillage")
 
 LANE_WIDTH_M = 3.5
-WALKWAY_WIDTH_M = 3.5
-WALKWAY_HEIGHT_M = 0.15  # raised above the road
 CROSSING_DEPTH_M = 4.0
 STOP_LINE_DEPTH_M = 2.0
 GROUND_RESOLUTION_M = 0.1
@@ -23,25 +25,6 @@ CITY_MARGIN_M = 60.0  # open land around the grid so sensors near the edge see g
 
 # Ground materials in the raster.
 GRASS, ASPHALT, PAINT_WHITE, PAINT_YELLOW, WALKWAY, CARPARK, KERB = range(7)
-
-
-@dataclass(frozen=True)
-class Rect:
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-
-    def corners(self) -> list[tuple[float, float]]:
-        """Counter-clockwise exterior ring, as the map expansion stores polygons."""
-        return [(self.x0, self.y0), (self.x1, self.y0), (self.x1, self.y1), (self.x0, self.y1)]
-
-    def shrink(self, margin: float) -> "Rect":
-        return Rect(self.x0 + margin, self.y0 + margin, self.x1 - margin, self.y1 - margin)
-
-    @property
-    def center(self) -> tuple[float, float]:
-        return (self.x0 + self.x1) / 2, (self.y0 + self.y1) / 2
 
 
 @dataclass(frozen=True)
@@ -66,17 +49,6 @@ class LaneSegment:
     start: float  # along-axis extent (start < end)
     end: float
     index_from_center: int  # 0 = next to the centre line
-
-
-@dataclass(frozen=True)
-class Solid:
-    """A static box that LiDAR hits and cameras see: building, wall, pole, trunk, foliage."""
-
-    kind: str
-    center: tuple[float, float, float]
-    size_lwh: tuple[float, float, float]
-    yaw: float
-    color: tuple[int, int, int]
 
 
 @dataclass
@@ -248,25 +220,21 @@ class _CityBuilder:
         # Centre: double yellow line (a road divider).
         for offset in (-0.15, 0.15):
             self.paint_line(axis, centre + offset, inner_start, inner_end, 0.12, PAINT_YELLOW)
-        self.geometry.road_dividers.append((self._point(axis, centre, inner_start),
-                                            self._point(axis, centre, inner_end), segment))
+        self.geometry.road_dividers.append((point_on_line(axis, centre, inner_start),
+                                            point_on_line(axis, centre, inner_end), segment))
         # Between lanes of one direction: dashed white (lane dividers).
         for k in range(1, road.lanes_per_direction):
             for side in (-1, 1):
                 position = centre + side * k * LANE_WIDTH_M
                 self.paint_line(axis, position, inner_start, inner_end, 0.15, PAINT_WHITE, dash=(3.0, 6.0))
-                self.geometry.lane_dividers.append((self._point(axis, position, inner_start),
-                                                    self._point(axis, position, inner_end)))
+                self.geometry.lane_dividers.append((point_on_line(axis, position, inner_start),
+                                                    point_on_line(axis, position, inner_end)))
         # Crossings and stop lines at each junction end of the segment.
         road_index = self.roads.index(road)
         if has_junction_before:
             self.lay_crossing(road_index, segment, start, +1)
         if has_junction_after:
             self.lay_crossing(road_index, segment, end, -1)
-
-    @staticmethod
-    def _point(axis: int, fixed: float, along: float) -> tuple[float, float]:
-        return (along, fixed) if axis == 0 else (fixed, along)
 
     def lay_crossing(self, road_index: int, segment: int, junction_edge: float, inward: int) -> None:
         """Zebra crossing 1 m from the junction and a stop line for traffic approaching it."""
@@ -308,37 +276,14 @@ class _CityBuilder:
         self.paint(block, KERB)
         self.paint(block.shrink(0.25), WALKWAY)
         self.paint(inner, GRASS)
-        # Walkway paths (for pedestrians) along each side, and street furniture at the kerb.
-        half = WALKWAY_WIDTH_M / 2
-        for axis, fixed, start, end, kerb in ((0, block.y0 + half, block.x0, block.x1, -1),
-                                              (0, block.y1 - half, block.x0, block.x1, 1),
-                                              (1, block.x0 + half, block.y0, block.y1, -1),
-                                              (1, block.x1 - half, block.y0, block.y1, 1)):
+        # Walkway paths (for pedestrians) along each side, then what stands along and inside the block.
+        for axis, fixed, start, end, kerb in block_sides(block, WALKWAY_WIDTH_M / 2):
             self.walkway_paths.append((axis, fixed, start + 1.0, end - 1.0, kerb))
-        self.lay_street_furniture(block)
+        self.solids += furnish_kerbside(block, self.rng)
         if self.rng.random() < 0.35:
             self.lay_carpark(inner)
         else:
-            self.lay_buildings(inner)
-
-    def lay_street_furniture(self, block: Rect) -> None:
-        kerb_offset = 0.7
-        for axis, fixed, start, end in ((0, block.y0 + kerb_offset, block.x0, block.x1),
-                                        (0, block.y1 - kerb_offset, block.x0, block.x1),
-                                        (1, block.x0 + kerb_offset, block.y0, block.y1),
-                                        (1, block.x1 - kerb_offset, block.y0, block.y1)):
-            for along in np.arange(start + 6.0, end - 6.0, self.rng.uniform(14.0, 22.0)):
-                x, y = self._point(axis, fixed, along)
-                if self.rng.random() < 0.5:
-                    self.solids.append(Solid("pole", (x, y, WALKWAY_HEIGHT_M + 3.5), (0.25, 0.25, 7.0), 0.0,
-                                             (120, 120, 125)))
-                else:
-                    self.solids.append(Solid("trunk", (x, y, WALKWAY_HEIGHT_M + 1.4), (0.35, 0.35, 2.8), 0.0,
-                                             (92, 64, 40)))
-                    canopy = self.rng.uniform(2.5, 4.0)
-                    green = tuple(int(v) for v in self.rng.integers([30, 90, 25], [60, 140, 55]))
-                    self.solids.append(Solid("foliage", (x, y, WALKWAY_HEIGHT_M + 2.6 + canopy / 2),
-                                             (canopy, canopy, canopy), float(self.rng.uniform(0, 1.5)), green))
+            self.solids += build_frontages(inner, self.location, self.rng) + plant_interior(inner, self.rng)
 
     def lay_carpark(self, inner: Rect) -> None:
         self.carparks.append(inner)
@@ -349,29 +294,3 @@ class _CityBuilder:
         for y in np.arange(inner.y0 + 1.0, inner.y1 - 5.0, 12.0):
             for x in np.arange(inner.x0 + 1.0, inner.x1 - 1.0, 2.5):
                 self.paint_line(1, x, y, y + 5.0, 0.12, PAINT_WHITE)
-
-    def lay_buildings(self, inner: Rect) -> None:
-        depth_range = (10.0, 18.0)
-        sides = ((0, inner.y0, +1), (0, inner.y1, -1), (1, inner.x0, +1), (1, inner.x1, -1))
-        for axis, edge, inward in sides:
-            start, end = (inner.x0, inner.x1) if axis == 0 else (inner.y0, inner.y1)
-            start, end = start + depth_range[1], end - depth_range[1]  # corners stay open
-            cursor = start
-            while cursor < end - 6.0:
-                frontage = min(self.rng.uniform(10.0, 28.0), end - cursor)
-                depth = self.rng.uniform(*depth_range)
-                gap = self.rng.uniform(1.0, 6.0)
-                if self.rng.random() < 0.85:
-                    height = float(self.rng.choice([self.rng.uniform(4, 9), self.rng.uniform(9, 30)]))
-                    color = tuple(int(v) for v in self.rng.integers(90, 215, 3))
-                    across = edge + inward * depth / 2
-                    centre_along = cursor + frontage / 2
-                    x, y = self._point(axis, across, centre_along)
-                    size = (frontage, depth, height) if axis == 0 else (depth, frontage, height)
-                    self.solids.append(Solid("building", (x, y, height / 2), size, 0.0, color))
-                elif self.rng.random() < 0.5:
-                    across = edge + inward * 0.3
-                    x, y = self._point(axis, across, cursor + frontage / 2)
-                    size = (frontage, 0.4, 1.6) if axis == 0 else (0.4, frontage, 1.6)
-                    self.solids.append(Solid("wall", (x, y, 0.8), size, 0.0, (150, 90, 70)))
-                cursor += frontage + gap

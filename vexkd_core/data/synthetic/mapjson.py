@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import hashlib
 
-from .city import City, Rect
+from .city import City
+from .shapes import Rect
 
 MAP_EXPANSION_VERSION = "1.3"
 

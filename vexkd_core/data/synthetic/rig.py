@@ -20,9 +20,16 @@ KEYFRAME_PERIOD_US = 500_000  # 2 Hz samples
 LIDAR_PERIOD_US = 50_000  # 20 Hz sweeps
 CAMERA_PERIOD_US = 500_000 // 6  # 12 Hz
 
-# HDL-32E: 32 beams from +10.67 deg down to -30.67 deg.
+# HDL-32E: 32 beams from +10.67 deg down to -30.67 deg; returns out to 100 m (Velodyne's
+# HDL-32E datasheet; the nuScenes paper quotes <= 70 m as the usable range).
 LIDAR_ELEVATIONS_DEG = np.linspace(10.67, -30.67, 32)
-LIDAR_MAX_RANGE_M = 80.0
+LIDAR_MAX_RANGE_M = 100.0
+# The sweep a LIDAR_TOP stamp names ends at the stamp, pointing here (ego azimuth, clockwise
+# seen from above). In nuScenes v1.0-mini's first sample (scene-0061) every camera's stamp
+# precedes the LiDAR's by the time the LiDAR takes to turn from that camera's axis to this
+# azimuth, just past CAM_BACK_LEFT's (110 deg): FRONT_LEFT -43.1 ms, FRONT -35.5,
+# FRONT_RIGHT -27.6, BACK_RIGHT -20.1, BACK -10.4, BACK_LEFT -0.5.
+LIDAR_SWEEP_END_AZIMUTH_DEG = 106.0
 NUSCENES_IMAGE_SIZE = (1600, 900)
 
 # Camera axes (x right, y down, z forward) expressed in a forward-looking ego frame.
@@ -66,6 +73,14 @@ MOUNTS: tuple[SensorMount, ...] = (
 )
 MOUNT_BY_CHANNEL = {mount.channel: mount for mount in MOUNTS}
 
+# The nuScenes cars are Renault Zoes (nuScenes paper): 4.08 m long, 1.73 m wide without
+# mirrors, 1.56 m tall, wheelbase 2.59 m (Renault's figures). The ego frame's origin lies on
+# the ground under the rear axle, so with about 0.84 m of overhang in front and 0.66 m behind
+# the body spans x = -0.66..3.42. Two boxes as (min corner, max corner) in the ego frame: the
+# body up to the window line and the cabin under the roof the LiDAR is mounted on.
+EGO_BODY_BOXES = (((-0.66, -0.865, 0.20), (3.42, 0.865, 0.95)),
+                  ((0.05, -0.70, 0.95), (2.25, 0.70, 1.56)))
+
 
 def intrinsics(mount: SensorMount, image_size: tuple[int, int]) -> np.ndarray:
     """3x3 K for an image of (width, height), the nuScenes optics scaled to that width."""
@@ -93,11 +108,22 @@ def _rotation_y(angle: float) -> np.ndarray:
     return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
 
 
-def camera_trigger_offset_us(mount: SensorMount) -> int:
-    """Cameras fire when the spinning LiDAR crosses their optical axis.
+def sweep_offset_s(ego_azimuth: np.ndarray | float) -> np.ndarray:
+    """Seconds from a sweep's stamp (<= 0) to when the LiDAR points along `ego_azimuth`
+    (radians): it turns clockwise seen from above, once per LIDAR_PERIOD_US, and the sweep
+    ends at its stamp pointing at LIDAR_SWEEP_END_AZIMUTH_DEG."""
+    still_to_turn = np.mod(np.asarray(ego_azimuth) - np.radians(LIDAR_SWEEP_END_AZIMUTH_DEG), 2 * np.pi)
+    return -still_to_turn / (2 * np.pi) * LIDAR_PERIOD_US * 1e-6
 
-    The sweep is centred on its timestamp with the front at the timestamp itself and the
-    LiDAR turning clockwise seen from above, so a camera at ego azimuth `a` fires
-    `-a / 2pi` of a sweep period from the LiDAR timestamp.
-    """
-    return int(round(-mount.azimuth_rad() / (2 * np.pi) * LIDAR_PERIOD_US))
+
+def sweep_column_azimuths(columns: int) -> np.ndarray:
+    """Ego azimuth (radians) of each of a sweep's `columns` firings, in firing order: the
+    centres of equal slices of one clockwise turn that ends at LIDAR_SWEEP_END_AZIMUTH_DEG."""
+    still_to_turn = 1.0 - (np.arange(columns) + 0.5) / columns
+    return np.radians(LIDAR_SWEEP_END_AZIMUTH_DEG) + 2 * np.pi * still_to_turn
+
+
+def camera_trigger_offset_us(mount: SensorMount) -> int:
+    """Cameras fire when the spinning LiDAR crosses their optical axis (nuScenes' trigger),
+    so each one's stamp precedes the sweep's by the LiDAR's turn from its axis to the end."""
+    return int(round(float(sweep_offset_s(mount.azimuth_rad())) * 1e6))

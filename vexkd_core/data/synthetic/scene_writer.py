@@ -13,6 +13,7 @@ from vexkd_core.geometry import quaternion_to_matrix, yaw_to_quaternion
 from .actors import Scenario, populate_scene
 from .camera import render
 from .city import City
+from .conditions import SensorConditions, draw_conditions
 from .lidar import LidarSpec, cast_sweep
 from .rig import (CAMERA_CHANNELS, CAMERA_PERIOD_US, KEYFRAME_PERIOD_US, LIDAR_CHANNEL, LIDAR_PERIOD_US,
                   MOUNT_BY_CHANNEL, calibrated_mount, camera_trigger_offset_us, intrinsics)
@@ -93,6 +94,7 @@ class SceneSetup:
     solids: SceneSolids
     # channel -> (calibrated_sensor token, translation, rotation quaternion wxyz, K or None)
     calibration: dict[str, tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]
+    conditions: SensorConditions
     rng: np.random.Generator  # continues with the sensor noise
 
     def sensor_to_world(self, channel: str, t: float) -> np.ndarray:
@@ -111,7 +113,9 @@ def setup_scene(job: SceneJob, city: City) -> SceneSetup:
         translation, rotation = calibrated_mount(MOUNT_BY_CHANNEL[channel], rng)
         k = intrinsics(MOUNT_BY_CHANNEL[channel], job.image_size) if channel != LIDAR_CHANNEL else None
         calibration[channel] = (make_token(job.seed, "calibrated_sensor", job.index, channel), translation, rotation, k)
-    return SceneSetup(scenario, scene_solids(city, scenario), calibration, rng)
+    solids = scene_solids(city, scenario, rng)
+    conditions = draw_conditions(scenario.lighting, scenario.ego.speed, rng)
+    return SceneSetup(scenario, solids, calibration, conditions, rng)
 
 
 def render_camera(setup: SceneSetup, city: City, job: SceneJob, channel: str, timestamp: int,
@@ -121,7 +125,7 @@ def render_camera(setup: SceneSetup, city: City, job: SceneJob, channel: str, ti
     k_matrix = setup.calibration[channel][3]
     return render(city, setup.solids, len(setup.scenario.actors), setup.scenario.lighting,
                   setup.sensor_to_world(channel, t), k_matrix, job.image_size, t, setup.rng,
-                  count_silhouettes=count_silhouettes)
+                  count_silhouettes=count_silhouettes, response=setup.conditions.camera)
 
 
 def simulate_scene(job: SceneJob, city: City, dataroot: Path) -> dict[str, list]:
@@ -155,7 +159,8 @@ def simulate_scene(job: SceneJob, city: City, dataroot: Path) -> dict[str, list]
         if capture.channel == LIDAR_CHANNEL:
             points = cast_sweep(city, solids, scenario.ego, translation, quaternion_to_matrix(rotation_q),
                                 np.radians(MOUNT_BY_CHANNEL[LIDAR_CHANNEL].yaw_deg), t, rng,
-                                LidarSpec(azimuth_steps=job.azimuth_steps))
+                                LidarSpec(azimuth_steps=job.azimuth_steps,
+                                          reflectivity_gain=setup.conditions.lidar_gain))
             filename, width, height = f"{stem}.pcd.bin", 0, 0
             (dataroot / filename).write_bytes(points.tobytes())
             if capture.is_key_frame:
