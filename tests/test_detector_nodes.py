@@ -2,6 +2,7 @@
 answers carry the input's stamp and frame, equal what `vexkd-train eval` predicts for the
 same sample (one preprocessing path), survive bad input, and never build a backlog."""
 import array
+import dataclasses
 import json
 import subprocess
 import sys
@@ -18,6 +19,9 @@ from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.config import load_config
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.data.preprocess import collate, preprocess
+from vexkd_core.data.sample import CAMERA_CHANNELS, Sample
+from vexkd_core.geometry import invert_transform, make_transform
+from vexkd_core.inference import load_predictor
 from rcl_interfaces.msg import SetParametersResult
 from rcl_interfaces.srv import SetParameters
 from rclpy.parameter import Parameter
@@ -62,6 +66,44 @@ def run_eval(checkpoint, dataroot, out):
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())["results"]
     return results, np.load(out / "maps.npz")
+
+
+def eval_expectations(checkpoint, dataroot, version, out):
+    """token -> (eval's result records, its maps, the LiDAR-to-global of the frame they are in)."""
+    results, maps = run_eval(checkpoint, dataroot, out)
+    source = scene_source(dataroot, version)
+    return lambda token: (results[token], maps[token], source.ground_truth(token)[0])
+
+
+def trigger_referenced(source, token: str) -> Sample:
+    """The key frame as the camera node sees it: in LIDAR_TOP where the ego stood when the
+    trigger camera (CAM_FRONT) fired, not at the LiDAR's stamp as eval's sample is (nuScenes'
+    cameras fire up to 43 ms before the LiDAR). Same images and calibration; only the
+    reference frame moves, so the same model must give the same boxes in the global frame."""
+    sample = source.sample(source.tokens.index(token))
+    record, nusc = source.nusc.get("sample", token), source.nusc
+    lidar = nusc.get("calibrated_sensor", nusc.get("sample_data", record["data"]["LIDAR_TOP"])["calibrated_sensor_token"])
+    ego = nusc.get("ego_pose", nusc.get("sample_data", record["data"][CAMERA_CHANNELS[0]])["ego_pose_token"])
+    reference_to_global = make_transform(ego["rotation"], ego["translation"]) @ \
+        make_transform(lidar["rotation"], lidar["translation"])
+    key_to_reference = invert_transform(reference_to_global) @ sample.lidar_to_global
+    cameras = [dataclasses.replace(view, camera_to_lidar=key_to_reference @ view.camera_to_lidar)
+               for view in sample.cameras]
+    return dataclasses.replace(sample, points=sample.points[:0], cameras=cameras, lidar_to_global=reference_to_global,
+                               boxes=None, map_masks=None)
+
+
+def camera_expectations(checkpoint, dataroot, version):
+    """token -> what the model eval runs predicts for the key frame referenced to the camera
+    node's trigger (trigger_referenced): records, maps, the frame's LiDAR-to-global."""
+    predictor, source = load_predictor(checkpoint), NuScenesSource(dataroot, version, "val", 0)
+
+    def expected(token: str):
+        sample = trigger_referenced(source, token)
+        prediction = predictor(sample)
+        return (boxes_to_results(prediction.boxes, sample.lidar_to_global, token), prediction.map_probability,
+                sample.lidar_to_global)
+    return expected
 
 
 def assert_same_records(node_records, eval_records):
@@ -115,9 +157,11 @@ def assert_rviz_draws(harness, stamp_ns, boxes):
 def test_node_answers_each_key_frame_as_eval_predicts(modality, backend, checkpoints, tiny_world, rclpy_context,
                                                       tmp_path):
     """With backend onnxruntime the node serves the exported graph and still answers with the
-    boxes and maps torch's `vexkd-train eval` predicts."""
+    boxes and maps torch's `vexkd-train eval` predicts (for the camera node, in the frame of
+    its trigger: trigger_referenced)."""
     dataroot, world = tiny_world
-    eval_results, eval_maps = run_eval(checkpoints[modality], dataroot, tmp_path / "eval")
+    expected = camera_expectations(checkpoints[modality], dataroot, world.version) if modality == "camera" else \
+        eval_expectations(checkpoints[modality], dataroot, world.version, tmp_path / "eval")
     source = scene_source(dataroot, world.version)
     scene = SceneMessages(source, sorted(source.nusc.scene, key=lambda s: s["name"])[-1]["name"])
     served = checkpoints[modality] if backend == "torch" else checkpoints[modality, backend]
@@ -147,15 +191,15 @@ def test_node_answers_each_key_frame_as_eval_predicts(modality, backend, checkpo
             if not record["is_key_frame"]:
                 continue
             token = record["sample_token"]
-            lidar_to_global = source.ground_truth(token)[0]
+            expected_records, expected_maps, lidar_to_global = expected(token)
             boxes = harness.boxes(stamp)
-            assert_same_records(boxes_to_results(boxes, lidar_to_global, token), eval_results[token])
+            assert_same_records(boxes_to_results(boxes, lidar_to_global, token), expected_records)
             assert_autoware_carries(harness, stamp, boxes)
             assert_rviz_draws(harness, stamp, boxes)
             harness.spin_until(lambda: all(stamp in grids for grids in harness.maps.values()), 30, "the maps")
             for index, name in ((0, "drivable_area"), (5, "divider")):
                 probability, _ = grid_to_probability(harness.maps[name][stamp])
-                np.testing.assert_allclose(probability, eval_maps[token][index].astype(np.float32), atol=0.011)
+                np.testing.assert_allclose(probability, expected_maps[index].astype(np.float32), atol=0.011)
             compared += 1
         assert compared == scene.scene["nbr_samples"]
     finally:

@@ -49,7 +49,10 @@ def test_a_full_resolution_sample_reaches_the_preset_as_nuscenes_does(full_world
     sample = model_source(full_world, VERSION, "train", config, augmented=True).sample(1)
     lags = np.unique(np.round(sample.points[:, 4], 3))
     assert len(lags) == 10, lags  # the key sweep and 9 before it, 20 Hz apart
-    assert len(sample.points) > 200_000
+    # nuScenes-scale clouds: a real key frame has 26.5k returns beyond the ego's roof (1 m), the
+    # synthetic world 15-20k (its roof and bonnet shade about two more beams:
+    # docs/synthetic_world.md), so ten sweeps bring well over 120k points to the preset.
+    assert len(sample.points) > 120_000
     # 704 of 1600 pixels wide: decoded at half size, with K scaled to match
     for view in sample.cameras:
         assert view.image.shape == (450, 800, 3)
