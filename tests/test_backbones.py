@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from vexkd_core.checkpoint import CheckpointError
 from vexkd_core.config import Config, load_config
+from vexkd_core.errors import CheckpointError
 from vexkd_core.models.camera_encoder import CameraEncoder
 from vexkd_core.models.resnet import ResNet, resnet
 

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from vexkd_core.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from vexkd_core.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from vexkd_core.config import from_dict, load_config, preset
+from vexkd_core.errors import CheckpointError
 from vexkd_core.models.vexkd import build_model
 
 

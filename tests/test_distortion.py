@@ -16,9 +16,9 @@ from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.data.sample import CAMERA_CHANNELS
 from vexkd_core.data.sensor_files import reduce_image
 from vexkd_core.inference import load_predictor
+from vexkd_core.runtime.node_inputs import Calibration, CameraFrame
+from vexkd_core.runtime.pipeline import Pipeline, Trigger
 from vexkd_ros.conversions import MessageError, camera_info_to_distortion, intrinsics_to_camera_info
-from vexkd_ros.node_inputs import Calibration, CameraFrame
-from vexkd_ros.pipeline import Pipeline, Trigger
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained"
 PLUMB_BOB = Distortion("plumb_bob", (-0.35, 0.12, 0.0, 0.0, 0.0))  # a strong wide-angle barrel

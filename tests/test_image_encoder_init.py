@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from vexkd_core.checkpoint import CheckpointError, model_from_checkpoint, save_checkpoint
+from vexkd_core.checkpoint import model_from_checkpoint, save_checkpoint
 from vexkd_core.config import load_config, preset
+from vexkd_core.errors import CheckpointError
 from vexkd_core.models.camera_encoder import CameraEncoder
 from vexkd_core.models.vexkd import build_model, camera_encoder_of
 from vexkd_train.training_setup import initialise_image_stages

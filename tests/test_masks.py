@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from vexkd_core.checkpoint import CheckpointError, model_from_checkpoint, save_checkpoint
+from vexkd_core.checkpoint import model_from_checkpoint, save_checkpoint
 from vexkd_core.config import load_config
 from vexkd_core.data.dataset import TrainingSet, collate_training, map_source_grid
 from vexkd_core.data.nuscenes_source import NuScenesSource
@@ -20,6 +20,7 @@ from vexkd_core.distill.losses import MaskedDistillLoss
 from vexkd_core.distill.mask_generator import area_error, decide, dice_overlap
 from vexkd_core.distill.selectivity import (AgreementMeter, SelectivityMeter, agreement_table, as_report,
                                             box_footprints, generator_diversity, selectivity_table)
+from vexkd_core.errors import CheckpointError
 from vexkd_core.models.vexkd import build_model
 from vexkd_core.structures import BEVGrid, Boxes3D
 from vexkd_train.masks import MaskSettings, build_generators, load_masks, masks_loss, teacher_task_loss, train_masks

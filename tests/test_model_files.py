@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from vexkd_core.checkpoint import CheckpointError, save_checkpoint
+from vexkd_core.checkpoint import save_checkpoint
 from vexkd_core.config import load_config
+from vexkd_core.errors import CheckpointError
 from vexkd_core.inference import load_predictor, model_file_modality
 from vexkd_core.models.vexkd import build_model
 from vexkd_core.onnx_export import export_onnx

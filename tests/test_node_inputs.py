@@ -9,10 +9,10 @@ import pytest
 from std_msgs.msg import Header
 
 import ros_samples
+from vexkd_core.runtime.node_inputs import Calibration, CameraCache
 from vexkd_ros.conversions import (MessageError, camera_info_to_intrinsics, encoded_to_compressed,
                                    intrinsics_to_camera_info, ns_to_stamp)
 from vexkd_ros.detector_node import camera_frame
-from vexkd_ros.node_inputs import Calibration, CameraCache
 from vexkd_ros.tf_buffer import TransformBuffer
 
 STAMP_NS = 1_533_151_603_547_590_000

@@ -23,4 +23,6 @@ def test_colcon_build_installs_package_scripts_and_share_files(tmp_path):
     assert (prefix / "share" / "ament_index" / "resource_index" / "packages" / "vexkd").is_file()
     for shipped in ("package.xml", "config/fastdds.xml"):
         assert (prefix / "share" / "vexkd" / shipped).is_file(), shipped
+    # The nodes' ROS-free runtime is a subpackage of the core library: find_packages installs it.
+    assert list(prefix.glob("lib/python*/site-packages/vexkd_core/runtime/pipeline.py")), "vexkd_core.runtime"
     shutil.rmtree(tmp_path / "build")

@@ -14,12 +14,12 @@ from vexkd_core.data.sample import CAMERA_CHANNELS
 from vexkd_core.data.sensor_files import reduce_image
 from vexkd_core.data.sweeps import sweep_in_key_frame
 from vexkd_core.geometry import make_transform
-from vexkd_core.inference import Predictor
 from vexkd_core.models.vexkd import build_model
-from vexkd_ros.node_inputs import Calibration, CameraCache, CameraFrame, Sweep, SweepHistory
-from vexkd_ros.pipeline import MODEL_STAGES, Pipeline, Trigger
-from vexkd_ros.settings import DetectorSettings
-from vexkd_ros.worker import NewestWorker
+from vexkd_core.predictor import Predictor
+from vexkd_core.runtime.node_inputs import Calibration, CameraCache, CameraFrame, Sweep, SweepHistory
+from vexkd_core.runtime.pipeline import MODEL_STAGES, Pipeline, Trigger
+from vexkd_core.runtime.settings import DetectorSettings
+from vexkd_core.runtime.worker import NewestWorker
 
 SECOND = 1_000_000_000
 T0 = 1_533_151_603 * SECOND
@@ -69,7 +69,7 @@ def lidar_run(p: Pipeline, key: Sweep, chosen: DetectorSettings):
 
 
 def test_the_pipeline_imports_no_ros():
-    code = "import sys, vexkd_ros.pipeline, vexkd_ros.worker; " \
+    code = "import sys, vexkd_core.runtime.pipeline, vexkd_core.runtime.trigger_gate, vexkd_core.runtime.worker; " \
            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('rclpy', 'rosidl_runtime_py', 'std_msgs', " \
            "'sensor_msgs', 'geometry_msgs', 'tf2_msgs', 'vision_msgs')))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -16,7 +16,7 @@ from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.inference import load_predictor, model_file_description
 from vexkd_core.models.vexkd import build_model
 from vexkd_core.onnx_export import ExportError, export_onnx
-from vexkd_core.onnx_runtime import read_sidecar
+from vexkd_core.onnx_sidecar import read_sidecar
 from vexkd_core.training_data import NOT_RECORDED, TrainingData, training_data_line
 
 CONFIG = load_config("tiny", ["train.batch_size=1", "model.lidar.sweeps=1"])

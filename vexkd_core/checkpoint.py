@@ -13,15 +13,13 @@ import torch
 
 from vexkd_core.classes import DETECTION_CLASSES, MAP_CLASSES
 from vexkd_core.config import Config, from_dict
+from vexkd_core.errors import CheckpointError
 from vexkd_core.io import atomic_write_bytes
+from vexkd_core.models.vexkd import MODALITIES, build_model
 from vexkd_core.training_data import FIELD as TRAINING_DATA
 from vexkd_core.training_data import TrainingData
 
 FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, corrupt, or does not fit what was asked of it."""
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: Config, modality: str,
@@ -74,8 +72,6 @@ def load_checkpoint(path: str | Path) -> dict:
 def check_model_description(description: dict, path: str | Path, what: str) -> Config:
     """The fields a checkpoint and an ONNX sidecar share (modality, config, class names),
     checked; returns the config. One-line CheckpointError naming the file and the field."""
-    from vexkd_core.models.vexkd import MODALITIES  # lazily: the models import this module
-
     modality = description.get("modality")
     if modality not in MODALITIES:
         raise CheckpointError(f"{path}: its 'modality' is {modality!r}, not one of {', '.join(MODALITIES)}")
@@ -105,8 +101,6 @@ def state_dict_mismatch(error: RuntimeError) -> str:
 
 def model_from_checkpoint(path: str | Path, expected_modality: str | None = None):
     """(model in eval mode, config, payload); the model is rebuilt from the stored config."""
-    from vexkd_core.models.vexkd import build_model
-
     payload = load_checkpoint(path)
     modality = payload["modality"]
     if expected_modality is not None and modality != expected_modality:

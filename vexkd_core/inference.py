@@ -1,85 +1,31 @@
-"""One sample in, boxes and map probabilities out: the inference path of `vexkd-train eval`
-and of the ROS nodes, so the two cannot drift apart.
-
-`Predictor` runs a torch model; `OnnxPredictor` (onnx_runtime.py) runs the exported graph
-of one. Both share everything around the network: preprocessing, the weight-free network
-inputs, decoding and thresholds. `load_predictor` picks one for a model file.
+"""Which predictor serves a model file: `load_predictor` gives the torch `Predictor`
+(predictor.py) of a checkpoint or the `OnnxPredictor` (onnx_runtime.py) of an exported
+graph; `model_file_*` read either file's description without building the model.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from vexkd_core.config import Config
-from vexkd_core.data.preprocess import Batch, collate, preprocess
-from vexkd_core.data.sample import Sample
-from vexkd_core.models.detection_head import decode_boxes
-from vexkd_core.models.vexkd import network_outputs
-from vexkd_core.structures import Boxes3D
-from vexkd_core.timing import StageTimer
-from vexkd_core.training_data import NOT_RECORDED, training_data_line
+from vexkd_core.checkpoint import load_checkpoint, model_from_checkpoint
+from vexkd_core.errors import CheckpointError
+from vexkd_core.onnx_runtime import OnnxPredictor
+from vexkd_core.onnx_sidecar import read_sidecar
+from vexkd_core.predictor import Predictor
+from vexkd_core.training_data import training_data_line
 
 BACKENDS = ("torch", "onnxruntime")
-
-
-@dataclass
-class Prediction:
-    boxes: Boxes3D | None  # in the sample's (key LiDAR) frame; None: the model does not detect (train.tasks)
-    map_probability: np.ndarray | None  # (6, H, W) float32 on config.map_grid.bev, MAP_CLASSES order; None: no map
-
-
-class Predictor:
-    """A torch model in eval mode plus its config; stages are timed as preprocess, infer, postprocess."""
-
-    def __init__(self, model: torch.nn.Module, config: Config, device: str = "cpu", trained_on: str = NOT_RECORDED):
-        self.model, self.config, self.device = model.eval().to(device), config, device
-        self.modality = model.modality
-        self.parameters = sum(p.numel() for p in model.parameters())
-        self.trained_on = trained_on  # training_data.training_data_line of the model file
-
-    def describe(self) -> str:
-        return f"torch on {self.device}"
-
-    @torch.no_grad()
-    def __call__(self, sample: Sample, timer: StageTimer | None = None,
-                 score_threshold: float | None = None) -> Prediction:
-        timer = timer if timer is not None else StageTimer()
-        inputs, _ = timer.measure("preprocess", preprocess, sample, self.config)
-        batch = collate([inputs]).to(self.device)
-        outputs = timer.measure("infer", self.infer, batch, timer)
-        return timer.measure("postprocess", self._postprocess, outputs, score_threshold)
-
-    def infer(self, batch: Batch, timer: StageTimer) -> dict[str, torch.Tensor]:
-        """The network's raw outputs by NETWORK_OUTPUTS name."""
-        return network_outputs(self.model(batch, timer))
-
-    def _postprocess(self, outputs: dict[str, torch.Tensor], score_threshold: float | None) -> Prediction:
-        model = self.config.model
-        threshold = model.score_threshold if score_threshold is None else score_threshold
-        boxes = decode_boxes(outputs, self.config.grid.bev, model.max_detections, threshold)[0] \
-            if "heatmap" in outputs else None
-        probability = torch.sigmoid(outputs["map_logits"][0].float()).cpu().numpy() if "map_logits" in outputs \
-            else None
-        return Prediction(boxes, probability)
 
 
 def load_predictor(path: str | Path, backend: str = "torch", device: str = "cpu",
                    expected_modality: str | None = None) -> Predictor:
     """The predictor of a model file: a checkpoint (.pt) for `torch`, an exported graph (.onnx
     with its .json beside it) for `onnxruntime`. Errors are CheckpointError, one line."""
-    from vexkd_core.checkpoint import CheckpointError, model_from_checkpoint
-
     if backend == "torch":
         if Path(path).suffix == ".onnx":
             raise CheckpointError(f"{path} is an ONNX graph: serve it with backend onnxruntime, or give the .pt")
         model, config, payload = model_from_checkpoint(path, expected_modality)
         return Predictor(model, config, device, training_data_line(payload))
     if backend == "onnxruntime":
-        from vexkd_core.onnx_runtime import OnnxPredictor
-
         return OnnxPredictor.from_file(path, device, expected_modality)
     raise CheckpointError(f"backend must be one of {', '.join(BACKENDS)}, not '{backend}'")
 
@@ -91,11 +37,7 @@ def model_file_backend(path: str | Path) -> str:
 
 def model_file_description(path: str | Path) -> dict:
     """A checkpoint's payload or an exported graph's sidecar, checked, without building the model."""
-    from vexkd_core.checkpoint import load_checkpoint
-
     if model_file_backend(path) == "onnxruntime":
-        from vexkd_core.onnx_runtime import read_sidecar
-
         return read_sidecar(Path(path))
     return load_checkpoint(path)
 

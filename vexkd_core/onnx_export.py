@@ -9,17 +9,17 @@ input and output layout, and the training data its checkpoint recorded.
 
 The graph pools points into pillars and frustum points into BEV cells through a
 PoolLayout (pooling.py says why), so each cell input becomes four: `<x>_gather`, `<x>_cell`,
-`<x>_extra_rows`, `<x>_extra_cell`; `graph_feed` computes them. Opset 18: ScatterElements
-with reduction max/add for the rows past the layout's slots. Those are ScatterElements,
-not ScatterND: ONNX Runtime's CPU ScatterND with reduction adds duplicate indices from
-several threads at once and loses some of them.
+`<x>_extra_rows`, `<x>_extra_cell`; onnx_sidecar.graph_feed computes them. Opset 18:
+ScatterElements with reduction max/add for the rows past the layout's slots. Those are
+ScatterElements, not ScatterND: ONNX Runtime's CPU ScatterND with reduction adds duplicate
+indices from several threads at once and loses some of them.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,22 +32,20 @@ from vexkd_core.config import Config
 from vexkd_core.data.sample import CAMERA_CHANNELS
 from vexkd_core.io import atomic_write_bytes, atomic_write_json
 from vexkd_core.models.lidar_encoder import POINT_INPUTS
-from vexkd_core.models.pooling import PoolLayout, pool_layout
+from vexkd_core.models.pooling import PoolLayout
 from vexkd_core.models.vexkd import NETWORK_INPUTS, NETWORK_OUTPUTS, network_outputs
+from vexkd_core.onnx_runtime import session_options
+from vexkd_core.onnx_sidecar import (POOLED, SIDECAR_FORMAT, SIDECAR_VERSION, graph_feed, graph_input_names,
+                                     layout_names, sidecar_path)
 from vexkd_core.training_data import FIELD as TRAINING_DATA
 from vexkd_core.training_data import recorded_training_data
 
 OPSET = 18
-SIDECAR_FORMAT = "vexkd-onnx"
-SIDECAR_VERSION = 1
 CHECK_TOLERANCE = 1e-3  # largest |onnxruntime - torch| on the export check, relative to the output's scale
 OUTSIDE_THE_GRAPH = ("before: vexkd_core.models.vexkd.network_inputs (pillar_inputs: each point's pillar cell "
                      "and PFN inputs; LiftGeometry.cells: each frustum point's BEV cell, from calibration), then "
-                     "vexkd_core.onnx_export.graph_feed (pooling.pool_layout of each); "
+                     "vexkd_core.onnx_sidecar.graph_feed (pooling.pool_layout of each); "
                      "after: vexkd_core.models.detection_head.decode_boxes, sigmoid of map_logits")
-# The network inputs that are cells, and how their rows are pooled.
-POOLED = {"pillar_cell": "max", "frustum_cell": "sum"}
-LAYOUT_PARTS = tuple(field.name for field in fields(PoolLayout))
 # Dynamic dimensions: the first of each graph input whose size changes from frame to frame.
 DYNAMIC = {"point_features": "points", "pillar_gather": "pillars", "pillar_cell": "pillars",
            "pillar_extra_rows": "pillar_extras", "pillar_extra_cell": "pillar_extras",
@@ -57,32 +55,6 @@ DYNAMIC = {"point_features": "points", "pillar_gather": "pillars", "pillar_cell"
 
 class ExportError(ValueError):
     """A model that cannot be exported, or whose graph does not compute what the model does."""
-
-
-def sidecar_path(onnx_path: str | Path) -> Path:
-    return Path(onnx_path).with_suffix(".json")
-
-
-def _layout_names(name: str) -> list[str]:
-    stem = name.removesuffix("_cell")
-    return [f"{stem}_{part}" for part in LAYOUT_PARTS]
-
-
-def graph_input_names(modality: str) -> list[str]:
-    return [part for name in NETWORK_INPUTS[modality] for part in (_layout_names(name) if name in POOLED else [name])]
-
-
-def graph_feed(inputs: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
-    """network_inputs (batch 1) -> the graph's inputs: each cell tensor as its PoolLayout's four."""
-    cells = config.grid.bev.height * config.grid.bev.width
-    feed = {}
-    for name, value in inputs.items():
-        if name in POOLED:
-            layout = pool_layout(value.flatten(), cells, POOLED[name])
-            feed.update(zip(_layout_names(name), (getattr(layout, part) for part in LAYOUT_PARTS)))
-        else:
-            feed[name] = value
-    return feed
 
 
 class NetworkGraph(nn.Module):
@@ -97,7 +69,7 @@ class NetworkGraph(nn.Module):
     def forward(self, *flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
         given, inputs = dict(zip(self.input_names, flat)), {}
         for name in NETWORK_INPUTS[self.model.modality]:
-            inputs[name] = PoolLayout(*(given[part] for part in _layout_names(name))) if name in POOLED \
+            inputs[name] = PoolLayout(*(given[part] for part in layout_names(name))) if name in POOLED \
                 else given[name]
         outputs = network_outputs(self.model.network(inputs, 1))
         return tuple(outputs[name] for name in NETWORK_OUTPUTS if name in outputs)
@@ -208,8 +180,6 @@ def _training_data(payload: dict, checkpoint: Path) -> dict:
 def _check(onnx_model: bytes, feed: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
            output_names: list[str]) -> dict[str, float]:
     import onnxruntime
-
-    from vexkd_core.onnx_runtime import session_options
 
     session = onnxruntime.InferenceSession(onnx_model, session_options(), providers=["CPUExecutionProvider"])
     produced = session.run(output_names, {name: value.numpy() for name, value in feed.items()})

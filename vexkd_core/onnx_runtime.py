@@ -1,23 +1,23 @@
-"""The `onnxruntime` backend: an exported graph (onnx_export.py) behind the Predictor
-interface, so `vexkd-train eval` and the nodes serve it like a checkpoint.
+"""The `onnxruntime` backend: an exported graph (onnx_export.py, its sidecar read through
+onnx_sidecar.py) behind the Predictor interface, so `vexkd-train eval` and the nodes serve
+it like a checkpoint.
 
 Execution providers: on `device` cuda, TensorRT and CUDA where this onnxruntime build
 has them (onnxruntime-gpu), CPU otherwise; on cpu, CPU only.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from vexkd_core.checkpoint import CheckpointError, check_model_description
 from vexkd_core.config import from_dict
 from vexkd_core.data.preprocess import Batch
-from vexkd_core.inference import Predictor
+from vexkd_core.errors import CheckpointError
 from vexkd_core.models.camera_encoder import LiftGeometry
 from vexkd_core.models.vexkd import network_inputs
-from vexkd_core.onnx_export import SIDECAR_FORMAT, SIDECAR_VERSION, graph_feed, graph_input_names, sidecar_path
+from vexkd_core.onnx_sidecar import graph_feed, graph_input_names, read_sidecar, sidecar_path
+from vexkd_core.predictor import Predictor
 from vexkd_core.timing import StageTimer
 from vexkd_core.training_data import training_data_line
 
@@ -42,34 +42,6 @@ def session_options():
     # decoding and publishing around each run (postprocess took twice as long).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
-
-
-def read_sidecar(onnx_path: Path) -> dict:
-    """The sidecar of an exported graph, checked field by field (one-line CheckpointError)."""
-    path = sidecar_path(onnx_path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist: an ONNX graph is served with the .json "
-                              f"`vexkd-train export` wrote next to it")
-    try:
-        sidecar = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"{path} is not JSON: not a vexkd ONNX sidecar") from None
-    if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
-        raise CheckpointError(f"{path} is not a vexkd ONNX sidecar (format {SIDECAR_FORMAT} {SIDECAR_VERSION})")
-    if sidecar.get("format_version") != SIDECAR_VERSION:
-        raise CheckpointError(f"{path} is a {SIDECAR_FORMAT} sidecar of format version "
-                              f"{sidecar.get('format_version')!r}; this vexkd reads version {SIDECAR_VERSION}")
-    check_model_description(sidecar, path, "sidecar")
-    inputs, outputs = sidecar.get("inputs"), sidecar.get("outputs")
-    if not isinstance(inputs, list) or not inputs or not all(
-            isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("dtype"), str)
-            for entry in inputs):
-        raise CheckpointError(f"{path}: its 'inputs' are not a list of {{name, dtype, shape}} entries")
-    if not isinstance(outputs, list) or not outputs or not all(isinstance(name, str) for name in outputs):
-        raise CheckpointError(f"{path}: its 'outputs' are not a list of output names")
-    if not isinstance(sidecar.get("parameters"), int):
-        raise CheckpointError(f"{path}: its 'parameters' is not a count")
-    return sidecar
 
 
 def check_graph_matches(session, sidecar: dict, path: Path) -> None:

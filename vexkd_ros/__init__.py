@@ -1,1 +1,2 @@
-"""rclpy nodes, message conversions, bag writer and player. Imports vexkd_core for inference only."""
+"""rclpy nodes, message conversions, bag writer and player: only what touches ROS. The nodes'
+pipeline without ROS is vexkd_core.runtime."""

@@ -99,7 +99,7 @@ def run_play(args: argparse.Namespace) -> None:
 
 
 def run_stack_command(args: argparse.Namespace) -> None:
-    from vexkd_core.checkpoint import CheckpointError
+    from vexkd_core.errors import CheckpointError
 
     from .bag import BagError
     from .player import check_rate

@@ -1,12 +1,12 @@
 """The detector nodes: `lidar_detector`, `camera_detector` (students) and `fusion_detector`
 (the teacher), one class with the contract of Autoware's perception nodes.
 
-The node is the ROS adapter of pipeline.Pipeline: callbacks convert messages into the
-pipeline's inputs (clouds at once, images kept encoded), one worker (worker.NewestWorker)
-runs the pipeline on the newest trigger and drops older ones, so a slow model never builds
-a backlog, and node_outputs publishes the result under the trigger's stamp. Bad messages
-are logged with a throttled warning and skipped. `ros2 param set` applies from the next
-frame on.
+The node is the ROS adapter of vexkd_core.runtime.pipeline.Pipeline: callbacks convert
+messages into the pipeline's inputs (clouds at once, images kept encoded), one worker
+(vexkd_core.runtime.worker.NewestWorker) runs the pipeline on the newest trigger and drops
+older ones, so a slow model never builds a backlog, and node_outputs publishes the result
+under the trigger's stamp. Bad messages are logged with a throttled warning and skipped.
+`ros2 param set` applies from the next frame on.
 """
 from __future__ import annotations
 
@@ -24,10 +24,15 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from tf2_msgs.msg import TFMessage
 
 from vexkd_core.allocator import use_chosen_allocator
-from vexkd_core.checkpoint import CheckpointError
 from vexkd_core.data.sample import CAMERA_CHANNELS
 from vexkd_core.data.sensor_files import reduce_image
+from vexkd_core.errors import CheckpointError
 from vexkd_core.inference import load_predictor
+from vexkd_core.runtime.node_inputs import Calibration, CameraFrame, Sweep
+from vexkd_core.runtime.pipeline import Pipeline, Trigger
+from vexkd_core.runtime.settings import DetectorSettings
+from vexkd_core.runtime.trigger_gate import TriggerGate
+from vexkd_core.runtime.worker import NewestWorker
 
 from .cdr import LayoutError
 from .conversions import (MessageError, camera_info_to_distortion, camera_info_to_intrinsics, cloud_to_points,
@@ -35,13 +40,8 @@ from .conversions import (MessageError, camera_info_to_distortion, camera_info_t
 from .detector_parameters import ParameterError, current_values, declare_and_read, validate
 from .environment import apply_default_ros_environment, single_threaded_blas
 from .node_diagnostics import WARN_PERIOD_S, NodeHealth
-from .node_inputs import Calibration, CameraFrame, Sweep
 from .node_outputs import NodeOutputs
-from .pipeline import Pipeline, Trigger
-from .settings import DetectorSettings
 from .tf_buffer import TransformBuffer
-from .trigger_gate import TriggerGate
-from .worker import NewestWorker
 
 SENSOR_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
 TF_QOS = QoSProfile(depth=100)

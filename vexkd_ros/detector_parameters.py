@@ -14,8 +14,7 @@ from rclpy.node import Node
 
 from vexkd_core.classes import DETECTION_CLASSES, MAP_CLASSES
 from vexkd_core.inference import BACKENDS
-
-from .settings import DetectorSettings
+from vexkd_core.runtime.settings import DetectorSettings
 
 IMAGE_TRANSPORTS = ("raw", "compressed")
 DEVICES = ("cpu", "cuda")

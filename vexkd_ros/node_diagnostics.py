@@ -22,8 +22,9 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from std_msgs.msg import Header
 
+from vexkd_core.runtime.worker import NewestWorker
+
 from .node_outputs import FROM_STAMP, PipelineLatency
-from .worker import NewestWorker
 
 DIAGNOSTICS_PERIOD_S = 1.0
 WARN_PERIOD_S = 5.0  # at most one log line per kind of warning in this time

@@ -18,6 +18,8 @@ from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
 from vexkd_core.classes import DETECTION_CLASSES
+from vexkd_core.runtime.pipeline import MODEL_STAGES, Result
+from vexkd_core.runtime.settings import DetectorSettings
 from vexkd_core.structures import Boxes3D
 
 from .autoware import DETECTED_OBJECTS_LAYOUT, boxes_to_detected_objects
@@ -25,8 +27,6 @@ from .box_messages import (DETECTION3D_ARRAY_LAYOUT, MARKER_ARRAY_LAYOUT, boxes_
                            boxes_to_velocities)
 from .cdr import check_layout, read_back
 from .conversions import ns_to_stamp, probability_to_grid
-from .pipeline import MODEL_STAGES, Result
-from .settings import DetectorSettings
 
 OUTPUT_QOS = QoSProfile(depth=1)
 OBJECTS_TOPIC = "~/output/objects"

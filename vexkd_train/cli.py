@@ -130,7 +130,7 @@ def _check_device(device: str) -> None:
 
 def _user_errors():
     """The exceptions that mean 'fix your input', turned into one-line CliErrors."""
-    from vexkd_core.checkpoint import CheckpointError
+    from vexkd_core.errors import CheckpointError
     from vexkd_core.data.nuscenes_source import DatasetError
 
     return (CheckpointError, DatasetError, ValueError, FileNotFoundError)  # ExportError is a ValueError

@@ -50,11 +50,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from vexkd_core.checkpoint import CheckpointError, model_from_checkpoint, read_payload
+from vexkd_core.checkpoint import model_from_checkpoint, read_payload
 from vexkd_core.data.dataset import EpochSampler, TrainingSet, collate_training, require_map_ground_truth
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.distill.distiller import freeze
 from vexkd_core.distill.mask_generator import LEVELS, MaskGenerator, area_error, decide, dice_overlap
+from vexkd_core.errors import CheckpointError
 from vexkd_core.io import atomic_npz, atomic_write_bytes, atomic_write_json
 from vexkd_core.models.vexkd import detection_targets as batch_detection_targets
 from vexkd_core.models.vexkd import map_targets_of

@@ -18,13 +18,14 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from vexkd_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from vexkd_core.checkpoint import load_checkpoint, save_checkpoint
 from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.config import Config
 from vexkd_core.data.cbgs import balanced_indices, sample_classes
 from vexkd_core.data.dataset import EpochSampler, TrainingSet, collate_training, require_map_ground_truth
 from vexkd_core.data.gt_paste import training_paster
 from vexkd_core.data.nuscenes_source import NuScenesSource
+from vexkd_core.errors import CheckpointError
 from vexkd_core.models.vexkd import depth_losses, detection_targets, task_losses
 from vexkd_core.training_data import TrainingData
 

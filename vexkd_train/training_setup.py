@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vexkd_core.checkpoint import CheckpointError, model_from_checkpoint, state_dict_mismatch
+from vexkd_core.checkpoint import model_from_checkpoint, state_dict_mismatch
 from vexkd_core.distill.distiller import GENERATED, Distiller
+from vexkd_core.errors import CheckpointError
 from vexkd_core.models.vexkd import camera_encoder_of
 from vexkd_train.masks import load_masks
 

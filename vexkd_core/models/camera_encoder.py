@@ -16,13 +16,9 @@ from torch import nn
 from vexkd_core.config import CameraConfig
 from vexkd_core.structures import BEVGrid
 
+from .layers import conv_bn_relu
 from .pooling import PoolLayout, pool
 from .resnet import ResNet, load_pretrained, resnet
-
-
-def conv_bn_relu(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
 
 
 class BasicBlock(nn.Module):

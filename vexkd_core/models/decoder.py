@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .camera_encoder import conv_bn_relu
+from .layers import conv_bn_relu
 
 
 class BEVDecoder(nn.Module):

@@ -12,7 +12,7 @@ from torch import nn
 
 from vexkd_core.structures import BEVGrid, Boxes3D
 
-from .camera_encoder import conv_bn_relu
+from .layers import conv_bn_relu
 
 # Regression channels, in this order: offset x, y | z | log l, w, h | sin, cos | vx, vy.
 REGRESSION_CHANNELS = {"offset": 2, "height": 1, "size": 3, "rotation": 2, "velocity": 2}

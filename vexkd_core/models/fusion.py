@@ -16,8 +16,8 @@ from torch import nn
 
 from vexkd_core.config import FusionConfig
 
-from .camera_encoder import conv_bn_relu
 from .deformable_attention import DeformableAttention
+from .layers import conv_bn_relu
 
 
 def reference_points(height: int, width: int, device=None) -> torch.Tensor:

@@ -8,7 +8,7 @@ from torch import nn
 
 from vexkd_core.structures import BEVGrid
 
-from .camera_encoder import conv_bn_relu
+from .layers import conv_bn_relu
 
 
 def sampling_grid(source: BEVGrid, target: BEVGrid) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vexkd_core.checkpoint import CheckpointError
+from vexkd_core.errors import CheckpointError
 
 STAGE_PLANES = (64, 128, 256, 512)
 CLASSIFIER_PREFIX = "fc."

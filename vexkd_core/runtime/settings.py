@@ -1,4 +1,4 @@
-"""The detector's settings as one typed value, ROS-free: the parameters module reads and
+"""The detector's settings as one typed value, ROS-free: vexkd_ros.detector_parameters reads and
 validates them, the pipeline uses them, a parameter change swaps the whole value."""
 from __future__ import annotations
 

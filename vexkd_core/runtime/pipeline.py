@@ -16,7 +16,7 @@ import numpy as np
 from vexkd_core.classes import MAP_CLASSES
 from vexkd_core.data.sample import Sample
 from vexkd_core.data.sweeps import without_ego_points
-from vexkd_core.inference import Predictor
+from vexkd_core.predictor import Predictor
 from vexkd_core.structures import BEVGrid, Boxes3D
 from vexkd_core.timing import StageTimer
 

@@ -27,7 +27,7 @@ CAMERA_FRAMES_KEPT = 4  # per camera: enough to choose the nearest of ~3 frames 
 
 
 class Transforms(Protocol):
-    """The TF the pipeline needs (tf_buffer.TransformBuffer); lookups raise LookupError."""
+    """The TF the pipeline needs (vexkd_ros.tf_buffer.TransformBuffer); lookups raise LookupError."""
 
     def can_transform(self, target: str, source: str, stamp_ns: int) -> bool: ...
 
