@@ -7,7 +7,7 @@ SETUP_INPUTS := requirements.txt requirements-ros-wheels.txt requirements-dev.tx
 	setup.py setup.cfg package.xml tools/setup_env.sh tools/build_interfaces.py \
 	$(wildcard interfaces/*/msg/*.msg interfaces/*/CMakeLists.txt)
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test test-fast demo bench clean
 
 setup: $(STAMP)
 
@@ -17,6 +17,10 @@ $(STAMP): $(SETUP_INPUTS)
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# The unit tier only (pytest.ini's markers): in-process tests for the edit loop.
+test-fast: setup
+	$(PY) -m pytest -q -m unit tests
 
 demo: setup
 	$(PY) tools/demo.py

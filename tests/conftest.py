@@ -1,22 +1,54 @@
 """Test-session ROS environment: localhost-only discovery, the user's domain or a random
-one, private logs.
+one, private logs. Set at import, before any test calls rclpy.init(), and inherited by every
+process a test starts, so parallel runs on one machine never see each other's topics.
 
-Set at import, before any test calls rclpy.init(), and inherited by every process a
-test starts, so parallel runs on one machine never see each other's topics.
+Tiers: every test module declares exactly one of TIERS (pytest.ini) as its module-level
+`pytestmark`, or its collection fails; a test marked with another tier is in that one only.
 """
 import os
 import random
-import sys
 import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+from vexkd_ros.environment import default_ros_environment
 
-from vexkd_ros.environment import default_ros_environment  # noqa: E402
+TIERS = ("unit", "ros", "slow")
+
+
+def tiers_of(node) -> list[str]:
+    return [mark.name for mark in node.own_markers if mark.name in TIERS]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    """A test module without exactly one tier marker fails to collect, in one line."""
+    report = yield
+    if type(collector) is pytest.Module and report.passed:
+        found = tiers_of(collector)
+        if len(found) != 1:
+            report.outcome = "failed"
+            report.longrepr = (f"{'tiers ' + ' and '.join(found) if found else 'no tier'}: a test module declares "
+                               f"exactly one, `pytestmark = pytest.mark.<{'|'.join(TIERS)}>` (see pytest.ini)")
+    return report
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Before `-m` selects: each test takes its module's tier unless it (or its class) is marked
+    with a tier of its own, so `-m unit` leaves out a ros or slow test in a unit module."""
+    modules = {}
+    for item in items:
+        module = item.getparent(pytest.Module)
+        if module is None:
+            continue
+        if module not in modules:
+            modules[module] = tiers_of(module)
+            module.own_markers[:] = [mark for mark in module.own_markers if mark.name not in TIERS]
+        if not any(tiers_of(node) for node in item.listchain() if node is not module) and modules[module]:
+            item.add_marker(modules[module][0])
+
 
 # ROS maps a domain to UDP ports; on Linux only 0..101 stay clear of the ephemeral range.
 SAFE_DOMAIN_IDS = range(0, 102)

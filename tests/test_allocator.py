@@ -15,6 +15,8 @@ import pytest
 
 from vexkd_core import allocator
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parent.parent
 GLIBC = allocator.glibc() is not None
 needs_glibc = pytest.mark.skipif(not GLIBC, reason="mallopt and mallinfo2 are glibc's")

@@ -15,6 +15,8 @@ from vexkd_core.data.sample import CAMERA_CHANNELS, CameraView, Sample
 from vexkd_core.models.camera_encoder import CameraEncoder
 from vexkd_core.structures import BEVGrid, Boxes3D
 
+pytestmark = pytest.mark.unit
+
 # The tiny model's small tensors with the nuscenes preset's augmentation, every part on.
 CONFIG = dataclasses.replace(preset("tiny"), augment=preset("nuscenes").augment)
 IMAGE_W, IMAGE_H, FOCAL = 800, 450, 400.0

@@ -1,13 +1,16 @@
 """The Autoware output read as Autoware reads it: real autoware_perception_msgs classes
 (built from interfaces/ where ROS lacks them), labels mapped, twist in the object's frame."""
 import numpy as np
+import pytest
 from autoware_perception_msgs.msg import DetectedObjectKinematics, DetectedObjects, ObjectClassification, Shape
 
-import ros_samples
+from tests.support import ros_samples
 from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.structures import Boxes3D
 from vexkd_ros.autoware import AUTOWARE_LABELS, boxes_to_detected_objects, detected_objects_to_boxes
 from vexkd_ros.cdr import read_back
+
+pytestmark = pytest.mark.unit
 
 
 def test_every_class_has_an_autoware_label():

@@ -13,6 +13,8 @@ from vexkd_core.errors import CheckpointError
 from vexkd_core.models.camera_encoder import CameraEncoder
 from vexkd_core.models.resnet import ResNet, resnet
 
+pytestmark = pytest.mark.unit
+
 # torchvision.models.resnet*(num_classes=1000): parameters and state-dict entries, fc included
 PUBLISHED = {"resnet18": (11_689_512, 122), "resnet34": (21_797_672, 218), "resnet50": (25_557_032, 320)}
 CLASSIFIER_KEYS = ("fc.weight", "fc.bias")

@@ -9,13 +9,13 @@ import time
 
 import numpy as np
 import pytest
-import ros_rviz
 import torch
 from mcap.reader import make_reader
 from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import Reader
 from tf2_msgs.msg import TFMessage
 
+from tests.support import ros_rviz
 from vexkd_core.checkpoint import save_checkpoint
 from vexkd_core.config import load_config
 from vexkd_core.geometry import make_transform
@@ -24,6 +24,8 @@ from vexkd_ros.bag import AtomicBagWriter, BagError
 from vexkd_ros.player import message_class
 from vexkd_ros.scene_messages import GT_MARKERS_TOPIC, LIDAR_CHANNEL, SceneMessages, scene_source, scene_topics
 from vexkd_ros.tf_buffer import TransformBuffer
+
+pytestmark = pytest.mark.ros
 
 
 def cli(*args, timeout=600):
@@ -210,5 +212,8 @@ def test_ctrl_c_on_the_stack_leaves_no_process_behind(bags, student_checkpoints)
     assert _processes_mentioning(str(student_checkpoints[0]))
     stack.send_signal(signal.SIGINT)
     stack.communicate(timeout=60)
-    time.sleep(0.5)
+    left = lambda: _processes_mentioning(marker) + _processes_mentioning(str(student_checkpoints[0]))  # noqa: E731
+    deadline = time.monotonic() + 10  # its children may still be exiting as it returns
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert _processes_mentioning(marker) == [] and _processes_mentioning(str(student_checkpoints[0])) == []

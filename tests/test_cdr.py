@@ -8,12 +8,14 @@ from std_msgs.msg import Header
 from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import Marker, MarkerArray
 
-import ros_samples
+from tests.support import ros_samples
 from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_ros import box_messages
 from vexkd_ros.autoware import boxes_to_detected_objects, detected_objects_to_boxes
 from vexkd_ros.cdr import LayoutError, check_layout, read_back
 from vexkd_ros.node_outputs import check_box_messages
+
+pytestmark = pytest.mark.unit
 
 # Frame ids of every length mod 4 and 8: the strings shift the alignment of all that follows.
 FRAMES = ["", "a", "ab", "abc", "LIDAR_TOP", "CAM_FRONT_LEFT"]

@@ -9,6 +9,8 @@ from vexkd_core.config import from_dict, load_config, preset
 from vexkd_core.errors import CheckpointError
 from vexkd_core.models.vexkd import build_model
 
+pytestmark = pytest.mark.unit
+
 
 def test_presets_and_overrides(tmp_path):
     tiny, paper = preset("tiny"), preset("nuscenes")

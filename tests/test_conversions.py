@@ -8,13 +8,14 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, Poi
 from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import Marker, MarkerArray
 
-import ros_rviz
-import ros_samples
+from tests.support import ros_rviz, ros_samples
 from vexkd_core.classes import DETECTION_CLASS_COLORS, DETECTION_CLASSES
 from vexkd_ros import box_messages
 from vexkd_ros import conversions as conv
 from vexkd_ros.cdr import read_back
 from vexkd_ros.conversions import MessageError
+
+pytestmark = pytest.mark.unit
 
 
 def raw_cloud(fields, point_step, rows, row_step=None, bigendian=False) -> PointCloud2:

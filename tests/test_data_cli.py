@@ -6,6 +6,8 @@ from pathlib import Path
 import cv2
 import pytest
 
+pytestmark = pytest.mark.unit
+
 BIN = Path(sys.executable).parent
 
 

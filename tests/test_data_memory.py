@@ -17,6 +17,9 @@ from vexkd_core.data.sensor_files import (DatasetError, decode_reduction, read_i
 from vexkd_core.io import atomic_npz
 from vexkd_ros.conversions import compressed_to_rgb, encoded_to_compressed
 
+pytestmark = pytest.mark.unit
+
+
 def points_sample(rows: int, token: str = "s") -> Sample:
     cameras = [CameraView(channel, np.zeros((18, 32, 3), np.uint8), np.diag([20.0, 20.0, 1.0]), np.eye(4))
                for channel in CAMERA_CHANNELS]

@@ -7,7 +7,11 @@ import sys
 import types
 from pathlib import Path
 
+import pytest
+
 from vexkd_core.fingerprint import dataset_identity, digest, file_stamp
+
+pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parent.parent
 

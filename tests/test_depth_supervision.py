@@ -17,6 +17,8 @@ from vexkd_core.models.depth_supervision import IGNORE, depth_loss, depth_target
 from vexkd_core.models.vexkd import build_model, depth_losses
 from vexkd_core.structures import BEVGrid
 
+pytestmark = pytest.mark.unit
+
 CONFIG = preset("tiny")
 CAMERA = CONFIG.model.camera
 IMAGE_W, IMAGE_H, FOCAL = 800, 450, 400.0

@@ -10,18 +10,6 @@ import time
 
 import numpy as np
 import pytest
-from ros_nodes import (Harness, cloud, feed_order, is_trigger, node_inputs, start_node, static_and_pose, stop_node,
-                       trigger_topic)
-from spread_models import spread_model
-
-from vexkd_core.checkpoint import save_checkpoint
-from vexkd_core.classes import DETECTION_CLASSES
-from vexkd_core.config import load_config
-from vexkd_core.data.nuscenes_source import NuScenesSource
-from vexkd_core.data.preprocess import collate, preprocess
-from vexkd_core.data.sample import CAMERA_CHANNELS, Sample
-from vexkd_core.geometry import invert_transform, make_transform
-from vexkd_core.inference import load_predictor
 from rcl_interfaces.msg import SetParametersResult
 from rcl_interfaces.srv import SetParameters
 from rclpy.parameter import Parameter
@@ -30,6 +18,17 @@ from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import Marker
 
+from tests.support.ros_nodes import (Harness, NodeOutput, cloud, feed_order, is_trigger, node_inputs, start_node,
+                                     static_and_pose, stop_node, trigger_topic)
+from tests.support.spread_models import spread_model
+from vexkd_core.checkpoint import save_checkpoint
+from vexkd_core.classes import DETECTION_CLASSES
+from vexkd_core.config import load_config
+from vexkd_core.data.nuscenes_source import NuScenesSource
+from vexkd_core.data.preprocess import collate, preprocess
+from vexkd_core.data.sample import CAMERA_CHANNELS, Sample
+from vexkd_core.geometry import invert_transform, make_transform
+from vexkd_core.inference import load_predictor
 from vexkd_ros.autoware import AUTOWARE_LABELS, detected_objects_to_boxes
 from vexkd_ros.conversions import (array_to_cloud, encoded_to_compressed, grid_to_probability,
                                    intrinsics_to_camera_info, matrices_to_tf_message, ns_to_stamp, rgb_to_compressed,
@@ -38,6 +37,8 @@ from vexkd_ros.scene_messages import SceneMessages, scene_source
 from vexkd_ros.stack import NodeSpec
 from vexkd_train.evaluate import boxes_to_results
 
+pytestmark = pytest.mark.ros
+
 # Every box above the threshold is kept (no top-k cut), so equal scores cannot swap places.
 CONFIG = load_config("tiny", ["model.lidar.sweeps=2", "model.score_threshold=0.8", "model.max_detections=500"])
 NODE = {"lidar": "lidar_detector", "camera": "camera_detector", "fusion": "fusion_detector"}
@@ -45,7 +46,7 @@ NODE = {"lidar": "lidar_detector", "camera": "camera_detector", "fusion": "fusio
 
 @pytest.fixture(scope="module")
 def checkpoints(tiny_world, tmp_path_factory):
-    """Random-weight models with spread scores (spread_models.py), as .pt and exported .onnx."""
+    """Random-weight models with spread scores (support/spread_models.py), as .pt and exported .onnx."""
     from vexkd_core.onnx_export import export_onnx
 
     dataroot, world = tiny_world
@@ -210,10 +211,10 @@ def test_node_answers_each_key_frame_as_eval_predicts(modality, backend, checkpo
     assert f"with {backend}" in output  # the node says what serves the model
 
 
-
 def test_lidar_node_survives_bad_clouds_and_skips_to_the_newest(checkpoints, rclpy_context):
     process = start_node("lidar", checkpoints["lidar"])
     harness = Harness(rclpy_context, NODE["lidar"])
+    harness.watch_diagnostics()
     second = 1_000_000_000
     try:
         harness.wait_until_connected(process, "/LIDAR_TOP")
@@ -222,16 +223,16 @@ def test_lidar_node_survives_bad_clouds_and_skips_to_the_newest(checkpoints, rcl
         stamp = 10 * second
         good = lambda: cloud(stamp)  # noqa: E731
         n = 1000
-        bad_inputs = {
-            "no x/y/z": array_to_cloud(structured_points(intensity=np.ones(n, np.float32)),
-                                       Header(stamp=ns_to_stamp(stamp), frame_id="LIDAR_TOP")),
-            "NaN and inf points": cloud(stamp, n, x=np.full(n, np.nan, np.float32), y=np.full(n, np.inf, np.float32)),
-            "empty cloud": cloud(stamp, 0),
-            "unknown frame (no TF)": cloud(stamp, n, frame="nowhere"),
+        bad_inputs = {  # what: (the cloud, what the node's warning about it says)
+            "no x/y/z": (array_to_cloud(structured_points(intensity=np.ones(n, np.float32)),
+                                        Header(stamp=ns_to_stamp(stamp), frame_id="LIDAR_TOP")), "lacks field(s) x"),
+            "NaN and inf points": (cloud(stamp, n, x=np.full(n, np.nan, np.float32), y=np.full(n, np.inf, np.float32)),
+                                   "no (finite) points"),
+            "empty cloud": (cloud(stamp, 0), "no (finite) points"),
+            "unknown frame (no TF)": (cloud(stamp, n, frame="nowhere"), "nowhere"),
         }
-        for what, bad in bad_inputs.items():
-            harness.publish("/LIDAR_TOP", bad)
-            time.sleep(0.3)
+        for what, (bad, warning) in bad_inputs.items():
+            harness.offer_until_warned(process, "/LIDAR_TOP", bad, warning, what)
             assert process.poll() is None, f"the node died on: {what}"
             harness.offer_until_answered("/LIDAR_TOP", good(), stamp)  # still serving
             harness.objects.clear()
@@ -468,6 +469,7 @@ def test_a_clock_reset_clears_the_tf_history(checkpoints, rclpy_context):
     from rosgraph_msgs.msg import Clock
 
     process = start_node("lidar", checkpoints["lidar"], "use_sim_time:=true")
+    printed = NodeOutput(process)
     harness = Harness(rclpy_context, NODE["lidar"])
     try:
         harness.wait_until_connected(process, "/LIDAR_TOP")
@@ -475,8 +477,8 @@ def test_a_clock_reset_clears_the_tf_history(checkpoints, rclpy_context):
         for seconds in (1000, 1001, 10):
             harness.publish("/clock", Clock(clock=ns_to_stamp(seconds * 10**9)))
             harness.executor.spin_once(timeout_sec=0.2)
-        time.sleep(1.0)
+        printed.wait_for("ROS time jumped back", 30)  # the node's own line that it took the jump
     finally:
-        output = stop_node(process)
+        output = stop_node(process, printed)
     assert process.returncode == 0, output
     assert "ROS time jumped back 991.0 s: /tf history cleared" in output, output

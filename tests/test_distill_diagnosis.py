@@ -1,4 +1,4 @@
-"""tools/distill_diagnosis.py: its correlations and distances mean what the README reads
+"""tools/distill_diagnosis.py: its correlations and distances mean what docs/lab_notes.md reads
 from them (a student matching the teacher scores 1 and 0; occupancy is the LiDAR's cells)."""
 import sys
 from pathlib import Path
@@ -14,6 +14,8 @@ from vexkd_core.config import load_config  # noqa: E402
 from vexkd_core.data.dataset import model_source  # noqa: E402
 from vexkd_core.data.preprocess import collate, preprocess  # noqa: E402
 from vexkd_core.models.vexkd import build_model  # noqa: E402
+
+pytestmark = pytest.mark.unit
 
 CONFIG = load_config("tiny", ["model.lidar.sweeps=1"])
 

@@ -17,6 +17,8 @@ from vexkd_core.models.vexkd import build_model, task_losses
 from vexkd_train.masks import MaskSettings, build_generators, load_masks, train_masks
 from vexkd_train.trainer import RunOptions, train
 
+pytestmark = pytest.mark.slow
+
 CONFIG = load_config("tiny", ["model.lidar.sweeps=1", "train.batch_size=1"])
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import Header
-from test_pipeline import StandingStill, settings
 
+from tests.support.pipeline_rig import StandingStill, settings
 from vexkd_core.data.distortion import Distortion, Undistorter
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.data.sample import CAMERA_CHANNELS
@@ -19,6 +19,8 @@ from vexkd_core.inference import load_predictor
 from vexkd_core.runtime.node_inputs import Calibration, CameraFrame
 from vexkd_core.runtime.pipeline import Pipeline, Trigger
 from vexkd_ros.conversions import MessageError, camera_info_to_distortion, intrinsics_to_camera_info
+
+pytestmark = pytest.mark.unit
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained"
 PLUMB_BOB = Distortion("plumb_bob", (-0.35, 0.12, 0.0, 0.0, 0.0))  # a strong wide-angle barrel

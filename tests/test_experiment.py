@@ -3,11 +3,15 @@ reuses every finished run; a run is redone when its dataset is rewritten or a ch
 it started from is retrained."""
 import json
 
+import pytest
+
 from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_train.experiment import run_experiment
 from vexkd_train.experiment_plan import tables
 from vexkd_train.experiment_report import markdown, summarise
+
+pytestmark = pytest.mark.slow
 
 
 def test_quick_suite_end_to_end_then_resumes_without_retraining(tiny_world, tmp_path):

@@ -4,8 +4,12 @@ import json
 import os
 import shutil
 
+import pytest
+
 from vexkd_core import fingerprint
 from vexkd_core.fingerprint import dataset_identity, file_stamp
+
+pytestmark = pytest.mark.unit
 
 
 def _world(root, samples, version="v-test"):

@@ -16,6 +16,8 @@ from vexkd_core.checkpoint import load_checkpoint
 from vexkd_core.config import load_config
 from vexkd_core.data.dataset import model_source
 
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 VERSION = "v1.0-trainval"
 NARROW = ["model.bev_channels=32", "model.decoder_channels=[32,64]", "model.decoder_out_channels=64",

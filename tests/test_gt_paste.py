@@ -17,6 +17,8 @@ from vexkd_core.data.gt_paste import GTPaster, training_paster
 from vexkd_core.data.nuscenes_source import DatasetError, NuScenesSource
 from vexkd_core.data.sample import Sample
 
+pytestmark = pytest.mark.unit
+
 BIN = Path(sys.executable).parent
 SWEEPS = 1
 

@@ -16,6 +16,8 @@ from vexkd_core.models.camera_encoder import CameraEncoder
 from vexkd_core.models.vexkd import build_model, camera_encoder_of
 from vexkd_train.training_setup import initialise_image_stages
 
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained"
 CONFIG = load_config("tiny", ["model.lidar.sweeps=1", "train.batch_size=1"])

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.unit
+
 BIN = Path(sys.executable).parent
 # The scripts whose start imports torch; its first library is mapped seconds before the
 # import ends (1.3 s or more here), so a SIGINT sent then lands inside the import.

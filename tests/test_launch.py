@@ -1,7 +1,7 @@
 """The launch file, parameter YAML and RViz config agree with the code (launch/launch_ros
 are not on PyPI, so the launch file is read as Python source and its decisions tested
 through vexkd_ros.launch_arguments; it is run under real launch only where launch is
-installed. RViz is not on PyPI either, so tests/ros_rviz.py says what its displays do
+installed. RViz is not on PyPI either, so tests/support/ros_rviz.py says what its displays do
 with the config)."""
 import ast
 import json
@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import ros_rviz
 import yaml
 
+from tests.support import ros_rviz
 from vexkd_core.classes import MAP_CLASSES
 from vexkd_ros.detector_node import NODE_NAMES
 from vexkd_ros.detector_parameters import PARAMETERS, declared_names
@@ -25,6 +25,8 @@ from vexkd_ros.launch_arguments import (CAMERA_PARAMETER_ARGUMENTS, CAMERAS, EXE
 from vexkd_ros.node_outputs import OUTPUT_QOS
 from vexkd_ros.player import topic_qos
 from vexkd_ros.scene_messages import scene_topics
+
+pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH_FILE = REPO / "launch" / "perception.launch.py"
@@ -225,6 +227,7 @@ def run_launch(prefix: Path, *arguments: str) -> subprocess.CompletedProcess:
                           env=dict(os.environ, AMENT_PREFIX_PATH=path), capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.ros  # launch starts stand-in rclpy nodes
 @pytest.mark.parametrize("modality", ["lidar", "camera"])
 def test_under_real_launch_the_node_gets_the_yaml_values_but_for_the_given_arguments(install_prefix, modality):
     result = run_launch(install_prefix, f"modality:={modality}", "image1_topic:=/front_right",
@@ -252,6 +255,7 @@ def processes_running(path: Path) -> list[int]:
     return pids
 
 
+@pytest.mark.ros
 def test_under_real_launch_rviz_without_rviz2_fails_before_any_node_starts(install_prefix, monkeypatch):
     from ament_index_python.packages import PackageNotFoundError, get_package_prefix
 

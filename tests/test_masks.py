@@ -26,6 +26,8 @@ from vexkd_core.structures import BEVGrid, Boxes3D
 from vexkd_train.masks import MaskSettings, build_generators, load_masks, masks_loss, teacher_task_loss, train_masks
 from vexkd_train.trainer import RunOptions, train
 
+pytestmark = pytest.mark.slow
+
 CONFIG = load_config("tiny", ["model.lidar.sweeps=1", "train.batch_size=1"])
 BIN = Path(sys.executable).parent
 
@@ -175,7 +177,7 @@ def test_trained_masks_pick_cells_and_differ_from_each_other_and_from_the_whole_
     generator, masks that take some cells and leave most, none covering the map, and that
     differ from each other (not copies, not all empty). Where they lie is up to the teacher:
     this 40-step one loses next to nothing when its feature is masked; the demo's selectivity
-    report, with its object and map ratios, is in README."""
+    report, with its object and map ratios, is in docs/results.md."""
     checkpoint, source, folder = trained_teacher
     report = json.loads((folder / "generators" / "selectivity.json").read_text())
     teacher, _, _ = model_from_checkpoint(checkpoint)

@@ -18,6 +18,8 @@ from vexkd_core.models.vexkd import build_model
 from vexkd_core.onnx_export import export_onnx
 from vexkd_ros.stack import NodeSpec
 
+pytestmark = pytest.mark.unit
+
 CONFIG = load_config("tiny", ["model.lidar.sweeps=1"])
 BIN = Path(sys.executable).parent
 
@@ -109,6 +111,7 @@ def one_error_line(result: subprocess.CompletedProcess | subprocess.Popen, stder
     return lines[0]
 
 
+@pytest.mark.ros  # starts detector node processes (rclpy) beside the CLIs
 def test_every_entry_point_refuses_them_in_one_line_and_exit_2(good, tmp_path, tiny_world):
     """The node (torch and onnxruntime), eval, export and the stack, before any frame."""
     dataroot, _ = tiny_world

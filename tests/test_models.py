@@ -16,6 +16,8 @@ from vexkd_core.models.lidar_encoder import LidarEncoder
 from vexkd_core.models.vexkd import Student, build_model
 from vexkd_core.structures import BEVGrid, Boxes3D
 
+pytestmark = pytest.mark.unit
+
 CONFIG = preset("tiny")
 
 

@@ -12,9 +12,9 @@ import torch
 from autoware_internal_debug_msgs.msg import Float64Stamped
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.srv import GetParameters
-from ros_nodes import Harness, cloud, start_node, static_and_pose, stop_node
 from tf2_msgs.msg import TFMessage
 
+from tests.support.ros_nodes import Harness, cloud, start_node, static_and_pose, stop_node
 from vexkd_core.checkpoint import save_checkpoint
 from vexkd_core.config import load_config
 from vexkd_core.models.vexkd import build_model
@@ -23,6 +23,8 @@ from vexkd_ros import bag
 from vexkd_ros.conversions import stamp_to_ns
 from vexkd_ros.node_outputs import FROM_ARRIVAL, FROM_STAMP, pipeline_latency
 from vexkd_ros.stack import NodeSpec
+
+pytestmark = pytest.mark.ros
 
 NODE = "lidar_detector"
 TRAINED_ON = TrainingData("demo_world", "v1.0-trainval", "train", 48, synthetic=True)

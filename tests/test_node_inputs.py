@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 from std_msgs.msg import Header
 
-import ros_samples
+from tests.support import ros_samples
 from vexkd_core.runtime.node_inputs import Calibration, CameraCache
 from vexkd_ros.conversions import (MessageError, camera_info_to_intrinsics, encoded_to_compressed,
                                    intrinsics_to_camera_info, ns_to_stamp)
 from vexkd_ros.detector_node import camera_frame
 from vexkd_ros.tf_buffer import TransformBuffer
+
+pytestmark = pytest.mark.unit
 
 STAMP_NS = 1_533_151_603_547_590_000
 K = np.array([[250.0, 0, 160.0], [0, 250.0, 90.0], [0, 0, 1]])

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from spread_models import spread_model
 
+from tests.support.spread_models import spread_model
 from vexkd_core.checkpoint import save_checkpoint
 from vexkd_core.config import from_dict, load_config
 from vexkd_core.data.nuscenes_source import NuScenesSource
@@ -18,6 +18,8 @@ from vexkd_core.data.preprocess import collate, preprocess
 from vexkd_core.inference import load_predictor
 from vexkd_core.onnx_export import OPSET, export_onnx
 from vexkd_core.predictor import Predictor
+
+pytestmark = pytest.mark.slow
 
 # Every box above the threshold is kept (no top-k cut), so near-equal scores cannot swap a box out.
 OVERRIDES = ["model.lidar.sweeps=2", "model.score_threshold=0.8", "model.max_detections=500"]

@@ -2,12 +2,16 @@
 samples, scores near-perfectly on those samples through the official nuScenes evaluation."""
 import json
 
+import pytest
+
 from vexkd_core.config import load_config
 from vexkd_core.data.dataset import model_source
 from vexkd_core.data.synthetic import SynthConfig, write_dataset
 from vexkd_core.models.vexkd import build_model
 from vexkd_train.evaluate import evaluate
 from vexkd_train.trainer import RunOptions, train
+
+pytestmark = pytest.mark.slow
 
 # Seed 9's val scene holds all 10 classes within their evaluation ranges and all 6 map
 # classes in its first two samples (with fewer, even perfect predictions could not reach 0.9).

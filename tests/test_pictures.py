@@ -2,6 +2,7 @@
 class come out in different colours, every map class's ground truth is drawn, the legend and
 the camera names are on the pictures; the distillation feature picture carries colour bars."""
 import numpy as np
+import pytest
 import torch
 
 from vexkd_core.classes import MAP_CLASSES
@@ -10,6 +11,8 @@ from vexkd_ros.replay_pictures import ERROR_COLOURS, ERROR_PIXELS, LEGEND_WIDTH,
     _outline, bev_panel, bev_picture, camera_panels, error_map, map_panel
 from vexkd_ros.scene_messages import GT_MAP_GRID
 from vexkd_train.pictures import PANEL, features_picture
+
+pytestmark = pytest.mark.unit
 
 HALF_EXTENT = GT_MAP_GRID.width * GT_MAP_GRID.resolution / 2
 PREDICTION_GRID = BEVGrid.centered(50.0, 1.0)  # a node's map grid: coarser and smaller than the ground truth's

@@ -6,59 +6,19 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 
+from tests.support.pipeline_rig import SECOND, T0, StandingStill, camera_frame, pipeline, settings, sweep
 from vexkd_core.classes import MAP_CLASSES
-from vexkd_core.config import load_config
 from vexkd_core.data.sample import CAMERA_CHANNELS
 from vexkd_core.data.sensor_files import reduce_image
 from vexkd_core.data.sweeps import sweep_in_key_frame
 from vexkd_core.geometry import make_transform
-from vexkd_core.models.vexkd import build_model
-from vexkd_core.predictor import Predictor
 from vexkd_core.runtime.node_inputs import Calibration, CameraCache, CameraFrame, Sweep, SweepHistory
 from vexkd_core.runtime.pipeline import MODEL_STAGES, Pipeline, Trigger
 from vexkd_core.runtime.settings import DetectorSettings
 from vexkd_core.runtime.worker import NewestWorker
 
-SECOND = 1_000_000_000
-T0 = 1_533_151_603 * SECOND
-
-
-class StandingStill:
-    """A rig whose every frame is the same place at all times; `known` limits which frames TF knows."""
-
-    def __init__(self, known=("map", "LIDAR_TOP", *CAMERA_CHANNELS)):
-        self.known = set(known)
-
-    def can_transform(self, target, source, stamp_ns):
-        return {target, source} <= self.known
-
-    def lookup_across_time(self, target, target_ns, source, source_ns, fixed):
-        if not {target, source, fixed} <= self.known:
-            raise LookupError(f"no transform {target} <- {source}")
-        return np.eye(4)
-
-
-def settings(**overrides) -> DetectorSettings:
-    values = dict(checkpoint="model.pt", backend="torch", device="cpu", score_threshold=-1.0, class_score_thresholds={},
-                  max_camera_delay=0.12, sweeps=-1, map_classes=MAP_CLASSES, publish_markers=True,
-                  marker_score_threshold=0.3, image_transport="compressed", fixed_frame="map", bev_frame="LIDAR_TOP",
-                  tf_timeout=0.2)
-    values.update(overrides)
-    return DetectorSettings(**values)
-
-
-def pipeline(modality="lidar", tasks="both", tf=None) -> Pipeline:
-    config = load_config("tiny", ["model.lidar.sweeps=2", "model.score_threshold=0.0", f"train.tasks={tasks}"])
-    torch.manual_seed(0)
-    return Pipeline(Predictor(build_model(config, modality), config), modality, -1, tf or StandingStill())
-
-
-def sweep(stamp_ns: int, n: int = 3000, frame: str = "LIDAR_TOP") -> Sweep:
-    rng = np.random.default_rng(stamp_ns % 997)
-    points = np.column_stack([rng.uniform(-40, 40, (n, 2)), rng.uniform(-2, 2, n), rng.uniform(0, 100, n)])
-    return Sweep(stamp_ns, frame, points.astype(np.float32))
+pytestmark = pytest.mark.unit
 
 
 def lidar_run(p: Pipeline, key: Sweep, chosen: DetectorSettings):
@@ -151,11 +111,6 @@ def test_a_single_task_model_outputs_only_its_task(tasks, objects, maps):
     assert p.detects == objects and resolved.publish_markers == objects and bool(resolved.map_classes) == maps
     result = lidar_run(p, sweep(T0), settings())
     assert (result.boxes is not None) == objects and bool(result.maps) == maps
-
-
-def camera_frame(index: int, stamp_ns: int, size=(320, 180)) -> CameraFrame:
-    image = np.full((size[1], size[0], 3), 40 * index, np.uint8)
-    return CameraFrame(stamp_ns, CAMERA_CHANNELS[index], size, lambda reduction: reduce_image(image, reduction))
 
 
 def test_a_camera_trigger_uses_the_calibrated_cameras_and_names_the_missing_ones():

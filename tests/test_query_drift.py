@@ -12,6 +12,8 @@ from query_drift import query_drift  # noqa: E402
 from vexkd_core.config import load_config  # noqa: E402
 from vexkd_core.models.vexkd import build_model  # noqa: E402
 
+pytestmark = pytest.mark.unit
+
 CONFIG = load_config("tiny")
 
 

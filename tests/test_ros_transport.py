@@ -5,15 +5,20 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 
-import ros_samples
+from tests.support import ros_samples
 from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_ros import box_messages
 from vexkd_ros import conversions as conv
 
-PEER = Path(__file__).resolve().parent / "ros_peer.py"
+pytestmark = pytest.mark.ros
+
+REPO = Path(__file__).resolve().parent.parent
+# The publisher runs as a module of the tests package, from the repository root.
+PEER = [sys.executable, "-m", "tests.support.ros_peer"]
 
 
 def receive_one_of_each(context, timeout_s: float = 60.0) -> dict:
@@ -25,7 +30,7 @@ def receive_one_of_each(context, timeout_s: float = 60.0) -> dict:
                                  lambda m, t=topic: received.setdefault(t, m), 10)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
-    peer = subprocess.Popen([sys.executable, str(PEER), "3"], stderr=subprocess.PIPE, text=True)
+    peer = subprocess.Popen([*PEER, "3"], cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + timeout_s
         while len(received) < len(expected) and time.monotonic() < deadline:

@@ -11,6 +11,8 @@ from vexkd_core.data.synthetic import SynthConfig, write_dataset
 from vexkd_core.data.synthetic import writer
 from vexkd_core.io import atomic_write_bytes
 
+pytestmark = pytest.mark.unit
+
 # The smallest world there is: a few seconds to write.
 SMALL = dict(scenes=2, val_scenes=1, samples_per_scene=2, sweeps=0, camera_sweeps=0, image_size=(32, 32),
              azimuth_steps=64, workers=1)

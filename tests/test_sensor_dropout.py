@@ -5,6 +5,8 @@ import torch
 from vexkd_core.config import load_config
 from vexkd_core.data.dataset import TrainingSet, model_source
 
+pytestmark = pytest.mark.unit
+
 EPOCHS = 6
 
 

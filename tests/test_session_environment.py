@@ -5,8 +5,15 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
-import conftest
+import pytest
+
+from tests import conftest
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_the_users_domain_id_is_kept():
@@ -28,9 +35,9 @@ def test_this_session_runs_in_that_domain_on_localhost():
 
 
 def test_importing_conftest_keeps_the_users_domain_and_forces_localhost():
-    show = "import conftest, os; print(os.environ['ROS_DOMAIN_ID'], os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'])"
+    show = "import os, tests.conftest; print(os.environ['ROS_DOMAIN_ID'], os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'])"
     result = subprocess.run([sys.executable, "-c", show], capture_output=True, text=True, timeout=120,
-                            cwd=conftest.REPO / "tests",
+                            cwd=REPO,
                             env={**os.environ, "ROS_DOMAIN_ID": "7", "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["7", "LOCALHOST"]

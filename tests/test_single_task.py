@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from vexkd_core.checkpoint import load_checkpoint
@@ -13,6 +14,8 @@ from vexkd_core.data.dataset import TrainingSet, collate_training, model_source
 from vexkd_core.distill.distiller import Distiller
 from vexkd_core.models.vexkd import build_model, task_losses
 from vexkd_train.masks import MaskSettings, build_generators
+
+pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 FAST = ["train.batch_size=1", "model.lidar.sweeps=1"]

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from test_synthetic_sensors import OPEN_GROUND, StandingEgo, single_box_world
+from tests.support.open_ground import OPEN_GROUND, StandingEgo, single_box_world
 from vexkd_core.data.synthetic.camera import render
 from vexkd_core.data.synthetic.city import LOCATIONS, build_city
 from vexkd_core.data.synthetic.conditions import LIGHTINGS, CameraResponse, draw_conditions
@@ -19,6 +19,8 @@ from vexkd_core.data.synthetic.rig import (CAMERA_CHANNELS, EGO_BODY_BOXES, MOUN
                                           intrinsics)
 from vexkd_core.data.synthetic.sizes import MEAN_SIZE_LWH, draw_size
 from vexkd_core.data.synthetic.world import KIND_INDEX, SceneSolids
+
+pytestmark = pytest.mark.unit
 
 LIDAR = MOUNT_BY_CHANNEL["LIDAR_TOP"]
 

@@ -4,6 +4,7 @@ depth-tests, and every scene has all 10 classes."""
 import numpy as np
 import pytest
 
+from tests.support.open_ground import OPEN_GROUND, StandingEgo, single_box_world
 from vexkd_core.data.synthetic.actors import populate_scene
 from vexkd_core.data.synthetic.camera import render
 from vexkd_core.data.synthetic.city import ASPHALT, LOCATIONS, PAINT_WHITE, build_city
@@ -11,6 +12,8 @@ from vexkd_core.data.synthetic.lidar import LidarSpec, cast_sweep
 from vexkd_core.data.synthetic.rig import EGO_BODY_BOXES, MOUNT_BY_CHANNEL, intrinsics
 from vexkd_core.data.synthetic.world import KIND_INDEX, SceneSolids
 from vexkd_core.geometry import transform_points
+
+pytestmark = pytest.mark.unit
 
 
 # The ego's body (rig.EGO_BODY_BOXES) as one footprint: its centre ahead of the rear axle.
@@ -47,26 +50,6 @@ def test_objects_never_overlap_each_other_or_the_ego(location):
                 assert not overlap(box, ego), (t, scenario.actors[i].category)
                 for j in range(i + 1, len(boxes)):
                     assert not overlap(box, boxes[j]), (t, scenario.actors[i].category, scenario.actors[j].category)
-
-
-def single_box_world(center, size=(4.0, 2.0, 1.6), velocity=(0.0, 0.0), kind="car", yaw=0.0) -> SceneSolids:
-    return SceneSolids(np.array([center], float), np.array([size], float), np.array([yaw]), np.array([velocity], float),
-                       np.array([KIND_INDEX[kind]]), np.array([0]), np.array([[[200, 30, 30], [20, 20, 20]]], np.uint8),
-                       np.array([0.3]), np.array([200.0]))
-
-
-class StandingEgo:
-    """An ego parked at the origin of an open patch of the city, facing +x."""
-
-    def __init__(self, x: float, y: float):
-        self.start, self.yaw, self.speed = (x, y), 0.0, 0.0
-
-    def pose_at(self, t):
-        return (*self.start, 0.0)
-
-
-# A spot in every city's open margin: grass and nothing else for 40 m around.
-OPEN_GROUND = (12.0, 12.0)
 
 
 def test_lidar_hits_a_box_in_front_and_it_hides_the_ground_behind():

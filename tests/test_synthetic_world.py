@@ -22,6 +22,8 @@ from vexkd_core.data.synthetic.rig import CAMERA_CHANNELS
 from vexkd_core.data.synthetic.scene_writer import make_token, render_camera, setup_scene
 from vexkd_core.data.synthetic.writer import MARKER, _city, scene_jobs
 
+pytestmark = pytest.mark.unit
+
 CHANNELS = ("LIDAR_TOP",) + CAMERA_CHANNELS
 
 

@@ -10,6 +10,8 @@ from vexkd_core.geometry import make_transform
 from vexkd_ros.conversions import matrices_to_tf_message, ns_to_stamp
 from vexkd_ros.tf_buffer import TransformBuffer, TransformError
 
+pytestmark = pytest.mark.unit
+
 SECOND = 1_000_000_000
 T0 = 1_533_151_603 * SECOND  # a nuScenes-like epoch
 

@@ -11,6 +11,8 @@ import torch
 
 from vexkd_core.checkpoint import load_checkpoint
 
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 FAST = ["--set", "train.batch_size=1", "--set", "model.lidar.sweeps=1"]
 

@@ -19,6 +19,8 @@ from vexkd_core.onnx_export import ExportError, export_onnx
 from vexkd_core.onnx_sidecar import read_sidecar
 from vexkd_core.training_data import NOT_RECORDED, TrainingData, training_data_line
 
+pytestmark = pytest.mark.unit
+
 CONFIG = load_config("tiny", ["train.batch_size=1", "model.lidar.sweeps=1"])
 RECORD = TrainingData("demo_world", "v1.0-trainval", "train", 48, True)
 

@@ -5,14 +5,16 @@ TransformBuffer) and the frames of the cameras that fire after it (max_camera_de
 six cameras at 12 Hz firing over 43 ms in nuScenes' order)."""
 import numpy as np
 import pytest
-from test_pipeline import SECOND, T0, StandingStill, camera_frame, pipeline, settings, sweep
 
+from tests.support.pipeline_rig import SECOND, T0, StandingStill, camera_frame, pipeline, settings, sweep
 from vexkd_core.geometry import make_transform
 from vexkd_core.runtime.node_inputs import Calibration
 from vexkd_core.runtime.pipeline import Trigger
 from vexkd_core.runtime.trigger_gate import TriggerGate
 from vexkd_ros.conversions import matrices_to_tf_message, ns_to_stamp
 from vexkd_ros.tf_buffer import TransformBuffer
+
+pytestmark = pytest.mark.unit
 
 CLOUD_PERIOD_NS = SECOND // 20
 POLL_S = 0.01  # the node's timer

@@ -16,6 +16,8 @@ from vexkd_core.data.sensor_files import DatasetError, read_points
 from vexkd_ros.bag import AtomicBagWriter, BagError
 from vexkd_ros.player import MAX_RATE, MIN_RATE, PlayOptions
 
+pytestmark = pytest.mark.ros
+
 BIN = Path(sys.executable).parent
 ZEN = "The Zen of Python"  # what `import this` prints
 HOSTILE_TYPES = {"/zen": "this/msg/PointCloud2", "/escape": "../../os/msg/PointCloud2"}

@@ -21,6 +21,8 @@ from vexkd_core.data.nuscenes_source import NuScenesSource, map_expansion_file, 
 from vexkd_core.models.vexkd import build_model, task_losses
 from vexkd_core.training_data import TrainingData
 
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 FAST = ["--set", "train.batch_size=1", "--set", "model.lidar.sweeps=1"]
 CONFIG = load_config("tiny", ["train.batch_size=1", "model.lidar.sweeps=1"])

@@ -3,13 +3,14 @@ this process through real rclpy, collect what it publishes."""
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from typing import Callable, Sequence
 
 import numpy as np
 import rclpy
-import ros_rviz
 from autoware_perception_msgs.msg import DetectedObjects
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from nav_msgs.msg import OccupancyGrid
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile
@@ -18,6 +19,7 @@ from std_msgs.msg import Header
 from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
+from tests.support import ros_rviz
 from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.data.sample import CAMERA_CHANNELS
 from vexkd_core.inference import model_file_backend
@@ -39,17 +41,45 @@ def start_node(modality: str, checkpoint, *parameters: str) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def stop_node(process: subprocess.Popen) -> str:
-    """SIGINT, wait, and return everything the node printed."""
+class NodeOutput:
+    """What a node process prints, read line by line as it comes (a thread), so that a test
+    can wait for a line; stop_node(process, this) then returns all of it."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.process, self.lines = process, []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, timeout_s: float) -> None:
+        """Until a line holds `text`, the node's output ends or `timeout_s` passes: the test
+        then asserts on what was printed."""
+        deadline = time.monotonic() + timeout_s
+        while not any(text in line for line in self.lines) and self._reader.is_alive() and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def text(self) -> str:
+        self._reader.join(timeout=20)
+        return "".join(self.lines)
+
+
+def stop_node(process: subprocess.Popen, output: NodeOutput | None = None) -> str:
+    """SIGINT, wait, and return everything the node printed (as `output` read it, if given)."""
     if process.poll() is None:
         process.send_signal(2)
+    finish = process.communicate if output is None else process.wait
     try:
-        output, _ = process.communicate(timeout=20)
+        finished = finish(timeout=20)
     except subprocess.TimeoutExpired:
         process.kill()
-        output, _ = process.communicate()
-    print(output)  # pytest shows it beside a failing test: the node's own account
-    return output
+        finished = finish()
+    printed = finished[0] if output is None else output.text()
+    print(printed)  # pytest shows it beside a failing test: the node's own account
+    return printed
 
 
 class Harness:
@@ -81,6 +111,7 @@ class Harness:
                                           lambda m, n=name: self.maps[n].__setitem__(stamp_to_ns(m.header.stamp), m),
                                           100)
         self.node_name = node_name
+        self.reports: list[DiagnosticStatus] = []  # its /diagnostics statuses, after watch_diagnostics()
 
     def _on_objects(self, msg: Detection3DArray) -> None:
         stamp = stamp_to_ns(msg.header.stamp)
@@ -188,6 +219,32 @@ class Harness:
             return lambda: stamp_ns in self.objects
         self.repeat_until(offer, timeout_s, every_s, f"an answer to the input stamped {stamp_ns}")
         return self.objects[stamp_ns]
+
+    def watch_diagnostics(self) -> None:
+        """Record the node's /diagnostics statuses in self.reports, in arrival order."""
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self.reports.extend(
+            s for s in m.status if s.name == f"{self.node_name}: detector"), 10)
+
+    def offer_until_warned(self, process: subprocess.Popen, topic: str, msg, warning: str, what: str) -> None:
+        """Publish a bad input (again every 5 s: sensor input is best effort, depth 1) until the
+        node reports on /diagnostics that it took it, a WARN status whose last_warning says
+        `warning`, or until the node exits. Needs watch_diagnostics() first.
+
+        A WARN status covers every warning since the report before it, so the input goes out
+        only once two more reports have come: the second was made after all that the inputs
+        before it caused, and a WARN after it is this input's."""
+        count = len(self.reports)
+        self.spin_until(lambda: len(self.reports) >= count + 2, 30, "two diagnostics reports")
+        after = len(self.reports)
+
+        def said(status: DiagnosticStatus) -> bool:
+            return status.level == DiagnosticStatus.WARN and \
+                any(pair.key == "last_warning" and warning in pair.value for pair in status.values)
+
+        def offer() -> Callable[[], bool]:
+            self.publish(topic, msg)
+            return lambda: process.poll() is not None or any(said(status) for status in self.reports[after:])
+        self.repeat_until(offer, 60, 5.0, f"the node's warning about the {what}")
 
     def answer_to(self, topic: str, msg, stamp_ns: int,
                   together_with: Sequence[tuple[str, object]] = ()) -> Detection3DArray:

@@ -1,16 +1,13 @@
-"""A separate process that publishes tests/ros_samples.messages(seed) until it is killed.
+"""A separate process that publishes tests/support/ros_samples.messages(seed) until it is killed.
 
-usage: python tests/ros_peer.py SEED
+usage, from the repository root: python -m tests.support.ros_peer SEED
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import rclpy
+from rclpy.executors import ExternalShutdownException
 
-import rclpy  # noqa: E402
-from rclpy.executors import ExternalShutdownException  # noqa: E402
-
-import ros_samples  # noqa: E402
+from tests.support import ros_samples
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import yaml
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from visualization_msgs.msg import Marker, MarkerArray
 
-RVIZ_CONFIG = Path(__file__).resolve().parent.parent / "rviz" / "vexkd.rviz"
+RVIZ_CONFIG = Path(__file__).resolve().parents[2] / "rviz" / "vexkd.rviz"
 
 # Properties rviz_default_plugins/Image has (ImageDisplay + the common display ones): there is
 # no transport property, the transport is the topic name's last part (get_transport_from_topic.cpp).

@@ -1,0 +1,1 @@
+"""The test suite: `make test` runs every tier, `make test-fast` the unit tier (pytest markers in pytest.ini)."""
