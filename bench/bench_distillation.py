@@ -27,7 +27,7 @@ from vexkd_core.config import load_config  # noqa: E402
 from vexkd_core.data.dataset import EpochSampler, TrainingSet, collate_training, model_source  # noqa: E402
 from vexkd_core.distill.distiller import Distiller, freeze  # noqa: E402
 from vexkd_core.io import atomic_write_json  # noqa: E402
-from vexkd_core.models.vexkd import build_model, detection_targets, task_losses  # noqa: E402
+from vexkd_core.models.vexkd import build_model  # noqa: E402
 from vexkd_train.masks import MaskSettings, build_generators, step_losses  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "distillation.json"
@@ -46,8 +46,8 @@ def median_seconds(step, repeats: int) -> float:
 def student_step(student, batch, targets, optimizer, distiller=None):
     def step():
         output = student(batch)
-        box_targets = detection_targets(student, targets, "cpu")
-        losses = task_losses(student, output, targets, box_targets=box_targets)
+        box_targets = student.box_targets(targets, "cpu")
+        losses = student.task_losses(output, targets, box_targets)
         if distiller is not None:
             losses.update(distiller(student, batch, output, targets, box_targets))
         optimizer.zero_grad(set_to_none=True)

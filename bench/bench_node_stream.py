@@ -41,6 +41,7 @@ from vision_msgs.msg import Detection3DArray  # noqa: E402
 from bench_nodes import camera_images, cloud, model_files  # noqa: E402
 from vexkd_core.data.sample import CAMERA_CHANNELS  # noqa: E402
 from vexkd_core.io import atomic_write_json  # noqa: E402
+from vexkd_core.modalities import reads  # noqa: E402
 from vexkd_ros.conversions import intrinsics_to_camera_info, matrices_to_tf_message  # noqa: E402
 from vexkd_ros.conversions import ns_to_stamp, stamp_to_ns  # noqa: E402
 from vexkd_ros.environment import apply_default_ros_environment  # noqa: E402
@@ -110,7 +111,7 @@ def stream(modality: str, model_file: Path, backend: str, rate_hz: float, frames
     log = open(Path(tempfile.gettempdir()) / f"vexkd-bench-{spec.name}-{backend}.log", "w")
     process = subprocess.Popen(spec.command(), stdout=log, stderr=subprocess.STDOUT)
     sensors = Sensors(spec.name)
-    inputs = [sensors.lidar] if modality == "lidar" else [*sensors.images, *sensors.infos]
+    inputs = [*sensors.images, *sensors.infos] if reads(modality, "camera") else [sensors.lidar]
     try:
         deadline = time.monotonic() + 120
         while any(p.get_subscription_count() == 0 for p in inputs) or sensors.node.count_publishers(
@@ -121,8 +122,8 @@ def stream(modality: str, model_file: Path, backend: str, rate_hz: float, frames
         sensors.rig()
         sensors.spin_for(1.0)
         period_ns = int(1e9 / rate_hz)
-        images = camera_images(0) if modality == "camera" else None
-        clouds = [cloud(0, seed) for seed in range(4)] if modality == "lidar" else None
+        images = camera_images(0) if reads(modality, "camera") else None
+        clouds = None if reads(modality, "camera") else [cloud(0, seed) for seed in range(4)]
         sent: dict[int, float] = {}
         start = time.monotonic()
         for k in range(warmup + frames):
@@ -132,7 +133,7 @@ def stream(modality: str, model_file: Path, backend: str, rate_hz: float, frames
             if k == warmup:
                 cpu_start = (time.monotonic(), cpu_seconds(process.pid), cpu_seconds(os.getpid()))
             sensors.tf.publish(matrices_to_tf_message([("map", "base_link", np.eye(4), ns_to_stamp(stamp))]))
-            if modality == "lidar":
+            if not reads(modality, "camera"):
                 message = clouds[k % len(clouds)]
                 message.header.stamp = ns_to_stamp(stamp)
                 sent_at = time.monotonic()

@@ -35,6 +35,7 @@ from vexkd_core.checkpoint import save_checkpoint  # noqa: E402
 from vexkd_core.config import preset  # noqa: E402
 from vexkd_core.data.sample import CAMERA_CHANNELS  # noqa: E402
 from vexkd_core.io import atomic_write_json  # noqa: E402
+from vexkd_core.modalities import reads  # noqa: E402
 from vexkd_core.models.vexkd import build_model  # noqa: E402
 from vexkd_core.onnx_export import export_onnx  # noqa: E402
 from vexkd_ros.conversions import (array_to_cloud, intrinsics_to_camera_info, matrices_to_tf_message,  # noqa: E402
@@ -104,7 +105,7 @@ def measure(modality: str, model_file: Path, backend: str, repeats: int) -> dict
         for index, image in enumerate(jpeg):
             image.header.stamp = ns_to_stamp(stamp)
             node._on_image(index, image)  # the camera node's image 0 is its trigger
-        if modality != "camera":
+        if reads(modality, "lidar"):
             node._on_cloud(cloud(stamp, k))
         trigger, node.worker._pending = node.worker._pending, None
         result = node.pipeline.run(trigger, node.settings)

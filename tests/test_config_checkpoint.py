@@ -81,11 +81,72 @@ def test_teacher_starts_its_lidar_branch_decoder_and_heads_from_a_lidar_model(tm
     torch.manual_seed(2)
     teacher = build_model(config, "fusion")
     initialise_from_lidar(teacher, path)
-    for name, value in lidar.encoder.state_dict().items():
-        assert torch.equal(teacher.lidar_encoder.state_dict()[name], value), name
-    for name, value in lidar.heads.state_dict().items():
-        assert torch.equal(teacher.heads.state_dict()[name], value), name
+    for part in ("lidar_encoder", "decoder", "heads"):
+        for name, value in getattr(lidar, part).state_dict().items():
+            assert torch.equal(getattr(teacher, part).state_dict()[name], value), (part, name)
     other = load_config("tiny", ["grid.resolution_m=0.4"])
     mismatched = save_checkpoint(tmp_path / "other.pt", build_model(other, "lidar"), other, "lidar")
     with pytest.raises(CheckpointError, match="another BEV grid"):
         initialise_from_lidar(teacher, mismatched)
+
+
+# Format 1's names (the Teacher and Student classes, before BEVModel) of today's state-dict
+# prefixes; a student's one encoder was plain `encoder.`.
+FORMAT_1_NAMES = (("encoders.lidar.", "lidar_encoder."), ("encoders.camera.", "camera_encoder."), ("fuser.", "fusion."),
+                  ("decoder.", "heads.decoder."), ("heads.detection.", "heads.detection_head."),
+                  ("heads.segmentation.", "heads.map_head."))
+
+
+def format_1_name(key: str, modality: str) -> str:
+    for today, before in FORMAT_1_NAMES:
+        if key.startswith(today):
+            if before.endswith("_encoder.") and modality != "fusion":
+                before = "encoder."
+            return before + key[len(today):]
+    raise AssertionError(f"{key} has no format-1 name")
+
+
+def test_checkpoints_written_before_the_one_model_class_load_with_the_same_outputs(tmp_path):
+    """Format 1 checkpoints load (weights_only), their weights renamed, and the model computes
+    what it did: the shipped camera student as it is (its SHA-256 stays the recorded one), and a
+    LiDAR student, a camera student and teachers of both fusers written with format 1's names."""
+    from pathlib import Path
+
+    from vexkd_core.checkpoint import FORMAT_VERSION
+    from vexkd_core.models.vexkd import network_outputs
+    from vexkd_core.onnx_export import example_inputs
+
+    def outputs(model, modality, config) -> dict:
+        with torch.no_grad():
+            return network_outputs(model.eval().network(example_inputs(config, modality, points=700, seed=0), 1))
+
+    def assert_same(left: dict, right: dict) -> None:
+        assert list(left) == list(right)
+        for name in left:
+            assert torch.equal(left[name], right[name]), name
+
+    shipped = Path(__file__).resolve().parents[1] / "pretrained" / "camera_world_seed3.pt"
+    written = torch.load(shipped, weights_only=True)
+    assert written["format_version"] == 1 and any(key.startswith("encoder.") for key in written["model"])
+    model, config, _ = model_from_checkpoint(shipped, expected_modality="camera")
+    # The same tensors by position: today's parameters and buffers are in format 1's order.
+    by_position = build_model(config, "camera")
+    assert len(by_position.state_dict()) == len(written["model"])
+    by_position.load_state_dict(dict(zip(by_position.state_dict(), written["model"].values())))
+    assert_same(model.state_dict(), by_position.state_dict())
+    assert_same(outputs(model, "camera", config), outputs(by_position, "camera", config))
+
+    for modality, overrides in (("lidar", []), ("camera", ["train.tasks=map"]), ("fusion", []),
+                                ("fusion", ["model.fuser=convfuser"])):
+        config = load_config("tiny", ["model.lidar.sweeps=1", *overrides])
+        torch.manual_seed(3)
+        today = build_model(config, modality).eval()
+        path = save_checkpoint(tmp_path / f"{modality}.pt", today, config, modality)
+        payload = torch.load(path, weights_only=True)
+        assert payload["format_version"] == FORMAT_VERSION
+        payload.update(format_version=1, model={format_1_name(key, modality): value
+                                                for key, value in payload["model"].items()})
+        torch.save(payload, path)
+        loaded, _, _ = model_from_checkpoint(path, expected_modality=modality)
+        assert_same(loaded.state_dict(), today.state_dict())
+        assert_same(outputs(loaded, modality, config), outputs(today, modality, config))

@@ -14,7 +14,7 @@ from vexkd_core.config import load_config, preset
 from vexkd_core.data.preprocess import Augmentation, ImageAugmentation, collate, image_transform, preprocess
 from vexkd_core.data.sample import CAMERA_CHANNELS, CameraView, Sample
 from vexkd_core.models.depth_supervision import IGNORE, depth_loss, depth_targets
-from vexkd_core.models.vexkd import build_model, depth_losses
+from vexkd_core.models.vexkd import build_model
 from vexkd_core.structures import BEVGrid
 
 pytestmark = pytest.mark.unit
@@ -95,7 +95,7 @@ def test_the_targets_follow_the_lidar_and_image_augmentation(augmentation):
     assert supervised_cells(targets[0]) == cells
     assert all(targets[0][cell] == FACE_BIN for cell in cells)  # depth is the camera's, not the scaled frame's
     # The encoder's frustum at those cells and that bin lifts back onto the face (within half a cell's ray offset).
-    encoder = build_model(CONFIG, "camera").encoder
+    encoder = build_model(CONFIG, "camera").camera_encoder
     lifted = encoder.geometry.frustum_in_lidar(batch.intrinsics, batch.camera_to_lidar, batch.image_transform,
                                       batch.lidar_augmentation)[0, 0, FACE_BIN]
     original = torch.linalg.inv(batch.lidar_augmentation[0]).double()
@@ -108,7 +108,7 @@ def test_the_targets_follow_the_lidar_and_image_augmentation(augmentation):
 def test_the_frustum_keeps_float32_under_autocast():
     """The trainer's bfloat16 autocast (CUDA) must not move the frustum off the depth targets' cells."""
     batch = collate([preprocess(make_sample(box_face()), CONFIG, Augmentation(rotation=0.3, scale=1.05))[0]])
-    encoder = build_model(CONFIG, "camera").encoder
+    encoder = build_model(CONFIG, "camera").camera_encoder
     matrices = (batch.intrinsics, batch.camera_to_lidar, batch.image_transform, batch.lidar_augmentation)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         under_autocast = encoder.geometry.frustum_in_lidar(*matrices)
@@ -174,10 +174,10 @@ def test_depth_supervision_is_on_for_camera_models_only_and_off_at_weight_zero()
     batch = collate([preprocess(make_sample(box_face()), CONFIG)[0]])
     for modality, expected in (("camera", {"depth"}), ("fusion", set()), ("lidar", set())):
         model = build_model(CONFIG, modality)
-        assert set(depth_losses(model, model(batch), batch)) == expected, modality
+        assert set(model.depth_losses(model(batch), batch)) == expected, modality
     off = load_config("tiny", ["model.camera.depth_loss_weight=0"])
     model = build_model(off, "camera")
-    assert depth_losses(model, model(batch), batch) == {}
+    assert model.depth_losses(model(batch), batch) == {}
 
 
 def test_a_camera_student_training_step_logs_the_depth_term(tiny_world, tmp_path):

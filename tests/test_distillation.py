@@ -13,7 +13,7 @@ from vexkd_core.data.dataset import TrainingSet, collate_training, model_source
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.distill.distiller import MODES, Distiller
 from vexkd_core.distill.losses import MaskedDistillLoss, attention_map
-from vexkd_core.models.vexkd import build_model, task_losses
+from vexkd_core.models.vexkd import build_model
 from vexkd_train.masks import MaskSettings, build_generators, load_masks, train_masks
 from vexkd_train.trainer import RunOptions, train
 
@@ -53,9 +53,9 @@ def test_generators_start_from_the_teachers_fusion_query(teacher_and_masks):
     learned = build_generators(teacher, MaskSettings(blocks=1))
     random = build_generators(teacher, MaskSettings(blocks=1, random_query=True))
     for key in learned:
-        assert torch.equal(learned[key].query, teacher.fusion.bev_query)
-        assert torch.equal(learned[key].position, teacher.fusion.bev_position)
-        assert not torch.allclose(random[key].query, teacher.fusion.bev_query)
+        assert torch.equal(learned[key].query, teacher.fuser.bev_query)
+        assert torch.equal(learned[key].position, teacher.fuser.bev_position)
+        assert not torch.allclose(random[key].query, teacher.fuser.bev_query)
     assert set(learned) == {"detection/low", "detection/high", "segmentation/low", "segmentation/high"}
 
 
@@ -93,10 +93,10 @@ def test_every_distill_mode_trains_a_step_with_a_finite_loss_and_right_gradients
     # A generated mask may take no cell of this sample (these generators had a step or two):
     # then its level and task have nothing to compare (see the empty-mask test below).
     assert all(torch.isfinite(v) and v >= 0 for v in losses.values()) and sum(losses.values()) > 0, losses
-    (sum(losses.values()) + sum(task_losses(student, output, targets).values())).backward()
+    (sum(losses.values()) + sum(student.task_losses(output, targets).values())).backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert all(p.grad is None for g in distiller.generators.values() for p in g.parameters())
-    assert student.encoder.linear.weight.grad.abs().sum() > 0
+    assert student.lidar_encoder.linear.weight.grad.abs().sum() > 0
     assert teacher.training is False and checksum(teacher) == teacher_before
 
 

@@ -13,7 +13,7 @@ from vexkd_core.checkpoint import model_from_checkpoint, save_checkpoint
 from vexkd_core.config import load_config, preset
 from vexkd_core.errors import CheckpointError
 from vexkd_core.models.camera_encoder import CameraEncoder
-from vexkd_core.models.vexkd import build_model, camera_encoder_of
+from vexkd_core.models.vexkd import build_model
 from vexkd_train.training_setup import initialise_image_stages
 
 pytestmark = pytest.mark.slow
@@ -52,12 +52,12 @@ def test_a_camera_student_or_teacher_takes_the_image_stages_and_nothing_else(mod
     torch.manual_seed(0)
     model = build_model(CONFIG, modality)
     own_rest = rest_of(model)
-    assert not torch.equal(camera_encoder_of(model).backbone.stem[0][0].weight,
-                           source.encoder.backbone.stem[0][0].weight)  # different starts, so equality below means a copy
+    assert not torch.equal(model.camera_encoder.backbone.stem[0][0].weight,
+                           source.camera_encoder.backbone.stem[0][0].weight)  # different starts, so equality below means a copy
 
     initialise_image_stages(model, tmp_path / "camera-1.pt")
 
-    assert_same(image_stages(camera_encoder_of(model)), image_stages(source.encoder))
+    assert_same(image_stages(model.camera_encoder), image_stages(source.camera_encoder))
     assert_same(rest_of(model), own_rest)  # BEV smoothing, LiDAR branch, fuser, decoder, heads: untouched
 
 
@@ -91,9 +91,9 @@ def test_the_student_command_starts_from_the_image_encoder_and_refuses_a_lidar_s
     assert trained.returncode == 0, trained.stderr[-2000:]
     student, _, _ = model_from_checkpoint(tmp_path / "c" / "model.pt")
     source, _, _ = model_from_checkpoint(camera)
-    fresh = image_stages(build_model(CONFIG, "camera").encoder)
-    start = image_stages(source.encoder)
-    after = image_stages(student.encoder)
+    fresh = image_stages(build_model(CONFIG, "camera").camera_encoder)
+    start = image_stages(source.camera_encoder)
+    after = image_stages(student.camera_encoder)
     weights = [key for key in start if key.endswith("weight") and start[key].dim() == 4]  # the convolutions
     # One warm-up step moves each weight by about the learning rate; a fresh start is far away.
     assert max((after[key] - start[key]).abs().max().item() for key in weights) < 1e-3

@@ -64,7 +64,7 @@ def test_generated_masks_are_decided_cells_with_shares_at_the_budget():
     torch.manual_seed(0)
     teacher = build_model(CONFIG, "fusion").eval()
     generator = build_generators(teacher, MaskSettings(masks_per_generator=4, blocks=1))["detection/high"]
-    feature = torch.randn(2, teacher.heads.decoder.out_channels, 12, 10)
+    feature = torch.randn(2, teacher.feature_channels["high"], 12, 10)
     masks = generator(feature)
     assert masks.shape == (2, 4, 12, 10) and set(masks.unique().tolist()) <= {0.0, 1.0}
     assert masks.sum(1).max() <= 1
@@ -233,7 +233,7 @@ def test_convfuser_teacher_trains_evaluates_and_takes_random_query_masks(tiny_wo
     assert trained.returncode == 0, trained.stderr[-2000:]
     checkpoint = tmp_path / "teacher" / "model.pt"
     teacher, config, _ = model_from_checkpoint(checkpoint)
-    assert config.model.fuser == "convfuser" and not hasattr(teacher.fusion, "bev_query")
+    assert config.model.fuser == "convfuser" and not hasattr(teacher.fuser, "bev_query")
     for drop in (None, "lidar", "camera"):
         out = tmp_path / f"eval-{drop}"
         evaluated = subprocess.run([BIN / "vexkd-train", "eval", "--checkpoint", checkpoint, "--dataroot", dataroot,

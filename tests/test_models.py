@@ -13,7 +13,7 @@ from vexkd_core.data.preprocess import Augmentation, collate, preprocess
 from vexkd_core.models.deformable_attention import DeformableAttention
 from vexkd_core.models.detection_head import DetectionHead
 from vexkd_core.models.lidar_encoder import LidarEncoder
-from vexkd_core.models.vexkd import Student, build_model
+from vexkd_core.models.vexkd import build_model
 from vexkd_core.structures import BEVGrid, Boxes3D
 
 pytestmark = pytest.mark.unit
@@ -130,7 +130,7 @@ def test_camera_frustum_projects_back_to_its_pixel_and_depth(tiny_source):
     sample = tiny_source.sample(1)
     inputs, _ = preprocess(sample, CONFIG, Augmentation(rotation=0.3, scale=1.04, flip_y=True, image_scale=1.03))
     batch = collate([inputs])
-    encoder = Student(CONFIG, "camera").encoder
+    encoder = build_model(CONFIG, "camera").camera_encoder
     positions = encoder.geometry.frustum_in_lidar(batch.intrinsics, batch.camera_to_lidar, batch.image_transform,
                                          batch.lidar_augmentation)[0]  # (N, D, h, w, 3)
     lidar_from_augmented = torch.linalg.inv(batch.lidar_augmentation[0])

@@ -23,7 +23,7 @@ def test_a_teacher_as_built_has_not_moved_and_a_moved_query_shows_it():
     drift = query_drift(teacher)
     assert drift["cosine_to_init"] == pytest.approx(1.0) and drift["relative_change"] == pytest.approx(0.0)
     with torch.no_grad():
-        teacher.fusion.bev_query.add_(torch.randn_like(teacher.fusion.bev_query) * 0.02)
+        teacher.fuser.bev_query.add_(torch.randn_like(teacher.fuser.bev_query) * 0.02)
     moved = query_drift(teacher)
     assert moved["relative_change"] == pytest.approx(1.0, abs=0.05)  # an equal-sized offset
     assert moved["cosine_to_init"] == pytest.approx(2 ** -0.5, abs=0.05)  # orthogonal in expectation

@@ -12,7 +12,7 @@ from vexkd_core.checkpoint import load_checkpoint
 from vexkd_core.config import load_config
 from vexkd_core.data.dataset import TrainingSet, collate_training, model_source
 from vexkd_core.distill.distiller import Distiller
-from vexkd_core.models.vexkd import build_model, task_losses
+from vexkd_core.models.vexkd import build_model
 from vexkd_train.masks import MaskSettings, build_generators
 
 pytestmark = pytest.mark.slow
@@ -29,8 +29,8 @@ def test_a_map_model_trains_evaluates_and_reports_only_the_map(tiny_world, tmp_p
                   *(a for item in FAST for a in ("--set", item)), "--out", tmp_path / "map", "--max-steps", 2)
     assert trained.returncode == 0, trained.stderr[-2000:]
     keys = load_checkpoint(tmp_path / "map" / "model.pt")["model"]
-    assert any(k.startswith("heads.map_head.") for k in keys)
-    assert not any(k.startswith("heads.detection_head.") for k in keys)
+    assert any(k.startswith("heads.segmentation.") for k in keys)
+    assert not any(k.startswith("heads.detection.") for k in keys)
     header = (tmp_path / "map" / "log.csv").read_text().splitlines()[0].split(",")
     assert "map" in header and "heatmap" not in header, header
     result = run("eval", "--checkpoint", tmp_path / "map" / "model.pt", "--dataroot", dataroot, "--out",
@@ -51,7 +51,7 @@ def test_a_detection_model_has_no_map_head_and_no_map_loss(tiny_world):
     model = build_model(config, "camera")
     output = model(batch)
     assert output.map_logits is None and output.detection is not None
-    losses = task_losses(model, output, targets)
+    losses = model.task_losses(output, targets)
     assert "map" not in losses and "heatmap" in losses
     sum(losses.values()).backward()
 

@@ -18,7 +18,7 @@ from vexkd_core.checkpoint import save_checkpoint
 from vexkd_core.config import load_config
 from vexkd_core.data.dataset import TrainingSet, collate_training, model_source
 from vexkd_core.data.nuscenes_source import NuScenesSource, map_expansion_file, open_nuscenes
-from vexkd_core.models.vexkd import build_model, task_losses
+from vexkd_core.models.vexkd import build_model
 from vexkd_core.training_data import TrainingData
 
 pytestmark = pytest.mark.slow
@@ -101,7 +101,7 @@ def test_samples_without_maps_carry_none_and_a_map_head_cannot_learn_from_them(m
     assert targets[0].map_masks is None
     model = build_model(CONFIG, "lidar")
     with pytest.raises(ValueError, match="map ground truth"):
-        task_losses(model, model(batch), targets)
+        model.task_losses(model(batch), targets)
 
 
 def split_locations(source: NuScenesSource) -> set[str]:

@@ -37,7 +37,7 @@ LEVELS = ("input", "low", "high")  # input: the decoder's input
 def level_maps(model, batch) -> dict[str, np.ndarray]:
     """AT maps of the decoder's input (caught on its way into the first stage), low and high."""
     caught = {}
-    hook = model.heads.decoder.stages[0].register_forward_pre_hook(
+    hook = model.decoder.stages[0].register_forward_pre_hook(
         lambda module, inputs: caught.setdefault("input", inputs[0]))
     try:
         output = model.eval()(batch)

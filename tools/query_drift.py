@@ -28,8 +28,8 @@ from vexkd_train.masks import load_masks, measure_agreement  # noqa: E402
 
 
 def query_drift(teacher) -> dict[str, float]:
-    initial = initial_model(teacher.config, "fusion").fusion.bev_query.detach()
-    query = teacher.fusion.bev_query.detach()
+    initial = initial_model(teacher.config, "fusion").fuser.bev_query.detach()
+    query = teacher.fuser.bev_query.detach()
     return {"cosine_to_init": torch.nn.functional.cosine_similarity(query, initial, dim=1).mean().item(),
             "relative_change": ((query - initial).norm() / initial.norm()).item(), "std": query.std().item()}
 

@@ -15,11 +15,30 @@ from vexkd_core.classes import DETECTION_CLASSES, MAP_CLASSES
 from vexkd_core.config import Config, from_dict
 from vexkd_core.errors import CheckpointError
 from vexkd_core.io import atomic_write_bytes
-from vexkd_core.models.vexkd import MODALITIES, build_model
+from vexkd_core.modalities import MODALITIES
+from vexkd_core.models.vexkd import build_model
 from vexkd_core.training_data import FIELD as TRAINING_DATA
 from vexkd_core.training_data import TrainingData
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Format 1 held the weights of the two model classes before BEVModel (Teacher, Student):
+# its state-dict key prefixes -> format 2's, the first that matches ("{modality}": the
+# checkpoint's, for a student's single encoder). Renames only: the tensors are the same.
+FORMAT_1_RENAMES = (
+    ("lidar_encoder.", "encoders.lidar."), ("camera_encoder.", "encoders.camera."),
+    ("encoder.", "encoders.{modality}."), ("fusion.", "fuser."), ("heads.decoder.", "decoder."),
+    ("heads.detection_head.", "heads.detection."), ("heads.map_head.", "heads.segmentation."),
+)
+
+
+def format_1_weights(weights: dict[str, torch.Tensor], modality: str) -> dict[str, torch.Tensor]:
+    """A format-1 checkpoint's weights under format 2's names (FORMAT_1_RENAMES), in their order."""
+    def renamed(key: str) -> str:
+        for old, new in FORMAT_1_RENAMES:
+            if key.startswith(old):
+                return new.format(modality=modality) + key[len(old):]
+        return key
+    return {renamed(key): value for key, value in weights.items()}
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: Config, modality: str,
@@ -52,20 +71,23 @@ def read_payload(path: str | Path, what: str = "checkpoint") -> dict:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """The payload of a vexkd checkpoint of this format, checked field by field; anything else
-    (another format, a newer version, a missing or mistyped field) is a one-line CheckpointError."""
+    """The payload of a vexkd checkpoint of this format or format 1 (its weights renamed to this
+    format's), checked field by field; anything else (another format, a newer version, a
+    missing or mistyped field) is a one-line CheckpointError."""
     payload = read_payload(path)
     version = payload.get("format_version")
     if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise CheckpointError(f"{path} is a vexkd checkpoint of format {version}, written by a newer vexkd; "
                               f"this one reads format {FORMAT_VERSION}")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"{path} is not a vexkd checkpoint (format {FORMAT_VERSION})")
+    if version not in (1, FORMAT_VERSION) or isinstance(version, bool):
+        raise CheckpointError(f"{path} is not a vexkd checkpoint (format 1 to {FORMAT_VERSION})")
     check_model_description(payload, path, "checkpoint")
     weights = payload.get("model")
     if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                 for k, v in weights.items()):
         raise CheckpointError(f"{path}: its 'model' is not a dict of named tensors")
+    if version == 1:
+        payload["model"] = format_1_weights(weights, payload["modality"])
     return payload
 
 

@@ -31,6 +31,7 @@ from vexkd_core.classes import DETECTION_CLASSES, MAP_CLASSES
 from vexkd_core.config import Config
 from vexkd_core.data.sample import CAMERA_CHANNELS
 from vexkd_core.io import atomic_write_bytes, atomic_write_json
+from vexkd_core.modalities import reads
 from vexkd_core.models.lidar_encoder import POINT_INPUTS
 from vexkd_core.models.pooling import PoolLayout
 from vexkd_core.models.vexkd import NETWORK_INPUTS, NETWORK_OUTPUTS, network_outputs
@@ -88,10 +89,10 @@ def example_inputs(config: Config, modality: str, points: int, seed: int) -> dic
                            torch.randint(0, high, shape, generator=generator))
 
     inputs = {}
-    if modality != "camera":
+    if reads(modality, "lidar"):
         inputs["point_features"] = torch.randn(points, POINT_INPUTS, generator=generator)
         inputs["pillar_cell"] = random_cells((points,), cells)
-    if modality != "lidar":
+    if reads(modality, "camera"):
         shape = (1, len(CAMERA_CHANNELS), camera.depth_bins, camera.input_height // camera.feature_stride,
                  camera.input_width // camera.feature_stride)
         inputs["images"] = torch.randn(1, len(CAMERA_CHANNELS), 3, camera.input_height, camera.input_width,

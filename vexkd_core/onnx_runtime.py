@@ -14,6 +14,7 @@ import torch
 from vexkd_core.config import from_dict
 from vexkd_core.data.preprocess import Batch
 from vexkd_core.errors import CheckpointError
+from vexkd_core.modalities import reads
 from vexkd_core.models.camera_encoder import LiftGeometry
 from vexkd_core.models.vexkd import network_inputs
 from vexkd_core.onnx_sidecar import graph_feed, graph_input_names, read_sidecar, sidecar_path
@@ -73,8 +74,8 @@ class OnnxPredictor(Predictor):
         self.trained_on = training_data_line(sidecar)
         self.input_names = [entry["name"] for entry in sidecar["inputs"]]
         self.output_names = sidecar["outputs"]
-        self.lift = None if self.modality == "lidar" else LiftGeometry(
-            self.config.model.camera, self.config.grid.bev, (self.config.grid.z_min_m, self.config.grid.z_max_m))
+        self.lift = LiftGeometry(self.config.model.camera, self.config.grid.bev, (
+            self.config.grid.z_min_m, self.config.grid.z_max_m)) if reads(self.modality, "camera") else None
 
     @classmethod
     def from_file(cls, path: str | Path, device: str = "cpu", expected_modality: str | None = None) -> OnnxPredictor:

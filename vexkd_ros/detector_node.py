@@ -28,6 +28,7 @@ from vexkd_core.data.sample import CAMERA_CHANNELS
 from vexkd_core.data.sensor_files import reduce_image
 from vexkd_core.errors import CheckpointError
 from vexkd_core.inference import load_predictor
+from vexkd_core.modalities import reads
 from vexkd_core.runtime.node_inputs import Calibration, CameraFrame, Sweep
 from vexkd_core.runtime.pipeline import Pipeline, Trigger
 from vexkd_core.runtime.settings import DetectorSettings
@@ -116,9 +117,9 @@ class DetectorNode(Node):
     def _create_inputs(self) -> None:
         self.create_subscription(TFMessage, "/tf", lambda m: self._on_tf(m, static=False), TF_QOS)
         self.create_subscription(TFMessage, "/tf_static", lambda m: self._on_tf(m, static=True), TF_STATIC_QOS)
-        if self.modality != "camera":
+        if reads(self.modality, "lidar"):
             self.create_subscription(PointCloud2, "~/input/pointcloud", self._on_cloud, SENSOR_QOS)
-        if self.modality != "lidar":
+        if reads(self.modality, "camera"):
             image_type = CompressedImage if self.settings.image_transport == "compressed" else Image
             for index in range(len(CAMERA_CHANNELS)):
                 self.create_subscription(image_type, f"~/input/image{index}",
@@ -169,7 +170,7 @@ class DetectorNode(Node):
         if not self._has_frame(msg, f"image{index}"):
             return
         self.pipeline.add_frame(index, camera_frame(msg))
-        if self.modality == "camera" and index == 0:
+        if not reads(self.modality, "lidar") and index == 0:  # a camera-only node triggers on image 0
             self._trigger(Trigger(stamp_to_ns(msg.header.stamp), msg.header.frame_id, None))
         else:
             self._release_held()  # it may complete a held frame

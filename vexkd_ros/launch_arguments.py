@@ -13,6 +13,8 @@ from collections.abc import Mapping
 
 import yaml
 
+from vexkd_core.modalities import reads
+
 CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_FRONT_LEFT")
 EXECUTABLES = {"lidar": "lidar_detector", "camera": "camera_detector", "fusion": "fusion_detector"}
 # Launch arguments passed on as parameters of the same name: to every node, and to the nodes with cameras.
@@ -28,7 +30,7 @@ NODE_IMAGE_TRANSPORT = "compressed"
 
 def parameter_arguments(modality: str) -> tuple[str, ...]:
     """The parameter arguments the node of `modality` declares: the LiDAR node has no image_transport."""
-    return PARAMETER_ARGUMENTS + (CAMERA_PARAMETER_ARGUMENTS if modality != "lidar" else ())
+    return PARAMETER_ARGUMENTS + (CAMERA_PARAMETER_ARGUMENTS if reads(modality, "camera") else ())
 
 
 def given_parameter_arguments(arguments: Mapping[str, str], modality: str) -> tuple[str, ...]:

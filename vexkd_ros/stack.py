@@ -26,6 +26,7 @@ from vision_msgs.msg import Detection3DArray
 from vexkd_core.inference import model_file_backend, model_file_modality
 from vexkd_core.classes import MAP_CLASSES
 from vexkd_core.data.sample import CAMERA_CHANNELS
+from vexkd_core.modalities import reads
 
 from .bag import AtomicBagWriter, BagError
 from .conversions import stamp_to_ns
@@ -53,9 +54,9 @@ class NodeSpec:
 
     def command(self) -> list[str]:
         remaps = []
-        if self.modality != "camera":
+        if reads(self.modality, "lidar"):
             remaps += ["-r", f"~/input/pointcloud:={LIDAR_TOPIC}"]
-        if self.modality != "lidar":
+        if reads(self.modality, "camera"):
             for index, channel in enumerate(CAMERA_CHANNELS):
                 remaps += ["-r", f"~/input/image{index}:={image_topic(channel)}",
                            "-r", f"~/input/camera_info{index}:={camera_info_topic(channel)}"]

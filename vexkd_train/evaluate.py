@@ -22,6 +22,7 @@ from vexkd_core.data.sample import without_sensor
 from vexkd_core.geometry import matrix_yaw, yaw_to_quaternion
 from vexkd_core.inference import load_predictor
 from vexkd_core.io import atomic_npz, atomic_write_json, atomic_write_text
+from vexkd_core.modalities import reads
 from vexkd_core.structures import Boxes3D
 from vexkd_core.timing import StageTimer
 
@@ -106,7 +107,7 @@ def evaluate(checkpoint: Path, dataroot: Path, version: str, split: str, out_dir
     `backend` onnxruntime evaluates an exported graph (`checkpoint` is then its .onnx)."""
     predictor = load_predictor(checkpoint, backend, device)
     config, modality = predictor.config, predictor.modality
-    if drop_sensor is not None and modality != "fusion":
+    if drop_sensor is not None and not (reads(modality, "lidar") and reads(modality, "camera")):
         raise ValueError(f"--drop-sensor is for a fusion model; {checkpoint} is a {modality} model")
     source = model_source(dataroot, version, split, config, False)
     timer, map_iou, results = StageTimer(), MapIoU(), {}
@@ -135,8 +136,8 @@ def evaluate(checkpoint: Path, dataroot: Path, version: str, split: str, out_dir
     maps_skipped = source.maps_missing if "segmentation" in tasks else None
     if "detection" in tasks:
         atomic_write_text(out_dir / "results.json", json.dumps({"meta": {
-            "use_camera": modality != "lidar" and drop_sensor != "camera",
-            "use_lidar": modality != "camera" and drop_sensor != "lidar",
+            "use_camera": reads(modality, "camera") and drop_sensor != "camera",
+            "use_lidar": reads(modality, "lidar") and drop_sensor != "lidar",
             "use_radar": False, "use_map": False, "use_external": False}, "results": results}))
     metrics = {
         "checkpoint": str(checkpoint), "modality": modality, "split": split, "samples": len(source),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from vexkd_core.modalities import reads
 from vexkd_train.masks import MaskSettings
 
 
@@ -34,7 +35,7 @@ class Student:
     depth_supervision: bool = True  # camera students: BEVDepth's depth loss (model.camera.depth_loss_weight)
 
     def __post_init__(self) -> None:
-        if not self.depth_supervision and self.modality != "camera":
+        if not self.depth_supervision and reads(self.modality, "lidar"):  # a model with LiDAR has no depth loss
             raise ValueError(f"depth supervision is a camera student's; a {self.modality} student has none to leave out")
 
     @property

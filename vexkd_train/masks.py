@@ -57,8 +57,6 @@ from vexkd_core.distill.distiller import freeze
 from vexkd_core.distill.mask_generator import LEVELS, MaskGenerator, area_error, decide, dice_overlap
 from vexkd_core.errors import CheckpointError
 from vexkd_core.io import atomic_npz, atomic_write_bytes, atomic_write_json
-from vexkd_core.models.vexkd import detection_targets as batch_detection_targets
-from vexkd_core.models.vexkd import map_targets_of
 from vexkd_train.trainer import warmup_cosine
 
 # 3: a background logit, soft masks by softmax; 4: masks decided per cell; 5 (1832a31,
@@ -99,14 +97,13 @@ class MaskSettings:
 def build_generators(teacher, settings: MaskSettings, seed: int = 0) -> dict[str, MaskGenerator]:
     config = teacher.config
     fusion = config.model.fusion
-    decoder = teacher.heads.decoder
-    channels = {"low": decoder.low_channels, "high": decoder.out_channels}
+    channels = teacher.feature_channels
     grid = config.grid.bev
     # A fuser without a query (ConvFuser) gets a random one on the grid an MGFM of this
     # config would have, so the ConvFuser / MGFM comparison is like for like.
     query_size = (grid.height // fusion.downsample, grid.width // fusion.downsample)
     return {f"{task}/{level}": MaskGenerator.from_teacher(
-        teacher.fusion, channels[level], settings.masks_per_generator, settings.blocks, fusion.heads, fusion.points,
+        teacher.fuser, channels[level], settings.masks_per_generator, settings.blocks, fusion.heads, fusion.points,
         fusion.ffn_channels, random_query=settings.random_query, seed=seed, query_size=query_size,
         query_dim=config.model.bev_channels).start_at_area(settings.area_budget)
         for task in config.train.task_names for level in LEVELS}
@@ -133,32 +130,18 @@ class GeneratorLoss:
 TERMS = ("task", "dice", "area")
 
 
-def head_loss(teacher, task: str, predictions, targets, detection_targets=None) -> torch.Tensor:
-    """The teacher's loss for `task` from its head's predictions. `detection_targets` may
-    carry the head's targets of this batch (shared by the generators)."""
-    heads = teacher.heads
-    if task == "detection":
-        if detection_targets is None:
-            detection_targets = batch_detection_targets(teacher, targets, predictions["heatmap"].device)
-        return sum(heads.detection_head.loss(predictions, detection_targets).values())
-    return heads.map_head.loss(predictions, map_targets_of(targets, predictions.device))
-
-
 def masked_task_loss(teacher, task: str, level: str, feature: torch.Tensor, masks: torch.Tensor, targets,
                      detection_targets=None) -> torch.Tensor:
     """The teacher's loss for `task` with its feature at `level` replaced by the sum of the
     masked copies, sum_t m_t * F, through the frozen rest of the teacher."""
     masked = feature * masks.sum(1, keepdim=True)
-    heads = teacher.heads
-    high = heads.decoder.from_first_stage(masked) if level == "low" else masked
-    head = heads.detection_head if task == "detection" else heads.map_head
-    return head_loss(teacher, task, head(high), targets, detection_targets)
+    return teacher.task_loss(task, teacher.task_predictions(task, level, masked), targets, detection_targets)
 
 
 def teacher_task_loss(teacher, task: str, output, targets, detection_targets=None) -> torch.Tensor:
-    """The unmasked teacher's loss for `task`, from its own output: what masking is measured against."""
-    return head_loss(teacher, task, output.detection if task == "detection" else output.map_logits, targets,
-                     detection_targets)
+    """The unmasked teacher's loss for `task`, from its own output: what masking is measured against.
+    `detection_targets` may carry the detection head's targets of this batch (shared by the generators)."""
+    return teacher.task_loss(task, output.of_task(task), targets, detection_targets)
 
 
 def masks_loss(teacher, key: str, feature: torch.Tensor, shares: torch.Tensor, targets, settings: MaskSettings,
@@ -181,8 +164,7 @@ def step_losses(teacher, generators: dict[str, MaskGenerator], batch, targets,
     the detection targets and the losses that the masked ones are measured against."""
     with torch.no_grad():
         output = teacher(batch)
-        detection_targets = batch_detection_targets(teacher, targets, output.low.device) \
-            if teacher.heads.detection_head else None
+        detection_targets = teacher.box_targets(targets, output.low.device)
         unmasked = {task: teacher_task_loss(teacher, task, output, targets, detection_targets)
                     for task in teacher.config.train.task_names}
     losses = {}

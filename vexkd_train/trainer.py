@@ -26,7 +26,7 @@ from vexkd_core.data.dataset import EpochSampler, TrainingSet, collate_training,
 from vexkd_core.data.gt_paste import training_paster
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.errors import CheckpointError
-from vexkd_core.models.vexkd import depth_losses, detection_targets, task_losses
+from vexkd_core.models.vexkd import BEVModel
 from vexkd_core.training_data import TrainingData
 
 LAST = "last.pt"
@@ -68,7 +68,7 @@ def parameter_checksum(model: torch.nn.Module) -> float:
     return float(sum((p.detach().double() * (i + 1)).sum() for i, p in enumerate(model.parameters())))
 
 
-def train(model: torch.nn.Module, config: Config, source: NuScenesSource, modality: str, options: RunOptions,
+def train(model: BEVModel, config: Config, source: NuScenesSource, modality: str, options: RunOptions,
           auxiliary: torch.nn.Module | None = None) -> Path:
     """Train `model`; returns the final checkpoint, which holds the model alone and, as last.pt
     does, the dataset it was trained on (TrainingData).
@@ -106,10 +106,11 @@ def train(model: torch.nn.Module, config: Config, source: NuScenesSource, modali
     epochs = options.max_epochs or config.train.epochs
     indices = balanced_indices(sample_classes(source), len(DETECTION_CLASSES), config.train.seed) \
         if config.train.cbgs else None
-    # `modality` says what the model reads: pasted objects are points without images.
-    paster = training_paster(config, source, reads_lidar=modality != "camera", epochs=epochs)
+    # Pasted objects are points without images; sensor dropout is for a model that reads both.
+    paster = training_paster(config, source, reads_lidar=model.has("lidar"), epochs=epochs)
+    fused = model.has("lidar") and model.has("camera")
     dataset = TrainingSet(source, config, augment=config.train.augment, indices=indices, paster=paster,
-                          sensor_dropout=config.train.teacher_sensor_dropout if modality == "fusion" else 0.0)
+                          sensor_dropout=config.train.teacher_sensor_dropout if fused else 0.0)
     sampler = EpochSampler(len(dataset), config.train.batch_size, config.train.seed, rank, world)
     loader = DataLoader(dataset, batch_size=config.train.batch_size, sampler=sampler, collate_fn=collate_training,
                         num_workers=config.train.workers)
@@ -136,9 +137,8 @@ def train(model: torch.nn.Module, config: Config, source: NuScenesSource, modali
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 batch = batch.to(device)
                 output = network(batch)
-                box_targets = detection_targets(model, targets, device) if model.heads.detection_head else None
-                losses = task_losses(model, output, targets, box_targets=box_targets)
-                losses.update(depth_losses(model, output, batch))
+                box_targets = model.box_targets(targets, device)
+                losses = model.losses(output, targets, batch, box_targets)
                 if auxiliary is not None:
                     losses.update(auxiliary(model, batch, output, targets, box_targets))
             loss = sum(losses.values())

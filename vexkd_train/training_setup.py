@@ -9,11 +9,11 @@ from pathlib import Path
 from vexkd_core.checkpoint import model_from_checkpoint, state_dict_mismatch
 from vexkd_core.distill.distiller import GENERATED, Distiller
 from vexkd_core.errors import CheckpointError
-from vexkd_core.models.vexkd import camera_encoder_of
+from vexkd_core.models.vexkd import BEVModel
 from vexkd_train.masks import load_masks
 
 
-def initialise_from_lidar(teacher, checkpoint: Path) -> None:
+def initialise_from_lidar(teacher: BEVModel, checkpoint: Path) -> None:
     """The teacher's LiDAR encoder, decoder and heads from a trained LiDAR model."""
     lidar, lidar_config, _ = model_from_checkpoint(checkpoint, expected_modality="lidar")
     if (lidar_config.grid, lidar_config.model.lidar) != (teacher.config.grid, teacher.config.model.lidar):
@@ -25,14 +25,14 @@ def initialise_from_lidar(teacher, checkpoint: Path) -> None:
                               f"{state_dict_mismatch(error)}") from None
 
 
-def initialise_image_stages(model, checkpoint: Path) -> None:
+def initialise_image_stages(model: BEVModel, checkpoint: Path) -> None:
     """`model`'s image backbone, neck and depth/context network from a trained camera student or
     teacher (`CameraEncoder.IMAGE_STAGES`); its BEV side, decoder and heads keep their start."""
-    encoder = camera_encoder_of(model)
+    encoder = model.camera_encoder
     if encoder is None:
         raise ValueError("--image-encoder-from is for models that read cameras (a camera student or the teacher)")
     source, _, _ = model_from_checkpoint(checkpoint)
-    source_encoder = camera_encoder_of(source)
+    source_encoder = source.camera_encoder
     if source_encoder is None:
         raise CheckpointError(f"{checkpoint} holds a lidar model: it has no image encoder to start from")
     try:
@@ -44,7 +44,7 @@ def initialise_image_stages(model, checkpoint: Path) -> None:
                               f"{state_dict_mismatch(error)}") from None
 
 
-def build_distiller(teacher_checkpoint: Path, student, mode: str, levels: tuple[str, ...], distance: str,
+def build_distiller(teacher_checkpoint: Path, student: BEVModel, mode: str, levels: tuple[str, ...], distance: str,
                     weights: dict[str, float], masks: Path | None = None) -> Distiller:
     """The distiller of `student` from a teacher checkpoint (and mask generators for the
     generated modes); ValueError for inputs that cannot go together."""

@@ -11,7 +11,7 @@ from vexkd_core.models.vexkd import build_model
 def spread_model(config, modality: str, batch, seed: int = 3) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = build_model(config, modality).eval()
-    classifier = model.heads.detection_head.heatmap[-1]
+    classifier = model.heads["detection"].heatmap[-1]
     with torch.no_grad():
         logits = (model(batch).detection["heatmap"][0] - classifier.bias[:, None, None]).flatten(1)
         scale = 2.0 / logits.std(dim=1)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vexkd_core.models.vexkd import Output, detection_targets
+from vexkd_core.models.vexkd import BEVModel, Output
 
 from .baselines import activation_mask, foreground_mask, full_mask, gaussian_mask
 from .losses import MaskedDistillLoss
@@ -35,7 +35,7 @@ def freeze(module: nn.Module) -> nn.Module:
 
 
 class Distiller(nn.Module):
-    def __init__(self, teacher: nn.Module, student: nn.Module, mode: str, levels: tuple[str, ...], distance: str,
+    def __init__(self, teacher: BEVModel, student: BEVModel, mode: str, levels: tuple[str, ...], distance: str,
                  weights: dict[str, float], generators: dict[str, MaskGenerator] | None = None):
         super().__init__()
         if mode not in MODES or mode == "none":
@@ -53,8 +53,7 @@ class Distiller(nn.Module):
         if missing:
             raise ValueError(f"the masks have no {' or '.join(missing)} generators for this student's tasks "
                              f"(train.tasks={train.tasks})")
-        teacher_channels = {"low": teacher.heads.decoder.low_channels, "high": teacher.heads.decoder.out_channels}
-        student_channels = {"low": student.heads.decoder.low_channels, "high": student.heads.decoder.out_channels}
+        teacher_channels, student_channels = teacher.feature_channels, student.feature_channels
         self.losses = nn.ModuleDict({level: MaskedDistillLoss(student_channels[level], teacher_channels[level], distance)
                                      for level in levels})
 
@@ -72,7 +71,7 @@ class Distiller(nn.Module):
             return {"": activation_mask(teacher_feature)}
         return {f"_{task}": self.generators[f"{task}__{level}"](teacher_feature) for task in self.task_weights}
 
-    def forward(self, student: nn.Module, batch, output: Output, targets,
+    def forward(self, student: BEVModel, batch, output: Output, targets,
                 box_targets: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """`box_targets`: the student's detection targets of this batch, when the trainer has them."""
         with torch.no_grad():
@@ -81,8 +80,9 @@ class Distiller(nn.Module):
                 # GT-derived masks need detection targets: from the student's head, else the teacher's.
                 # (Chosen here, not kept as an attribute: a module attribute would make the student a
                 # submodule, and its parameters the distiller's, optimised twice.)
-                target_model = student if student.heads.detection_head is not None else self.teacher
-                box_targets = detection_targets(target_model, targets, output.low.device)
+                box_targets = student.box_targets(targets, output.low.device)
+                if box_targets is None:
+                    box_targets = self.teacher.box_targets(targets, output.low.device)
         heatmap = box_targets["heatmap"] if box_targets is not None else None
         losses = {}
         for level in self.levels:

@@ -14,6 +14,8 @@ from torch import nn
 
 from .layers import conv_bn_relu
 
+TAPS = ("low", "high")  # the decoder's feature taps, by level
+
 
 class BEVDecoder(nn.Module):
     def __init__(self, in_channels: int, channels: tuple[int, ...], out_channels: int):
@@ -44,6 +46,13 @@ class BEVDecoder(nn.Module):
             x = stage(x)
             outputs.append(upsample(x))
         return torch.cat(outputs, dim=1)
+
+    def from_tap(self, level: str, feature: torch.Tensor) -> torch.Tensor:
+        """A feature at tap `level` ("low": the first stage's output, "high": the decoder's) ->
+        the high-level feature the heads read."""
+        if level not in TAPS:
+            raise ValueError(f"the decoder's feature taps are {', '.join(TAPS)}, not '{level}'")
+        return self.from_first_stage(feature) if level == "low" else feature
 
     def forward(self, encoded: torch.Tensor) -> torch.Tensor:
         return self.from_first_stage(self.first_stage(encoded))

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vexkd_core.data.preprocess import Targets
 from vexkd_core.structures import BEVGrid, Boxes3D
 
 from .layers import conv_bn_relu
@@ -62,7 +63,18 @@ class DetectionHead(nn.Module):
         return {name: torch.from_numpy(value).to(device) for name, value in
                 (("heatmap", heatmap), ("index", index), ("mask", mask), ("regression", regression))}
 
+    def batch_targets(self, targets: list[Targets], device) -> dict[str, torch.Tensor]:
+        """`targets` of a batch's ground truth (its samples' boxes)."""
+        return self.targets([t.boxes for t in targets], device)
+
     # ------------------------------------------------------------------ loss
+    def losses(self, predictions: dict[str, torch.Tensor], targets: list[Targets],
+               box_targets: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The heatmap and box losses of a batch; `box_targets`: batch_targets(...) when the caller has them."""
+        if box_targets is None:
+            box_targets = self.batch_targets(targets, predictions["heatmap"].device)
+        return self.loss(predictions, box_targets)
+
     def loss(self, predictions: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         heatmap = predictions["heatmap"].float().sigmoid().clamp(1e-4, 1 - 1e-4)
         objects = targets["mask"].sum().clamp(min=1.0)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vexkd_core.data.preprocess import Targets
 from vexkd_core.structures import BEVGrid
 
 from .layers import conv_bn_relu
@@ -21,6 +22,15 @@ def sampling_grid(source: BEVGrid, target: BEVGrid) -> torch.Tensor:
     return torch.stack([xx, yy], dim=-1)[None]
 
 
+def map_targets_of(targets: list[Targets], device) -> torch.Tensor:
+    """The batch's map targets, (B, 6, H, W). A map head cannot learn from samples without
+    map ground truth: training refuses such a dataset at start (require_map_ground_truth)."""
+    if any(t.map_masks is None for t in targets):
+        raise ValueError("a map head needs map ground truth, and a sample of this batch has none "
+                         "(a dataset without the map expansion?)")
+    return torch.stack([t.map_masks for t in targets]).to(device)
+
+
 class MapHead(nn.Module):
     def __init__(self, in_channels: int, head_channels: int, num_classes: int, source: BEVGrid, target: BEVGrid):
         super().__init__()
@@ -32,6 +42,10 @@ class MapHead(nn.Module):
         resampled = F.grid_sample(features, self.grid.expand(features.shape[0], -1, -1, -1), mode="bilinear",
                                   padding_mode="zeros", align_corners=False)
         return self.layers(resampled)
+
+    def losses(self, logits: torch.Tensor, targets: list[Targets], box_targets=None) -> dict[str, torch.Tensor]:
+        """The map loss of a batch (`box_targets`: the detection head's, not read here)."""
+        return {"map": self.loss(logits, map_targets_of(targets, logits.device))}
 
     @staticmethod
     def loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:

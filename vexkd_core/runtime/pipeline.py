@@ -16,6 +16,7 @@ import numpy as np
 from vexkd_core.classes import MAP_CLASSES
 from vexkd_core.data.sample import Sample
 from vexkd_core.data.sweeps import without_ego_points
+from vexkd_core.modalities import reads
 from vexkd_core.predictor import Predictor
 from vexkd_core.structures import BEVGrid, Boxes3D
 from vexkd_core.timing import StageTimer
@@ -81,12 +82,12 @@ class Pipeline:
             self.tf.can_transform(settings.fixed_frame, self._reference(trigger, settings), trigger.stamp_ns)
 
     def _cameras_ready(self, trigger: Trigger, settings: DetectorSettings, waited_s: float) -> bool:
-        return self.modality == "lidar" or waited_s >= settings.max_camera_delay or \
+        return not reads(self.modality, "camera") or waited_s >= settings.max_camera_delay or \
             self.cameras.all_settled(trigger.stamp_ns, int(settings.max_camera_delay * 1e9))
 
     def _needs_transform(self) -> bool:
         """Past sweeps and cameras off the trigger time are placed through TF."""
-        return self.sweeps.sweeps > 0 or self.modality != "lidar"
+        return self.sweeps.sweeps > 0 or reads(self.modality, "camera")
 
     @staticmethod
     def _reference(trigger: Trigger, settings: DetectorSettings) -> str:
@@ -126,11 +127,11 @@ class Pipeline:
             points, sweep_notes = self.sweeps.points(trigger.sweep, self.tf, settings.fixed_frame)
             notes += sweep_notes
         cameras = []
-        if self.modality != "lidar":
+        if reads(self.modality, "camera"):
             cameras, camera_notes = self.cameras.views(reference, stamp_ns, int(settings.max_camera_delay * 1e9),
                                                        self.tf, settings.fixed_frame)
             notes += camera_notes
-            if self.modality == "camera" and all(view.image is None for view in cameras):
+            if not reads(self.modality, "lidar") and all(view.image is None for view in cameras):
                 return Result(stamp_ns, reference, ["camera frame skipped: " + "; ".join(notes)], skipped=True)
         sample = Sample(token=f"{trigger.frame_id}@{stamp_ns}", timestamp_us=stamp_ns // 1000, points=points,
                         cameras=cameras, lidar_to_global=np.eye(4))
