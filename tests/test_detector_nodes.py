@@ -24,10 +24,10 @@ from tests.support.spread_models import spread_model
 from vexkd_core.checkpoint import save_checkpoint
 from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.config import load_config
-from vexkd_core.data.nuscenes_source import NuScenesSource
+from vexkd_core.data.nuscenes_source import NuScenesSource, lidar_to_global_when
 from vexkd_core.data.preprocess import collate, preprocess
 from vexkd_core.data.sample import CAMERA_CHANNELS, Sample
-from vexkd_core.geometry import invert_transform, make_transform
+from vexkd_core.geometry import invert_transform
 from vexkd_core.inference import load_predictor
 from vexkd_ros.autoware import AUTOWARE_LABELS, detected_objects_to_boxes
 from vexkd_ros.conversions import (array_to_cloud, encoded_to_compressed, grid_to_probability,
@@ -82,11 +82,7 @@ def trigger_referenced(source, token: str) -> Sample:
     cameras fire up to 43 ms before the LiDAR). Same images and calibration; only the
     reference frame moves, so the same model must give the same boxes in the global frame."""
     sample = source.sample(source.tokens.index(token))
-    record, nusc = source.nusc.get("sample", token), source.nusc
-    lidar = nusc.get("calibrated_sensor", nusc.get("sample_data", record["data"]["LIDAR_TOP"])["calibrated_sensor_token"])
-    ego = nusc.get("ego_pose", nusc.get("sample_data", record["data"][CAMERA_CHANNELS[0]])["ego_pose_token"])
-    reference_to_global = make_transform(ego["rotation"], ego["translation"]) @ \
-        make_transform(lidar["rotation"], lidar["translation"])
+    reference_to_global = lidar_to_global_when(source.nusc, token, CAMERA_CHANNELS[0])
     key_to_reference = invert_transform(reference_to_global) @ sample.lidar_to_global
     cameras = [dataclasses.replace(view, camera_to_lidar=key_to_reference @ view.camera_to_lidar)
                for view in sample.cameras]

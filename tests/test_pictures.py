@@ -100,3 +100,48 @@ def test_the_feature_picture_has_a_colour_bar_per_row():
 
     picture = features_picture(Model(1.0), {"student": Model(2.0)}, None)
     assert picture.shape[0] == 2 * PANEL and picture.shape[1] > 2 * PANEL  # the bars on the right
+
+
+def test_each_node_is_read_under_its_own_trigger_and_drawn_in_the_key_frame(tiny_world):
+    """A LiDAR node answers a key frame under the LiDAR's stamp, a camera node under CAM_FRONT's
+    (35 ms earlier, as in nuScenes), each in LIDAR_TOP as it stood then: the pictures take both
+    as one key frame, the last that both answered, with the camera node's boxes moved into the
+    key frame's LiDAR frame (here: back onto the ground truth both nodes were given)."""
+    from rclpy.serialization import deserialize_message
+    from std_msgs.msg import Header
+    from vision_msgs.msg import Detection3DArray
+
+    from vexkd_core.classes import DETECTION_CLASSES
+    from vexkd_core.data.nuscenes_source import NuScenesSource, lidar_to_global_when
+    from vexkd_ros.box_messages import boxes_to_detections
+    from vexkd_ros.conversions import ns_to_stamp
+    from vexkd_ros.replay_pictures import _into, answer_stamp_channel, key_frame_answers
+
+    dataroot, world = tiny_world
+    source = NuScenesSource(dataroot, world.version, None, sweeps=0)
+    nusc, tokens = source.nusc, source.tokens[:3]
+    outputs = {}
+    for answered, node in ((tokens, "lidar_detector"), (tokens[:2], "camera_detector")):
+        channel = answer_stamp_channel(node)
+        for token in answered:
+            key_frame_to_global, truth, _ = source.ground_truth(token)
+            in_answer_frame = _into(truth, np.linalg.inv(lidar_to_global_when(nusc, token, channel)) @ key_frame_to_global)
+            stamp = nusc.get("sample_data", nusc.get("sample", token)["data"][channel])["timestamp"] * 1000
+            header = Header(stamp=ns_to_stamp(stamp), frame_id="LIDAR_TOP")
+            outputs.setdefault(f"/{node}/output/objects", {})[stamp] = deserialize_message(
+                boxes_to_detections(in_answer_frame, DETECTION_CLASSES, header), Detection3DArray)
+    assert answer_stamp_channel("camera_detector") == "CAM_FRONT"
+    assert answer_stamp_channel("lidar_detector") == answer_stamp_channel("fusion_detector") == "LIDAR_TOP"
+
+    index, answers = key_frame_answers(outputs, source, ("lidar_detector", "camera_detector"))
+    assert source.tokens[index] == max(tokens[:2], key=lambda token: nusc.get("sample", token)["timestamp"])
+    truth = source.ground_truth(source.tokens[index])[1]
+    assert len(truth) > 0
+    for node in ("lidar_detector", "camera_detector"):
+        boxes, maps = answers[node]
+        np.testing.assert_allclose(boxes.center, truth.center, atol=1e-6)
+        np.testing.assert_allclose(np.cos(boxes.yaw - truth.yaw), 1.0, atol=1e-9)
+        assert maps == {}
+    with pytest.raises(ValueError, match="no key frame was answered by all of lidar_detector, camera_detector"):
+        key_frame_answers({"/lidar_detector/output/objects": outputs["/lidar_detector/output/objects"]}, source,
+                          ("lidar_detector", "camera_detector"))

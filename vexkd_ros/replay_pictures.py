@@ -16,12 +16,15 @@ from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import Reader
 
 from vexkd_core.classes import DETECTION_CLASS_COLORS, DETECTION_CLASSES, MAP_CLASSES
-from vexkd_core.data.nuscenes_source import NuScenesSource
+from vexkd_core.data.nuscenes_source import NuScenesSource, lidar_to_global_when
+from vexkd_core.data.sample import CAMERA_CHANNELS
 from vexkd_core.io import atomic_write_bytes
+from vexkd_core.modalities import reads
 from vexkd_core.structures import BEVGrid, Boxes3D
 
 from .box_messages import detections_to_boxes
 from .conversions import grid_to_probability, stamp_to_ns
+from .detector_node import NODE_NAMES
 from .player import message_class
 from .scene_messages import GT_MAP_GRID
 
@@ -227,30 +230,61 @@ def bev_picture(panels: list[np.ndarray]) -> np.ndarray:
     return np.hstack(columns + [legend(panels[0].shape[0])])
 
 
+def answer_stamp_channel(node: str) -> str:
+    """The sensor whose stamp a node's answers carry: its LiDAR sweep's, or for a camera-only
+    node image 0's (CAM_FRONT), which fires some 35 ms before the LiDAR in nuScenes."""
+    modality = {name: modality for modality, name in NODE_NAMES.items()}[node]
+    return "LIDAR_TOP" if reads(modality, "lidar") else CAMERA_CHANNELS[0]
+
+
+def _into(boxes: Boxes3D, transform: np.ndarray) -> Boxes3D:
+    """Boxes moved by a rigid 4x4 transform about the vertical (as between two LiDAR frames)."""
+    turn = np.arctan2(transform[1, 0], transform[0, 0])
+    return Boxes3D(boxes.center @ transform[:3, :3].T + transform[:3, 3], boxes.size_lwh, boxes.yaw + turn,
+                   boxes.velocity @ transform[:2, :2].T, boxes.label, boxes.score)
+
+
+def key_frame_answers(outputs: dict, source: NuScenesSource, nodes: tuple[str, ...]) -> tuple[int, dict[str, tuple]]:
+    """The last key frame every node answered (its index in `source`) and, per node, its
+    boxes moved into that key frame's LiDAR frame and its map grids as published (a camera
+    node's are from 35 ms earlier: the ego moves a cell or less). Each node answers a key
+    frame under its own trigger's stamp (answer_stamp_channel)."""
+    nusc = source.nusc
+
+    def answer_stamp(token: str, node: str) -> int:
+        return nusc.get("sample_data", nusc.get("sample", token)["data"][answer_stamp_channel(node)])["timestamp"] * 1000
+
+    answered = [index for index, token in enumerate(source.tokens)
+                if all(answer_stamp(token, node) in outputs.get(f"/{node}/output/objects", {}) for node in nodes)]
+    if not answered:
+        raise ValueError(f"no key frame was answered by all of {', '.join(nodes)}")
+    index = max(answered, key=lambda i: nusc.get("sample", source.tokens[i])["timestamp"])
+    token = source.tokens[index]
+    key_frame_to_global = lidar_to_global_when(nusc, token, "LIDAR_TOP")
+    answers = {}
+    for node in nodes:
+        stamp = answer_stamp(token, node)
+        to_key_frame = np.linalg.inv(key_frame_to_global) @ lidar_to_global_when(nusc, token, answer_stamp_channel(node))
+        boxes = _into(detections_to_boxes(outputs[f"/{node}/output/objects"][stamp], DETECTION_CLASSES), to_key_frame)
+        maps = {name: grid_to_probability(outputs[f"/{node}/output/map/{name}"][stamp]) for name in MAP_CLASSES
+                if stamp in outputs.get(f"/{node}/output/map/{name}", {})}
+        answers[node] = (boxes, maps)
+    return index, answers
+
+
 def replay_pictures(dataroot: Path, version: str, record_bag: Path, out_dir: Path,
                     nodes: tuple[str, ...] = ("lidar_detector", "camera_detector")) -> list[Path]:
     """bev.png and cameras.jpg for the last key frame every node answered."""
-    outputs = read_outputs(record_bag)
     source = NuScenesSource(dataroot, version, None, sweeps=0, map_source_grid=GT_MAP_GRID)
-    key_stamps = {}
-    for index, token in enumerate(source.tokens):
-        record = source.nusc.get("sample", token)
-        key_stamps[source.nusc.get("sample_data", record["data"]["LIDAR_TOP"])["timestamp"] * 1000] = index
-    answered = [set(outputs.get(f"/{node}/output/objects", {})) for node in nodes]
-    common = sorted(set(key_stamps).intersection(*answered))
-    if not common:
-        raise ValueError(f"no key frame in {record_bag} was answered by all of {', '.join(nodes)}")
-    stamp = common[-1]
-    sample = source.sample(key_stamps[stamp])
+    try:
+        index, answers = key_frame_answers(read_outputs(record_bag), source, nodes)
+    except ValueError as error:
+        raise ValueError(f"{record_bag}: {error}") from None
+    sample = source.sample(index)
     half_extent = GT_MAP_GRID.width * GT_MAP_GRID.resolution / 2
-    panels, predictions = [], {}
-    for node in nodes:
-        predictions[node] = detections_to_boxes(outputs[f"/{node}/output/objects"][stamp], DETECTION_CLASSES)
-        maps = {name: grid_to_probability(outputs[f"/{node}/output/map/{name}"][stamp]) for name in MAP_CLASSES
-                if stamp in outputs.get(f"/{node}/output/map/{name}", {})}
-        panels.append(bev_panel(node, sample.boxes, sample.map_masks, predictions[node], maps, half_extent))
+    panels = [bev_panel(node, sample.boxes, sample.map_masks, *answers[node], half_extent) for node in nodes]
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [atomic_write_bytes(out_dir / "bev.png", cv2.imencode(".png", bev_picture(panels))[1].tobytes()),
                atomic_write_bytes(out_dir / "cameras.jpg",
-                                  cv2.imencode(".jpg", camera_panels(sample, predictions[nodes[0]]))[1].tobytes())]
+                                  cv2.imencode(".jpg", camera_panels(sample, answers[nodes[0]][0]))[1].tobytes())]
     return written

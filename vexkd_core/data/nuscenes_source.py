@@ -52,6 +52,17 @@ def map_expansion_file(dataroot: str | Path, location: str) -> Path:
     return Path(dataroot) / "maps" / "expansion" / f"{location}.json"
 
 
+def lidar_to_global_when(nusc, sample_token: str, channel: str) -> np.ndarray:
+    """LIDAR_TOP's pose in the global frame when `channel` of a key frame fired (that
+    sample_data's ego pose): the frame a node triggered by `channel` answers in. At the key
+    frame's own LIDAR_TOP it is the sample's lidar_to_global; nuScenes' cameras fire up to 43 ms
+    earlier."""
+    data = nusc.get("sample", sample_token)["data"]
+    lidar = nusc.get("calibrated_sensor", nusc.get("sample_data", data["LIDAR_TOP"])["calibrated_sensor_token"])
+    ego = nusc.get("ego_pose", nusc.get("sample_data", data[channel])["ego_pose_token"])
+    return make_transform(ego["rotation"], ego["translation"]) @ make_transform(lidar["rotation"], lidar["translation"])
+
+
 def split_scene_names(nusc, split: str) -> list[str]:
     """Scene names of a split: `<version>/splits.json` first, then the devkit's own splits."""
     custom = Path(nusc.dataroot) / nusc.version / "splits.json"
