@@ -140,7 +140,7 @@ class AugmentConfig:
     gt_database: str = ""
     gt_paste_stop_epochs: int = 0  # the last epochs train on unpasted scenes (TransFusion's fade)
     # Sensor randomisation, so that a model trained on one LiDAR (the synthetic world's) meets
-    # another less brittly; off in both presets (README, "The synthetic world").
+    # another less brittly; off in both presets (docs/synthetic_world.md).
     intensity_scale: tuple[float, float] = (1.0, 1.0)  # all intensities times one draw: another calibration
     point_dropout: float = 0.0  # up to this share of the points dropped at random: sparser returns
     height_jitter_m: float = 0.0  # the frame and its boxes up or down (normal): another mount height
