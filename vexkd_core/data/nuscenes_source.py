@@ -136,8 +136,7 @@ class NuScenesSource:
     def sample(self, index: int) -> Sample:
         record = self.nusc.get("sample", self.tokens[index])
         lidar = self.nusc.get("sample_data", record["data"]["LIDAR_TOP"])
-        lidar_to_ego, ego_to_global = self._pose(lidar)
-        lidar_to_global = ego_to_global @ lidar_to_ego
+        lidar_to_global = lidar_to_global_when(self.nusc, record["token"], "LIDAR_TOP")
         global_to_lidar = invert_transform(lidar_to_global)
         return Sample(token=record["token"], timestamp_us=record["timestamp"],
                       points=self._points(lidar, global_to_lidar),
@@ -161,8 +160,7 @@ class NuScenesSource:
     def ground_truth(self, sample_token: str) -> tuple[np.ndarray, Boxes3D, np.ndarray | None]:
         """(lidar_to_global, boxes, map masks) of a key frame, without reading any sensor data."""
         record = self.nusc.get("sample", sample_token)
-        lidar_to_ego, ego_to_global = self._pose(self.nusc.get("sample_data", record["data"]["LIDAR_TOP"]))
-        lidar_to_global = ego_to_global @ lidar_to_ego
+        lidar_to_global = lidar_to_global_when(self.nusc, sample_token, "LIDAR_TOP")
         return lidar_to_global, self._boxes(record, invert_transform(lidar_to_global)), \
             self._map(record, lidar_to_global)
 
