@@ -1,19 +1,15 @@
-"""tools/distill_diagnosis.py: its correlations and distances mean what docs/lab_notes.md reads
-from them (a student matching the teacher scores 1 and 0; occupancy is the LiDAR's cells)."""
-import sys
-from pathlib import Path
-
+"""vexkd_train.distill_diagnostics (tools/distill_diagnosis.py): its correlations and
+distances mean what docs/lab_notes.md reads from them (a student matching the teacher scores
+1 and 0; occupancy is the LiDAR's cells)."""
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from distill_diagnosis import correlation, diagnose, occupancy  # noqa: E402
-
-from vexkd_core.config import load_config  # noqa: E402
-from vexkd_core.data.dataset import model_source  # noqa: E402
-from vexkd_core.data.preprocess import collate, preprocess  # noqa: E402
-from vexkd_core.models.vexkd import build_model  # noqa: E402
+from vexkd_core.config import load_config
+from vexkd_core.data.dataset import model_source
+from vexkd_core.data.preprocess import collate, preprocess
+from vexkd_core.models.vexkd import build_model
+from vexkd_train.distill_diagnostics import correlation, diagnose, occupancy
 
 pytestmark = pytest.mark.unit
 

@@ -1,16 +1,12 @@
-"""tools/query_drift.py: the drift it reports is measured from the initialisation the
-teacher command builds (so an untrained teacher has not moved)."""
-import sys
-from pathlib import Path
-
+"""vexkd_train.distill_diagnostics.query_drift (tools/query_drift.py): the drift it reports
+is measured from the initialisation the teacher command builds (so an untrained teacher has
+not moved)."""
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from query_drift import query_drift  # noqa: E402
-
-from vexkd_core.config import load_config  # noqa: E402
-from vexkd_core.models.vexkd import build_model  # noqa: E402
+from vexkd_core.config import load_config
+from vexkd_core.models.vexkd import build_model
+from vexkd_train.distill_diagnostics import query_drift
 
 pytestmark = pytest.mark.unit
 

@@ -19,16 +19,13 @@ import cv2
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from vexkd_core.checkpoint import model_from_checkpoint  # noqa: E402
-from vexkd_core.config import load_config  # noqa: E402
-from vexkd_core.data.dataset import model_source  # noqa: E402
-from vexkd_core.data.preprocess import collate, preprocess  # noqa: E402
-from vexkd_core.io import atomic_write_bytes, atomic_write_json  # noqa: E402
-from vexkd_core.models.vexkd import build_model  # noqa: E402
-from vexkd_train.pictures import _grid, _panel  # noqa: E402
+from vexkd_core.checkpoint import model_from_checkpoint
+from vexkd_core.config import load_config
+from vexkd_core.data.dataset import model_source
+from vexkd_core.data.preprocess import collate, preprocess
+from vexkd_core.io import atomic_write_bytes, atomic_write_json
+from vexkd_core.models.vexkd import build_model
+from vexkd_train.pictures import _grid, _panel
 
 LEVELS = ("input", "low", "high")  # input: the decoder's input
 

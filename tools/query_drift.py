@@ -4,7 +4,8 @@ generators see nearly the same inputs and the mask-choice ablation cannot tell t
 
 The initialisation is rebuilt as `vexkd-train teacher` builds it (initial_model). Per
 teacher: mean per-cell cosine of the query to its init, |q - q0| / |q0|, and the query's std;
-with --masks, the agreement (Dice) of the two generators' decided masks on val.
+with --masks, the agreement (Dice) of the two generators' decided masks on val. The
+measurements are vexkd_train/distill_diagnostics.py and vexkd_train/masks.py.
 
     python tools/query_drift.py --teacher runs/query45/teacher/model.pt \\
         --masks runs/query45/masks_fusion/masks.pt runs/query45/masks_random/masks.pt --dataroot demo/world
@@ -13,25 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-import torch
+from vexkd_core.checkpoint import model_from_checkpoint
+from vexkd_core.data.dataset import model_source
+from vexkd_train.distill_diagnostics import query_drift
+from vexkd_train.masks import load_masks, measure_agreement
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from vexkd_core.checkpoint import model_from_checkpoint  # noqa: E402
-from vexkd_core.data.dataset import model_source  # noqa: E402
-from vexkd_core.models.vexkd import initial_model  # noqa: E402
-from vexkd_train.masks import load_masks, measure_agreement  # noqa: E402
-
-
-def query_drift(teacher) -> dict[str, float]:
-    initial = initial_model(teacher.config, "fusion").fuser.bev_query.detach()
-    query = teacher.fuser.bev_query.detach()
-    return {"cosine_to_init": torch.nn.functional.cosine_similarity(query, initial, dim=1).mean().item(),
-            "relative_change": ((query - initial).norm() / initial.norm()).item(), "std": query.std().item()}
 
 
 def main() -> None:

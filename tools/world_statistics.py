@@ -19,11 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from vexkd_core.data.sample import CAMERA_CHANNELS  # noqa: E402
-from vexkd_core.io import atomic_write_json  # noqa: E402
+from vexkd_core.data.sample import CAMERA_CHANNELS
+from vexkd_core.io import atomic_write_json
 
 # nuScenes v1.0-mini, scene-0061's first key frame, measured with the same code (issue #32);
 # brightness, contrast and sharpness were compared there only as ratios, so they are absent.
