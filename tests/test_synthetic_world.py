@@ -198,14 +198,15 @@ def test_objects_per_class_counts_each_seen_instance_once(tiny_nusc, tiny_world)
 def test_only_the_vehicle_right_before_a_trailer_tows_it():
     """A row with two trucks: the second is not the one in front of the trailer, so it keeps
     a driving gap (finding a slot by category once gave every truck the towing gap)."""
-    from vexkd_core.data.synthetic.actors import _Populator
+    from vexkd_core.data.synthetic.actors import _Placer, _RoadTraffic
     from vexkd_core.data.synthetic.city import LaneSegment
 
     lane = LaneSegment(road=0, axis=0, position=0.0, direction=1, start=-500.0, end=500.0, index_from_center=0)
-    populator = _Populator(city=None, rng=np.random.default_rng(0), duration_s=10.0)
+    placer = _Placer(np.random.default_rng(0))
+    traffic = _RoadTraffic(placer, city=None, ego=None, ego_lane=None, junction=None, duration_s=10.0)
     row = ["vehicle.truck", "vehicle.trailer", "vehicle.car", "vehicle.truck", "vehicle.car"]
-    populator._row(lane, speed=8.0, categories=row, start=0.0, length=400.0, step_direction=1)
-    actors = populator.actors
+    traffic._row(lane, speed=8.0, categories=row, start=0.0, length=400.0, step_direction=1)
+    actors = placer.actors
     assert [a.category for a in actors] == row
     gaps = [(b.center[0] - b.size_lwh[0] / 2) - (a.center[0] + a.size_lwh[0] / 2) for a, b in zip(actors, actors[1:])]
     assert gaps[0] == pytest.approx(0.6)

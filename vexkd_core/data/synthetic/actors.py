@@ -78,13 +78,15 @@ def _lane_point(lane: LaneSegment, along: float) -> tuple[float, float]:
     return point_on_line(lane.axis, lane.position, along)
 
 
-class _Populator:
-    def __init__(self, city: City, rng: np.random.Generator, duration_s: float):
-        self.city, self.rng, self.duration = city, rng, duration_s
+class _Placer:
+    """Every actor of the scene, each with its drawn size and colours; a static one claims its
+    footprint and is left out where it would overlap one placed before."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
         self.actors: list[Actor] = []
         self.occupied: list[Rect] = []
 
-    # ----------------------------------------------------------------- basics
     def size(self, category: str, height: float | None = None) -> np.ndarray:
         size = draw_size(category, self.rng)
         if height is not None:
@@ -122,39 +124,38 @@ class _Populator:
     def overlaps(a: Rect, b: Rect) -> bool:
         return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
 
-    def near_route(self, xy, radius: float) -> bool:
-        start = np.array(self.ego.start)
-        end = np.array(self.ego.pose_at(self.duration)[:2])
-        segment = end - start
-        t = np.clip(np.dot(np.asarray(xy) - start, segment) / max(segment @ segment, 1e-9), 0, 1)
-        return float(np.linalg.norm(np.asarray(xy) - (start + t * segment))) < radius
 
-    # ----------------------------------------------------------------- ego
-    def choose_ego(self) -> EgoRoute:
-        """A lane and speed such that the ego passes a junction mid-scene (or waits at its
-        stop line), so crossing traffic, crossings and the work zone are near."""
-        while True:
-            lane = self.city.lanes[self.rng.integers(len(self.city.lanes))]
-            junctions = [j for j in self.city.intersections
-                         if (j.y0 <= lane.position <= j.y1 if lane.axis == 0 else j.x0 <= lane.position <= j.x1)]
-            junction = junctions[self.rng.integers(len(junctions))]
-            lo, hi = (junction.x0, junction.x1) if lane.axis == 0 else (junction.y0, junction.y1)
-            speed = 0.0 if self.rng.random() < 0.2 else float(self.rng.uniform(5.0, 12.0))
-            travel = speed * self.duration
-            if speed == 0.0:  # waiting behind the stop line of the approach
-                entry = lo if lane.direction > 0 else hi
-                along = entry - lane.direction * (1.0 + 4.0 + STOP_LINE_DEPTH_M + 3.0)
-            else:
-                along = (lo + hi) / 2 - lane.direction * (travel / 2 + self.rng.uniform(-8.0, 8.0))
-            end = along + lane.direction * travel
-            extent = self.city.size[lane.axis]
-            if min(along, end) > CITY_MARGIN_M + 30.0 and max(along, end) < extent - CITY_MARGIN_M - 30.0:
-                break
-        self.ego_lane, self.junction = lane, junction
-        self.ego = EgoRoute(_lane_point(lane, along), _lane_yaw(lane.axis, lane.direction), speed)
-        return self.ego
+def _choose_ego(city: City, rng: np.random.Generator, duration_s: float) -> tuple[EgoRoute, LaneSegment, Rect]:
+    """A lane and speed such that the ego passes a junction mid-scene (or waits at its stop
+    line), so crossing traffic, crossings and the work zone are near: (route, lane, junction)."""
+    while True:
+        lane = city.lanes[rng.integers(len(city.lanes))]
+        junctions = [j for j in city.intersections
+                     if (j.y0 <= lane.position <= j.y1 if lane.axis == 0 else j.x0 <= lane.position <= j.x1)]
+        junction = junctions[rng.integers(len(junctions))]
+        lo, hi = (junction.x0, junction.x1) if lane.axis == 0 else (junction.y0, junction.y1)
+        speed = 0.0 if rng.random() < 0.2 else float(rng.uniform(5.0, 12.0))
+        travel = speed * duration_s
+        if speed == 0.0:  # waiting behind the stop line of the approach
+            entry = lo if lane.direction > 0 else hi
+            along = entry - lane.direction * (1.0 + 4.0 + STOP_LINE_DEPTH_M + 3.0)
+        else:
+            along = (lo + hi) / 2 - lane.direction * (travel / 2 + rng.uniform(-8.0, 8.0))
+        end = along + lane.direction * travel
+        extent = city.size[lane.axis]
+        if min(along, end) > CITY_MARGIN_M + 30.0 and max(along, end) < extent - CITY_MARGIN_M - 30.0:
+            return EgoRoute(_lane_point(lane, along), _lane_yaw(lane.axis, lane.direction), speed), lane, junction
 
-    # ----------------------------------------------------------------- traffic
+
+class _RoadTraffic:
+    """On the carriageways at the ego's junction: flows and queues on the ego's road and the
+    crossing one, people on the zebra crossings, and a work zone closing one approach lane."""
+
+    def __init__(self, placer: _Placer, city: City, ego: EgoRoute, ego_lane: LaneSegment, junction: Rect,
+                 duration_s: float):
+        self.placer, self.rng, self.city, self.duration = placer, placer.rng, city, duration_s
+        self.ego, self.ego_lane, self.junction = ego, ego_lane, junction
+
     def lane_flow(self, lane: LaneSegment, speed: float, categories: list[str], start: float,
                   length: float) -> None:
         """Vehicles in a row along the lane from `start` downstream, all at the same speed."""
@@ -172,14 +173,15 @@ class _Populator:
             categories = [c for c in categories if c != "vehicle.trailer"]
         cursor = start
         for slot, category in enumerate(categories):
-            size = self.size(category)
+            size = self.placer.size(category)
             cursor += step_direction * size[0] / 2
             if abs(cursor - start) > length:
                 return
             rider = "cycle.with_rider" if category in ("vehicle.bicycle", "vehicle.motorcycle") else None
             if rider:
                 size[2] = self.rng.uniform(1.55, 1.75)
-            self.add(category, rider or attribute, _lane_point(lane, cursor), yaw, speed, size=size, static=False)
+            self.placer.add(category, rider or attribute, _lane_point(lane, cursor), yaw, speed, size=size,
+                            static=False)
             # A trailer follows right behind the vehicle before it: it is being towed.
             next_is_trailer = slot + 1 < len(categories) and categories[slot + 1] == "vehicle.trailer"
             gap = 0.6 if next_is_trailer else self.rng.uniform(5.0, 14.0) if speed > 0 else self.rng.uniform(1.5, 3.5)
@@ -218,10 +220,10 @@ class _Populator:
             categories += self.random_vehicles(int(2 + density * 6))
             self.lane_flow(lane, speed, categories, start, relative + 90.0)
 
-    def crossing_traffic(self, junction: Rect, work_zone_lane: LaneSegment) -> None:
+    def crossing_traffic(self, work_zone_lane: LaneSegment) -> None:
         """The crossing road: queues wait at the stop lines, departing traffic drives away."""
-        for lane in _crossing_lanes(self.city, junction, self.ego_lane.axis):
-            lo, hi = (junction.x0, junction.x1) if lane.axis == 0 else (junction.y0, junction.y1)
+        for lane in _crossing_lanes(self.city, self.junction, self.ego_lane.axis):
+            lo, hi = (self.junction.x0, self.junction.x1) if lane.axis == 0 else (self.junction.y0, self.junction.y1)
             if _ends_at(lane, lo, hi):
                 if lane != work_zone_lane:
                     entry = lo if lane.direction > 0 else hi
@@ -234,12 +236,12 @@ class _Populator:
                 self.lane_flow(lane, float(self.rng.uniform(4.0, 10.0)), heavy + self.random_vehicles(3),
                                exit_ + lane.direction * 12.0, 80.0)
 
-    def crossing_pedestrians(self, junction: Rect) -> None:
+    def crossing_pedestrians(self) -> None:
         """People on the zebra crossings of the crossing road, where traffic waits."""
         for crossing, road, _ in self.city.crossings:
             if self.city.roads[road].axis == self.ego_lane.axis:
                 continue
-            if np.hypot(*np.subtract(crossing.center, junction.center)) > 25.0:
+            if np.hypot(*np.subtract(crossing.center, self.junction.center)) > 25.0:
                 continue
             across = self.ego_lane.axis  # people walk across the crossing road
             # One direction and speed per crossing, spaced at the start: nobody meets.
@@ -253,20 +255,19 @@ class _Populator:
             for along in np.linspace(first, last, max(count, 1))[:count]:
                 sideways = self.rng.uniform(width_lo + 0.6, width_hi - 0.6)
                 point = (along, sideways) if across == 0 else (sideways, along)
-                self.add("human.pedestrian.adult", "pedestrian.moving", point, _lane_yaw(across, direction),
-                         speed, static=False)
+                self.placer.add("human.pedestrian.adult", "pedestrian.moving", point, _lane_yaw(across, direction),
+                                speed, static=False)
 
-    # ----------------------------------------------------------------- work zone
-    def work_zone(self, lane: LaneSegment, junction: Rect) -> None:
+    def work_zone(self, lane: LaneSegment) -> None:
         """A closed approach lane: cones, barriers, a construction vehicle and workers."""
-        lo, hi = (junction.x0, junction.x1) if lane.axis == 0 else (junction.y0, junction.y1)
+        lo, hi = (self.junction.x0, self.junction.x1) if lane.axis == 0 else (self.junction.y0, self.junction.y1)
         begin = (lo if lane.direction > 0 else hi) - lane.direction * 9.0
         yaw = _lane_yaw(lane.axis, lane.direction)
         edge = LANE_WIDTH_M / 2 - 0.3
         length = 24.0
         middle = begin - lane.direction * length / 2
-        vehicle = self.size("vehicle.construction")
-        self.add("vehicle.construction", "vehicle.parked", _lane_point(lane, middle), yaw, size=vehicle)
+        vehicle = self.placer.size("vehicle.construction")
+        self.placer.add("vehicle.construction", "vehicle.parked", _lane_point(lane, middle), yaw, size=vehicle)
         for step in np.arange(0.0, length, 3.0):
             along = begin - lane.direction * step
             if abs(along - middle) < vehicle[0] / 2 + 1.2:
@@ -274,14 +275,28 @@ class _Populator:
             for side in (-1, 1):
                 point = _lane_point(lane, along)
                 offset = np.array([0.0, side * edge]) if lane.axis == 0 else np.array([side * edge, 0.0])
-                self.add("movable_object.trafficcone", None, np.add(point, offset), 0.0)
+                self.placer.add("movable_object.trafficcone", None, np.add(point, offset), 0.0)
         for along in (begin + lane.direction * 2.0, begin - lane.direction * (length + 1.0)):
-            self.add("movable_object.barrier", None, _lane_point(lane, along), yaw)
+            self.placer.add("movable_object.barrier", None, _lane_point(lane, along), yaw)
         for shift in (-7.0, 7.0):
-            self.add("human.pedestrian.construction_worker", "pedestrian.standing",
-                     _lane_point(lane, middle + shift), float(self.rng.uniform(-np.pi, np.pi)))
+            self.placer.add("human.pedestrian.construction_worker", "pedestrian.standing",
+                            _lane_point(lane, middle + shift), float(self.rng.uniform(-np.pi, np.pi)))
 
-    # ----------------------------------------------------------------- walkways, car parks
+
+class _OffRoad:
+    """Beside the ego's route, off the carriageway: people walking or standing on the walkways,
+    cycles parked at the kerb, cars and trucks in the car parks."""
+
+    def __init__(self, placer: _Placer, city: City, ego: EgoRoute, duration_s: float):
+        self.placer, self.rng, self.city, self.ego, self.duration = placer, placer.rng, city, ego, duration_s
+
+    def near_route(self, xy, radius: float) -> bool:
+        start = np.array(self.ego.start)
+        end = np.array(self.ego.pose_at(self.duration)[:2])
+        segment = end - start
+        t = np.clip(np.dot(np.asarray(xy) - start, segment) / max(segment @ segment, 1e-9), 0, 1)
+        return float(np.linalg.norm(np.asarray(xy) - (start + t * segment))) < radius
+
     def pedestrians_and_cycles(self, density: float) -> None:
         for axis, fixed, start, end, kerb in self.city.walkway_paths:
             mid = ((start + end) / 2, fixed) if axis == 0 else (fixed, (start + end) / 2)
@@ -299,16 +314,16 @@ class _Populator:
                         point = (cursor, across(offset)) if axis == 0 else (across(offset), cursor)
                         child = self.rng.random() < 0.15
                         category = "human.pedestrian.child" if child else "human.pedestrian.adult"
-                        self.add(category, "pedestrian.moving", point, _lane_yaw(axis, direction), speed,
-                                 ground=WALKWAY_HEIGHT_M, static=False)
+                        self.placer.add(category, "pedestrian.moving", point, _lane_yaw(axis, direction), speed,
+                                        ground=WALKWAY_HEIGHT_M, static=False)
                     cursor += self.rng.uniform(8.0, 20.0)
             for along in self.rng.uniform(start, end, int(self.rng.integers(0, 3))):
                 point = (along, across(STANDING_OFFSET)) if axis == 0 else (across(STANDING_OFFSET), along)
                 attribute = "pedestrian.sitting_lying_down" if self.rng.random() < 0.15 else "pedestrian.standing"
-                size = self.size("human.pedestrian.adult", 1.1 if attribute.endswith("down") else None)
+                size = self.placer.size("human.pedestrian.adult", 1.1 if attribute.endswith("down") else None)
                 size[:2] = min(size[:2])  # turning on the spot keeps a standing person off the walking lanes
-                self.add("human.pedestrian.adult", attribute, point, float(self.rng.uniform(-np.pi, np.pi)),
-                         ground=WALKWAY_HEIGHT_M, size=size)
+                self.placer.add("human.pedestrian.adult", attribute, point, float(self.rng.uniform(-np.pi, np.pi)),
+                                ground=WALKWAY_HEIGHT_M, size=size)
 
     def parked_cycles(self, near_xy, count: int) -> None:
         """Cycles without riders along the kerb of the walkways nearest to `near_xy`."""
@@ -324,12 +339,12 @@ class _Populator:
                     continue
                 category = "vehicle.bicycle" if placed % 2 == 0 else "vehicle.motorcycle"
                 point = (along, line) if axis == 0 else (line, along)
-                size = self.size(category, 1.1 if category == "vehicle.bicycle" else 1.2)
+                size = self.placer.size(category, 1.1 if category == "vehicle.bicycle" else 1.2)
                 clear = all(np.hypot(point[0] - s.center[0], point[1] - s.center[1])
                             > size[0] / 2 + max(s.size_lwh[:2]) / 2 + 0.2
                             for s in self.city.solids if s.kind in KERBSIDE_KINDS)
-                if clear and self.add(category, "cycle.without_rider", point, _lane_yaw(axis, 1),
-                                      ground=WALKWAY_HEIGHT_M, size=size) is not None:
+                if clear and self.placer.add(category, "cycle.without_rider", point, _lane_yaw(axis, 1),
+                                             ground=WALKWAY_HEIGHT_M, size=size) is not None:
                     placed += 1
 
     @staticmethod
@@ -346,33 +361,34 @@ class _Populator:
                 for x in np.arange(lot.x0 + 2.25, lot.x1 - 1.0, 2.5):
                     if self.rng.random() < 0.3:
                         category = "vehicle.car" if self.rng.random() < 0.9 else "vehicle.truck"
-                        size = self.size(category)
+                        size = self.placer.size(category)
                         if size[0] > 5.4 or size[1] > 2.3:
                             size[:2] = (min(size[0], 5.4), min(size[1], 2.3))
                         yaw = np.pi / 2 if self.rng.random() < 0.5 else -np.pi / 2
-                        self.add(category, "vehicle.parked", (x, y + 2.5), yaw, size=size)
+                        self.placer.add(category, "vehicle.parked", (x, y + 2.5), yaw, size=size)
 
 
 def populate_scene(city: City, rng: np.random.Generator, duration_s: float) -> Scenario:
     """Ego route plus actors for one scene of `duration_s` seconds."""
-    populator = _Populator(city, rng, duration_s)
-    ego = populator.choose_ego()
+    placer = _Placer(rng)
+    ego, ego_lane, junction = _choose_ego(city, rng, duration_s)
     density_name = str(rng.choice(["light", "medium", "dense"]))
     density = {"light": 0.2, "medium": 0.5, "dense": 0.9}[density_name]
-    junction = populator.junction
-    crossing_lanes = _crossing_lanes(city, junction, populator.ego_lane.axis)
+    crossing_lanes = _crossing_lanes(city, junction, ego_lane.axis)
     lo_hi = lambda lane: (junction.x0, junction.x1) if lane.axis == 0 else (junction.y0, junction.y1)  # noqa: E731
     approach_lanes = [lane for lane in crossing_lanes if _ends_at(lane, *lo_hi(lane))]
     work_lane = approach_lanes[int(rng.integers(len(approach_lanes)))]
-    populator.work_zone(work_lane, junction)
-    populator.ego_road_traffic(density)
-    populator.crossing_traffic(junction, work_lane)
-    populator.crossing_pedestrians(junction)
-    populator.carpark_vehicles()
-    populator.parked_cycles(ego.pose_at(duration_s * 0.3)[:2], 2 + int(density * 4))
-    populator.pedestrians_and_cycles(density)
+    road = _RoadTraffic(placer, city, ego, ego_lane, junction, duration_s)
+    road.work_zone(work_lane)
+    road.ego_road_traffic(density)
+    road.crossing_traffic(work_lane)
+    road.crossing_pedestrians()
+    off_road = _OffRoad(placer, city, ego, duration_s)
+    off_road.carpark_vehicles()
+    off_road.parked_cycles(ego.pose_at(duration_s * 0.3)[:2], 2 + int(density * 4))
+    off_road.pedestrians_and_cycles(density)
     lighting = LIGHTINGS[int(rng.integers(len(LIGHTINGS)))]
-    return Scenario(ego, populator.actors, lighting, duration_s, density_name, populator.occupied)
+    return Scenario(ego, placer.actors, lighting, duration_s, density_name, placer.occupied)
 
 
 def _crossing_lanes(city: City, junction: Rect, ego_axis: int) -> list[LaneSegment]:
