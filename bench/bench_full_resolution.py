@@ -95,7 +95,7 @@ def child(arguments: list[str]) -> None:
 
 
 def step_seconds(log: Path) -> tuple[float | None, int]:
-    """(median seconds of the steps after the first, steps) from a log.csv / masks_log.csv."""
+    """(median seconds of the steps after the first, steps) from a run's log.csv."""
     with log.open() as stream:
         seconds = [float(row["seconds"]) for row in csv.DictReader(stream)]
     later = seconds[1:] or seconds
@@ -146,7 +146,7 @@ def _speed(stage: str, out: Path) -> dict:
     """Latency per sample of an evaluation; median seconds per step of a training."""
     if stage.startswith("eval"):
         return {"latency_ms": round(json.loads((out / "metrics.json").read_text())["latency_ms"]["total"], 1)}
-    seconds, steps = step_seconds(out / ("masks_log.csv" if stage == "masks" else "log.csv"))
+    seconds, steps = step_seconds(out / "log.csv")
     return {"seconds_per_step": seconds, "steps": steps}
 
 

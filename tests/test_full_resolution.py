@@ -71,7 +71,7 @@ def test_teacher_masks_distilled_students_and_eval_run_at_the_nuscenes_preset(fu
     assert config["augment"]["gt_paste"] and config["train"]["cbgs"]
     run("vexkd-train", "masks", "--teacher", teacher, "--dataroot", full_world, "--out", tmp_path / "masks",
         "--max-steps", 1, "--batch-size", 1)
-    assert len((tmp_path / "masks" / "masks_log.csv").read_text().splitlines()) == 2  # header + the one step
+    assert len((tmp_path / "masks" / "log.csv").read_text().splitlines()) == 2  # header + the one step
     selectivity = json.loads((tmp_path / "masks" / "selectivity.json").read_text())
     assert {"detection/low", "detection/high", "segmentation/low", "segmentation/high"} <= set(selectivity)
     for modality in ("lidar", "camera"):

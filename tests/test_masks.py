@@ -298,3 +298,52 @@ def test_wrong_inputs_to_eval_and_teacher_are_one_line(tiny_world, tmp_path):
                              "--max-steps", "1"], capture_output=True, text=True)
     assert misfit.returncode == 2 and "do not fit the teacher's config" in misfit.stderr, misfit.stderr[-2000:]
     assert len(misfit.stderr.strip().splitlines()) == 1
+
+
+def test_mask_training_resumes_where_it_stopped_and_runs_under_torchrun(tiny_world, tmp_path, monkeypatch):
+    """The generators train in the students' loop: an interrupted run goes on from last.pt
+    to the weights of an uninterrupted one, and two torchrun ranks keep the same weights."""
+    import os
+
+    from vexkd_train.masks import MaskObjective
+
+    dataroot, world = tiny_world
+    config = load_config("tiny", ["model.lidar.sweeps=1", "train.batch_size=1", "train.checkpoint_every=2"])
+    torch.manual_seed(0)
+    teacher = save_checkpoint(tmp_path / "teacher.pt", build_model(config, "fusion"), config, "fusion")
+    source = NuScenesSource(dataroot, world.version, "train", 1, map_source_grid(config, True))
+    settings = MaskSettings(masks_per_generator=2, blocks=1, epochs=2)  # 4 samples of batch 1: 8 steps
+
+    def generators(path: Path) -> dict:
+        return torch.load(path, weights_only=True)["generators"]
+
+    straight = generators(train_masks(teacher, source, tmp_path / "straight", settings, progress=False))
+    forward, calls = MaskObjective.forward, []
+
+    def interrupted(self, batch, targets):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return forward(self, batch, targets)
+
+    monkeypatch.setattr(MaskObjective, "forward", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_masks(teacher, source, tmp_path / "resumed", settings, progress=False)
+    monkeypatch.setattr(MaskObjective, "forward", forward)
+    assert torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["step"] == 4
+    resumed = generators(train_masks(teacher, source, tmp_path / "resumed", settings, progress=False, resume=True))
+    for key in straight:
+        for name in straight[key]:
+            assert torch.equal(straight[key][name], resumed[key][name]), (key, name)
+    assert len((tmp_path / "resumed" / "log.csv").read_text().splitlines()) == 1 + 8
+
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vexkd_train.cli",
+         "masks", "--teacher", str(teacher), "--dataroot", str(dataroot), "--out", str(tmp_path / "ddp"),
+         "--masks-per-generator", "2", "--blocks", "1", "--max-steps", "2", "--report-split", "train"],
+        capture_output=True, text=True, timeout=900, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    progress = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
+    assert progress["world_size"] == 2 and progress["step"] == 2
+    first, second = progress["rank_checksums"]
+    assert first == second

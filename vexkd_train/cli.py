@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--report-split", default="val", metavar="SPLIT",
                        help="split the selectivity report is measured on")
     masks.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    masks.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     masks.add_argument("--export-split", metavar="SPLIT",
                        help="also write <out>/masks_<SPLIT>.npz: every sample's generated masks")
     experiment = commands.add_parser("experiment", help="the paper's comparison and ablation tables, resumable")
@@ -195,7 +196,8 @@ def run_masks(args: argparse.Namespace) -> None:
         config = from_dict(load_checkpoint(args.teacher)["config"])
         source = model_source(args.dataroot, args.version, args.split, config, config.train.augment)
         report_source = model_source(args.dataroot, args.version, args.report_split, config, False, nusc=source.nusc)
-        path = train_masks(args.teacher, source, args.out, settings, args.device, report_source=report_source)
+        path = train_masks(args.teacher, source, args.out, settings, args.device, report_source=report_source,
+                           resume=args.resume)
         print(f"wrote {path}")
         print(f"mask selectivity on {args.report_split} ({args.out / 'selectivity.json'}):")
         print((args.out / "selectivity.md").read_text().rstrip())

@@ -13,25 +13,10 @@ where teacher_rest is the frozen rest of the teacher after that level and TaskLo
 its unmasked loss on the batch. This is MasKD's objective (Huang et al., ICLR 2023: the
 task loss of the sum of the token-masked copies, plus Dice over all pairs), with masks that
 are chosen cells and an area for each.
-What the earlier versions taught (demo world, same teacher each time):
-- masks of their own sigmoid with no area: the optimum was m = 1, the teacher having been
-  trained unmasked (the first mask above 0.5 on 100 % of cells);
-- the task loss asked of each masked copy alone: the best region for one mask is the best
-  for all, so the six detection masks were copies (pairwise Dice 0.91-0.99). Through the
-  sum, how the chosen cells are split among the masks does not change the task loss, so
-  Dice decides it, as in MasKD;
-- soft shares (format 3) with a budget on their union, Gini impurity and a balance of
-  energies: the detection masks picked cells (6 and 4 of 6 distinct) but the segmentation
-  ones stayed faint (1 and 0 of 6): a map head is best served by the whole feature scaled
-  down a little, which attention transfer, normalising after masking, turns back into
-  whole-map distillation. A decided mask can only keep or drop a cell, so that way is
-  closed by construction, and softening the softmax's temperature on the way (tried) still
-  left ties that spread a mask thinly. The area is two-sided and per mask because Dice is
-  met by an empty mask (it overlaps nothing), and one-sided budgets let the segmentation
-  generators empty every mask;
-- the learning rate: at 5e-3 the decided masks swung from no cell to every cell within 20
-  steps and the high-level generators were still covering the whole map after 4 epochs;
-  at 1e-3 all 24 demo masks end distinct (`vexkd-train masks` prints the report).
+The area is two-sided and per mask because Dice is met by an empty mask (it overlaps
+nothing), and a one-sided budget let the segmentation generators empty every mask. Earlier
+objectives that failed, and how: docs/lab_notes.md, "Mask generators that failed".
+
 The task loss is divided by the unmasked one so that it weighs the same against the other
 terms for both tasks (the demo teacher's map loss is 0.2-0.4, its detection loss 1.5-2.6)
 and at any dataset's loss scale. MasKD also weights each token per sample by a softmax; the
@@ -41,26 +26,23 @@ teacher's own output). The teacher's weights never change.
 """
 from __future__ import annotations
 
-import csv
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vexkd_core.checkpoint import model_from_checkpoint, read_payload
-from vexkd_core.data.dataset import EpochSampler, TrainingSet, collate_training, require_map_ground_truth
+from vexkd_core.data.dataset import TrainingSet, require_map_ground_truth
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.distill.distiller import freeze
 from vexkd_core.distill.mask_generator import LEVELS, MaskGenerator, area_error, decide, dice_overlap
 from vexkd_core.errors import CheckpointError
 from vexkd_core.io import atomic_npz, atomic_write_bytes, atomic_write_json
-from vexkd_train.trainer import warmup_cosine
+from vexkd_train.loop import Objective, RunOptions, Schedule, device_of, parameter_checksum, run
 
-# 3: a background logit, soft masks by softmax; 4: masks decided per cell; 5 (1832a31,
-# withdrawn): the query layer-normalised. 6: 4 again, so that no generator of 5 is reused.
+# Raised whenever generators of the previous format would load but mean something else (decided
+# masks are 4 and 6; 5 was withdrawn: docs/lab_notes.md).
 MASKS_FORMAT = 6
 
 
@@ -176,55 +158,78 @@ def step_losses(teacher, generators: dict[str, MaskGenerator], batch, targets,
     return losses
 
 
+class MaskObjective(Objective):
+    """The generators' objective over the frozen teacher (`step_losses`): each generator's
+    total is a loss term; its task, Dice and area terms are logged beside it. last.pt holds
+    the generators and the settings they were started with."""
+
+    description = "train mask generators"
+
+    def __init__(self, teacher, generators: dict[str, MaskGenerator], settings: MaskSettings):
+        super().__init__()
+        self.teacher, self.settings = freeze(teacher), settings
+        self.generators = generators
+        self.modules_by_key = torch.nn.ModuleDict({k.replace("/", "__"): g for k, g in generators.items()})
+        self._terms: dict[str, torch.Tensor] = {}
+
+    def train(self, mode: bool = True) -> "MaskObjective":
+        # The teacher's BatchNorm statistics stay frozen.
+        self.training = mode
+        self.modules_by_key.train(mode)
+        return self
+
+    def forward(self, batch, targets) -> dict[str, torch.Tensor]:
+        losses = step_losses(self.teacher, self.generators, batch, targets, self.settings)
+        self._terms = {f"{key}/{term}": value for key, loss in losses.items()
+                       for term, value in zip(TERMS, loss.terms())}
+        return {key: loss.total(self.settings) for key, loss in losses.items()}
+
+    def monitored(self) -> dict[str, torch.Tensor]:
+        return self._terms
+
+    def checksum(self) -> float:
+        return parameter_checksum(self.modules_by_key)
+
+    def save_progress(self, path: Path, **progress) -> None:
+        import io
+
+        payload = {"kind": "mask_generators_progress", "format_version": MASKS_FORMAT,
+                   "settings": asdict(self.settings), "teacher_config": self.teacher.config.to_dict(),
+                   "generators": self.modules_by_key.state_dict(), **progress}
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+
+    def restore_progress(self, path: Path) -> dict:
+        payload = read_payload(path, "mask-generator progress")
+        if payload.get("kind") != "mask_generators_progress" or payload.get("format_version") != MASKS_FORMAT \
+                or payload.get("settings") != asdict(self.settings) \
+                or payload.get("teacher_config") != self.teacher.config.to_dict():
+            raise CheckpointError(f"{path} is not the progress of generators with these settings and this teacher; "
+                                  "use a new --out or the same settings")
+        self.modules_by_key.load_state_dict(payload["generators"])
+        return payload
+
+
 def train_masks(teacher_checkpoint: Path, source: NuScenesSource, out: Path, settings: MaskSettings,
-                device: str = "cpu", progress: bool = True, report_source: NuScenesSource | None = None) -> Path:
-    """Train, write masks.pt and masks_log.csv (every term of every generator per step) and,
-    on `report_source` (default: the training source), selectivity.json and selectivity.md."""
+                device: str = "cpu", progress: bool = True, report_source: NuScenesSource | None = None,
+                resume: bool = False) -> Path:
+    """Train, write masks.pt and log.csv (every term of every generator per step) and, on
+    `report_source` (default: the training source), selectivity.json and selectivity.md.
+    `resume`: go on from out/last.pt."""
     settings.validate()
-    teacher, config, payload = model_from_checkpoint(teacher_checkpoint, expected_modality="fusion")
+    teacher, config, _ = model_from_checkpoint(teacher_checkpoint, expected_modality="fusion")
     require_map_ground_truth(source, config)
-    teacher = freeze(teacher).to(device)
     torch.manual_seed(config.train.seed)
     generators = build_generators(teacher, settings, config.train.seed)
-    modules = torch.nn.ModuleDict({k.replace("/", "__"): g for k, g in generators.items()}).to(device)
-    optimizer = torch.optim.AdamW(modules.parameters(), lr=settings.learning_rate)
-    dataset = TrainingSet(source, config, augment=config.train.augment)
-    batch_size = settings.batch_size or config.train.batch_size
-    sampler = EpochSampler(len(dataset), batch_size, config.train.seed)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_training)
-    total = settings.epochs * sampler.batches_per_epoch()
-    total = min(total, settings.max_steps) if settings.max_steps else total
-    out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=total, desc="train mask generators", unit="step", disable=not progress)
-    with (out / "masks_log.csv").open("w", newline="") as stream:
-        log = csv.writer(stream)
-        log.writerow(["step", *(f"{key}/{term}" for key in generators for term in ("total", *TERMS)), "seconds"])
-        step = 0
-        for epoch in range(settings.epochs):
-            if step >= total:
-                break
-            sampler.set_epoch(epoch)
-            dataset.set_epoch(epoch)
-            for batch, targets in loader:
-                started = time.perf_counter()
-                for group in optimizer.param_groups:
-                    group["lr"] = warmup_cosine(settings.learning_rate, step, total)
-                losses = step_losses(teacher, generators, batch.to(device), targets, settings)
-                totals = {key: loss.total(settings) for key, loss in losses.items()}
-                optimizer.zero_grad(set_to_none=True)
-                sum(totals.values()).backward()
-                optimizer.step()
-                step += 1
-                log.writerow([step, *(f"{v.item():.5f}" for key, loss in losses.items()
-                                      for v in (totals[key], *loss.terms())),
-                              f"{time.perf_counter() - started:.3f}"])
-                bar.set_postfix_str(", ".join(f"{k} {v.item():.3f}" for k, v in totals.items()))
-                bar.update()
-                if step >= total:
-                    break
-    bar.close()
+    options = RunOptions(out, device, resume, progress=progress)
+    objective = MaskObjective(teacher, generators, settings).to(device_of(options))
+    schedule = Schedule(settings.learning_rate, settings.epochs, settings.batch_size or config.train.batch_size,
+                        config.train.seed, max_steps=settings.max_steps, decay_to_stop=True,
+                        checkpoint_every=config.train.checkpoint_every)
+    run(objective, TrainingSet(source, config, augment=config.train.augment), schedule, options)
     path = save_masks(out / "masks.pt", generators, settings, config.to_dict(), teacher_checkpoint)
-    write_selectivity(teacher, generators, report_source or source, out, device, progress)
+    write_selectivity(objective.teacher, generators, report_source or source, out, device, progress)
     return path
 
 
