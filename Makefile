@@ -23,7 +23,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m unit tests
 
 demo: setup
-	$(PY) tools/demo.py
+	$(PY) -m vexkd_train.demo
 
 bench: setup
 	$(PY) bench/bench_conversions.py

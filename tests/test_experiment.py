@@ -28,7 +28,7 @@ def test_quick_suite_end_to_end_then_resumes_without_retraining(tiny_world, tmp_
     assert {entry["baseline"] for entry in results["tables"]["blocks"].values()} == {None}
     assert results["tables"]["masks"]["whole map"]["baseline"] == "no FD"
     # Depth supervision is a training loss of the one row and not of the other.
-    logged = {name: (tmp_path / "runs" / name / "train" / "log.csv").read_text().splitlines()[0].split(",")
+    logged = {name: (tmp_path / "runs" / name / "log.csv").read_text().splitlines()[0].split(",")
               for name in ("camera-baseline-s0", "camera-nodepth-baseline-s0")}
     assert "depth" in logged["camera-baseline-s0"] and "depth" not in logged["camera-nodepth-baseline-s0"]
     assert len(results["tables"]["masks"]) == 7 and len(results["tables"]["blocks"]) == 4
@@ -42,7 +42,7 @@ def test_quick_suite_end_to_end_then_resumes_without_retraining(tiny_world, tmp_
         "MGFM": ["both", "LiDAR only", "camera only"], "ConvFuser": ["both", "LiDAR only", "camera only"]}
     assert robustness["MGFM"]["both"]["mAP"]["values"] == results["teacher"]["mAP"]["values"]
     without_camera = json.loads((tmp_path / "runs" / "teacher-convfuser" / "val_without_camera.json").read_text())
-    assert without_camera["metrics"]["drop_sensor"] == "camera"
+    assert without_camera["drop_sensor"] == "camera"
     # The selectivity report of the generators the mask-choice table uses, per mask.
     assert set(results["selectivity"]) == {"fusion query (VeXKD)", "random query"}
     assert len(results["selectivity"]["fusion query (VeXKD)"]["detection/low"]) == 6
@@ -68,7 +68,7 @@ def test_quick_suite_end_to_end_then_resumes_without_retraining(tiny_world, tmp_
     # The generalisation check: teacher and comparison rows evaluated on the training split too.
     fitted = results["training_split"]
     assert list(fitted) == ["teacher"] + list(comparison)
-    teacher_fit = json.loads((tmp_path / "runs" / "teacher" / "training_split.json").read_text())["metrics"]
+    teacher_fit = json.loads((tmp_path / "runs" / "teacher" / "training_split.json").read_text())
     train_samples = (world.scenes - world.val_scenes) * world.samples_per_scene
     assert teacher_fit["split"] == "train" and teacher_fit["samples"] == train_samples
     assert fitted["teacher"]["mAP"]["mean"] == teacher_fit["detection"]["mAP"]
@@ -172,70 +172,77 @@ def _write_world(out, seed):
     return config
 
 
-def _experiment(dataroot, version, out):
+def _runs(dataroot, version, out):
     from vexkd_core.config import load_config
-    from vexkd_train.experiment import Experiment
     from vexkd_train.experiment_plan import SUITES
+    from vexkd_train.experiment_runs import Runs
 
-    return Experiment(dataroot, version, out, load_config("tiny"), SUITES["quick"], progress=False)
+    return Runs(dataroot, version, out, load_config("tiny"), SUITES["quick"], progress=False)
 
 
-def _finish_by_hand(folder, spec, checkpoint: bytes | None = None):
-    """What a finished run leaves, without the training: spec, metrics (and a checkpoint)."""
-    from vexkd_core.io import atomic_write_bytes, atomic_write_json
+def _finish_by_hand(runs, name: str, spec: dict, checkpoint: bytes):
+    """What a finished training leaves, without the training: its checkpoint and stage record."""
+    from vexkd_core.io import atomic_write_bytes
 
-    if checkpoint is not None:
-        atomic_write_bytes(folder / "train" / "model.pt", checkpoint)
-    atomic_write_json(folder / "metrics.json", {})
-    atomic_write_json(folder / "spec.json", spec)
+    path = runs.checkpoint(name)
+    runs.stages.run(f"train {name}", spec, [path], lambda: atomic_write_bytes(path, checkpoint))
+
+
+def _stand_in_evaluation(monkeypatch) -> list:
+    """Evaluations that ran (not read from their <tag>.json): each a stand-in returning {}."""
+    from vexkd_train import experiment_runs
+
+    evaluations = []
+    monkeypatch.setattr(experiment_runs, "evaluate", lambda *arguments, **_: evaluations.append(arguments) or {})
+    return evaluations
 
 
 def test_a_run_is_redone_when_its_dataset_is_rewritten(tmp_path, monkeypatch):
     import shutil
 
-    from vexkd_train import experiment as module
     from vexkd_train.experiment_plan import Student
 
-    evaluations = []  # extra evaluations that ran, not read from <tag>.json
-    monkeypatch.setattr(module, "evaluate", lambda *arguments, **_: evaluations.append(arguments) or {})
+    evaluations = _stand_in_evaluation(monkeypatch)
     world = tmp_path / "world"
     version = _write_world(world, seed=1).version
-    student, folder = Student("lidar"), tmp_path / "out" / "runs" / Student("lidar").name
-    first = _experiment(world, version, tmp_path / "out")
-    spec = first._student_spec(student)
-    _finish_by_hand(folder, spec, b"lidar")
-    first.training_split_metrics(student.name, spec)
-    again = _experiment(world, version, tmp_path / "out")  # a later run, nothing changed
-    assert again._student_spec(student) == spec and again._done(folder, again._student_spec(student))
-    again.training_split_metrics(student.name, spec)
+    student = Student("lidar")
+    first = _runs(world, version, tmp_path / "out")
+    spec = first.student_spec(student)
+    _finish_by_hand(first, student.name, spec, b"lidar")
+    first.evaluation(student.name, world, "train", "training_split")
+    again = _runs(world, version, tmp_path / "out")  # a later run, nothing changed
+    checkpoint = [again.checkpoint(student.name)]
+    assert again.student_spec(student) == spec and again.stages.is_done(f"train {student.name}", spec, checkpoint)
+    again.evaluation(student.name, world, "train", "training_split")
     assert len(evaluations) == 1
 
     _write_world(tmp_path / "new", seed=2)  # `vexkd-data synth` again: a new world moved into place
     shutil.rmtree(world)
     (tmp_path / "new").rename(world)
-    rewritten = _experiment(world, version, tmp_path / "out")
-    assert rewritten._student_spec(student) != spec and not rewritten._done(folder, rewritten._student_spec(student))
-    rewritten.training_split_metrics(student.name, spec)  # even with the run's old spec: the data changed
+    rewritten = _runs(world, version, tmp_path / "out")
+    new_spec = rewritten.student_spec(student)
+    assert new_spec != spec and not rewritten.stages.is_done(f"train {student.name}", new_spec, checkpoint)
+    rewritten.evaluation(student.name, world, "train", "training_split")  # the same checkpoint: the data changed
     assert len(evaluations) == 2
 
 
-def test_a_distilled_run_is_redone_when_its_teacher_is_retrained(tiny_world, tmp_path):
+def test_a_distilled_run_is_redone_when_its_teacher_is_retrained(tiny_world, tmp_path, monkeypatch):
     from vexkd_train.experiment_plan import Student
 
+    _stand_in_evaluation(monkeypatch)
     dataroot, world = tiny_world
-    experiment = _experiment(dataroot, world.version, tmp_path)
-    runs, baseline = tmp_path / "runs", Student("lidar")
-    _finish_by_hand(runs / baseline.name, experiment._student_spec(baseline), b"lidar")
-    _finish_by_hand(runs / "teacher", experiment._teacher_spec(), b"teacher")
+    runs = _runs(dataroot, world.version, tmp_path)
+    baseline = Student("lidar")
+    _finish_by_hand(runs, baseline.name, runs.student_spec(baseline), b"lidar")
+    _finish_by_hand(runs, "teacher", runs.teacher_spec(), b"teacher")
     distilled = Student("lidar", "full", ("low",))
-    spec = experiment._student_spec(distilled)  # finds the teacher finished: nothing trains
-    assert spec["inputs"]["teacher"][0] == "runs/teacher/train/model.pt"
-    assert _experiment(dataroot, world.version, tmp_path)._student_spec(distilled) == spec
+    spec = runs.student_spec(distilled)  # finds the teacher finished: nothing trains
+    assert spec["inputs"]["teacher"][0] == "runs/teacher/model.pt"
+    assert _runs(dataroot, world.version, tmp_path).student_spec(distilled) == spec
 
-    teacher = runs / "teacher" / "train" / "model.pt"
-    teacher.write_bytes(b"retrained")
-    assert experiment._student_spec(distilled) != spec
+    runs.checkpoint("teacher").write_bytes(b"retrained")
+    assert runs.student_spec(distilled) != spec
     # The same holds one step up: a retrained LiDAR baseline is a new start for the teacher.
-    teacher_spec = experiment._teacher_spec()
-    (runs / baseline.name / "train" / "model.pt").write_bytes(b"lidar, retrained")
-    assert experiment._teacher_spec() != teacher_spec
+    teacher_spec = runs.teacher_spec()
+    runs.checkpoint(baseline.name).write_bytes(b"lidar, retrained")
+    assert runs.teacher_spec() != teacher_spec

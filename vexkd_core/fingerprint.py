@@ -1,7 +1,7 @@
 """Fingerprints of what a result was made from, so it is reused only while its inputs stay the same.
 
-The demo's stages (tools/demo.py) and the experiment's runs (vexkd_train/experiment.py) record
-one next to each output and redo the output when it changes:
+The stages of the experiment runner and of the demo (vexkd_train/stages.py) record them in
+each stage's spec and redo the stage's outputs when they change:
 
 - `digest(*values)`: a short sha256 of JSON values (configs, seeds, arguments, other fingerprints);
 - `code_digest(*paths)`: of the Python source under folders (or of single files);

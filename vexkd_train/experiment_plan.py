@@ -4,6 +4,7 @@ the tables."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from vexkd_core.modalities import reads
 from vexkd_train.masks import MaskSettings
@@ -19,6 +20,8 @@ class MaskRun:
     @property
     def name(self) -> str:
         return f"masks-{'random' if self.random_query else 'learned'}-b{self.blocks}"
+
+    short_name = "masks"  # in a suite of one mask run (the demo's)
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,11 @@ class Student:
                 f"{teacher}-s{self.seed}")
 
     @property
+    def short_name(self) -> str:
+        """The name in a suite of one student per modality and distillation (the demo's)."""
+        return self.modality if self.distill == "none" else f"{self.modality}-{self.distill}"
+
+    @property
     def baseline(self) -> "Student":
         """The undistilled student a distilled one is compared with: same modality, seed and
         depth supervision (the same data order too, so gains pair seed by seed)."""
@@ -71,6 +79,15 @@ class Suite:
     max_steps: int = 0  # 0: full epochs (the quick suite caps steps to stay seconds long)
     ablation_seeds: tuple[int, ...] | None = None  # blocks and distance tables; None: `seeds`
     tables: tuple[str, ...] = TABLES  # the tables to run, of TABLES
+    # Every model that reads cameras starts its image backbone, neck and depth network from
+    # this checkpoint's (`--image-encoder-from`); None: from random weights.
+    image_encoder_from: Path | None = None
+    training_split: bool = True  # also evaluate the comparison's runs on the split they trained on
+    # True: a run is redone when the package's code changes (the demo, minutes long). False:
+    # runs are kept across code edits (the paper suite, hours long); a fix that must redo
+    # them names itself in the spec (DISTILLED_TRAINING_REVISION).
+    redo_on_code_change: bool = False
+    short_names: bool = False  # runs/<Student.short_name>: for suites of one run of each kind
 
 
 SUITES = {"quick": Suite(epochs=1, mask_epochs=1, seeds=(0,), max_steps=2),

@@ -5,6 +5,7 @@ it from the students, not from labels), paired seed by seed.
 """
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -50,37 +51,55 @@ def summarise(runs: list[dict]) -> dict:
             "mIoU": stats([r["map"]["mIoU"] for r in runs]), "seeds": len(runs),
             "per_class_ap": {name: stats([r["detection"]["per_class_ap"][name] for r in runs])
                              for name in DETECTION_CLASSES},
+            "per_class_iou": {name: stats([r["map"]["iou"][name] for r in runs]) for name in runs[0]["map"].get("iou", {})},
             "latency_ms": statistics.fmean(r["latency_ms"]["total"] for r in runs),
+            "step_seconds": statistics.fmean(r.get("step_seconds", math.nan) for r in runs),
             "parameters": runs[0]["parameters"]}
 
 
 SPREAD_NOTE = ("Mean +- spread (population std) over a table's seeds; a gain is the mean +- spread of the "
                "seed-by-seed difference from its baseline.")
+# Measured once on the paper suite (docs/results.md, "How much the figures move").
+ONE_SEED_NOTE = ("These figures are **one seed**. Across three seeds of the paper suite a student's mAP moves by "
+                 "0.01-0.025 (standard deviation) and a distillation gain by up to 0.04, and training is not "
+                 "bit-for-bit the same on another CPU (floating-point order): read differences under about 0.04 "
+                 "mAP as noise (docs/results.md, \"How much the figures move\").")
 
 
 def markdown(results: dict) -> str:
+    """results.md: the title, then `sections`."""
+    return "\n".join(["# VeXKD experiment", "", *sections(results)])
+
+
+def sections(results: dict) -> list[str]:
+    """Every table of `results` as markdown lines; the demo's report holds them too."""
     teacher = results["teacher"]
     summary = (f"Teacher: mAP {teacher['mAP']['mean']:.4f}, NDS {teacher['NDS']['mean']:.4f}, "
                f"mIoU {teacher['mIoU']['mean']:.4f}, {teacher['latency_ms']:.0f} ms, "
                f"{teacher['parameters'] / 1e6:.2f} M parameters.")
-    lines = ["# VeXKD experiment", ""]
+    lines = []
     if "comparison" in results["tables"]:  # the pictures are of the comparison's students
         lines += ["![Generated masks per task and level (first val sample)](masks.png)", "",
                   "![Attention maps of the BEV features: teacher, students before and after VeXKD](features.png)", ""]
-    lines += [summary, "", SPREAD_NOTE, ""]
+    seeds = max(entry["seeds"] for rows in results["tables"].values() for entry in rows.values())
+    lines += [summary, "", SPREAD_NOTE if seeds > 1 else ONE_SEED_NOTE, ""]
     for table, rows in results["tables"].items():
         lines += _metric_table(f"## {TITLES[table]}", rows)
     lines += _robustness_table(results.get("robustness", {}))
     for label, report in results.get("selectivity", {}).items():
-        lines += [f"## Mask selectivity on val: generators from the {label}", "", selectivity_table(report), ""]
+        lines += [f"## Mask selectivity on val: generators from the {label}", "",
+                  "Per mask, how selective it is on the val split (a uniform mask, of any value, would be "
+                  "whole-map distillation):", "", selectivity_table(report), ""]
     if "mask_agreement" in results:
         lines += ["## Fusion-query against random-query masks on val", "",
                   "Each generator's decided masks against those of its random-query ablation, per sample and "
                   "averaged: near 1, the two rows of the mask-choice table distil with the same masks.", "",
                   agreement_table(results["mask_agreement"]), ""]
     validation = {"teacher": teacher, **_per_class_rows(results["tables"])}
-    lines += _training_split_table(results["training_split"], validation)
+    if "training_split" in results:
+        lines += _training_split_table(results["training_split"], validation)
     lines += _per_class_table(validation, results["val_objects"])
+    lines += _per_class_iou_table(validation)
     if "heldout" in results:
         held, held_teacher = results["heldout"], results["heldout"]["teacher"]
         introduction = (f"The same checkpoints, evaluated on a second world. Teacher: mAP "
@@ -91,7 +110,7 @@ def markdown(results: dict) -> str:
             lines += _metric_table(f"## {TITLES[table]}, held-out world", rows)
         lines += _per_class_table({"teacher": held["teacher"], **_per_class_rows(held["tables"])},
                                   held["val_objects"])
-    return "\n".join(lines)
+    return lines
 
 
 def _per_class_rows(tables: dict) -> dict:
@@ -102,11 +121,13 @@ def _per_class_rows(tables: dict) -> dict:
 def _metric_table(title: str, rows: dict) -> list[str]:
     seeds = max(entry["seeds"] for entry in rows.values())
     lines = [f"{title} ({seeds} seed{'s' if seeds > 1 else ''})", "",
-             "| row | mAP (gain) | NDS (gain) | mIoU (gain) | latency ms | parameters |", "|---|---|---|---|---|---|"]
+             "| row | mAP (gain) | NDS (gain) | mIoU (gain) | latency ms | parameters | train s/step |",
+             "|---|---|---|---|---|---|---|"]
     for label, entry in rows.items():
         base = rows[entry["baseline"]] if entry.get("baseline") else None
         lines.append(f"| {label} | {_cell(entry, 'mAP', base)} | {_cell(entry, 'NDS', base)} | "
-                     f"{_cell(entry, 'mIoU', base)} | {entry['latency_ms']:.0f} | {entry['parameters'] / 1e6:.2f} M |")
+                     f"{_cell(entry, 'mIoU', base)} | {entry['latency_ms']:.0f} | {entry['parameters'] / 1e6:.2f} M | "
+                     f"{entry.get('step_seconds', math.nan):.2f} |")
     return lines + [""]
 
 
@@ -149,4 +170,16 @@ def _per_class_table(validation: dict, val_objects: dict[str, int]) -> list[str]
     for label, entry in validation.items():
         lines.append(f"| {label} | " + " | ".join(f"{entry['per_class_ap'][name]['mean']:.2f}"
                                                   for name in DETECTION_CLASSES) + " |")
+    return lines + [""]
+
+
+def _per_class_iou_table(validation: dict) -> list[str]:
+    classes = next(iter(validation.values())).get("per_class_iou", {})
+    if not classes:
+        return []
+    lines = ["## Map IoU per class on val (mean over seeds)", "", "| row | " + " | ".join(classes) + " |",
+             "|---" * (len(classes) + 1) + "|"]
+    for label, entry in validation.items():
+        lines.append(f"| {label} | " + " | ".join(f"{entry['per_class_iou'][name]['mean']:.3f}" for name in classes)
+                     + " |")
     return lines + [""]

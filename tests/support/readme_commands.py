@@ -133,7 +133,9 @@ def node_topic_names() -> list[re.Pattern]:
 
 
 def demo_run_names() -> set[str]:
-    return set(re.findall(r'"([\w-]+)"', (REPO / "tools" / "demo.py").read_text()))
+    from vexkd_train.demo import run_names
+
+    return run_names()
 
 
 @lru_cache(maxsize=1)
@@ -316,7 +318,7 @@ class Checker:
         for argument in arguments:
             for run in re.findall(r"demo/runs/([\w-]+)", argument):
                 if run not in demo_run_names():
-                    self.fail(command, f"make demo writes no run '{run}' (tools/demo.py)")
+                    self.fail(command, f"make demo writes no run '{run}' (vexkd_train/demo.py)")
             for scene in re.findall(r"demo/bags/(scene-\d+)", argument):
                 if scene != demo_scenes()[1][0]:
                     self.fail(command, f"make demo bags val scene {demo_scenes()[1][0]}, not {scene}")

@@ -1,30 +1,18 @@
-"""The demo's stages are reused only while what they consumed is the same, and its report's
-total counts only the time the run itself spent. Trivial actions stand in for the real ones."""
-import importlib.util
+"""Stages (the experiment's runs, the demo's steps) are reused only while what they consumed
+is the same, and a report's total counts only the time the run itself spent. Trivial actions
+stand in for the real ones."""
 import json
 import os
-import sys
 import types
 from pathlib import Path
 
 import pytest
 
-from vexkd_core.fingerprint import dataset_identity, digest, file_stamp
+from vexkd_core.fingerprint import dataset_identity, file_stamp
+from vexkd_train import stages as module
+from vexkd_train.stages import StageTime, Stages, timings_table
 
 pytestmark = pytest.mark.unit
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _demo():
-    spec = importlib.util.spec_from_file_location("vexkd_demo", REPO / "tools" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-demo = _demo()
 
 
 def _world(root: Path, samples: list[str]) -> Path:
@@ -51,8 +39,8 @@ def test_a_stage_reruns_when_the_world_it_read_is_rewritten(tmp_path):
     render = Action(tmp_path / "sample.png")
 
     def run() -> bool:  # as the demo does it: a fresh Stages per run, the world's identity read from disk
-        return demo.Stages(tmp_path).run("render", digest(dataset_identity(world, "v-test"), "code"),
-                                         [render.output], render)
+        return Stages(tmp_path).run("render", {"data": dataset_identity(world, "v-test"), "code": "code"},
+                                    [render.output], render)
 
     assert run() and render.calls == 1
     assert not run() and render.calls == 1  # nothing changed: reused
@@ -70,8 +58,8 @@ def test_a_stage_reruns_when_an_input_checkpoint_is_rewritten(tmp_path):
     evaluate = Action(tmp_path / "metrics.json")
 
     def run() -> bool:
-        return demo.Stages(tmp_path).run("evaluate lidar", digest("world", file_stamp(model, tmp_path)),
-                                         [evaluate.output], evaluate)
+        return Stages(tmp_path).run("evaluate lidar", {"data": "world", "checkpoint": file_stamp(model, tmp_path)},
+                                    [evaluate.output], evaluate)
 
     assert run() and not run()
     model.write_bytes(b"other")  # retrained: same size, new mtime
@@ -86,7 +74,7 @@ def test_a_stage_that_failed_is_not_reused(tmp_path):
         output.write_text("half")
         raise RuntimeError("interrupted")
 
-    stages = demo.Stages(tmp_path)
+    stages = Stages(tmp_path)
     assert stages.run("train", "same", [output], Action(output))
     output.unlink()
     try:
@@ -95,49 +83,35 @@ def test_a_stage_that_failed_is_not_reused(tmp_path):
         pass
     # The half-written output exists and the fingerprint is the same: still made again.
     again = Action(output)
-    assert demo.Stages(tmp_path).run("train", "same", [output], again) and again.calls == 1
+    assert Stages(tmp_path).run("train", "same", [output], again) and again.calls == 1
 
 
 def test_the_report_total_is_the_wall_clock_time_this_run_spent(tmp_path, monkeypatch):
     # Each Stages takes the time it starts at; each stage that runs, its start and end.
     clock = iter([0.0, 0.0, 500.0, 1000.0, 1003.0, 1004.0, 1010.0, 1017.0, 1020.0])
-    monkeypatch.setattr(demo, "time", types.SimpleNamespace(monotonic=lambda: next(clock)))
-    first = demo.Stages(tmp_path)
+    monkeypatch.setattr(module, "time", types.SimpleNamespace(monotonic=lambda: next(clock)))
+    first = Stages(tmp_path)
     first.run("train lidar", "lidar v1", [], lambda: None)  # 500 s
     first.run("evaluate lidar", "eval v1", [], lambda: None)  # 3 s
 
-    second = demo.Stages(tmp_path)  # starts at 1004
+    second = Stages(tmp_path)  # starts at 1004
     second.run("train lidar", "lidar v1", [], lambda: None)  # reused: its 500 s were spent by the first run
     second.run("evaluate lidar", "eval v2", [], lambda: None)  # runs again: 7 s
-    assert second.timings == [demo.StageTime("train lidar", 500.0, reused=True),
-                              demo.StageTime("evaluate lidar", 7.0, reused=False)]
-    table = demo.timings_table(second.timings, second.elapsed())  # at 1020: 16 s since the run began
+    assert second.timings == [StageTime("train lidar", 500.0, reused=True),
+                              StageTime("evaluate lidar", 7.0, reused=False)]
+    table = timings_table(second.timings, second.elapsed())  # at 1020: 16 s since the run began
     assert "| train lidar | (500) | reused |" in table and "| evaluate lidar | 7 | |" in table
     assert table[-1] == "| total (this run, wall clock) | 16 | 1 of 2 reused |"
 
 
-def test_stages_side_by_side_overlap_and_a_failure_is_raised(tmp_path):
-    import threading
-
-    both_running = threading.Barrier(2, timeout=10)  # passes only if the two stages run at once
-
-    def stage(name):
-        def action():
-            both_running.wait()
-            (tmp_path / name).write_text("done")
-        return lambda: stages.run(name, "v1", [tmp_path / name], action)
-
-    stages = demo.Stages(tmp_path)
-    assert stages.run_together([stage("lidar"), stage("camera")]) == [True, True]
-    assert {t.name for t in stages.timings} == {"lidar", "camera"}
-    assert json.loads((tmp_path / "stamps.json").read_text()) == {"lidar": "v1", "camera": "v1"}
-
-    def fails():
-        raise RuntimeError("camera training failed")
-
-    try:
-        demo.Stages(tmp_path).run_together([lambda: True, fails])
-    except RuntimeError as error:
-        assert "camera training failed" in str(error)
-    else:
-        raise AssertionError("a failed stage side by side was not raised")
+def test_each_stage_keeps_its_own_record_with_its_spec_and_seconds(tmp_path):
+    """One record per stage, so stages in other processes (students side by side) never write
+    the same file; a spec reads back equal though JSON turns its tuples into lists."""
+    output = tmp_path / "lidar.pt"
+    assert Stages(tmp_path / "records").run("train lidar-vexkd", {"levels": ("low", "high")}, [output],
+                                            Action(output))
+    record = json.loads((tmp_path / "records" / "train_lidar-vexkd.json").read_text())
+    assert record["spec"] == {"levels": ["low", "high"]} and record["seconds"] >= 0
+    assert not Stages(tmp_path / "records").run("train lidar-vexkd", {"levels": ("low", "high")}, [output],
+                                                Action(output))
+    assert not Stages(tmp_path / "records").is_done("train lidar-vexkd", {"levels": ("low",)}, [output])

@@ -1,0 +1,221 @@
+"""The runs an experiment suite is made of, each a stage (vexkd_train.stages) in `<out>/runs/<name>/`:
+students, the teacher (started from the LiDAR student, BEVFusion's practice), the mask
+generators, and their evaluations. A run's spec holds its settings, the identity of the dataset
+on disk and the stamps of the checkpoints it started from, so an interrupted suite resumes where
+it stopped, and a rewritten dataset or a retrained teacher redoes what depended on it.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from vexkd_core.config import Config
+from vexkd_core.data.dataset import model_source
+from vexkd_core.data.nuscenes_source import NuScenesSource
+from vexkd_core.fingerprint import code_digest, dataset_identity, file_stamp
+from vexkd_core.modalities import reads
+from vexkd_core.models.vexkd import initial_model
+from vexkd_train.evaluate import evaluate
+from vexkd_train.experiment_plan import MaskRun, Student, Suite
+from vexkd_train.loop import median_step_seconds
+from vexkd_train.masks import MASKS_FORMAT, MaskSettings, train_masks
+from vexkd_train.stages import StageTime, Stages
+from vexkd_train.trainer import RunOptions, train
+from vexkd_train.training_setup import build_distiller, initialise_from_lidar, initialise_image_stages
+
+# In a distilled student's spec, so runs trained before a fix to distilled training are redone
+# rather than reused. 2: the student's parameters are stepped once per step (before, the
+# distiller also held them, and AdamW stepped them twice: twice the learning rate).
+DISTILLED_TRAINING_REVISION = 2
+PACKAGE = Path(__file__).resolve().parent.parent
+
+
+def teacher_name(fuser: str) -> str:
+    return "teacher" if fuser == "mgfm" else f"teacher-{fuser}"
+
+
+class Runs:
+    def __init__(self, dataroot: Path, version: str, out: Path, config: Config, suite: Suite, progress: bool = True,
+                 inputs_ready: bool = False, stages: Stages | None = None):
+        """`inputs_ready`: the teachers and mask generators are trained already (the side-by-side
+        runs' processes, which must never train them, as two could at once). `stages`: whose
+        bookkeeping to join (the demo's, whose other steps are stages too)."""
+        self.dataroot, self.version, self.out, self.config, self.suite = dataroot, version, out, config, suite
+        self.progress, self.inputs_ready = progress, inputs_ready
+        self.stages = stages or Stages(out / "stages", announce=progress)
+        self.train_source = model_source(dataroot, version, "train", config, config.train.augment)
+        self.code = code_digest(PACKAGE / "vexkd_core", PACKAGE / "vexkd_train") if suite.redo_on_code_change else None
+        # Each dataset's identity is taken once: the suite's own reads leave the dataset as it
+        # was, and taking it at every reuse check would hash its tables again each time.
+        self.identities: dict[Path, str] = {}
+
+    def identity(self, dataroot: Path) -> str:
+        if dataroot not in self.identities:
+            self.identities[dataroot] = dataset_identity(dataroot, self.version)
+        return self.identities[dataroot]
+
+    def stamp(self, path: Path) -> list:
+        """An input file's stamp, its path relative to `out` so a moved suite stays reusable."""
+        return file_stamp(path, root=self.out)
+
+    def name(self, run: Student | MaskRun) -> str:
+        return run.short_name if self.suite.short_names else run.name
+
+    def folder(self, name: str) -> Path:
+        return self.out / "runs" / name
+
+    def checkpoint(self, name: str) -> Path:
+        return self.folder(name) / "model.pt"
+
+    def val_source(self) -> NuScenesSource:
+        return model_source(self.dataroot, self.version, "val", self.config, False, nusc=self.train_source.nusc)
+
+    def _common_spec(self) -> dict:
+        """What shapes every run; the seed list is left out so adding seeds reuses finished runs."""
+        return {"schedule": {"epochs": self.suite.epochs, "mask_epochs": self.suite.mask_epochs,
+                             "max_steps": self.suite.max_steps},
+                "data": self.identity(self.dataroot), "code": self.code}
+
+    def _image_encoder_spec(self, modality: str) -> dict:
+        start = self.suite.image_encoder_from
+        return {"image_encoder": self.stamp(start)} if start is not None and reads(modality, "camera") else {}
+
+    def student_spec(self, student: Student) -> dict:
+        """A distilled student's spec holds its teacher's (and mask generators') stamps, so it
+        is redone when they are retrained; asking for them finishes those runs first."""
+        inputs = self._image_encoder_spec(student.modality)
+        if student.distill != "none":
+            inputs["teacher"] = self.stamp(self.teacher(student.fuser))
+            inputs["distilled_training_revision"] = DISTILLED_TRAINING_REVISION
+        if student.masks:
+            inputs["masks"] = self.stamp(self.masks(student.masks))
+        return {"student": asdict(student), "config": self.config.to_dict(), "inputs": inputs, **self._common_spec()}
+
+    def teacher_config(self, fuser: str) -> Config:
+        return replace(self.config, model=replace(self.config.model, fuser=fuser))
+
+    def teacher_spec(self, fuser: str = "mgfm") -> dict:
+        """Needs the LiDAR baseline's checkpoint (the teacher starts from it): teacher() makes it first."""
+        inputs = {"lidar": self.stamp(self.checkpoint(self.name(Student("lidar")))), **self._image_encoder_spec("fusion")}
+        return {"teacher": "init from the seed-0 LiDAR student", "config": self.teacher_config(fuser).to_dict(),
+                "inputs": inputs, **self._common_spec()}
+
+    def _options(self, name: str) -> RunOptions:
+        return RunOptions(self.folder(name), max_epochs=self.suite.epochs, max_steps=self.suite.max_steps,
+                          progress=self.progress)
+
+    def _start(self, model, modality: str) -> None:
+        if self.suite.image_encoder_from is not None and reads(modality, "camera"):
+            initialise_image_stages(model, self.suite.image_encoder_from)
+
+    def _shared_input(self, name: str, spec: dict, outputs: list[Path], action) -> None:
+        """A run other runs start from: never trained by a side-by-side process."""
+        if self.inputs_ready and not self.stages.is_done(f"train {name}", spec, outputs):
+            raise RuntimeError(f"{name} should have been trained before the students side by side")
+        self.stages.run(f"train {name}", spec, outputs, action)
+
+    def student(self, student: Student) -> dict:
+        """The student's val metrics (training it first if needed), with its median step seconds."""
+        name = self.name(student)
+
+        def train_student() -> None:
+            config = replace(self.config, train=replace(self.config.train, seed=student.seed))
+            if not student.depth_supervision:
+                config = replace(config, model=replace(config.model, camera=replace(config.model.camera,
+                                                                                   depth_loss_weight=0.0)))
+            model = initial_model(config, student.modality)
+            self._start(model, student.modality)
+            distiller = None
+            if student.distill != "none":
+                distiller = build_distiller(self.teacher(student.fuser), model, student.distill, student.levels,
+                                            student.loss, {"low": 1.0, "high": 1.0},
+                                            self.masks(student.masks) if student.masks else None)
+            train(model, config, self.train_source, student.modality, self._options(name), distiller)
+
+        self.stages.run(f"train {name}", self.student_spec(student), [self.checkpoint(name)], train_student)
+        return self.metrics(name)
+
+    def teacher(self, fuser: str = "mgfm") -> Path:
+        name = teacher_name(fuser)
+        self.student(Student("lidar"))
+
+        def train_teacher() -> None:
+            config = self.teacher_config(fuser)
+            teacher = initial_model(config, "fusion")
+            initialise_from_lidar(teacher, self.checkpoint(self.name(Student("lidar"))))
+            self._start(teacher, "fusion")
+            train(teacher, config, self.train_source, "fusion", self._options(name))
+
+        self._shared_input(name, self.teacher_spec(fuser), [self.checkpoint(name)], train_teacher)
+        self.metrics(name)
+        return self.checkpoint(name)
+
+    def masks(self, run: MaskRun) -> Path:
+        name, folder = self.name(run), self.folder(self.name(run))
+        settings = MaskSettings(blocks=run.blocks, random_query=run.random_query, epochs=self.suite.mask_epochs)
+        teacher = self.teacher()
+        spec = {"masks": asdict(settings), "format": MASKS_FORMAT, "inputs": {"teacher": self.stamp(teacher)},
+                **self._common_spec()}
+        self._shared_input(name, spec, [folder / "masks.pt"], lambda: train_masks(
+            teacher, self.train_source, folder, settings, progress=self.progress, report_source=self.val_source()))
+        return folder / "masks.pt"
+
+    def metrics(self, name: str) -> dict:
+        """A trained run's val metrics, with the median seconds of its training steps."""
+        return {**self.evaluation(name, self.dataroot, "val"),
+                "step_seconds": median_step_seconds(self.folder(name) / "log.csv")}
+
+    def evaluation(self, name: str, dataroot: Path, split: str, tag: str = "metrics",
+                   drop_sensor: str | None = None) -> dict:
+        """A trained run evaluated on a split of a dataset (with a sensor dropped), kept in
+        runs/<name>/<tag>.json while the checkpoint, the dataset as it is on disk, the split
+        and the dropped sensor stay the same."""
+        folder, checkpoint = self.folder(name), self.checkpoint(name)
+        spec = {"checkpoint": self.stamp(checkpoint), "dataroot": str(dataroot), "data": self.identity(dataroot),
+                "split": split, "drop_sensor": drop_sensor, "code": self.code}
+        stage = f"evaluate {name}" if tag == "metrics" else f"evaluate {name} ({tag})"
+        return self.stages.kept(stage, spec, folder / f"{tag}.json", lambda: evaluate(
+            checkpoint, dataroot, self.version, split, folder / ("eval" if tag == "metrics" else f"eval_{tag}"),
+            progress=self.progress, drop_sensor=drop_sensor))
+
+    def in_processes(self, students: list[Student], jobs: int, task) -> None:
+        """`task(runs, student)` for every student, in `jobs` processes of an equal share of the
+        cores (each with its own Runs, inputs_ready); their stage timings join this run's. Small
+        CPU models use one core per process better than one process uses them all."""
+        if not students:
+            return
+        threads = max(1, len(os.sched_getaffinity(0)) // jobs)
+        arguments = dict(dataroot=self.dataroot, version=self.version, out=self.out, config=self.config,
+                         suite=self.suite, progress=False, inputs_ready=True)
+        pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_start_worker, initargs=(threads, arguments))
+        try:
+            futures = [pool.submit(_run_in_worker, task, student) for student in students]
+            for future in tqdm(as_completed(futures), total=len(futures), desc=f"students, {jobs} side by side",
+                               unit="run", disable=not self.progress):
+                self.stages.timings += future.result()
+        finally:  # the first failure cancels the runs not yet started (those under way finish first)
+            pool.shutdown(cancel_futures=True)
+
+
+_worker_runs: Runs | None = None  # a side-by-side process's own, made once by _start_worker
+
+
+def _start_worker(threads: int, arguments: dict) -> None:
+    """A side-by-side process: its share of the cores, and one Runs for all its runs (each
+    reads the dataset's tables and takes its identity once)."""
+    global _worker_runs
+    torch.set_num_threads(threads)
+    _worker_runs = Runs(**arguments)
+
+
+def _run_in_worker(task, student: Student) -> list[StageTime]:
+    before = len(_worker_runs.stages.timings)
+    task(_worker_runs, student)
+    return _worker_runs.stages.timings[before:]
