@@ -115,3 +115,8 @@ def test_each_stage_keeps_its_own_record_with_its_spec_and_seconds(tmp_path):
     assert not Stages(tmp_path / "records").run("train lidar-vexkd", {"levels": ("low", "high")}, [output],
                                                 Action(output))
     assert not Stages(tmp_path / "records").is_done("train lidar-vexkd", {"levels": ("low",)}, [output])
+    # Asked for again in the same run (every distilled student needs the teacher): listed once.
+    stages = Stages(tmp_path / "records")
+    for _ in range(3):
+        stages.run("train lidar-vexkd", {"levels": ("low", "high")}, [output], Action(output))
+    assert [timing.name for timing in stages.timings] == ["train lidar-vexkd"]
