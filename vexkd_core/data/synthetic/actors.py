@@ -222,14 +222,14 @@ class _RoadTraffic:
 
     def crossing_traffic(self, work_zone_lane: LaneSegment) -> None:
         """The crossing road: queues wait at the stop lines, departing traffic drives away."""
-        for lane in _crossing_lanes(self.city, self.junction, self.ego_lane.axis):
+        for lane in self.city.crossing_lanes(self.junction, self.ego_lane.axis):
             lo, hi = (self.junction.x0, self.junction.x1) if lane.axis == 0 else (self.junction.y0, self.junction.y1)
-            if _ends_at(lane, lo, hi):
+            if lane.ends_at(lo, hi):
                 if lane != work_zone_lane:
                     entry = lo if lane.direction > 0 else hi
                     stop_at = entry - lane.direction * (1.0 + 4.0 + STOP_LINE_DEPTH_M + 0.5)
                     self.queue(lane, self.random_vehicles(int(self.rng.integers(1, 4))), stop_at, 45.0)
-            elif _starts_at(lane, lo, hi):
+            elif lane.starts_at(lo, hi):
                 exit_ = hi if lane.direction > 0 else lo
                 heavy = ["vehicle.bus.rigid", "vehicle.car", "vehicle.truck", "vehicle.trailer"] \
                     if self.ego.speed == 0.0 and lane.index_from_center == 0 else []
@@ -374,9 +374,9 @@ def populate_scene(city: City, rng: np.random.Generator, duration_s: float) -> S
     ego, ego_lane, junction = _choose_ego(city, rng, duration_s)
     density_name = str(rng.choice(["light", "medium", "dense"]))
     density = {"light": 0.2, "medium": 0.5, "dense": 0.9}[density_name]
-    crossing_lanes = _crossing_lanes(city, junction, ego_lane.axis)
+    crossing_lanes = city.crossing_lanes(junction, ego_lane.axis)
     lo_hi = lambda lane: (junction.x0, junction.x1) if lane.axis == 0 else (junction.y0, junction.y1)  # noqa: E731
-    approach_lanes = [lane for lane in crossing_lanes if _ends_at(lane, *lo_hi(lane))]
+    approach_lanes = [lane for lane in crossing_lanes if lane.ends_at(*lo_hi(lane))]
     work_lane = approach_lanes[int(rng.integers(len(approach_lanes)))]
     road = _RoadTraffic(placer, city, ego, ego_lane, junction, duration_s)
     road.work_zone(work_lane)
@@ -390,21 +390,3 @@ def populate_scene(city: City, rng: np.random.Generator, duration_s: float) -> S
     lighting = LIGHTINGS[int(rng.integers(len(LIGHTINGS)))]
     return Scenario(ego, placer.actors, lighting, duration_s, density_name, placer.occupied)
 
-
-def _crossing_lanes(city: City, junction: Rect, ego_axis: int) -> list[LaneSegment]:
-    """Lane segments of the road that crosses the ego's road at `junction`."""
-    lanes = []
-    for lane in city.lanes:
-        centre_across = junction.center[1] if lane.axis == 0 else junction.center[0]
-        if lane.axis != ego_axis and abs(lane.position - centre_across) < 2 * LANE_WIDTH_M + 0.1:
-            lanes.append(lane)
-    return lanes
-
-
-def _ends_at(lane: LaneSegment, lo: float, hi: float) -> bool:
-    """The lane segment runs into the junction spanning [lo, hi] along its axis."""
-    return abs((lane.end - lo) if lane.direction > 0 else (lane.start - hi)) < 1e-6
-
-
-def _starts_at(lane: LaneSegment, lo: float, hi: float) -> bool:
-    return abs((lane.start - hi) if lane.direction > 0 else (lane.end - lo)) < 1e-6

@@ -50,6 +50,14 @@ class LaneSegment:
     end: float
     index_from_center: int  # 0 = next to the centre line
 
+    def ends_at(self, lo: float, hi: float) -> bool:
+        """The segment runs into the junction spanning [lo, hi] along its axis."""
+        return abs((self.end - lo) if self.direction > 0 else (self.start - hi)) < 1e-6
+
+    def starts_at(self, lo: float, hi: float) -> bool:
+        """The segment leaves the junction spanning [lo, hi] along its axis."""
+        return abs((self.start - hi) if self.direction > 0 else (self.end - lo)) < 1e-6
+
 
 @dataclass
 class MapGeometry:
@@ -88,6 +96,15 @@ class City:
         cols = np.clip((x / GROUND_RESOLUTION_M).astype(np.int64), 0, self.ground.shape[1] - 1)
         outside = (x < 0) | (y < 0) | (x >= self.size[0]) | (y >= self.size[1])
         return np.where(outside, GRASS, self.ground[rows, cols])
+
+    def crossing_lanes(self, junction: Rect, axis: int) -> list[LaneSegment]:
+        """Lane segments of the road that crosses, at `junction`, a road along `axis`."""
+        lanes = []
+        for lane in self.lanes:
+            centre_across = junction.center[1] if lane.axis == 0 else junction.center[0]
+            if lane.axis != axis and abs(lane.position - centre_across) < 2 * LANE_WIDTH_M + 0.1:
+                lanes.append(lane)
+        return lanes
 
 
 def _road_positions(rng: np.random.Generator, count: int) -> tuple[list[float], list[int]]:
