@@ -29,7 +29,10 @@ def maps_library(pid: int, library: str) -> bool:
 def interrupt_while_importing_torch(script: str) -> subprocess.CompletedProcess:
     """Start `script` with no arguments, wait until it is inside `import torch`, and send
     SIGINT twice, as a terminal's Ctrl-C and `ros2 launch` stopping its nodes both do."""
-    process = subprocess.Popen([str(BIN / script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # As from a terminal: a suite started in the background (`make test &`) inherits SIGINT
+    # ignored, and Python keeps an ignored SIGINT ignored.
+    process = subprocess.Popen([str(BIN / script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not maps_library(process.pid, TORCH_LIBRARY):
         assert process.poll() is None, f"{script} ended before importing torch: {process.communicate()}"
