@@ -1,9 +1,9 @@
 """What distillation costs at training time, as ratios measured in one run on this machine:
 
 - a distilled student step (teacher forward + mask generators + masked losses) over a plain
-  student step, per modality;
+  student step, per modality and mask kind (soft: MasKD's, the default; decided);
 - a mask-generator step (4 generators x T masks through the frozen teacher) over a plain
-  student step, and the seconds one mask-training epoch of the demo world takes.
+  student step, per mask kind, and the seconds one mask-training epoch of the demo world takes.
 
 Random-weight models on a real synthetic sample (costs do not depend on the weights);
 prints the figures and records bench/results/distillation.json.
@@ -28,7 +28,7 @@ from vexkd_core.data.dataset import EpochSampler, TrainingSet, collate_training,
 from vexkd_core.distill.distiller import Distiller, freeze  # noqa: E402
 from vexkd_core.io import atomic_write_json  # noqa: E402
 from vexkd_core.models.vexkd import build_model  # noqa: E402
-from vexkd_train.masks import MaskSettings, build_generators, step_losses  # noqa: E402
+from vexkd_train.masks import KINDS, MaskSettings, build_generators, step_losses  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "distillation.json"
 
@@ -47,7 +47,7 @@ def student_step(student, batch, targets, optimizer, distiller=None):
     def step():
         output = student(batch)
         box_targets = student.box_targets(targets, "cpu")
-        losses = student.task_losses(output, targets, box_targets)
+        losses = student.losses(output, targets, batch, box_targets)
         if distiller is not None:
             losses.update(distiller(student, batch, output, targets, box_targets))
         optimizer.zero_grad(set_to_none=True)
@@ -78,36 +78,41 @@ def main() -> None:
     batch, targets = collate_training([dataset[i] for i in range(config.train.batch_size)])
     torch.manual_seed(0)
     teacher = freeze(build_model(config, "fusion"))
-    settings = MaskSettings()
-    generators = build_generators(teacher, settings)
-    parameters = [p for g in generators.values() for p in g.parameters()]
-    seconds = {"mask step": median_seconds(mask_step(teacher, generators, batch, targets, settings,
-                                                     torch.optim.AdamW(parameters)), args.repeats)}
+    seconds, generators = {}, {}
+    for mask_kind in KINDS:
+        settings = MaskSettings.recipe(mask_kind)
+        generators[mask_kind] = build_generators(teacher, settings)
+        parameters = [p for g in generators[mask_kind].values() for p in g.parameters()]
+        seconds[f"{mask_kind} mask step"] = median_seconds(mask_step(
+            teacher, generators[mask_kind], batch, targets, settings, torch.optim.Adam(parameters)), args.repeats)
     for modality in ("lidar", "camera"):
-        for kind in ("plain", "distilled"):
+        for kind in ("plain", *KINDS):
             torch.manual_seed(0)
             student = build_model(config, modality).train()
-            distiller = Distiller(teacher, student, "vexkd", ("low", "high"), "at", {"low": 1.0, "high": 1.0},
-                                  generators) if kind == "distilled" else None
+            distiller = None if kind == "plain" else Distiller(
+                teacher, student, "vexkd", ("low", "high"), "at", {"low": 1.0, "high": 1.0}, generators[kind])
             optimizer = torch.optim.AdamW(student.parameters())
-            seconds[f"{modality} {kind} step"] = median_seconds(student_step(student, batch, targets, optimizer,
-                                                                             distiller), args.repeats)
-    ratios = {f"{m} distilled / plain step": seconds[f"{m} distilled step"] / seconds[f"{m} plain step"]
-              for m in ("lidar", "camera")}
-    ratios["mask step / lidar plain step"] = seconds["mask step"] / seconds["lidar plain step"]
+            name = f"{modality} plain step" if kind == "plain" else f"{modality} distilled step, {kind} masks"
+            seconds[name] = median_seconds(student_step(student, batch, targets, optimizer, distiller), args.repeats)
+    ratios = {f"{m} distilled ({kind} masks) / plain step": seconds[f"{m} distilled step, {kind} masks"]
+              / seconds[f"{m} plain step"] for m in ("lidar", "camera") for kind in KINDS}
+    ratios.update({f"{kind} mask step / lidar plain step": seconds[f"{kind} mask step"] / seconds["lidar plain step"]
+                   for kind in KINDS})
     steps_per_epoch = EpochSampler(len(dataset), config.train.batch_size, 0).batches_per_epoch()
-    epoch_seconds = seconds["mask step"] * steps_per_epoch
+    epoch_seconds = {kind: seconds[f"{kind} mask step"] * steps_per_epoch for kind in KINDS}
+    masks_per_generator = MaskSettings().masks_per_generator
     print(f"{args.preset} preset, CPU, {torch.get_num_threads()} threads, batch {config.train.batch_size}, "
-          f"T = {settings.masks_per_generator} masks per generator (median of {args.repeats})")
+          f"T = {masks_per_generator} masks per generator (median of {args.repeats})")
     for name, value in seconds.items():
-        print(f"  {name:24s} {value:6.2f} s")
+        print(f"  {name:40s} {value:6.2f} s")
     for name, value in ratios.items():
-        print(f"  {name:32s} {value:5.2f}")
-    print(f"  one mask-training epoch of {len(dataset)} samples: {epoch_seconds:.0f} s")
+        print(f"  {name:48s} {value:5.2f}")
+    for kind, value in epoch_seconds.items():
+        print(f"  one {kind} mask-training epoch of {len(dataset)} samples: {value:.0f} s")
     results = RESULTS if args.preset == "tiny" else RESULTS.with_name(f"distillation_{args.preset}.json")
     atomic_write_json(results, {"preset": args.preset, "machine": f"{platform.machine()} "
                                 f"{torch.get_num_threads()} threads", "batch": config.train.batch_size,
-                                "masks_per_generator": settings.masks_per_generator, "seconds": seconds,
+                                "masks_per_generator": masks_per_generator, "seconds": seconds,
                                 "ratios": ratios, "mask_epoch_seconds": epoch_seconds,
                                 "train_samples": len(dataset)})
     print(f"recorded {results}")

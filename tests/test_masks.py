@@ -1,7 +1,10 @@
-"""Mask generation that masks: masks are decided cells, the objective cannot be met by the
-whole map or by no mask, trained generators pick cells (and differ from each other), the
-selectivity report measures what it says, and the ConvFuser teacher of the paper's
+"""Mask generation that masks. Soft masks (the default): no constant mask is representable,
+they start near 0.5, and training a few steps makes them neither constant nor a partition,
+with their Dice falling. Decided masks (`--mask-kind decided`): cells, an objective that
+cannot be met by the whole map or by no mask, trained generators that pick cells and differ.
+The selectivity report measures what it says, and the ConvFuser teacher of the paper's
 comparison trains, evaluates and gets random-query masks."""
+import csv
 import json
 import subprocess
 import sys
@@ -16,14 +19,14 @@ from vexkd_core.config import load_config
 from vexkd_core.data.dataset import TrainingSet, collate_training, map_source_grid
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.distill.distiller import freeze
-from vexkd_core.distill.losses import MaskedDistillLoss
 from vexkd_core.distill.mask_generator import area_error, decide, dice_overlap
 from vexkd_core.distill.selectivity import (AgreementMeter, SelectivityMeter, agreement_table, as_report,
                                             box_footprints, generator_diversity, selectivity_table)
 from vexkd_core.errors import CheckpointError
 from vexkd_core.models.vexkd import build_model
 from vexkd_core.structures import BEVGrid, Boxes3D
-from vexkd_train.masks import MaskSettings, build_generators, load_masks, masks_loss, teacher_task_loss, train_masks
+from vexkd_train.masks import (MaskSettings, build_generators, decided_masks_loss, load_masks, teacher_task_loss,
+                               train_masks)
 from vexkd_train.trainer import RunOptions, train
 
 pytestmark = pytest.mark.slow
@@ -63,7 +66,8 @@ def test_generated_masks_are_decided_cells_with_shares_at_the_budget():
     background takes every cell and training grows the masks from none."""
     torch.manual_seed(0)
     teacher = build_model(CONFIG, "fusion").eval()
-    generator = build_generators(teacher, MaskSettings(masks_per_generator=4, blocks=1))["detection/high"]
+    generator = build_generators(teacher, MaskSettings.recipe("decided", masks_per_generator=4, blocks=1))[
+        "detection/high"]
     feature = torch.randn(2, teacher.feature_channels["high"], 12, 10)
     masks = generator(feature)
     assert masks.shape == (2, 4, 12, 10) and set(masks.unique().tolist()) <= {0.0, 1.0}
@@ -71,6 +75,27 @@ def test_generated_masks_are_decided_cells_with_shares_at_the_budget():
     shares = generator.shares(feature)
     assert shares.sum(1).mean().item() == pytest.approx(MaskSettings().area_budget, abs=0.1)  # 0.23-0.36 by seed
     assert torch.equal(masks, decide(shares)) and masks.sum() == 0
+
+
+def test_soft_masks_start_near_a_half_overlap_and_cannot_be_made_constant():
+    """MasKD's masks: sigmoid of a logit with no bias, on states normalised without a shift,
+    so the head cannot add a constant; token weights are a softmax per sample."""
+    torch.manual_seed(0)
+    teacher = build_model(CONFIG, "fusion").eval()
+    generator = build_generators(teacher, MaskSettings(masks_per_generator=4, blocks=1))["segmentation/low"]
+    feature = torch.randn(2, teacher.feature_channels["low"], 12, 10)
+    with torch.no_grad():
+        masks = generator(feature)
+        assert masks.shape == (2, 4, 12, 10) and (masks - 0.5).abs().max() < 0.1  # MasKD's start
+        assert not torch.allclose(masks.sum(1), torch.ones(2, 12, 10))  # not a partition of the cells
+        weights = generator.token_weights(feature)
+        assert weights.shape == (2, 4) and torch.allclose(weights.sum(1), torch.ones(2))
+        assert generator.head.bias is None and generator.norm.bias is None
+        # The one direction that would add the same to every cell's logit gives exactly 0.5:
+        # a normalised state has zero mean over its channels.
+        generator.norm.weight.fill_(1.0)
+        generator.head.weight.fill_(3.0)
+        assert torch.allclose(generator(feature), torch.full_like(masks, 0.5), atol=1e-5)
 
 
 def test_box_footprints_cover_a_rotated_box():
@@ -139,19 +164,6 @@ def test_agreement_tells_the_same_masks_in_another_order_from_other_masks():
     assert "| detection/low | 0.80 | 0.67 |" in agreement_table({"detection/low": half.summary()})
 
 
-def test_attention_transfer_of_a_uniform_mask_is_the_whole_map():
-    """Why a uniform mask, of any value, is whole-map distillation (and so not a mask)."""
-    teacher = torch.randn(2, 8, 6, 6)
-    picked = torch.zeros(2, 1, 6, 6)
-    picked[..., :3, :3] = 1
-    student = torch.where(picked > 0, teacher, torch.randn(2, 8, 6, 6))  # agrees with the teacher where picked
-    at = MaskedDistillLoss(8, 8, "at")
-    whole = at(student, teacher, torch.ones(2, 1, 6, 6))
-    assert whole.item() > 0.05
-    assert at(student, teacher, torch.full((2, 1, 6, 6), 0.02)).item() == pytest.approx(whole.item(), rel=1e-5)
-    assert at(student, teacher, picked).item() == pytest.approx(0.0, abs=1e-9)
-
-
 @pytest.fixture(scope="module")
 def trained_teacher(tiny_world, tmp_path_factory):
     """A teacher trained a few dozen steps on the tiny world: enough for its task loss to
@@ -168,7 +180,7 @@ def trained_teacher(tiny_world, tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_masks(trained_teacher):
     checkpoint, source, folder = trained_teacher
-    settings = MaskSettings(masks_per_generator=4, blocks=1, epochs=20)
+    settings = MaskSettings.recipe("decided", masks_per_generator=4, blocks=1, epochs=20)
     return train_masks(checkpoint, source, folder / "generators", settings, progress=False), settings
 
 
@@ -208,7 +220,7 @@ def test_training_lowers_the_objective_below_untrained_masks_the_whole_map_and_n
 
     def objective(key, feature, shares, output):
         unmasked = teacher_task_loss(teacher, key.split("/")[0], output, targets)
-        return masks_loss(teacher, key, feature, shares, targets, settings, unmasked).total(settings).item()
+        return decided_masks_loss(teacher, key, feature, shares, targets, settings, unmasked).total(settings).item()
 
     with torch.no_grad():
         output = teacher(batch)
@@ -223,6 +235,36 @@ def test_training_lowers_the_objective_below_untrained_masks_the_whole_map_and_n
             whole_map = objective(key, feature, stripes, output)
             no_mask = objective(key, feature, torch.zeros_like(stripes), output)
             assert trained < min(start, whole_map, no_mask), (key, trained, start, whole_map, no_mask)
+
+
+def test_soft_masks_trained_a_few_steps_vary_overlap_and_grow_apart(trained_teacher):
+    checkpoint, source, folder = trained_teacher
+    settings = MaskSettings(masks_per_generator=4, blocks=1, epochs=10)  # 4 samples: 40 steps
+    path = train_masks(checkpoint, source, folder / "soft", settings, progress=False)
+    rows = list(csv.DictReader((folder / "soft" / "log.csv").open()))
+    assert len(rows) == 40
+    for key in ("detection/low", "detection/high", "segmentation/low", "segmentation/high"):
+        dice = [float(row[f"{key}/dice"]) for row in rows]
+        assert np.mean(dice[-5:]) < np.mean(dice[:5]), (key, dice[:5], dice[-5:])
+    teacher, _, _ = model_from_checkpoint(checkpoint)
+    generators = load_masks(path, teacher)
+    assert {generator.kind for generator in generators.values()} == {"soft"}
+    # How far training moved the copied query, from where it started and from the teacher's.
+    movement = json.loads((folder / "soft" / "query_movement.json").read_text())
+    assert set(movement) == set(generators)
+    for key, moved in movement.items():
+        query = generators[key].query.detach()
+        start = teacher.fuser.bev_query.detach()
+        assert moved["relative_change"] == pytest.approx(float((query - start).norm() / start.norm()), rel=1e-4), key
+        assert -1 <= moved["cosine_to_teacher_query"] < 1, key
+    batch, _ = collate_training([TrainingSet(source, CONFIG, augment=False)[0]])
+    with torch.no_grad():
+        output = teacher.eval()(batch)
+        for key, generator in generators.items():
+            masks = generator.eval()(getattr(output, key.split("/")[1]))[0]
+            assert masks.flatten(1).std(1).min() > 1e-3, key  # no mask is constant
+            overlap = (masks[:, None] * masks[None]).flatten(2).mean(2)  # (T, T): soft masks may share cells
+            assert overlap[~torch.eye(len(masks), dtype=bool)].min() > 0, key
 
 
 def test_convfuser_teacher_trains_evaluates_and_takes_random_query_masks(tiny_world, tmp_path):

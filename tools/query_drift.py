@@ -19,7 +19,8 @@ from pathlib import Path
 from vexkd_core.checkpoint import model_from_checkpoint
 from vexkd_core.data.dataset import model_source
 from vexkd_train.distill_diagnostics import query_drift
-from vexkd_train.masks import load_masks, measure_agreement
+from vexkd_train.mask_reports import measure_agreement
+from vexkd_train.masks import load_masks
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -18,7 +18,7 @@ from vexkd_core.distill.distiller import MODES
 from vexkd_core.distill.losses import DISTANCES
 from vexkd_core.inference import BACKENDS
 from vexkd_core.models.fusion import FUSERS
-from vexkd_train.masks import MaskSettings
+from vexkd_train.masks import KINDS, MaskSettings
 
 
 def _training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,16 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--version", default="v1.0-trainval")
     masks.add_argument("--split", default="train")
     masks.add_argument("--out", type=Path, required=True, help="folder for masks.pt and its log")
+    masks.add_argument("--mask-kind", choices=KINDS, default="soft",
+                       help="soft: MasKD's sigmoid masks with token weights (default); decided: 0/1 cells, ours")
     masks.add_argument("--masks-per-generator", type=int, default=MaskSettings.masks_per_generator)
     masks.add_argument("--blocks", type=int, default=MaskSettings.blocks, help="transformer blocks (paper: 3)")
     masks.add_argument("--random-query", action="store_true", help="ablation: do not start from the MGFM query")
     masks.add_argument("--area-budget", type=float, default=MaskSettings.area_budget,
-                       help="share of the map the masks of a generator cover together, in equal parts")
-    masks.add_argument("--max-epochs", type=int, default=MaskSettings.epochs)
+                       help="decided masks: share of the map the masks of a generator cover together, in equal parts")
+    masks.add_argument("--max-epochs", type=int, help="default: the recipe's for the teacher's preset (tiny: 8)")
     masks.add_argument("--batch-size", type=int, default=0,
                        help="samples per step (0: the teacher's train.batch_size); memory grows with it")
-    masks.add_argument("--max-steps", type=int, default=0,
-                       help="stop after this many steps (0: every step of the epochs; MasKD trains ~2k)")
+    masks.add_argument("--max-steps", type=int,
+                       help="stop after this many steps (0: every step of the epochs); default: the recipe's "
+                            "(nuscenes: MasKD's 2,000)")
     masks.add_argument("--report-split", default="val", metavar="SPLIT",
                        help="split the selectivity report is measured on")
     masks.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -189,16 +192,19 @@ def run_masks(args: argparse.Namespace) -> None:
 
     _check_device(args.device)
     try:
-        settings = MaskSettings(masks_per_generator=args.masks_per_generator, blocks=args.blocks,
-                                random_query=args.random_query, area_budget=args.area_budget, epochs=args.max_epochs,
-                                max_steps=args.max_steps, batch_size=args.batch_size)
-        settings.validate()  # before reading a dataset that may take a minute to index
         config = from_dict(load_checkpoint(args.teacher)["config"])
+        given = {"epochs": args.max_epochs, "max_steps": args.max_steps}
+        settings = MaskSettings.recipe(args.mask_kind, config.name, masks_per_generator=args.masks_per_generator,
+                                       blocks=args.blocks, random_query=args.random_query,
+                                       area_budget=args.area_budget, batch_size=args.batch_size,
+                                       **{name: value for name, value in given.items() if value is not None})
+        settings.validate()  # before reading a dataset that may take a minute to index
         source = model_source(args.dataroot, args.version, args.split, config, config.train.augment)
         report_source = model_source(args.dataroot, args.version, args.report_split, config, False, nusc=source.nusc)
         path = train_masks(args.teacher, source, args.out, settings, args.device, report_source=report_source,
                            resume=args.resume)
         print(f"wrote {path}")
+        print(f"query movement in mask training: {args.out / 'query_movement.json'}")
         print(f"mask selectivity on {args.report_split} ({args.out / 'selectivity.json'}):")
         print((args.out / "selectivity.md").read_text().rstrip())
         if args.export_split:

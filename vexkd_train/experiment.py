@@ -20,7 +20,8 @@ from vexkd_train.experiment_plan import (FUSER_LABELS, HELDOUT_TABLES, SENSOR_CA
                                          TABLES, Suite, tables)
 from vexkd_train.experiment_report import markdown, summarise, summarised
 from vexkd_train.experiment_runs import Runs, teacher_name
-from vexkd_train.masks import load_masks, measure_agreement
+from vexkd_train.mask_reports import measure_agreement
+from vexkd_train.masks import load_masks
 from vexkd_train.stages import Stages
 
 # The comparison's students by their label in the pictures.

@@ -7,7 +7,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vexkd_core.modalities import reads
-from vexkd_train.masks import MaskSettings
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ TABLES = ("comparison", "components", "masks", "blocks", "distance", "fusers", "
 @dataclass(frozen=True)
 class Suite:
     epochs: int  # student and teacher epochs
-    mask_epochs: int
+    mask_epochs: int | None  # None: the mask recipe's (MaskSettings.recipe)
     seeds: tuple[int, ...]
     max_steps: int = 0  # 0: full epochs (the quick suite caps steps to stay seconds long)
     ablation_seeds: tuple[int, ...] | None = None  # blocks and distance tables; None: `seeds`
@@ -91,7 +90,7 @@ class Suite:
 
 
 SUITES = {"quick": Suite(epochs=1, mask_epochs=1, seeds=(0,), max_steps=2),
-          "paper": Suite(epochs=15, mask_epochs=MaskSettings.epochs, seeds=(0, 1, 2))}
+          "paper": Suite(epochs=15, mask_epochs=None, seeds=(0, 1, 2))}
 FUSER_LABELS = {"mgfm": "MGFM", "convfuser": "ConvFuser"}
 SENSOR_CASES = {"both": None, "LiDAR only": "camera", "camera only": "lidar"}  # label -> sensor dropped
 HELDOUT_TABLES = ("comparison", "components", "masks", "camera")  # also evaluated on the held-out world

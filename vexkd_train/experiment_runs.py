@@ -158,7 +158,9 @@ class Runs:
 
     def masks(self, run: MaskRun) -> Path:
         name, folder = self.name(run), self.folder(self.name(run))
-        settings = MaskSettings(blocks=run.blocks, random_query=run.random_query, epochs=self.suite.mask_epochs)
+        epochs = {} if self.suite.mask_epochs is None else {"epochs": self.suite.mask_epochs}
+        settings = MaskSettings.recipe("soft", self.config.name, blocks=run.blocks, random_query=run.random_query,
+                                       **epochs)
         teacher = self.teacher()
         spec = {"masks": asdict(settings), "format": MASKS_FORMAT, "inputs": {"teacher": self.stamp(teacher)},
                 **self._common_spec()}

@@ -54,6 +54,9 @@ class Schedule:
     decay_to_stop: bool = False
     checkpoint_every: int = 0  # steps between last.pt writes; 0: only at the end
     workers: int = 0
+    optimizer: str = "adamw"  # or "adam": weight decay as an L2 term in the gradient (MasKD's)
+    warmup_fraction: float = 0.05  # of the steps, linear
+    final_fraction: float = 0.05  # the cosine ends at this fraction of the peak
 
 
 class Objective(torch.nn.Module):
@@ -95,13 +98,15 @@ def device_of(options: RunOptions) -> torch.device:
     return torch.device(f"cuda:{local_rank}" if options.device == "cuda" else options.device)
 
 
-def warmup_cosine(peak: float, step: int, total: int) -> float:
-    """Linear warm-up over 5% of the steps, then cosine decay to 5% of the peak."""
-    warmup = max(1, int(0.05 * total))
+def warmup_cosine(peak: float, step: int, total: int, warmup_fraction: float = 0.05,
+                  final_fraction: float = 0.05) -> float:
+    """Linear warm-up over `warmup_fraction` of the steps (at least one), then cosine decay to
+    `final_fraction` of the peak."""
+    warmup = max(1, int(warmup_fraction * total))
     if step < warmup:
         return peak * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
-    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return peak * (final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def parameter_checksum(module: torch.nn.Module) -> float:
@@ -116,7 +121,10 @@ def run(objective: Objective, dataset: Dataset, schedule: Schedule, options: Run
     run_dir = Path(options.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     parameters = objective.trainable()
-    optimizer = torch.optim.AdamW(parameters, lr=schedule.learning_rate, weight_decay=schedule.weight_decay)
+    if schedule.optimizer not in ("adamw", "adam"):
+        raise ValueError(f"optimizer must be adamw or adam, not '{schedule.optimizer}'")
+    optimizer_class = torch.optim.AdamW if schedule.optimizer == "adamw" else torch.optim.Adam
+    optimizer = optimizer_class(parameters, lr=schedule.learning_rate, weight_decay=schedule.weight_decay)
     step = 0
     if options.resume and (run_dir / LAST).is_file():
         payload = objective.restore_progress(run_dir / LAST)
@@ -146,7 +154,8 @@ def run(objective: Objective, dataset: Dataset, schedule: Schedule, options: Run
         for batch, targets in loader:
             started = time.perf_counter()
             for group in optimizer.param_groups:
-                group["lr"] = warmup_cosine(schedule.learning_rate, step, decay_steps)
+                group["lr"] = warmup_cosine(schedule.learning_rate, step, decay_steps, schedule.warmup_fraction,
+                                            schedule.final_fraction)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 losses = network(batch.to(device), targets)
             loss = sum(losses.values())

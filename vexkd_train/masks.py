@@ -1,67 +1,88 @@
 """Train the mask generators of a frozen teacher (one per task x feature level).
 
-A generator gives each cell's shares s_1..s_T of T masks (the background has the rest, by a
-softmax), and decides the cell: the masks d_t are 1 where s_t is the largest share, the
-background's included, and 0 elsewhere (`decide`: straight-through, the gradient is the
-shares'). The objective, per generator, over the teacher's feature F at its level:
+Soft masks (the default, MasKD's recipe; vexkd_core/distill/mask_generator.py): per generator,
+over the teacher's feature F at its level,
 
-    TaskLoss(teacher_rest(sum_t d_t * F)) / TaskLoss(teacher)   together the masks keep the task working
-  + diversity_weight * mean Dice(s_i, s_j), i < j        the T masks want different cells
-  + area_weight * mean_t |mean(d_t) / (area_budget / T) - 1|   each takes its part of the budget
+    TaskLoss(teacher_rest(sum_t p_t * m_t * F)) / TaskLoss(teacher)   the weighted masks keep the task working
+  + diversity_weight * mean Dice(m_i / max m_i, m_j / max m_j), i < j   the T masks want different cells
 
-where teacher_rest is the frozen rest of the teacher after that level and TaskLoss(teacher)
-its unmasked loss on the batch. This is MasKD's objective (Huang et al., ICLR 2023: the
-task loss of the sum of the token-masked copies, plus Dice over all pairs), with masks that
-are chosen cells and an area for each.
-The area is two-sided and per mask because Dice is met by an empty mask (it overlaps
-nothing), and a one-sided budget let the segmentation generators empty every mask. Earlier
-objectives that failed, and how: docs/lab_notes.md, "Mask generators that failed".
+where teacher_rest is the frozen rest of the teacher after that level, p_t the per-sample token
+weights and TaskLoss(teacher) the unmasked loss on the batch. MasKD's optimiser (Adam, lr 0.01,
+L2 decay 1e-3, cosine to 1e-6, 2,000 iterations) is the `nuscenes` recipe; the `tiny` one keeps
+it for 8 epochs (MaskSettings.recipe).
 
-The task loss is divided by the unmasked one so that it weighs the same against the other
-terms for both tasks (the demo teacher's map loss is 0.2-0.4, its detection loss 1.5-2.6)
-and at any dataset's loss scale. MasKD also weights each token per sample by a softmax; the
-weighted sum then collapses onto one token, so it is not used. One masked copy per step
-instead of T makes a step about 2x cheaper (the unmasked loss comes free, from the
-teacher's own output). The teacher's weights never change.
+Decided masks (ours, `--mask-kind decided`): cells given wholly to one mask or none, the task
+term through sum_t d_t * F, Dice on the shares, and each mask held both ways to its part of an
+area budget, because Dice is met by an empty mask (it overlaps nothing). Earlier objectives
+that failed, and how: docs/lab_notes.md, "Mask generators that failed".
+
+Ours in both: the task loss is divided by the unmasked one so that it weighs the same against
+Dice for both tasks (the demo teacher's map loss is 0.2-0.4, its detection loss 1.5-2.6) and at
+any dataset's loss scale; the teacher runs once per step and its weights never change.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from vexkd_core.checkpoint import model_from_checkpoint, read_payload
 from vexkd_core.data.dataset import TrainingSet, require_map_ground_truth
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.distill.distiller import freeze
-from vexkd_core.distill.mask_generator import LEVELS, MaskGenerator, area_error, decide, dice_overlap
+from vexkd_core.distill.mask_generator import (GENERATORS, LEVELS, MaskGenerator, area_error, decide, dice_overlap,
+                                               max_normalised)
 from vexkd_core.errors import CheckpointError
 from vexkd_core.io import atomic_npz, atomic_write_bytes, atomic_write_json
+from vexkd_core.models.fusion import MGFM
 from vexkd_train.loop import Objective, RunOptions, Schedule, device_of, parameter_checksum, run
+from vexkd_train.mask_reports import query_movement, teacher_outputs, write_selectivity
 
-# Raised whenever generators of the previous format would load but mean something else (decided
-# masks are 4 and 6; 5 was withdrawn: docs/lab_notes.md).
-MASKS_FORMAT = 6
+# Raised whenever generators of the previous format would load but mean something else (7:
+# soft masks and the mask kind in the settings; 4 and 6: decided masks; 5 was withdrawn).
+MASKS_FORMAT = 7
+KINDS = tuple(GENERATORS)
 
 
 @dataclass(frozen=True)
 class MaskSettings:
+    kind: str = "soft"
     masks_per_generator: int = 6  # MasKD uses 6-8 tokens
     blocks: int = 3
     random_query: bool = False
     diversity_weight: float = 1.0
-    area_budget: float = 0.25  # the share of the map the masks of a generator cover together
-    area_weight: float = 5.0
-    learning_rate: float = 1e-3
+    area_budget: float = 0.25  # decided masks: the share of the map the masks of a generator cover together
+    area_weight: float = 5.0  # decided masks
+    optimizer: str = "adam"
+    learning_rate: float = 0.01
+    weight_decay: float = 1e-3
+    warmup_fraction: float = 0.0  # of the steps, linear (MasKD has none)
+    final_fraction: float = 1e-4  # the cosine ends at this fraction of the learning rate
     epochs: int = 4
     max_steps: int = 0  # > 0: stop there (and schedule for it); real nuScenes needs a fraction of an epoch
     # 0: the teacher's training batch. Memory grows with it: at the nuscenes preset on CPU a
     # batch of 1 peaked at 11.4 GB and one of 2 did not fit in 23 GB (bench_full_resolution).
     batch_size: int = 0
 
+    @classmethod
+    def recipe(cls, kind: str = "soft", preset: str = "tiny", **choices) -> "MaskSettings":
+        """The settings `vexkd-train masks` starts from for a teacher of `preset`; `choices`
+        (flags given) override them."""
+        if kind not in KINDS:
+            raise ValueError(f"--mask-kind must be one of {', '.join(KINDS)}, not '{kind}'")
+        if kind == "decided":  # found on the demo world: at 5e-3 decided masks swung from no cell to every cell
+            base = dict(optimizer="adamw", learning_rate=1e-3, weight_decay=1e-2, warmup_fraction=0.05,
+                        final_fraction=0.05, epochs=4)
+        elif preset == "nuscenes":  # MasKD: 2,000 iterations, a fraction of a nuScenes epoch
+            base = dict(epochs=1, max_steps=2000)
+        else:  # the demo world's 48 samples: on its teacher Dice falls until ~150 of these 192 steps
+            base = dict(epochs=8)
+        return replace(cls(kind=kind, **base), **choices)
+
     def validate(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"--mask-kind must be one of {', '.join(KINDS)}, not '{self.kind}'")
         if self.masks_per_generator < 1:
             raise ValueError("--masks-per-generator must be at least 1")
         if self.blocks < 1:
@@ -84,40 +105,32 @@ def build_generators(teacher, settings: MaskSettings, seed: int = 0) -> dict[str
     # A fuser without a query (ConvFuser) gets a random one on the grid an MGFM of this
     # config would have, so the ConvFuser / MGFM comparison is like for like.
     query_size = (grid.height // fusion.downsample, grid.width // fusion.downsample)
-    return {f"{task}/{level}": MaskGenerator.from_teacher(
+    generators = {f"{task}/{level}": GENERATORS[settings.kind].from_teacher(
         teacher.fuser, channels[level], settings.masks_per_generator, settings.blocks, fusion.heads, fusion.points,
         fusion.ffn_channels, random_query=settings.random_query, seed=seed, query_size=query_size,
-        query_dim=config.model.bev_channels).start_at_area(settings.area_budget)
-        for task in config.train.task_names for level in LEVELS}
+        query_dim=config.model.bev_channels) for task in config.train.task_names for level in LEVELS}
+    if settings.kind == "decided":
+        for generator in generators.values():
+            generator.start_at_area(settings.area_budget)
+    return generators
 
 
 @dataclass
 class GeneratorLoss:
-    task: torch.Tensor
-    diversity: torch.Tensor
-    area: torch.Tensor
-
-    @classmethod
-    def of(cls, task_loss: torch.Tensor, shares: torch.Tensor, masks: torch.Tensor,
-           settings: MaskSettings) -> "GeneratorLoss":
-        return cls(task_loss, dice_overlap(shares), area_error(masks, settings.area_budget))
-
-    def terms(self) -> tuple[torch.Tensor, ...]:
-        return self.task, self.diversity, self.area
+    terms: dict[str, torch.Tensor]  # task, dice and, for decided masks, area
 
     def total(self, settings: MaskSettings) -> torch.Tensor:
-        return self.task + settings.diversity_weight * self.diversity + settings.area_weight * self.area
+        total = self.terms["task"] + settings.diversity_weight * self.terms["dice"]
+        if "area" in self.terms:
+            total = total + settings.area_weight * self.terms["area"]
+        return total
 
 
-TERMS = ("task", "dice", "area")
-
-
-def masked_task_loss(teacher, task: str, level: str, feature: torch.Tensor, masks: torch.Tensor, targets,
+def masked_task_loss(teacher, task: str, level: str, feature: torch.Tensor, weight: torch.Tensor, targets,
                      detection_targets=None) -> torch.Tensor:
-    """The teacher's loss for `task` with its feature at `level` replaced by the sum of the
-    masked copies, sum_t m_t * F, through the frozen rest of the teacher."""
-    masked = feature * masks.sum(1, keepdim=True)
-    return teacher.task_loss(task, teacher.task_predictions(task, level, masked), targets, detection_targets)
+    """The teacher's loss for `task` with its feature at `level` replaced by the weighted sum of
+    the masked copies, `weight` (B, 1, H, W) = sum_t p_t m_t, through the frozen rest of the teacher."""
+    return teacher.task_loss(task, teacher.task_predictions(task, level, feature * weight), targets, detection_targets)
 
 
 def teacher_task_loss(teacher, task: str, output, targets, detection_targets=None) -> torch.Tensor:
@@ -126,18 +139,26 @@ def teacher_task_loss(teacher, task: str, output, targets, detection_targets=Non
     return teacher.task_loss(task, output.of_task(task), targets, detection_targets)
 
 
-def masks_loss(teacher, key: str, feature: torch.Tensor, shares: torch.Tensor, targets, settings: MaskSettings,
-               unmasked: torch.Tensor, detection_targets=None) -> GeneratorLoss:
-    """The objective of generator `key` for the mask `shares` of its level's `feature`: the
-    task term through the decided masks, Dice and area on the shares. `unmasked`: the
-    teacher's own loss for the task on the batch; the task term is the masked loss as a
-    multiple of it (1 = the masks lose nothing), so that it weighs the same against the
-    other terms, which are shares of the map, whatever the task and the loss's scale (the
-    demo teacher's map loss is 0.2-0.4, its detection loss 1.5-2.6)."""
+def soft_masks_loss(teacher, key: str, feature: torch.Tensor, masks: torch.Tensor, token_weights: torch.Tensor,
+                    targets, unmasked: torch.Tensor, detection_targets=None) -> GeneratorLoss:
+    """Generator `key`'s soft `masks` (B, T, H, W) with `token_weights` (B, T) on its level's
+    `feature`: the task term as a multiple of the teacher's unmasked loss `unmasked` (1 = the
+    masks lose nothing), and Dice over the max-normalised masks."""
+    task, level = key.split("/")
+    weight = (masks * token_weights[:, :, None, None]).sum(1, keepdim=True)
+    masked = masked_task_loss(teacher, task, level, feature, weight, targets, detection_targets)
+    return GeneratorLoss({"task": masked / unmasked.clamp(min=1e-6), "dice": dice_overlap(max_normalised(masks))})
+
+
+def decided_masks_loss(teacher, key: str, feature: torch.Tensor, shares: torch.Tensor, targets,
+                       settings: MaskSettings, unmasked: torch.Tensor, detection_targets=None) -> GeneratorLoss:
+    """Generator `key`'s decided masks for the `shares` of its level's `feature`: the task term
+    through the decided masks (as soft_masks_loss's), Dice and area on the shares."""
     task, level = key.split("/")
     masks = decide(shares)
-    masked = masked_task_loss(teacher, task, level, feature, masks, targets, detection_targets)
-    return GeneratorLoss.of(masked / unmasked.clamp(min=1e-6), shares, masks, settings)
+    masked = masked_task_loss(teacher, task, level, feature, masks.sum(1, keepdim=True), targets, detection_targets)
+    return GeneratorLoss({"task": masked / unmasked.clamp(min=1e-6), "dice": dice_overlap(shares),
+                          "area": area_error(masks, settings.area_budget)})
 
 
 def step_losses(teacher, generators: dict[str, MaskGenerator], batch, targets,
@@ -153,8 +174,12 @@ def step_losses(teacher, generators: dict[str, MaskGenerator], batch, targets,
     for key, generator in generators.items():
         task, level = key.split("/")
         feature = getattr(output, level)
-        losses[key] = masks_loss(teacher, key, feature, generator.shares(feature), targets, settings, unmasked[task],
-                                 detection_targets)
+        if settings.kind == "soft":
+            losses[key] = soft_masks_loss(teacher, key, feature, generator(feature), generator.token_weights(feature),
+                                          targets, unmasked[task], detection_targets)
+        else:
+            losses[key] = decided_masks_loss(teacher, key, feature, generator.shares(feature), targets, settings,
+                                             unmasked[task], detection_targets)
     return losses
 
 
@@ -180,8 +205,7 @@ class MaskObjective(Objective):
 
     def forward(self, batch, targets) -> dict[str, torch.Tensor]:
         losses = step_losses(self.teacher, self.generators, batch, targets, self.settings)
-        self._terms = {f"{key}/{term}": value for key, loss in losses.items()
-                       for term, value in zip(TERMS, loss.terms())}
+        self._terms = {f"{key}/{term}": value for key, loss in losses.items() for term, value in loss.terms.items()}
         return {key: loss.total(self.settings) for key, loss in losses.items()}
 
     def monitored(self) -> dict[str, torch.Tensor]:
@@ -214,9 +238,10 @@ class MaskObjective(Objective):
 def train_masks(teacher_checkpoint: Path, source: NuScenesSource, out: Path, settings: MaskSettings,
                 device: str = "cpu", progress: bool = True, report_source: NuScenesSource | None = None,
                 resume: bool = False) -> Path:
-    """Train, write masks.pt and log.csv (every term of every generator per step) and, on
-    `report_source` (default: the training source), selectivity.json and selectivity.md.
-    `resume`: go on from out/last.pt."""
+    """Train, write masks.pt, log.csv (every term of every generator per step),
+    query_movement.json (mask_reports.query_movement) and, on `report_source` (default: the
+    training source), selectivity.json and selectivity.md. `resume`: go on from out/last.pt
+    (the query's movement is still measured from the generators' start, rebuilt from the seed)."""
     settings.validate()
     teacher, config, _ = model_from_checkpoint(teacher_checkpoint, expected_modality="fusion")
     require_map_ground_truth(source, config)
@@ -225,66 +250,17 @@ def train_masks(teacher_checkpoint: Path, source: NuScenesSource, out: Path, set
     options = RunOptions(out, device, resume, progress=progress)
     objective = MaskObjective(teacher, generators, settings).to(device_of(options))
     schedule = Schedule(settings.learning_rate, settings.epochs, settings.batch_size or config.train.batch_size,
-                        config.train.seed, max_steps=settings.max_steps, decay_to_stop=True,
-                        checkpoint_every=config.train.checkpoint_every)
+                        config.train.seed, weight_decay=settings.weight_decay, max_steps=settings.max_steps,
+                        decay_to_stop=True, checkpoint_every=config.train.checkpoint_every,
+                        optimizer=settings.optimizer, warmup_fraction=settings.warmup_fraction,
+                        final_fraction=settings.final_fraction)
+    started = {key: generator.query.detach().clone() for key, generator in generators.items()}
     run(objective, TrainingSet(source, config, augment=config.train.augment), schedule, options)
     path = save_masks(out / "masks.pt", generators, settings, config.to_dict(), teacher_checkpoint)
+    teacher_query = teacher.fuser.bev_query.detach() if isinstance(teacher.fuser, MGFM) else None
+    atomic_write_json(out / "query_movement.json", query_movement(started, generators, teacher_query))
     write_selectivity(objective.teacher, generators, report_source or source, out, device, progress)
     return path
-
-
-def teacher_outputs(teacher, source: NuScenesSource, device: str, what: str, progress: bool):
-    """(sample, targets, the teacher's output) for every sample of `source`, unaugmented."""
-    from vexkd_core.data.preprocess import collate, preprocess
-
-    for index in tqdm(range(len(source)), desc=what, unit="sample", disable=not progress):
-        sample = source.sample(index)
-        inputs, targets = preprocess(sample, teacher.config)
-        yield sample, targets, teacher(collate([inputs]).to(device))
-
-
-@torch.no_grad()
-def measure_agreement(teacher, first: dict[str, MaskGenerator], second: dict[str, MaskGenerator],
-                      source: NuScenesSource, device: str = "cpu", progress: bool = True) -> dict[str, dict]:
-    """How alike two sets of generators' masks are on `source` (AgreementMeter), per generator."""
-    from vexkd_core.distill.selectivity import AgreementMeter
-
-    meters = {key: AgreementMeter() for key in first}
-    for _, _, output in teacher_outputs(teacher, source, device, "mask agreement", progress):
-        for key, meter in meters.items():
-            feature = getattr(output, key.split("/")[1])
-            meter.add(first[key].eval()(feature)[0], second[key].eval()(feature)[0])
-    return {key: meter.summary() for key, meter in meters.items()}
-
-
-@torch.no_grad()
-def measure_selectivity(teacher, generators: dict[str, MaskGenerator], source: NuScenesSource, device: str = "cpu",
-                        progress: bool = True) -> dict[str, list[dict]]:
-    """Selectivity of every generator's masks over the samples of `source`, unaugmented."""
-    from vexkd_core.data.preprocess import Augmentation, map_targets
-    from vexkd_core.distill.selectivity import SelectivityMeter, as_report, box_footprints
-
-    config = teacher.config
-    grid = config.grid.bev
-    meters = {key: SelectivityMeter(key.split("/")[0]) for key in generators}
-    for sample, targets, output in teacher_outputs(teacher, source, device, "mask selectivity", progress):
-        # A split without annotations (nuScenes test) still gets the mask-only statistics.
-        regions = {"detection": None if targets is None else box_footprints(targets.boxes, grid),
-                   "segmentation": None if sample.map_masks is None
-                   else map_targets(sample, Augmentation(), grid).numpy().max(axis=0) > 0.5}
-        for key, generator in generators.items():
-            task, level = key.split("/")
-            meters[key].add(generator.eval()(getattr(output, level))[0], regions[task])
-    return as_report(meters)
-
-
-def write_selectivity(teacher, generators, source: NuScenesSource, out: Path, device: str, progress: bool) -> dict:
-    from vexkd_core.distill.selectivity import selectivity_table
-
-    report = measure_selectivity(teacher, generators, source, device, progress)
-    atomic_write_json(out / "selectivity.json", report)
-    atomic_write_bytes(out / "selectivity.md", (selectivity_table(report) + "\n").encode())
-    return report
 
 
 def save_masks(path: Path, generators: dict[str, MaskGenerator], settings: MaskSettings, teacher_config: dict,

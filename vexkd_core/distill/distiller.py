@@ -4,7 +4,8 @@ The frozen teacher sees the same batch as the student; at each chosen level the 
 (generated, or one of the hand-made baselines) weight both feature maps before the
 distance. Generated masks stay per task: the detection generator's masks give the loss
 `distill_<level>_detection`, the segmentation generator's `distill_<level>_segmentation`,
-each the mean over those of its masks that pick cells (MaskedDistillLoss). The multi-task
+each combined over its masks by the generator's token weights (soft masks) or as the mean
+over those that pick cells (decided masks; MaskedDistillLoss). The multi-task
 student gets both, weighted by the level's weight times the task's share of the training
 weights (`train.detection_weight`, `train.map_weight`): each task's masks pull with that
 task's strength, and the two add up to the level's weight, as the single loss of a
@@ -58,18 +59,21 @@ class Distiller(nn.Module):
                                      for level in levels})
 
     @torch.no_grad()
-    def masks(self, level: str, teacher_feature: torch.Tensor, heatmap_targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Loss name suffix -> masks (B, T, H, W): one entry per task for generated masks,
-        one shared entry for the hand-made baselines."""
+    def masks(self, level: str, teacher_feature: torch.Tensor,
+              heatmap_targets: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        """Loss name suffix -> (masks (B, T, H, W), token weights (B, T) or None): one entry per
+        task for generated masks, one shared entry for the hand-made baselines."""
         if self.mode == "full":
-            return {"": full_mask(teacher_feature)}
+            return {"": (full_mask(teacher_feature), None)}
         if self.mode == "foreground":
-            return {"": foreground_mask(heatmap_targets)}
+            return {"": (foreground_mask(heatmap_targets), None)}
         if self.mode == "gaussian":
-            return {"": gaussian_mask(heatmap_targets)}
+            return {"": (gaussian_mask(heatmap_targets), None)}
         if self.mode == "activation":
-            return {"": activation_mask(teacher_feature)}
-        return {f"_{task}": self.generators[f"{task}__{level}"](teacher_feature) for task in self.task_weights}
+            return {"": (activation_mask(teacher_feature), None)}
+        generators = {task: self.generators[f"{task}__{level}"] for task in self.task_weights}
+        return {f"_{task}": (generator(teacher_feature), generator.token_weights(teacher_feature))
+                for task, generator in generators.items()}
 
     def forward(self, student: BEVModel, batch, output: Output, targets,
                 box_targets: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -87,8 +91,8 @@ class Distiller(nn.Module):
         losses = {}
         for level in self.levels:
             teacher_feature = getattr(teacher_output, level)
-            for suffix, masks in self.masks(level, teacher_feature, heatmap).items():
+            for suffix, (masks, token_weights) in self.masks(level, teacher_feature, heatmap).items():
                 weight = self.weights[level] * (self.task_weights[suffix[1:]] if suffix else 1.0)
                 losses[f"distill_{level}{suffix}"] = weight * self.losses[level](getattr(output, level),
-                                                                                 teacher_feature, masks)
+                                                                                 teacher_feature, masks, token_weights)
         return losses

@@ -1,14 +1,23 @@
-"""Masked BEV feature distillation: for each feature level and each mask m,
-distance(m * F_student, m * F_teacher), with the teacher's features and the masks detached.
+"""Masked BEV feature distillation: for each feature level and each mask m, the distance of
+the student's feature from the teacher's on the cells m weighs, with the teacher's features
+and the masks detached.
 
-Attention transfer (AT) is the default distance: the channel-mean of squared features,
-flattened and L2-normalised, compared by squared difference; it needs no channel adapter.
-Because it normalises after masking, it weighs a mask's cells the same whatever the mask's
-area (and a spatially uniform mask of any value is the whole map). MSE, L1 and Smooth-L1
-compare features directly, through a 1x1 adapter when the channel counts differ, and are
-divided per sample by the mean of m^2 (MSE) or of m (L1, Smooth-L1), so that they are a
-mean over the masked cells (MasKD's normalisation), not shrunk by a small or faint mask.
-Adapters live here, never in the student.
+Attention transfer (AT) is the default distance and needs no channel adapter. Its maps (the
+channel-mean of squared features, flattened) are L2-normalised over the WHOLE map first, and
+only then weighted by the mask: d = sum_cells m * (a_s - a_t)^2 / mean(m). A mask of all ones
+is whole-map AT exactly, and how the student spreads its energy between the masked regions
+and the rest is still distilled. (Normalising each masked map on its own, as masking the
+features before AT does, matches only the shape inside each mask: scaling one region of the
+student would change nothing.) Dividing by the mask's mean makes a small or faint mask count
+per cell as the whole map does.
+
+MSE, L1 and Smooth-L1 compare features directly, through a 1x1 adapter when the channel
+counts differ, with MasKD's normalisation: sum over cells of the masked difference, divided
+by the mask's sum (a mean over the masked cells), then the mean over channels.
+
+Over the T masks of a level the distances are combined with the generator's per-sample token
+weights (soft masks), or averaged over the masks that take any cell (an empty mask has
+nothing to compare). Adapters live here, never in the student.
 """
 from __future__ import annotations
 
@@ -24,8 +33,16 @@ def attention_map(feature: torch.Tensor) -> torch.Tensor:
 
 
 def attention_distances(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) x 2 -> (B,): the AT distance of each sample."""
+    """(B, C, H, W) x 2 -> (B,): the whole-map AT distance of each sample."""
     return (attention_map(student) - attention_map(teacher)).pow(2).sum(dim=1)
+
+
+def masked_attention_distances(student: torch.Tensor, teacher: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) x 2, masks (B, T, H, W) -> (B, T): AT on whole-map normalised maps,
+    each mask's weighted sum of the squared differences over its mean."""
+    squared = (attention_map(student) - attention_map(teacher)).pow(2)[:, None]  # (B, 1, HW)
+    weights = masks.flatten(2)
+    return (weights * squared).sum(dim=2) / weights.mean(dim=2).clamp(min=1e-12)
 
 
 def feature_distance(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> torch.Tensor:
@@ -41,7 +58,7 @@ def feature_distance(student: torch.Tensor, teacher: torch.Tensor, kind: str) ->
 
 
 class MaskedDistillLoss(nn.Module):
-    """Mean over masks of the masked feature distance at one level."""
+    """The masked feature distance at one level, combined over its masks."""
 
     def __init__(self, student_channels: int, teacher_channels: int, kind: str = "at"):
         super().__init__()
@@ -51,24 +68,29 @@ class MaskedDistillLoss(nn.Module):
         needs_adapter = kind != "at" and student_channels != teacher_channels
         self.adapter = nn.Conv2d(student_channels, teacher_channels, 1) if needs_adapter else nn.Identity()
 
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """student/teacher (B, C, H, W); masks (B, T, H, W). Teacher and masks get no gradient.
-        The mean runs over the (sample, mask) pairs where the mask picks a cell: an empty mask
-        (a decided one that takes no cell of this sample, a foreground mask without objects)
-        has nothing to compare, and counting its zero would shrink the loss with every empty
-        mask. 0 when no mask picks anything."""
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, masks: torch.Tensor,
+                token_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """student/teacher (B, C, H, W); masks (B, T, H, W); token_weights (B, T) summing to 1
+        per sample, or None: the mean over the (sample, mask) pairs where the mask takes a cell
+        (0 when none does). Teacher, masks and weights get no gradient."""
         student = self.adapter(student.float())
         teacher, masks = teacher.detach().float(), masks.detach().float()
-        distances = torch.stack([self._distances(student, teacher, mask) for mask in masks.unbind(1)])  # (T, B)
-        picked = (masks.flatten(2).sum(-1) > 0).T.float()  # (T, B)
+        distances = self._distances(student, teacher, masks)  # (B, T)
+        if token_weights is not None:
+            return (distances * token_weights.detach().float()).sum(dim=1).mean()
+        picked = (masks.flatten(2).sum(-1) > 0).float()
         return (distances * picked).sum() / picked.sum().clamp(min=1)
 
-    def _distances(self, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Each sample's distance under one mask (B, H, W): (B,). AT in one batched pass (it is
-        on every distilled step); the others per sample, divided by the mask's mean power."""
-        mask = mask[:, None]
+    def _distances(self, student: torch.Tensor, teacher: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         if self.kind == "at":
-            return attention_distances(student * mask, teacher * mask)
-        power = 2 if self.kind == "mse" else 1
-        per_sample = torch.stack([feature_distance(s * m, f * m, self.kind) for s, f, m in zip(student, teacher, mask)])
-        return per_sample / mask.pow(power).flatten(1).mean(1).clamp(min=1e-6)
+            return masked_attention_distances(student, teacher, masks)
+        difference = student - teacher  # (B, C, H, W)
+        weights = masks[:, :, None]  # (B, T, 1, H, W)
+        if self.kind == "mse":
+            per_cell = (weights * difference[:, None]).pow(2)
+        elif self.kind == "l1":
+            per_cell = (weights * difference[:, None]).abs()
+        else:
+            per_cell = F.smooth_l1_loss(weights * student[:, None], weights * teacher[:, None], reduction="none")
+        summed = per_cell.sum(dim=(3, 4)) / masks.sum(dim=(2, 3))[:, :, None].clamp(min=1e-12)  # (B, T, C)
+        return summed.mean(dim=2)

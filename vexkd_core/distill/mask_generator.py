@@ -3,11 +3,19 @@
 Its query starts as the trained teacher's MGFM BEV query and positional embedding (or
 random, for the ablation, and for a ConvFuser teacher, which has no query). N blocks of
 deformable cross-attention from the query into the frozen teacher's feature map, each with
-an FFN, then a linear head gives, per cell, T + 1 logits resized to the feature map: T
-masks and a background. Their softmax gives each mask's share of every cell; each cell then
-goes wholly to the largest share, so a generator's masks are 0/1, disjoint, and cover the
-cells that no mask takes less than the background. How they are trained is in
-vexkd_train/masks.py.
+an FFN, give every query cell a state; a head turns the states into T masks, resized to the
+feature map. Two heads:
+
+- `SoftMaskGenerator` (the default, MasKD's masks): m_t = sigmoid(w_t . state), a logit with
+  no bias on a shift-free normalised state, so a constant mask is not representable; masks
+  are soft and may overlap, and a faint one weighs its cells down rather than dropping them.
+  Per sample, token weights p_t (MasKD's softmax over a pooled convolution of the feature)
+  say how much each mask counts.
+- `DecidedMaskGenerator` (ours, `--mask-kind decided`): a softmax over T masks and a
+  background gives each cell's shares; each cell goes wholly to its largest share, so the
+  masks are 0/1 and disjoint.
+
+How they are trained is in vexkd_train/masks.py.
 """
 from __future__ import annotations
 
@@ -36,16 +44,17 @@ class MaskBlock(nn.Module):
 
 
 class MaskGenerator(nn.Module):
+    """The query and its blocks; subclasses add the head that makes masks of the states."""
+
     def __init__(self, feature_channels: int, query: torch.Tensor, position: torch.Tensor, query_size: tuple[int, int],
                  masks: int, blocks: int, heads: int, points: int, ffn_channels: int):
         super().__init__()
         dim = query.shape[1]
-        self.query_size = query_size
+        self.query_size, self.mask_count = query_size, masks
         self.query = nn.Parameter(query.detach().clone())
         self.position = nn.Parameter(position.detach().clone())
         self.value_projection = nn.Conv2d(feature_channels, dim, 1)
         self.blocks = nn.ModuleList(MaskBlock(dim, heads, points, ffn_channels) for _ in range(blocks))
-        self.head = nn.Linear(dim, masks + 1)  # the last logit is the background's
         self.register_buffer("reference", reference_points(*query_size), persistent=False)
 
     @classmethod
@@ -69,27 +78,12 @@ class MaskGenerator(nn.Module):
             generator = torch.Generator().manual_seed(seed)
             query = torch.randn(shape, generator=generator) * scales[0]
             position = torch.randn(shape, generator=generator) * scales[1]
-        # Copied raw. The MGFM's query (std ~0.02) is a few % of what a generator's first
-        # attention adds, so the masks follow the teacher's feature and are near those of a
-        # random query (union Dice 0.80-0.94 on the demo). Layer-normalised (1832a31,
-        # withdrawn) the query decided the masks, but this teacher's query is still 85 % its
-        # random init (per-cell cosine), so the masks became a per-cell dither
-        # (docs/mask_choice_results.md).
+        # Copied raw: the MGFM's query (std ~0.02) is a few % of what a generator's first
+        # attention adds (docs/lab_notes.md on the layer-normalised copy, withdrawn).
         return cls(feature_channels, query, position, query_size, masks, blocks, heads, points, ffn_channels)
 
-    def start_at_area(self, area: float) -> "MaskGenerator":
-        """Bias the background so that, before training, the masks' shares together are about
-        `area` of every cell (each mask's 1/T of it): the background then takes every cell, and
-        training grows the masks from none, where the task loss wants them."""
-        masks = self.head.out_features - 1
-        with torch.no_grad():
-            self.head.bias.zero_()
-            self.head.bias[-1] = math.log(masks * max(1 - area, 1e-3) / area)
-        return self
-
-    def shares(self, feature: torch.Tensor) -> torch.Tensor:
-        """feature (B, C, H, W) -> each mask's share of every cell (B, T, H, W): the softmax over
-        the T masks and the background."""
+    def states(self, feature: torch.Tensor) -> torch.Tensor:
+        """feature (B, C, H, W) -> the query cells' states (B, cells, dim) after the blocks."""
         batch = feature.shape[0]
         value = self.value_projection(feature)
         query = self.query.expand(batch, -1, -1)
@@ -97,14 +91,74 @@ class MaskGenerator(nn.Module):
         reference = self.reference.expand(batch, -1, -1)
         for block in self.blocks:
             query = block(query, position, reference, value)
-        logits = self.head(query).transpose(1, 2).reshape(batch, -1, *self.query_size)
-        logits = F.interpolate(logits, size=feature.shape[-2:], mode="bilinear", align_corners=False)
-        return logits.softmax(1)[:, :-1]
+        return query
+
+    def _on_feature_map(self, per_cell: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+        """(B, cells, K) on the query grid -> (B, K, H, W) resized to the feature map."""
+        grid = per_cell.transpose(1, 2).reshape(per_cell.shape[0], -1, *self.query_size)
+        return F.interpolate(grid, size=feature.shape[-2:], mode="bilinear", align_corners=False)
+
+    def token_weights(self, feature: torch.Tensor) -> torch.Tensor | None:
+        """(B, T) how much each mask counts per sample, summing to 1; None: the masks count alike."""
+        return None
+
+
+class SoftMaskGenerator(MaskGenerator):
+    kind = "soft"
+
+    def __init__(self, feature_channels: int, query: torch.Tensor, position: torch.Tensor, query_size: tuple[int, int],
+                 masks: int, blocks: int, heads: int, points: int, ffn_channels: int):
+        super().__init__(feature_channels, query, position, query_size, masks, blocks, heads, points, ffn_channels)
+        dim = query.shape[1]
+        # No shift in the norm and no bias in the head: the logit is a linear function of
+        # the state's content, so a mask cannot be constant unless every cell's state is alike.
+        self.norm = nn.LayerNorm(dim, bias=False)
+        self.head = nn.Linear(dim, masks, bias=False)
+        nn.init.normal_(self.head.weight, 0.0, 0.01)  # MasKD's tokens: every mask starts near 0.5
+        # MasKD's token weights: a 3x3 convolution, global pooling, one logit per mask.
+        self.weighting = nn.Sequential(nn.Conv2d(feature_channels, feature_channels, 3, padding=1),
+                                       nn.AdaptiveAvgPool2d(1), nn.Conv2d(feature_channels, masks, 1))
+        for layer in (self.weighting[0], self.weighting[2]):  # MasKD's init: fan-out normal, zero bias
+            nn.init.normal_(layer.weight, 0.0, math.sqrt(2.0 / (layer.kernel_size[0] ** 2 * layer.out_channels)))
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        """feature (B, C, H, W) -> masks (B, T, H, W) in (0, 1)."""
+        return self._on_feature_map(self.head(self.norm(self.states(feature))), feature).sigmoid()
+
+    def token_weights(self, feature: torch.Tensor) -> torch.Tensor:
+        return self.weighting(feature).flatten(1).softmax(1)
+
+
+class DecidedMaskGenerator(MaskGenerator):
+    kind = "decided"
+
+    def __init__(self, feature_channels: int, query: torch.Tensor, position: torch.Tensor, query_size: tuple[int, int],
+                 masks: int, blocks: int, heads: int, points: int, ffn_channels: int):
+        super().__init__(feature_channels, query, position, query_size, masks, blocks, heads, points, ffn_channels)
+        self.head = nn.Linear(query.shape[1], masks + 1)  # the last logit is the background's
+
+    def start_at_area(self, area: float) -> "DecidedMaskGenerator":
+        """Bias the background so that, before training, the masks' shares together are about
+        `area` of every cell (each mask's 1/T of it): the background then takes every cell, and
+        training grows the masks from none, where the task loss wants them."""
+        with torch.no_grad():
+            self.head.bias.zero_()
+            self.head.bias[-1] = math.log(self.mask_count * max(1 - area, 1e-3) / area)
+        return self
+
+    def shares(self, feature: torch.Tensor) -> torch.Tensor:
+        """feature (B, C, H, W) -> each mask's share of every cell (B, T, H, W): the softmax over
+        the T masks and the background."""
+        return self._on_feature_map(self.head(self.states(feature)), feature).softmax(1)[:, :-1]
 
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
         """feature (B, C, H, W) -> masks (B, T, H, W) of 0 and 1: each cell is the mask's with
         the largest share, or no mask's where the background's is larger."""
         return decide(self.shares(feature))
+
+
+GENERATORS = {"soft": SoftMaskGenerator, "decided": DecidedMaskGenerator}
 
 
 def decide(shares: torch.Tensor) -> torch.Tensor:
@@ -138,3 +192,9 @@ def area_error(masks: torch.Tensor, area: float) -> torch.Tensor:
     alone accepts an empty mask: it overlaps nothing) and none can spread over the map."""
     part = area / masks.shape[1]
     return (masks.flatten(2).mean(-1) / part - 1).abs().mean()
+
+
+def max_normalised(masks: torch.Tensor) -> torch.Tensor:
+    """Each mask (B, T, H, W) over its own largest value: soft masks' Dice then compares where
+    they are high, not how high (two faint masks of the same shape are one mask)."""
+    return masks / masks.amax(dim=(2, 3), keepdim=True).clamp(min=1e-6)
