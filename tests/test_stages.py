@@ -120,3 +120,6 @@ def test_each_stage_keeps_its_own_record_with_its_spec_and_seconds(tmp_path):
     for _ in range(3):
         stages.run("train lidar-vexkd", {"levels": ("low", "high")}, [output], Action(output))
     assert [timing.name for timing in stages.timings] == ["train lidar-vexkd"]
+    # A side-by-side process's timings join once each: its own reuse of the teacher is not news.
+    stages.join([StageTime("train lidar-vexkd", 1.0, reused=True), StageTime("train camera-vexkd", 9.0, False)])
+    assert [timing.name for timing in stages.timings] == ["train lidar-vexkd", "train camera-vexkd"]

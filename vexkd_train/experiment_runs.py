@@ -201,7 +201,7 @@ class Runs:
             futures = [pool.submit(_run_in_worker, task, student) for student in students]
             for future in tqdm(as_completed(futures), total=len(futures), desc=f"students, {jobs} side by side",
                                unit="run", disable=not self.progress):
-                self.stages.timings += future.result()
+                self.stages.join(future.result())
         finally:  # the first failure cancels the runs not yet started (those under way finish first)
             pool.shutdown(cancel_futures=True)
 

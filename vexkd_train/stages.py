@@ -86,6 +86,13 @@ class Stages:
         return json.loads(Path(stored).read_text())
 
 
+    def join(self, timings: list[StageTime]) -> None:
+        """Another process's timings of this run (a side-by-side student's), each stage once."""
+        for timing in timings:
+            if timing.name not in {known.name for known in self.timings}:
+                self.timings.append(timing)
+
+
 def timings_table(timings: list[StageTime], wall_seconds: float) -> list[str]:
     """This run's stages; the total is the wall-clock time this run spent: reused stages show,
     in brackets, the seconds the earlier run that made their outputs took, and are not in it."""
