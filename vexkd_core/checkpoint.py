@@ -51,6 +51,11 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: Config, mo
         "torch_version": str(torch.__version__), "model": model.state_dict(),
         **({TRAINING_DATA: training_data.to_dict()} if training_data is not None else {}), **extra,
     }
+    return write_payload(path, payload)
+
+
+def write_payload(path: str | Path, payload: dict) -> Path:
+    """A torch file of plain data (what read_payload reads back), written atomically."""
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     return atomic_write_bytes(path, buffer.getvalue())

@@ -43,9 +43,9 @@ class ExtraEvaluations:
     def __call__(self, runs: Runs, student: Student) -> dict:
         metrics = runs.student(student)
         if student in self.on_training_split:
-            runs.evaluation(runs.name(student), runs.dataroot, "train", "training_split")
+            runs.training_split_metrics(runs.name(student))
         if student in self.on_heldout:
-            runs.evaluation(runs.name(student), self.heldout, "val", "heldout")
+            runs.heldout_metrics(runs.name(student), self.heldout)
         return metrics
 
 
@@ -102,9 +102,9 @@ class Experiment:
         results = {"teacher": summarise([runs.metrics("teacher")]),
                    "tables": {table: summarised(rows, runs.student) for table, rows in self.plan.items()}}
         if self.suite.training_split:
-            fitted = lambda name: runs.evaluation(name, runs.dataroot, "train", "training_split")  # noqa: E731
-            results["training_split"] = {"teacher": summarise([fitted("teacher")]), **summarised(
-                self.plan.get("comparison", []), lambda student: fitted(runs.name(student)))}
+            fitted = summarised(self.plan.get("comparison", []),
+                                lambda student: runs.training_split_metrics(runs.name(student)))
+            results["training_split"] = {"teacher": summarise([runs.training_split_metrics("teacher")]), **fitted}
         val = NuScenesSource(runs.dataroot, runs.version, "val", 0, nusc=runs.train_source.nusc)
         results["val_objects"] = val.objects_per_class()
         used = {student.masks for student in self.students()}
@@ -153,11 +153,11 @@ class Experiment:
         objects per class than one small val split gives."""
         runs = self.runs
         held = {"dataroot": str(self.heldout),
-                "teacher": summarise([runs.evaluation("teacher", self.heldout, "val", "heldout")]), "tables": {}}
+                "teacher": summarise([runs.heldout_metrics("teacher", self.heldout)]), "tables": {}}
         for table in HELDOUT_TABLES:
             if table in self.plan:
-                held["tables"][table] = summarised(self.plan[table], lambda student: runs.evaluation(
-                    runs.name(student), self.heldout, "val", "heldout"))
+                held["tables"][table] = summarised(self.plan[table], lambda student: runs.heldout_metrics(
+                    runs.name(student), self.heldout))
         held["val_objects"] = NuScenesSource(self.heldout, runs.version, "val", 0).objects_per_class()
         return held
 

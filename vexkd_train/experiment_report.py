@@ -51,7 +51,8 @@ def summarise(runs: list[dict]) -> dict:
             "mIoU": stats([r["map"]["mIoU"] for r in runs]), "seeds": len(runs),
             "per_class_ap": {name: stats([r["detection"]["per_class_ap"][name] for r in runs])
                              for name in DETECTION_CLASSES},
-            "per_class_iou": {name: stats([r["map"]["iou"][name] for r in runs]) for name in runs[0]["map"].get("iou", {})},
+            "per_class_iou": {name: stats([r["map"]["iou"][name] for r in runs])
+                              for name in runs[0]["map"].get("iou", {})},
             "latency_ms": statistics.fmean(r["latency_ms"]["total"] for r in runs),
             "step_seconds": statistics.fmean(r.get("step_seconds", math.nan) for r in runs),
             "parameters": runs[0]["parameters"]}

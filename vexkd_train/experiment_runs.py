@@ -102,7 +102,8 @@ class Runs:
 
     def teacher_spec(self, fuser: str = "mgfm") -> dict:
         """Needs the LiDAR baseline's checkpoint (the teacher starts from it): teacher() makes it first."""
-        inputs = {"lidar": self.stamp(self.checkpoint(self.name(Student("lidar")))), **self._image_encoder_spec("fusion")}
+        lidar = self.checkpoint(self.name(Student("lidar")))
+        inputs = {"lidar": self.stamp(lidar), **self._image_encoder_spec("fusion")}
         return {"teacher": "init from the seed-0 LiDAR student", "config": self.teacher_config(fuser).to_dict(),
                 "inputs": inputs, **self._common_spec()}
 
@@ -185,6 +186,14 @@ class Runs:
         return self.stages.kept(stage, spec, folder / f"{tag}.json", lambda: evaluate(
             checkpoint, dataroot, self.version, split, folder / ("eval" if tag == "metrics" else f"eval_{tag}"),
             progress=self.progress, drop_sensor=drop_sensor))
+
+    def training_split_metrics(self, name: str) -> dict:
+        """A run's metrics on the split it trained on: a lead on val that is not a lead here
+        (or the reverse) is a generalisation gap, not a modelling result."""
+        return self.evaluation(name, self.dataroot, "train", "training_split")
+
+    def heldout_metrics(self, name: str, heldout: Path) -> dict:
+        return self.evaluation(name, heldout, "val", "heldout")
 
     def in_processes(self, students: list[Student], jobs: int, task) -> None:
         """`task(runs, student)` for every student, in `jobs` processes of an equal share of the

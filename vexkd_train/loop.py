@@ -9,6 +9,7 @@ and the learning rate from the step.
 """
 from __future__ import annotations
 
+import abc
 import csv
 import math
 import os
@@ -59,7 +60,7 @@ class Schedule:
     final_fraction: float = 0.05  # the cosine ends at this fraction of the peak
 
 
-class Objective(torch.nn.Module):
+class Objective(torch.nn.Module, abc.ABC):
     """What a run optimises. forward(batch, targets) gives named loss terms; the loop
     minimises their sum and logs each. Subclasses say which parameters train, what last.pt
     holds and how a run resumes from it."""
@@ -77,12 +78,13 @@ class Objective(torch.nn.Module):
         """Equal on every rank when the ranks hold the same weights (recorded in last.pt)."""
         return parameter_checksum(self)
 
+    @abc.abstractmethod
     def save_progress(self, path: Path, **progress) -> None:
-        raise NotImplementedError
+        """Writes last.pt at `path`: what trains, and `progress` (optimizer state, step, ...)."""
 
+    @abc.abstractmethod
     def restore_progress(self, path: Path) -> dict:
         """Loads the weights of last.pt at `path` and returns its payload (optimizer, step)."""
-        raise NotImplementedError
 
 
 def distributed() -> tuple[int, int, int]:

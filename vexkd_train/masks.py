@@ -27,14 +27,14 @@ from pathlib import Path
 
 import torch
 
-from vexkd_core.checkpoint import model_from_checkpoint, read_payload
+from vexkd_core.checkpoint import model_from_checkpoint, read_payload, write_payload
 from vexkd_core.data.dataset import TrainingSet, require_map_ground_truth
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.distill.distiller import freeze
 from vexkd_core.distill.mask_generator import (GENERATORS, LEVELS, MaskGenerator, area_error, decide, dice_overlap,
                                                max_normalised)
 from vexkd_core.errors import CheckpointError
-from vexkd_core.io import atomic_npz, atomic_write_bytes, atomic_write_json
+from vexkd_core.io import atomic_npz, atomic_write_json
 from vexkd_core.models.fusion import MGFM
 from vexkd_train.loop import Objective, RunOptions, Schedule, device_of, parameter_checksum, run
 from vexkd_train.mask_reports import query_movement, teacher_outputs, write_selectivity
@@ -215,14 +215,9 @@ class MaskObjective(Objective):
         return parameter_checksum(self.modules_by_key)
 
     def save_progress(self, path: Path, **progress) -> None:
-        import io
-
-        payload = {"kind": "mask_generators_progress", "format_version": MASKS_FORMAT,
-                   "settings": asdict(self.settings), "teacher_config": self.teacher.config.to_dict(),
-                   "generators": self.modules_by_key.state_dict(), **progress}
-        buffer = io.BytesIO()
-        torch.save(payload, buffer)
-        atomic_write_bytes(path, buffer.getvalue())
+        write_payload(path, {"kind": "mask_generators_progress", "format_version": MASKS_FORMAT,
+                             "settings": asdict(self.settings), "teacher_config": self.teacher.config.to_dict(),
+                             "generators": self.modules_by_key.state_dict(), **progress})
 
     def restore_progress(self, path: Path) -> dict:
         payload = read_payload(path, "mask-generator progress")
@@ -265,14 +260,10 @@ def train_masks(teacher_checkpoint: Path, source: NuScenesSource, out: Path, set
 
 def save_masks(path: Path, generators: dict[str, MaskGenerator], settings: MaskSettings, teacher_config: dict,
                teacher_checkpoint: Path) -> Path:
-    import io
-
-    payload = {"format_version": MASKS_FORMAT, "kind": "mask_generators", "settings": asdict(settings),
-               "teacher_config": teacher_config, "teacher_checkpoint": str(teacher_checkpoint),
-               "generators": {key: generator.state_dict() for key, generator in generators.items()}}
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return write_payload(path, {
+        "format_version": MASKS_FORMAT, "kind": "mask_generators", "settings": asdict(settings),
+        "teacher_config": teacher_config, "teacher_checkpoint": str(teacher_checkpoint),
+        "generators": {key: generator.state_dict() for key, generator in generators.items()}})
 
 
 def load_masks(path: Path, teacher, random_query: bool | None = None) -> dict[str, MaskGenerator]:

@@ -85,12 +85,14 @@ class MaskedDistillLoss(nn.Module):
         if self.kind == "at":
             return masked_attention_distances(student, teacher, masks)
         difference = student - teacher  # (B, C, H, W)
-        weights = masks[:, :, None]  # (B, T, 1, H, W)
+        # MSE and L1 factor into (mask term) x (difference term) per cell, so the sum over
+        # cells is one contraction and no (B, T, C, H, W) tensor is made; masks are >= 0.
         if self.kind == "mse":
-            per_cell = (weights * difference[:, None]).pow(2)
+            summed = torch.einsum("bthw,bchw->btc", masks.pow(2), difference.pow(2))
         elif self.kind == "l1":
-            per_cell = (weights * difference[:, None]).abs()
+            summed = torch.einsum("bthw,bchw->btc", masks, difference.abs())
         else:
-            per_cell = F.smooth_l1_loss(weights * student[:, None], weights * teacher[:, None], reduction="none")
-        summed = per_cell.sum(dim=(3, 4)) / masks.sum(dim=(2, 3))[:, :, None].clamp(min=1e-12)  # (B, T, C)
-        return summed.mean(dim=2)
+            weights = masks[:, :, None]  # (B, T, 1, H, W)
+            summed = F.smooth_l1_loss(weights * student[:, None], weights * teacher[:, None],
+                                      reduction="none").sum(dim=(3, 4))
+        return (summed / masks.sum(dim=(2, 3))[:, :, None].clamp(min=1e-12)).mean(dim=2)  # over channels
