@@ -17,8 +17,11 @@ still climbing. jemalloc is not pip-installable and needs LD_PRELOAD before the 
 starts, which `python -m` and ROS launch files would not get.
 
 The same run put a price on it: teacher and mask generators 1.5x step time (memory 0.67x and
-0.45x peak), and at `tiny` 1.95x step time for 0.91x peak. So it is opt-in, for a run whose
-memory is tight: `VEXKD_ALLOCATOR=fixed-mmap`. `use_chosen_allocator()` is called by every
+0.45x peak), and at `tiny` 1.95x step time for 0.91x peak. At full width (camera student, 32
+steps): RSS between steps 0.23x, peak 0.77x (+3 MB from step 12 to 32, the default +139 MB),
+1.30x step time. So it is opt-in, for a run whose memory is tight: `VEXKD_ALLOCATOR=fixed-mmap`
+(with it the teacher trains at batch 4 and the mask generators at batch 5 in 23 GB at full width;
+docs/nuscenes_recipe.md). `use_chosen_allocator()` is called by every
 entry point (vexkd_core.cli.run_cli, which vexkd-data, vexkd-train and vexkd-ros share, and
 vexkd_ros.detector_node.run) before the big allocations, and applies it only then. It changes
 nothing
