@@ -3,8 +3,9 @@
 Each node runs as its own process, started exactly as `vexkd-ros stack` starts it; this
 process plays the sensors at their rates from a wall-clock schedule (LiDAR 20 Hz: a
 34,720-point nuScenes-sized cloud; cameras 12 Hz: six 1600x900 JPEGs) with the vehicle's
-/tf, and records when each answer (~/output/objects) arrives. Per node, backend and rate (the
-sensor's, then a half and a quarter of it): the share of triggers answered, end-to-end
+/tf, and records when each answer (~/output/objects) arrives. Per node, backend (torch, the
+exported float graph, its int8 quantisation) and rate (the sensor's, then a half and a
+quarter of it; the backends interleaved at each rate): the share of triggers answered, end-to-end
 latency (publish of the trigger to receipt of its answer) p50 / p90, and the CPU each
 process used (cores: CPU seconds over wall seconds); per node and backend the highest of
 those rates it kept up with (KEEPS_UP of the triggers answered). `tiny` preset, random
@@ -38,7 +39,7 @@ from std_msgs.msg import Float64, Header  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 from vision_msgs.msg import Detection3DArray  # noqa: E402
 
-from bench_nodes import camera_images, cloud, model_files  # noqa: E402
+from bench_nodes import NODE_BACKEND, camera_images, cloud, model_files  # noqa: E402
 from vexkd_core.data.sample import CAMERA_CHANNELS  # noqa: E402
 from vexkd_core.io import atomic_write_json  # noqa: E402
 from vexkd_core.modalities import reads  # noqa: E402
@@ -107,7 +108,7 @@ def warmup_answers(values: list[float]) -> int:
 
 
 def stream(modality: str, model_file: Path, backend: str, rate_hz: float, frames: int, warmup: int) -> dict:
-    spec = NodeSpec(modality, model_file, backend)
+    spec = NodeSpec(modality, model_file, NODE_BACKEND[backend])
     log = open(Path(tempfile.gettempdir()) / f"vexkd-bench-{spec.name}-{backend}.log", "w")
     process = subprocess.Popen(spec.command(), stdout=log, stderr=subprocess.STDOUT)
     sensors = Sensors(spec.name)
@@ -174,7 +175,7 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--modalities", nargs="+", default=["lidar", "camera"])
-    parser.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"])
+    parser.add_argument("--backends", nargs="+", choices=tuple(NODE_BACKEND), default=list(NODE_BACKEND))
     parser.add_argument("--rate-divisors", nargs="+", type=float, default=list(RATE_DIVISORS),
                         help="streams at the sensor's rate divided by each")
     args = parser.parse_args()
@@ -184,23 +185,24 @@ def main() -> int:
                "torch_threads": torch.get_num_threads(), "preset": "tiny", "streams": {}, "keeps_up_hz": {}}
     with tempfile.TemporaryDirectory() as folder:
         for modality in args.modalities:
-            files = model_files(modality, "tiny", Path(folder))
-            for backend in args.backends:
-                kept_up = []
-                for divisor in args.rate_divisors:
-                    rate_hz = RATE_HZ[modality] / divisor
+            files = model_files(modality, "tiny", Path(folder), "int8" in args.backends)
+            kept_up = {backend: [] for backend in args.backends}
+            for divisor in args.rate_divisors:  # the backends interleaved at each rate
+                rate_hz = RATE_HZ[modality] / divisor
+                for backend in args.backends:
                     row = stream(modality, files[backend], backend, rate_hz, args.frames, args.warmup)
                     results["streams"][f"{modality} {backend} {rate_hz:g} Hz"] = row
                     if row["answered_share"] >= KEEPS_UP:
-                        kept_up.append(rate_hz)
+                        kept_up[backend].append(rate_hz)
                     print(f"{modality:6s} {backend:11s} at {rate_hz:4.1f} Hz: answered {row['answered']} of "
                           f"{row['sent']} ({100 * row['answered_share']:.0f} %), end-to-end p50 "
                           f"{row['latency_ms_p50']:.1f} ms, p90 {row['latency_ms_p90']:.1f} ms; CPU: node "
                           f"{row['node_cpu_cores']:.2f} cores, sender {row['sender_cpu_cores']:.2f}; node stages p50 "
                           + ", ".join(f"{k} {v:.0f}" for k, v in row["node_stages_ms_p50"].items()), flush=True)
-                results["keeps_up_hz"][f"{modality} {backend}"] = max(kept_up, default=None)
+            for backend, rates in kept_up.items():
+                results["keeps_up_hz"][f"{modality} {backend}"] = max(rates, default=None)
                 print(f"{modality:6s} {backend:11s} keeps up (>= {100 * KEEPS_UP:.0f} % answered) at "
-                      + (f"{max(kept_up):g} Hz" if kept_up else "none of the rates tried"), flush=True)
+                      + (f"{max(rates):g} Hz" if rates else "none of the rates tried"), flush=True)
     rclpy.shutdown()
     print(f"wrote {atomic_write_json(RESULTS, results)}")
     return 0

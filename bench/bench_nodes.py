@@ -1,6 +1,7 @@
 """Per-stage latency of the LiDAR and camera detector nodes on CPU, `tiny` and `nuscenes`
-presets, torch and onnxruntime backends; the ROS overhead (message conversion + publishing)
-as a share of model time; onnxruntime's latency over torch's per model and preset.
+presets, torch and onnxruntime backends (the float graph and its int8 quantisation); the ROS
+overhead (message conversion + publishing) as a share of model time; onnxruntime's latency
+over torch's, and the float graph's over the int8 one's, per model and preset.
 
 Runs the real DetectorNode in this process on nuScenes-sized inputs: a 34,720-point cloud
 per sweep with the preset's past sweeps through TF, six 1600x900 JPEGs of ~0.3 MB (a smooth
@@ -26,6 +27,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 import rclpy  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CompressedImage  # noqa: E402
@@ -38,13 +40,18 @@ from vexkd_core.io import atomic_write_json  # noqa: E402
 from vexkd_core.modalities import reads  # noqa: E402
 from vexkd_core.models.vexkd import build_model  # noqa: E402
 from vexkd_core.onnx_export import export_onnx  # noqa: E402
+from vexkd_core.onnx_quantize import Calibration, export_int8  # noqa: E402
 from vexkd_ros.conversions import (array_to_cloud, intrinsics_to_camera_info, matrices_to_tf_message,  # noqa: E402
                                    ns_to_stamp, rgb_to_compressed, structured_points)
 from vexkd_ros.detector_node import DetectorNode  # noqa: E402
 from vexkd_ros.node_outputs import STAGES  # noqa: E402
 from vexkd_ros.environment import apply_default_ros_environment, single_threaded_blas  # noqa: E402
+from bench_data_loading import VERSION, synth_world  # noqa: E402
+from bench_training_memory import TINY_WORLD, WORLD  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "nodes.json"
+# Backends as this benchmark names them -> the node's `backend` parameter (int8: an int8 graph).
+NODE_BACKEND = {"torch": "torch", "onnxruntime": "onnxruntime", "int8": "onnxruntime"}
 POINTS_PER_SWEEP = 34_720  # nuScenes LIDAR_TOP average
 SWEEP_PERIOD_NS = 50_000_000
 
@@ -80,18 +87,25 @@ def feed_rig(node: DetectorNode, stamps: list[int]) -> None:
         node._on_camera_info(index, intrinsics_to_camera_info(k, 1600, 900, Header(frame_id=channel)))
 
 
-def model_files(modality: str, preset_name: str, folder: Path) -> dict[str, Path]:
-    """{backend: file} of one random-weight model: its checkpoint and its exported graph."""
+def model_files(modality: str, preset_name: str, folder: Path, int8: bool = False) -> dict[str, Path]:
+    """{backend: file} of one random-weight model: its checkpoint, its exported graph and, with
+    `int8`, that graph quantised (`vexkd-train export --quantize int8`'s recipe, calibrated on a
+    synthetic world of the preset's image size; no fidelity bounds: these weights are random)."""
     config = preset(preset_name)
     torch.manual_seed(0)
     checkpoint = save_checkpoint(folder / f"{modality}-{preset_name}.pt", build_model(config, modality), config,
                                  modality)
-    return {"torch": checkpoint, "onnxruntime": export_onnx(checkpoint, folder).onnx_path}
+    files = {"torch": checkpoint, "onnxruntime": export_onnx(checkpoint, folder).onnx_path}
+    if int8:
+        world, _ = synth_world(*(("training-memory-tiny", TINY_WORLD) if preset_name == "tiny"
+                                 else ("training-memory-1600x900", WORLD)))
+        files["int8"] = export_int8(files["onnxruntime"], Calibration(world, VERSION, 8), bounds={}).onnx_path
+    return files
 
 
 def measure(modality: str, model_file: Path, backend: str, repeats: int) -> dict:
     node = DetectorNode(modality, parameter_overrides=[Parameter("checkpoint", value=str(model_file)),
-                                                       Parameter("backend", value=backend)])
+                                                       Parameter("backend", value=NODE_BACKEND[backend])])
     node.stop()  # frames are processed in the foreground below, every one timed
     outputs = node.outputs  # every output subscribed (a tracker, RViz, a recorder): its messages are all built
     for publisher in [outputs.objects, outputs.velocities, outputs.autoware, outputs.markers, *outputs.maps.values()]:
@@ -123,17 +137,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--presets", nargs="+", default=["tiny", "nuscenes"])
-    parser.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"])
+    parser.add_argument("--backends", nargs="+", choices=tuple(NODE_BACKEND), default=list(NODE_BACKEND))
     args = parser.parse_args()
     apply_default_ros_environment()
     single_threaded_blas()  # as a node process has it (detector_node.run)
     rclpy.init()
     results = {"machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
-               "nodes": {}, "onnxruntime_over_torch": {}}
+               "nodes": {}, "onnxruntime_over_torch": {}, "float_over_int8": {}}
     with tempfile.TemporaryDirectory() as folder:
         for preset_name in args.presets:
             for modality in ("lidar", "camera"):
-                files = model_files(modality, preset_name, Path(folder))
+                files = model_files(modality, preset_name, Path(folder), "int8" in args.backends)
                 for backend in args.backends:
                     row = measure(modality, files[backend], backend, args.repeats)
                     results["nodes"][f"{modality} {preset_name} {backend}"] = row
@@ -149,6 +163,14 @@ def main() -> int:
                     results["onnxruntime_over_torch"][f"{modality} {preset_name}"] = ratio
                     print(f"{modality:6s} {preset_name:8s} onnxruntime / torch: infer {ratio['infer']:.2f}, "
                           f"model {ratio['model']:.2f}, node total {ratio['total']:.2f}", flush=True)
+                if set(args.backends) >= {"onnxruntime", "int8"}:
+                    float_row, int8_row = (results["nodes"][f"{modality} {preset_name} {b}"]
+                                           for b in ("onnxruntime", "int8"))
+                    ratio = {"infer": float_row["stages_ms"]["infer"] / int8_row["stages_ms"]["infer"],
+                             "total": float_row["total_ms"] / int8_row["total_ms"]}
+                    results["float_over_int8"][f"{modality} {preset_name}"] = ratio
+                    print(f"{modality:6s} {preset_name:8s} float32 / int8 graph: infer {ratio['infer']:.2f}x, "
+                          f"node total {ratio['total']:.2f}x", flush=True)
     rclpy.shutdown()
     atomic_write_json(RESULTS, results)
     print(f"wrote {RESULTS}")

@@ -102,3 +102,21 @@ def tiny_nusc(tiny_world):
 
     with contextlib.redirect_stdout(io.StringIO()):
         return NuScenes(version=tiny_world[1].version, dataroot=str(tiny_world[0]), verbose=False)
+
+
+@pytest.fixture(scope="session")
+def trained_lidar(tiny_world, tmp_path_factory):
+    """model.pt of a LiDAR student trained 60 steps on the tiny world's train split (2 sweeps):
+    for the checks that need a model that has learned something (its mAP above 0, int8
+    ranges calibrated on its training data)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dataroot, _ = tiny_world
+    out = tmp_path_factory.mktemp("trained_lidar")
+    trained = subprocess.run([str(Path(sys.executable).parent / "vexkd-train"), "student", "--modality", "lidar",
+                              "--dataroot", str(dataroot), "--out", str(out), "--set", "model.lidar.sweeps=2",
+                              "--max-steps", "60"], capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    return out / "model.pt"

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,21 +29,28 @@ pytestmark = pytest.mark.ros
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tiny_world, tmp_path_factory):
-    """Random-weight models with spread scores (support/node_checkpoints.py), as .pt and exported .onnx."""
+def checkpoints(tiny_world, trained_lidar, tmp_path_factory):
+    """Random-weight models with spread scores (support/node_checkpoints.py), as .pt and exported
+    .onnx; and the trained LiDAR student's int8 graph (int8 is calibrated and checked on a
+    model's training data: random weights have none)."""
     from vexkd_core.onnx_export import export_onnx
+    from vexkd_core.onnx_quantize import Calibration, export_int8
 
     folder = tmp_path_factory.mktemp("node_models")
     paths = spread_checkpoints(tiny_world, folder, ("lidar", "camera", "fusion"))
     paths.update({(modality, "onnxruntime"): export_onnx(path, folder / "onnx").onnx_path
                   for modality, path in paths.items()})
+    dataroot, world = tiny_world
+    paths["lidar", "int8"] = export_int8(export_onnx(trained_lidar, folder / "int8").onnx_path,
+                                         Calibration(Path(dataroot), world.version, 2)).onnx_path
     return paths
 
 
-def run_eval(checkpoint, dataroot, out):
-    result = subprocess.run([sys.executable, "-m", "vexkd_train.cli", "eval", "--checkpoint", str(checkpoint),
-                             "--dataroot", str(dataroot), "--split", "val", "--out", str(out), "--save-maps"],
-                            capture_output=True, text=True, timeout=600)
+def run_eval(model_file, dataroot, out):
+    backend = "onnxruntime" if Path(model_file).suffix == ".onnx" else "torch"
+    result = subprocess.run([sys.executable, "-m", "vexkd_train.cli", "eval", "--checkpoint", str(model_file),
+                             "--backend", backend, "--dataroot", str(dataroot), "--split", "val", "--out", str(out),
+                             "--save-maps"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())["results"]
     return results, np.load(out / "maps.npz")
@@ -129,18 +137,21 @@ def assert_rviz_draws(harness, stamp_ns, boxes):
 
 
 @pytest.mark.parametrize("modality, backend", [("lidar", "torch"), ("camera", "torch"), ("fusion", "torch"),
-                                               ("lidar", "onnxruntime"), ("camera", "onnxruntime")])
+                                               ("lidar", "onnxruntime"), ("camera", "onnxruntime"),
+                                               ("lidar", "int8")])
 def test_node_answers_each_key_frame_as_eval_predicts(modality, backend, checkpoints, tiny_world, rclpy_context,
                                                       tmp_path):
     """With backend onnxruntime the node serves the exported graph and still answers with the
     boxes and maps torch's `vexkd-train eval` predicts (for the camera node, in the frame of
-    its trigger: trigger_referenced)."""
+    its trigger: trigger_referenced); an int8 graph (backend onnxruntime) with what eval
+    predicts with that graph."""
     dataroot, world = tiny_world
-    expected = camera_expectations(checkpoints[modality], dataroot, world.version) if modality == "camera" else \
-        eval_expectations(checkpoints[modality], dataroot, world.version, tmp_path / "eval")
+    served = checkpoints[modality] if backend == "torch" else checkpoints[modality, backend]
+    reference = served if backend == "int8" else checkpoints[modality]
+    expected = camera_expectations(reference, dataroot, world.version) if modality == "camera" else \
+        eval_expectations(reference, dataroot, world.version, tmp_path / "eval")
     source = scene_source(dataroot, world.version)
     scene = SceneMessages(source, sorted(source.nusc.scene, key=lambda s: s["name"])[-1]["name"])
-    served = checkpoints[modality] if backend == "torch" else checkpoints[modality, backend]
     process = start_node(modality, served)
     harness = Harness(rclpy_context, NODE[modality])
     try:
@@ -183,4 +194,6 @@ def test_node_answers_each_key_frame_as_eval_predicts(modality, backend, checkpo
         print(output)  # shown by pytest when the test fails
     assert process.returncode == 0, output
     assert "Traceback" not in output, output
-    assert f"with {backend}" in output  # the node says what serves the model
+    # the node says what serves the model
+    assert ("with onnxruntime with CPUExecutionProvider, int8 graph" if backend == "int8" else f"with {backend}") \
+        in output

@@ -74,7 +74,11 @@ SIDECAR_CASES = {  # file name: (edit of the sidecar, what the refusal says)
     "no_inputs": (lambda s: s.pop("inputs"), "its 'inputs' are not a list"),
     "outputs_text": (lambda s: set_in(s, "outputs", "heatmap"), "its 'outputs' are not a list of output names"),
     "config_future": (lambda s: s["config"].update(future_field=1), "unknown config field 'future_field'"),
-    "newer_sidecar": (lambda s: set_in(s, "format_version", 2), "this vexkd reads version 1"),
+    "newer_sidecar": (lambda s: set_in(s, "format_version", 3), "this vexkd reads version 2"),
+    "older_sidecar": (lambda s: set_in(s, "format_version", 1), "export the checkpoint again"),
+    "no_graph_hash": (lambda s: s.pop("graph_sha256"), "its 'graph_sha256' is not the SHA-256 of a graph"),
+    "other_graph_hash": (lambda s: set_in(s, "graph_sha256", "0" * 64), "was written for another graph than"),
+    "int4": (lambda s: set_in(s, "precision", "int4"), "its 'precision' is 'int4', not one of float32, int8"),
 }
 
 

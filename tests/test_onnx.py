@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.support.spread_models import spread_model
 from vexkd_core.checkpoint import save_checkpoint
@@ -16,6 +17,7 @@ from vexkd_core.config import from_dict, load_config
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.data.preprocess import collate, preprocess
 from vexkd_core.inference import load_predictor
+from vexkd_core.models.pooling import PARTS, WIDTHS, pool, pool_layout
 from vexkd_core.onnx_export import OPSET, export_onnx
 from vexkd_core.predictor import Predictor
 
@@ -81,9 +83,11 @@ def test_the_sidecar_carries_what_a_runtime_needs(models):
     sidecar = json.loads(result.sidecar_path.read_text())
     assert sidecar["opset"] == OPSET == 18 and sidecar["modality"] == "lidar"
     assert from_dict(sidecar["config"]) == CONFIG  # the config round-trips through JSON
+    blocks = [entry for width in WIDTHS for entry in (
+        (f"pillar_gather{width}", [f"pillar_cells{width}", width]), (f"pillar_cell{width}", [f"pillar_cells{width}"]))]
     assert [(i["name"], i["shape"]) for i in sidecar["inputs"]] == [
-        ("point_features", ["points", 10]), ("pillar_gather", ["pillars", 8]), ("pillar_cell", ["pillars"]),
-        ("pillar_extra_rows", ["pillar_extras"]), ("pillar_extra_cell", ["pillar_extras"])]
+        ("point_features", ["points", 10]), *blocks,
+        ("pillar_chunk_gather", ["pillar_chunks", WIDTHS[-1]]), ("pillar_chunk_cell", ["pillar_chunks"])]
     assert sidecar["outputs"] == ["heatmap", "regression", "map_logits"]
     assert sidecar["parameters"] == sum(p.numel() for p in models["lidar"][0].parameters())
     assert max(sidecar["check_max_difference"].values()) < 1e-4
@@ -92,8 +96,7 @@ def test_the_sidecar_carries_what_a_runtime_needs(models):
 def test_the_camera_graph_takes_no_points(models, val):
     _, _, result = models["camera"]
     sidecar = json.loads(result.sidecar_path.read_text())
-    assert [i["name"] for i in sidecar["inputs"]] == ["images", "frustum_gather", "frustum_cell",
-                                                      "frustum_extra_rows", "frustum_extra_cell"]
+    assert [i["name"] for i in sidecar["inputs"]] == ["images", *(f"frustum_{part}" for part in PARTS)]
     predictor = load_predictor(result.onnx_path, "onnxruntime")
     sample = val.sample(1)
     without_points = replace(sample, points=np.full((7, 5), np.nan, np.float32))
@@ -104,18 +107,15 @@ def run_tool(*args) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "vexkd-train"), *map(str, args)], capture_output=True, text=True, timeout=600)
 
 
-def test_eval_scores_the_exported_graph_as_the_checkpoint(tiny_world, tmp_path):
+def test_eval_scores_the_exported_graph_as_the_checkpoint(tiny_world, trained_lidar, tmp_path):
     """A briefly trained LiDAR model (so that mAP is not 0 for both): export, then eval with
     each backend; every metric within 0.002."""
     dataroot, _ = tiny_world
-    trained = run_tool("student", "--modality", "lidar", "--dataroot", dataroot, "--out", tmp_path / "lidar",
-                       "--set", "model.lidar.sweeps=2", "--max-steps", 60)
-    assert trained.returncode == 0, trained.stderr[-2000:]
-    exported = run_tool("export", "--checkpoint", tmp_path / "lidar" / "model.pt", "--out", tmp_path / "onnx")
+    exported = run_tool("export", "--checkpoint", trained_lidar, "--out", tmp_path / "onnx")
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert "opset 18" in exported.stdout and "onnxruntime vs torch" in exported.stdout
     metrics = {}
-    files = {"torch": tmp_path / "lidar" / "model.pt", "onnxruntime": tmp_path / "onnx" / "model.onnx"}
+    files = {"torch": trained_lidar, "onnxruntime": tmp_path / "onnx" / "model.onnx"}
     for backend, path in files.items():
         result = run_tool("eval", "--backend", backend, "--checkpoint", path, "--dataroot", dataroot,
                           "--out", tmp_path / backend)
@@ -159,22 +159,44 @@ def test_bad_export_and_backend_inputs_get_one_clear_line(models, tmp_path, tiny
     assert "invalid choice" in error_line(*evaluate, checkpoint, "--backend", "tensorflow")
 
 
+def crowded_cells(cells: int, generator: torch.Generator) -> torch.Tensor:
+    """Cells as real frames fill them: most with a few rows, some with hundreds, one with
+    thousands (the pillars at the ego's feet), some rows off the grid (cell == cells)."""
+    cell = torch.randint(20, cells + 1, (6000,), generator=generator)  # the cells below 20 as set here
+    cell[:3000] = 7  # past the widest block many times over: chunks
+    cell[3000:3000 + WIDTHS[-1] + 1] = 9  # one row past the widest block
+    cell[3300:3300 + WIDTHS[-1]] = 11  # exactly the widest block
+    cell[5000:5040] = 13  # a middle width
+    return cell
+
+
 @pytest.mark.parametrize("reduce", ["max", "sum"])
-def test_pooling_through_a_layout_equals_the_scatter(reduce):
-    """The graph's pooling (dense block of each cell's first rows + the rest scattered) gives the
-    training path's scatter-reduce, with cells crowded past the block, empty cells and rows off the grid."""
-    import torch
-
-    from vexkd_core.models.pooling import SLOTS, pool, pool_layout
-
+@pytest.mark.parametrize("case", ["crowded", "uniform", "one cell", "empty", "all off the grid"])
+def test_pooling_through_a_layout_equals_the_scatter(reduce, case):
+    """The graph's pooling (each cell's rows in a block of the narrowest width that holds them,
+    crowded cells in chunks) gives the training path's scatter-reduce."""
     generator = torch.Generator().manual_seed(0)
-    cells, rows = 500, 4000
-    cell = torch.randint(0, cells + 1, (rows,), generator=generator)  # cells: off the grid
-    cell[:300] = 7  # one cell far past the block
-    values = torch.rand(rows, 16, generator=generator)  # >= 0, as the ReLU rows pooled by max
+    cells = 500
+    cell = {"crowded": lambda: crowded_cells(cells, generator),
+            "uniform": lambda: torch.randint(0, cells, (4000,), generator=generator),
+            "one cell": lambda: torch.full((2000,), 42),
+            "empty": lambda: torch.zeros(0, dtype=torch.long),
+            "all off the grid": lambda: torch.full((30,), cells)}[case]()
+    values = torch.rand(len(cell), 16, generator=generator)  # >= 0, as the ReLU rows pooled by max
     layout = pool_layout(cell, cells, reduce)
-    assert len(layout.extra_rows) >= 300 - SLOTS and len(set(layout.cell.tolist())) == len(layout.cell)
-    torch.testing.assert_close(pool(values, layout, cells, reduce), pool(values, cell, cells, reduce))
+    # (a sum of 3,000 rows in another order differs by float rounding: ~2e-6 relative)
+    torch.testing.assert_close(pool(values, layout, cells, reduce), pool(values, cell, cells, reduce), rtol=1e-5,
+                               atol=1e-5)
+    whole = torch.cat(layout.cells)
+    assert len(set(whole.tolist())) == len(whole)  # written once each: no reduction, no race
+    assert set(layout.chunk_cell.tolist()).isdisjoint(whole.tolist())
+    if case == "crowded":  # each block the narrowest that holds its cell; only crowded cells chunked
+        counts = torch.bincount(cell[cell < cells], minlength=cells)
+        for width, block_cells in zip(WIDTHS, layout.cells):
+            narrower = ([0] + list(WIDTHS))[WIDTHS.index(width)]
+            assert all(narrower < counts[c] <= width for c in block_cells.tolist())
+        assert sorted(set(layout.chunk_cell.tolist())) == [7, 9]
+        assert layout.chunked_rows() == -(-int(counts[7]) // WIDTHS[-1]) + 2
 
 
 def test_the_stack_serves_an_exported_graph_with_onnxruntime(models):

@@ -8,11 +8,12 @@ sidecar JSON written next to it: config (grids, classes, thresholds), modality, 
 input and output layout, and the training data its checkpoint recorded.
 
 The graph pools points into pillars and frustum points into BEV cells through a
-PoolLayout (pooling.py says why), so each cell input becomes four: `<x>_gather`, `<x>_cell`,
-`<x>_extra_rows`, `<x>_extra_cell`; onnx_sidecar.graph_feed computes them. Opset 18:
-ScatterElements with reduction max/add for the rows past the layout's slots. Those are
-ScatterElements, not ScatterND: ONNX Runtime's CPU ScatterND with reduction adds duplicate
-indices from several threads at once and loses some of them.
+PoolLayout (pooling.py says why), so each cell input becomes its parts: `<x>_gather<w>` and
+`<x>_cell<w>` for each block width w, `<x>_chunk_gather` and `<x>_chunk_cell`;
+onnx_sidecar.graph_feed computes them. Opset 18: ScatterElements with reduction max/add for
+the chunks of cells past the widest block. Those are ScatterElements, not ScatterND: ONNX
+Runtime's CPU ScatterND with reduction adds duplicate indices from several threads at once
+and loses some of them.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from vexkd_core.data.sample import CAMERA_CHANNELS
 from vexkd_core.io import atomic_write_bytes, atomic_write_json
 from vexkd_core.modalities import reads
 from vexkd_core.models.lidar_encoder import POINT_INPUTS
-from vexkd_core.models.pooling import PoolLayout
+from vexkd_core.models.pooling import PARTS, PoolLayout
 from vexkd_core.models.vexkd import NETWORK_INPUTS, NETWORK_OUTPUTS, network_outputs
 from vexkd_core.onnx_runtime import session_options
 from vexkd_core.onnx_sidecar import (POOLED, SIDECAR_FORMAT, SIDECAR_VERSION, graph_feed, graph_input_names,
@@ -48,10 +49,9 @@ OUTSIDE_THE_GRAPH = ("before: vexkd_core.models.vexkd.network_inputs (pillar_inp
                      "vexkd_core.onnx_sidecar.graph_feed (pooling.pool_layout of each); "
                      "after: vexkd_core.models.detection_head.decode_boxes, sigmoid of map_logits")
 # Dynamic dimensions: the first of each graph input whose size changes from frame to frame.
-DYNAMIC = {"point_features": "points", "pillar_gather": "pillars", "pillar_cell": "pillars",
-           "pillar_extra_rows": "pillar_extras", "pillar_extra_cell": "pillar_extras",
-           "frustum_gather": "frustum_cells", "frustum_cell": "frustum_cells",
-           "frustum_extra_rows": "frustum_extras", "frustum_extra_cell": "frustum_extras"}
+DYNAMIC = {"point_features": "points",
+           **{part: f"{name.removesuffix('_cell')}_{counts}" for name in POOLED
+              for part, counts in zip(layout_names(name), PARTS.values())}}
 
 
 class ExportError(ValueError):
@@ -70,8 +70,8 @@ class NetworkGraph(nn.Module):
     def forward(self, *flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
         given, inputs = dict(zip(self.input_names, flat)), {}
         for name in NETWORK_INPUTS[self.model.modality]:
-            inputs[name] = PoolLayout(*(given[part] for part in layout_names(name))) if name in POOLED \
-                else given[name]
+            inputs[name] = PoolLayout.from_parts(dict(zip(PARTS, (given[part] for part in layout_names(name))))) \
+                if name in POOLED else given[name]
         outputs = network_outputs(self.model.network(inputs, 1))
         return tuple(outputs[name] for name in NETWORK_OUTPUTS if name in outputs)
 
@@ -155,6 +155,7 @@ def export_onnx(checkpoint: Path, out_dir: Path) -> ExportResult:
     onnx_path = atomic_write_bytes(out_dir / f"{checkpoint.stem}.onnx", buffer.getvalue())
     sidecar = {
         "format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION, "modality": modality, "opset": OPSET,
+        "precision": "float32", "graph_sha256": hashlib.sha256(buffer.getvalue()).hexdigest(),
         "config": config.to_dict(), "detection_classes": list(DETECTION_CLASSES), "map_classes": list(MAP_CLASSES),
         "inputs": [{"name": name, "dtype": str(value.dtype).removeprefix("torch."),
                     "shape": [DYNAMIC[name], *value.shape[1:]] if name in DYNAMIC else list(value.shape)}

@@ -17,7 +17,7 @@ from vexkd_core.errors import CheckpointError
 from vexkd_core.modalities import reads
 from vexkd_core.models.camera_encoder import LiftGeometry
 from vexkd_core.models.vexkd import network_inputs
-from vexkd_core.onnx_sidecar import graph_feed, graph_input_names, read_sidecar, sidecar_path
+from vexkd_core.onnx_sidecar import check_sidecar_is_of, graph_feed, graph_input_names, read_sidecar, sidecar_path
 from vexkd_core.predictor import Predictor
 from vexkd_core.timing import StageTimer
 from vexkd_core.training_data import training_data_line
@@ -71,6 +71,7 @@ class OnnxPredictor(Predictor):
     def __init__(self, session, sidecar: dict):
         self.session, self.config, self.device = session, from_dict(sidecar["config"]), "cpu"
         self.modality, self.parameters = sidecar["modality"], sidecar["parameters"]
+        self.precision = sidecar["precision"]
         self.trained_on = training_data_line(sidecar)
         self.input_names = [entry["name"] for entry in sidecar["inputs"]]
         self.output_names = sidecar["outputs"]
@@ -98,11 +99,13 @@ class OnnxPredictor(Predictor):
                 onnxruntime.capi.onnxruntime_pybind11_state.InvalidGraph) as error:
             raise CheckpointError(f"{path} is not a graph onnxruntime can load "
                                   f"({str(error).splitlines()[0][:160]})") from None
+        check_sidecar_is_of(sidecar, path)
         check_graph_matches(session, sidecar, path)
         return cls(session, sidecar)
 
     def describe(self) -> str:
-        return "onnxruntime with " + ", ".join(self.session.get_providers())
+        served = "onnxruntime with " + ", ".join(self.session.get_providers())
+        return served if self.precision == "float32" else f"{served}, {self.precision} graph"
 
     def infer(self, batch: Batch, timer: StageTimer) -> dict[str, torch.Tensor]:
         inputs = timer.measure("inputs", network_inputs, batch, self.modality, self.config.grid.bev, self.lift)

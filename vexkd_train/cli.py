@@ -122,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="a checkpoint as an ONNX graph + JSON sidecar, checked with onnxruntime")
     export.add_argument("--checkpoint", type=Path, required=True)
     export.add_argument("--out", type=Path, required=True, help="folder for <checkpoint stem>.onnx and .json")
+    export.add_argument("--quantize", choices=("int8",),
+                        help="also write <stem>.int8.onnx for CPU inference (the students; recipe and float islands "
+                             "in vexkd_core/onnx_quantize.py), calibrated on --dataroot and checked against the "
+                             "float graph")
+    export.add_argument("--dataroot", type=Path, help="with --quantize: the dataset the checkpoint was trained on")
+    export.add_argument("--version", default="v1.0-trainval")
+    export.add_argument("--calibration-frames", type=int, default=32, metavar="N",
+                        help="with --quantize: N training frames set the ranges, N others check the graph")
     return parser
 
 
@@ -242,15 +250,27 @@ def run_eval(args: argparse.Namespace) -> None:
 
 def run_export(args: argparse.Namespace) -> None:
     from vexkd_core.onnx_export import OPSET, export_onnx
+    from vexkd_core.onnx_quantize import BOX_SCORE, Calibration, export_int8
 
+    if args.quantize and args.dataroot is None:
+        raise CliError("--quantize int8 calibrates on the checkpoint's training data: give its --dataroot")
+    if args.calibration_frames < 1:
+        raise CliError(f"--calibration-frames must be at least 1, not {args.calibration_frames}")
     try:
         result = export_onnx(args.checkpoint, args.out)
+        differences = ", ".join(f"{name} {value:.1e}" for name, value in result.max_difference.items())
+        print(f"wrote {result.onnx_path} (opset {OPSET}, {result.onnx_path.stat().st_size / 2**20:.1f} MiB) "
+              f"and {result.sidecar_path}")
+        print(f"onnxruntime vs torch on check inputs, largest |difference|: {differences}")
+        if args.quantize:
+            int8 = export_int8(result.onnx_path, Calibration(args.dataroot, args.version, args.calibration_frames))
+            print(f"wrote {int8.onnx_path} ({int8.onnx_path.stat().st_size / 2**20:.1f} MiB) and {int8.sidecar_path}")
+            check = int8.fidelity
+            print(f"int8 vs float32 on {check['frames']} other training frames: boxes missed "
+                  f"{check['boxes_missed']:.1%}, spurious {check['boxes_spurious']:.1%} (of {check['boxes_float']} "
+                  f"float boxes at score >= {BOX_SCORE}), map cells flipped {check['map_cells_flipped']:.2%}")
     except _user_errors() as error:
         raise CliError(str(error)) from None
-    differences = ", ".join(f"{name} {value:.1e}" for name, value in result.max_difference.items())
-    print(f"wrote {result.onnx_path} (opset {OPSET}, {result.onnx_path.stat().st_size / 2**20:.1f} MiB) "
-          f"and {result.sidecar_path}")
-    print(f"onnxruntime vs torch on check inputs, largest |difference|: {differences}")
 
 
 def main(argv: list[str] | None = None) -> int:

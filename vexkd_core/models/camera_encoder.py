@@ -17,7 +17,7 @@ from vexkd_core.config import CameraConfig
 from vexkd_core.structures import BEVGrid
 
 from .layers import conv_bn_relu
-from .pooling import PoolLayout, pool
+from .pooling import CellPool, PoolLayout
 from .resnet import ResNet, load_pretrained, resnet
 
 
@@ -93,6 +93,7 @@ class CameraEncoder(nn.Module):
         self.depth_bins = config.depth_bins
         self.depth_and_context = nn.Sequential(conv_bn_relu(config.feature_channels, config.feature_channels),
                                                nn.Conv2d(config.feature_channels, self.depth_bins + bev_channels, 1))
+        self.pool = CellPool("sum")
         self.bev_smooth = conv_bn_relu(bev_channels, bev_channels)
         self.out_channels = bev_channels
         self.geometry = LiftGeometry(config, grid, z_range)
@@ -151,7 +152,7 @@ class CameraEncoder(nn.Module):
         grid = self.grid
         batch, channels = lifted.shape[0], lifted.shape[-1]
         where = cells if isinstance(cells, PoolLayout) else cells.flatten()
-        bev = pool(lifted.flatten(0, -2), where, batch * grid.height * grid.width, "sum")
+        bev = self.pool(lifted.flatten(0, -2), where, batch * grid.height * grid.width)
         return bev.view(batch, grid.height, grid.width, channels).permute(0, 3, 1, 2).contiguous()
 
 

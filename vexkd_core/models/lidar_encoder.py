@@ -13,7 +13,7 @@ from torch import nn
 
 from vexkd_core.structures import BEVGrid
 
-from .pooling import PoolLayout, pool
+from .pooling import CellPool, PoolLayout
 
 POINT_INPUTS = 10  # x, y, z, intensity, lag, offsets to the pillar centre (2) and to the pillar mean (3)
 
@@ -48,6 +48,7 @@ class LidarEncoder(nn.Module):
         self.grid = grid
         self.linear = nn.Linear(POINT_INPUTS, channels, bias=False)
         self.norm = nn.BatchNorm1d(channels)
+        self.pool = CellPool("max")
         self.out_channels = channels
 
     def forward(self, points: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -60,5 +61,5 @@ class LidarEncoder(nn.Module):
         ReLU). `cell`: each point's, or their PoolLayout (the exported graph's)."""
         grid = self.grid
         encoded = torch.relu(self.norm(self.linear(features)))
-        bev = pool(encoded, cell, batch_size * grid.height * grid.width, "max")
+        bev = self.pool(encoded, cell, batch_size * grid.height * grid.width)
         return bev.view(batch_size, grid.height, grid.width, -1).permute(0, 3, 1, 2).contiguous()

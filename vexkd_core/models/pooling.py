@@ -2,53 +2,116 @@
 and the Lift-Splat sum of the camera encoder.
 
 Training pools with one scatter-reduce over all rows. An inference engine runs that
-scatter slowly (ONNX Runtime's ScatterElements: one thread, ~12 ns an element, 40 ms of a
-60 ms LiDAR graph) or wrongly (its ScatterND with reduction adds duplicate indices from
-several threads at once). So the exported graph pools through a `PoolLayout`, computed
-outside the graph from the cell of each row (no weights): each occupied cell's first
-`SLOTS` rows are gathered into a (cells, SLOTS, C) block and reduced along the slots, the
-cells are written with unique indices (no reduction, no race), and the few rows past
-`SLOTS` in crowded cells are scatter-reduced on top. Padding slots repeat the cell's first
-row for max and point at a zero row for sum, so the result is the scatter's exactly (up to
-float summation order).
+scatter slowly (ONNX Runtime's ScatterElements: one thread, ~12 ns an element) or wrongly
+(its ScatterND with reduction adds duplicate indices from several threads at once). So the
+exported graph pools through a `PoolLayout`, computed outside the graph from the cell of
+each row (no weights): the rows are sorted by cell and each occupied cell's rows are
+gathered into a dense block as wide as the narrowest of `WIDTHS` that holds them all, then
+reduced along the block; every cell is written once (unique indices: no reduction, no race).
+
+How many rows a cell holds is heavy-tailed: on a `nuscenes`-preset frame of 10 accumulated
+sweeps half the pillars hold 11-13 points, one in a hundred 600-900, and the pillars at the
+ego's feet thousands; a frustum cell 19 at the median, 330 at p99, up to ~1,900. One block
+width would either pad most cells many times over or leave most rows to a scatter (a width
+of 8 left 87-90 % of the points and 80 % of the frustum rows to it). Widths a factor of 4
+apart pad a cell at most 4x (the sorted rows fill 1.5-1.7x as many slots on those frames).
+A cell with more rows than the widest block is cut into chunks of that width; each chunk is
+reduced as a block row and only the chunks' results (a few per crowded cell, not its rows)
+are scatter-reduced into their cells.
+
+Padding slots repeat a row of the same cell for max and point at a zero row for sum, so the
+result is the scatter's exactly (up to float summation order).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
-SLOTS = 8  # rows per cell gathered into the dense block
+# Block widths, each 4x the last: a cell's rows fill at least a quarter of its block (one
+# row: all of it). Cells past the last width are chunked (see the module docstring).
+WIDTHS = (1, 4, 16, 64, 256)
 
 
 @dataclass
 class PoolLayout:
-    gather: torch.Tensor  # (P, SLOTS) int64 row of each slot of each occupied cell
-    cell: torch.Tensor  # (P,) int64 the occupied cells, each once
-    extra_rows: torch.Tensor  # (E,) int64 rows past the first SLOTS of their cell
-    extra_cell: torch.Tensor  # (E,) int64 their cells
+    """Where each row of a pooling goes in the dense blocks. gathers[i] / cells[i]: the cells
+    whose rows fit WIDTHS[i] and not the width before, (K_i, WIDTHS[i]) rows and (K_i,) cells;
+    chunk_gather / chunk_cell: the cells past the widest block, in chunks of its width (a
+    cell repeats once per chunk)."""
+    gathers: tuple[torch.Tensor, ...]
+    cells: tuple[torch.Tensor, ...]
+    chunk_gather: torch.Tensor
+    chunk_cell: torch.Tensor
+
+    def parts(self) -> dict[str, torch.Tensor]:
+        """The layout's tensors by PARTS name (the exported graph's inputs)."""
+        named = {}
+        for width, gather, cell in zip(WIDTHS, self.gathers, self.cells):
+            named.update({f"gather{width}": gather, f"cell{width}": cell})
+        return {**named, "chunk_gather": self.chunk_gather, "chunk_cell": self.chunk_cell}
+
+    @classmethod
+    def from_parts(cls, parts: dict[str, torch.Tensor]) -> PoolLayout:
+        return cls(tuple(parts[f"gather{width}"] for width in WIDTHS), tuple(parts[f"cell{width}"] for width in WIDTHS),
+                   parts["chunk_gather"], parts["chunk_cell"])
+
+    def chunked_rows(self) -> int:
+        """Block rows whose results are scatter-reduced (the only scatter left)."""
+        return len(self.chunk_cell)
+
+
+# The layout's tensors by name (PoolLayout.parts), each with what its first dimension counts.
+PARTS = {**{f"{kind}{width}": f"cells{width}" for width in WIDTHS for kind in ("gather", "cell")},
+         "chunk_gather": "chunks", "chunk_cell": "chunks"}
 
 
 def pool_layout(cell: torch.Tensor, cells: int, reduce: str) -> PoolLayout:
     """The layout of rows with flat cell index `cell` (M,); rows with cell >= `cells` (off the
-    grid) are left out. `reduce`: max pads with the cell's first row, sum with row M (the
+    grid) are left out. `reduce`: max pads with a row of the same cell, sum with row M (the
     zero row the pooling appends)."""
+    if reduce not in ("max", "sum"):
+        raise ValueError(f"reduce must be max or sum, not '{reduce}'")
+    device, widest = cell.device, WIDTHS[-1]
     rows = torch.nonzero(cell < cells).squeeze(1)
     order = rows[torch.argsort(cell[rows], stable=True)]
-    sorted_cell = cell[order]
-    occupied, counts = torch.unique_consecutive(sorted_cell, return_counts=True)
+    occupied, counts = torch.unique_consecutive(cell[order], return_counts=True)
     starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(len(order), device=cell.device) - torch.repeat_interleave(starts, counts)
-    owner = torch.repeat_interleave(torch.arange(len(occupied), device=cell.device), counts)
-    first = rank < SLOTS
-    if reduce == "max":
-        gather = order[starts][:, None].repeat(1, SLOTS)
-    elif reduce == "sum":
-        gather = torch.full((len(occupied), SLOTS), len(cell), dtype=torch.long, device=cell.device)
-    else:
-        raise ValueError(f"reduce must be max or sum, not '{reduce}'")
-    gather[owner[first], rank[first]] = order[first]
-    return PoolLayout(gather, occupied, order[~first], sorted_cell[~first])
+    # Each cell in chunks of at most `widest` rows (one chunk for all but the crowded cells).
+    chunks = (counts + widest - 1) // widest
+    owner = torch.repeat_interleave(torch.arange(len(occupied), device=device), chunks)
+    index_in_cell = torch.arange(len(owner), device=device) - torch.repeat_interleave(torch.cumsum(chunks, 0) - chunks,
+                                                                                      chunks)
+    chunk_start = starts[owner] + index_in_cell * widest
+    chunk_count = torch.clamp(counts[owner] - index_in_cell * widest, max=widest)
+    padding = order[chunk_start] if reduce == "max" else torch.full_like(chunk_start, len(cell))
+
+    def block(chosen: torch.Tensor, width: int) -> torch.Tensor:
+        slot = torch.arange(width, device=device)
+        position = torch.clamp(chunk_start[chosen, None] + slot, max=max(len(order) - 1, 0))
+        inside = slot < chunk_count[chosen, None]
+        return torch.where(inside, order[position], padding[chosen, None])
+
+    whole = chunks[owner] == 1
+    width_index = torch.searchsorted(torch.tensor(WIDTHS, device=device), chunk_count)
+    picked = [torch.nonzero(whole & (width_index == i)).squeeze(1) for i in range(len(WIDTHS))]
+    crowded = torch.nonzero(~whole).squeeze(1)
+    return PoolLayout(tuple(block(chosen, width) for chosen, width in zip(picked, WIDTHS)),
+                      tuple(occupied[owner[chosen]] for chosen in picked),
+                      block(crowded, widest), occupied[owner[crowded]])
+
+
+class CellPool(nn.Module):
+    """pool() as a module without weights, so that an exported graph's nodes carry its name
+    (`.../pool/...`) and a profile of the graph can tell the pooling's share."""
+
+    def __init__(self, reduce: str):
+        super().__init__()
+        self.reduce = reduce
+
+    def forward(self, rows: torch.Tensor, where: torch.Tensor | PoolLayout, cells: int) -> torch.Tensor:
+        return pool(rows, where, cells, self.reduce)
 
 
 def pool(rows: torch.Tensor, where: torch.Tensor | PoolLayout, cells: int, reduce: str) -> torch.Tensor:
@@ -66,11 +129,16 @@ def pool(rows: torch.Tensor, where: torch.Tensor | PoolLayout, cells: int, reduc
 
 
 def _pool_by_layout(rows: torch.Tensor, layout: PoolLayout, cells: int, reduce: str) -> torch.Tensor:
+    source = rows if reduce == "max" else torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
+
+    def reduced(gather: torch.Tensor) -> torch.Tensor:
+        block = source[gather]  # (K, width, C)
+        return block.amax(dim=1) if reduce == "max" else block.sum(dim=1)
+
     out = torch.zeros(cells, rows.shape[1], device=rows.device, dtype=rows.dtype)
-    if reduce == "max":
-        out = out.index_put((layout.cell,), rows[layout.gather].amax(dim=1))
-        extra = layout.extra_cell[:, None].expand(-1, rows.shape[1])
-        return out.scatter_reduce(0, extra, rows[layout.extra_rows], reduce="amax", include_self=True)
-    padded = torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
-    out = out.index_put((layout.cell,), padded[layout.gather].sum(dim=1))
-    return out.index_add(0, layout.extra_cell, rows[layout.extra_rows])
+    out = out.index_put((torch.cat(layout.cells),), torch.cat([reduced(gather) for gather in layout.gathers]))
+    chunks = reduced(layout.chunk_gather)
+    if reduce == "max":  # the chunks are maxima of ReLU rows (>= 0): max with the zeros is theirs
+        return out.scatter_reduce(0, layout.chunk_cell[:, None].expand_as(chunks), chunks, reduce="amax",
+                                  include_self=True)
+    return out.index_add(0, layout.chunk_cell, chunks)

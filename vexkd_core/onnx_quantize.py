@@ -1,0 +1,264 @@
+"""int8 graphs of the students for CPU inference: `vexkd-train export --quantize int8`.
+
+The recipe is fixed; each choice was measured on the demo's students with ONNX Runtime on
+two cores (issue 33):
+- ONNX Runtime's static quantisation in QDQ format: weights signed int8 per output channel,
+  activations unsigned int8 per tensor (they are ReLU outputs), convolutions and their ReLUs
+  quantised together (without the ReLU, ONNX Runtime cannot fuse the pair).
+- Activation ranges by MinMax over `frames` (32) frames spread over the training split of the
+  dataset the checkpoint was trained on. ONNX Runtime's entropy and percentile calibration
+  fail on frames of different point counts; its pre-processing fails in shape inference on
+  the pooling's Reshape, so the graph is quantised as exported.
+- Float islands, where int8 broke the outputs:
+  * the pooling, and for the LiDAR student everything it reads (the point encoder): int8
+    there moved the heatmap by up to 0.49 and matched 82 % of the boxes;
+  * the camera student's BEV map up to and including the decoder's first convolution
+    (`bev_smooth` and the convolution after it): the Lift-Splat map is heavy-tailed (max 78,
+    p99 0.82 on the demo), so one scale zeroes most of its cells; quantising the decoder's
+    first convolution alone flipped 8.4 % of the demo camera student's map cells (0.2 % float);
+  * the heads' last convolutions (the logits): int8 there gave 58 spurious boxes.
+- Judged against the float graph, box by box and cell by cell, on `frames` other frames of
+  the same split (no ground truth needed: the float graph is the reference): a box at score
+  >= BOX_SCORE of either graph must have a box of its class within MATCH_M in the other; a
+  map cell must stay on its side of 0.5 (both up to SLACK). An int8 graph past
+  FIDELITY_BOUNDS is refused and nothing is written.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vexkd_core.config import Config, from_dict
+from vexkd_core.data.dataset import model_source
+from vexkd_core.data.preprocess import collate, preprocess
+from vexkd_core.models.camera_encoder import LiftGeometry
+from vexkd_core.models.vexkd import network_inputs
+from vexkd_core.modalities import reads
+from vexkd_core.io import atomic_write_bytes, atomic_write_json
+from vexkd_core.onnx_runtime import OnnxPredictor
+from vexkd_core.onnx_sidecar import graph_feed, read_sidecar, sidecar_path
+from vexkd_core.training_data import FIELD as TRAINING_DATA
+from vexkd_core.training_data import TrainingData
+
+QUANTIZED_OPS = ["Conv", "Relu"]
+BOX_SCORE = 0.3  # boxes compared: those a node would publish at a typical threshold
+MATCH_M = 1.0  # an int8 box within this of a float box of its class is that box
+# A box or map cell within SLACK of the threshold on one side may fall just below it on the
+# other without counting: int8 shifts scores by ~0.01 (std ~0.014 on the demo's LiDAR
+# student), which alone moved 8.7 % of the boxes across 0.3 and back.
+SLACK = 0.05
+# Refused past these: share of the float graph's boxes the int8 graph misses, int8 boxes
+# the float graph does not have (per float box), map cells that change side of 0.5.
+FIDELITY_BOUNDS = {"boxes_missed": 0.02, "boxes_spurious": 0.02, "map_cells_flipped": 0.01}
+
+
+class QuantizationError(ValueError):
+    """An int8 graph that cannot be made, or that strays past FIDELITY_BOUNDS from the float one."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Where the calibration and check frames come from."""
+    dataroot: Path
+    version: str
+    frames: int = 32
+
+
+def float_nodes(graph, modality: str) -> list[str]:
+    """The names of the nodes that stay float (the module docstring says why)."""
+    nodes = list(graph.node)
+    pooling = {node.name for node in nodes if node.name.startswith("/pool/")}
+    if not pooling:
+        raise QuantizationError("the graph has no nodes under a `pool` module: its float islands cannot be found")
+    kept = pooling | _nearest_convolutions(nodes, [output.name for output in graph.output], downstream=False)
+    if reads(modality, "lidar"):
+        kept |= _ancestors(nodes, pooling)
+    else:
+        first_stage = {node.name for node in nodes if node.name.startswith("/bev_smooth/")}
+        if not first_stage:
+            raise QuantizationError("the camera graph has no `bev_smooth` nodes (its first BEV stage)")
+        after = [tensor for node in nodes if node.name in first_stage for tensor in node.output]
+        kept |= first_stage | _nearest_convolutions(nodes, after, downstream=True, skip=first_stage)
+    return sorted(kept)
+
+
+def _nearest_convolutions(nodes, tensors: list[str], downstream: bool, skip: set[str] = frozenset()) -> set[str]:
+    """The first Conv nodes met walking from `tensors` down the graph (to the nodes that read
+    them) or up it (to the nodes that wrote them), through any nodes that are not Convs;
+    nodes in `skip` are not entered."""
+    neighbours = {}
+    for node in nodes:
+        for tensor in (node.input if downstream else node.output):
+            neighbours.setdefault(tensor, []).append(node)
+    found, seen, stack = set(), set(skip), list(tensors)
+    while stack:
+        for node in neighbours.get(stack.pop(), []):
+            if node.name in seen:
+                continue
+            seen.add(node.name)
+            if node.op_type == "Conv":
+                found.add(node.name)
+            else:
+                stack.extend(node.output if downstream else node.input)
+    return found
+
+
+def _ancestors(nodes, names: set[str]) -> set[str]:
+    producer, found = {output: node for node in nodes for output in node.output}, set()
+    stack = [name for node in nodes if node.name in names for name in node.input]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is not None and node.name not in found and node.name not in names:
+            found.add(node.name)
+            stack.extend(node.input)
+    return found
+
+
+def calibration_source(calibration: Calibration, config: Config, recorded: TrainingData | None):
+    """The training split of the checkpoint's dataset, refused (one line) when the dataroot
+    is another dataset than the one the checkpoint records."""
+    if recorded is not None and (calibration.dataroot.name != recorded.dataset
+                                 or calibration.version != recorded.version):
+        raise QuantizationError(f"the checkpoint was trained on '{recorded.dataset}' ({recorded.version}), not on "
+                                f"{calibration.dataroot} ({calibration.version}): int8 ranges are calibrated on "
+                                f"the checkpoint's own training data")
+    split = recorded.split if recorded is not None else "train"
+    return model_source(calibration.dataroot, calibration.version, split, config, augmented=False)
+
+
+def spread_indices(count: int, frames: int) -> tuple[list[int], list[int]]:
+    """`frames` calibration and `frames` check indices spread over `count` samples, disjoint."""
+    if count < 2:
+        raise QuantizationError(f"the training split has {count} sample(s): int8 needs at least 2 "
+                                f"(calibration and check frames)")
+    picked = np.unique(np.linspace(0, count - 1, min(2 * frames, count)).round().astype(int)).tolist()
+    return picked[0::2], picked[1::2]
+
+
+def frame_feeds(source, indices: list[int], config: Config, modality: str):
+    """The graph's inputs (numpy) for each sample index: the inference path's preprocessing."""
+    lift = LiftGeometry(config.model.camera, config.grid.bev, (config.grid.z_min_m, config.grid.z_max_m)) \
+        if reads(modality, "camera") else None
+    for index in indices:
+        batch = collate([preprocess(source.sample(index), config)[0]])
+        feed = graph_feed(network_inputs(batch, modality, config.grid.bev, lift), config)
+        yield {name: value.numpy() for name, value in feed.items()}
+
+
+def quantize(float_graph: Path, out_graph: Path, modality: str, feeds) -> list[str]:
+    """Write the int8 graph of `float_graph` calibrated on `feeds`; returns the float nodes."""
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    class Frames(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter(feeds)
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    kept = float_nodes(onnx.load(str(float_graph)).graph, modality)
+    try:
+        quantize_static(str(float_graph), str(out_graph), Frames(), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=QUANTIZED_OPS, per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, nodes_to_exclude=kept, calibrate_method=CalibrationMethod.MinMax,
+                        calibration_providers=["CPUExecutionProvider"])
+    except (RuntimeError, ValueError) as error:
+        raise QuantizationError(f"onnxruntime could not quantise the graph: {str(error).splitlines()[0]}") from None
+    return kept
+
+
+@dataclass
+class Int8Result:
+    onnx_path: Path
+    sidecar_path: Path
+    fidelity: dict  # fidelity() of the int8 graph against the float one on the check frames
+
+
+def export_int8(float_graph: Path, calibration: Calibration, bounds: dict[str, float] = FIDELITY_BOUNDS) -> Int8Result:
+    """<stem>.int8.onnx and its sidecar next to the float graph `float_graph` (exported by
+    export_onnx), calibrated and checked on the checkpoint's training data; QuantizationError,
+    with nothing written, past `bounds` (the sidecar records them; a benchmark timing
+    random-weight graphs gives none)."""
+    float_sidecar = read_sidecar(float_graph)
+    modality, config = float_sidecar["modality"], from_dict(float_sidecar["config"])
+    if modality not in ("lidar", "camera"):
+        raise QuantizationError(f"int8 is measured for the students; {float_graph} is a {modality} graph")
+    recorded = TrainingData.from_payload(float_sidecar[TRAINING_DATA]) if TRAINING_DATA in float_sidecar else None
+    source = calibration_source(calibration, config, recorded)
+    calibrate, check = spread_indices(len(source), calibration.frames)
+    with tempfile.TemporaryDirectory(prefix="vexkd-int8-", dir=float_graph.parent) as scratch:
+        candidate = Path(scratch) / float_graph.with_suffix(".int8.onnx").name
+        with _quiet_quantizer():
+            kept = quantize(float_graph, candidate, modality, frame_feeds(source, calibrate, config, modality))
+        graph = candidate.read_bytes()
+        sidecar = {key: value for key, value in float_sidecar.items() if key != "check_max_difference"}
+        sidecar.update(precision="int8", graph_sha256=hashlib.sha256(graph).hexdigest(), quantization={
+            "recipe": "onnxruntime quantize_static, QDQ, weights int8 per channel, activations uint8 per tensor, "
+                      "MinMax", "quantized_ops": QUANTIZED_OPS, "float_nodes": kept,
+            "calibration": {"dataset": calibration.dataroot.name, "version": calibration.version,
+                            "split": source.split, "samples": calibrate}})
+        atomic_write_json(sidecar_path(candidate), sidecar)
+        measured = fidelity(OnnxPredictor.from_file(float_graph), OnnxPredictor.from_file(candidate),
+                            [source.sample(index) for index in check])
+        sidecar["quantization"]["fidelity"] = {**measured, "check_samples": check, "bounds": bounds}
+        past = [name for name, bound in bounds.items() if measured[name] > bound]
+        if past:
+            raise QuantizationError("the int8 graph strays from the float one past its bounds ("
+                                    + ", ".join(f"{name} {measured[name]:.3f} > {bounds[name]}" for name in past)
+                                    + "); nothing written")
+    onnx_path = atomic_write_bytes(float_graph.with_suffix(".int8.onnx"), graph)
+    return Int8Result(onnx_path, atomic_write_json(sidecar_path(onnx_path), sidecar), measured)
+
+
+def fidelity(reference: OnnxPredictor, candidate: OnnxPredictor, samples: list) -> dict:
+    """The candidate's outputs against the reference's (module docstring): boxes missed and
+    spurious as shares of the reference's boxes at score >= BOX_SCORE, map cells flipped as a
+    share of all cells, and the largest change of a map probability."""
+    found = missed = spurious = flipped = cells = 0
+    largest_change = 0.0
+    for sample in samples:
+        want = reference(sample, score_threshold=BOX_SCORE - SLACK)
+        got = candidate(sample, score_threshold=BOX_SCORE - SLACK)
+        if want.boxes is not None:
+            found += int((want.boxes.score >= BOX_SCORE).sum())
+            missed += _unmatched(want.boxes, got.boxes)
+            spurious += _unmatched(got.boxes, want.boxes)
+        if want.map_probability is not None:
+            decided = np.abs(want.map_probability - 0.5) > SLACK
+            flipped += int((((want.map_probability > 0.5) != (got.map_probability > 0.5)) & decided).sum())
+            cells += want.map_probability.size
+            largest_change = max(largest_change, float(np.abs(want.map_probability - got.map_probability).max()))
+    return {"frames": len(samples), "boxes_float": found, "boxes_missed": missed / max(found, 1),
+            "boxes_spurious": spurious / max(found, 1), "map_cells_flipped": flipped / max(cells, 1),
+            "map_largest_change": largest_change}
+
+
+def _unmatched(boxes, others) -> int:
+    """Boxes at score >= BOX_SCORE with no box of `others` (all at >= BOX_SCORE - SLACK) of
+    their class within MATCH_M."""
+    unmatched = 0
+    for index in np.nonzero(boxes.score >= BOX_SCORE)[0]:
+        distance = np.linalg.norm(others.center[:, :2] - boxes.center[index, :2], axis=1)
+        unmatched += not np.any((distance <= MATCH_M) & (others.label == boxes.label[index]))
+    return unmatched
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """onnxruntime's quantiser logs a warning per float bias and advises a pre-processing that
+    fails on these graphs (module docstring); the user sees the export's own lines instead."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
