@@ -11,11 +11,13 @@ process used (cores: CPU seconds over wall seconds); per node and backend the hi
 those rates it kept up with (KEEPS_UP of the triggers answered). `tiny` preset, random
 weights: every frame carries max_detections boxes, as a trained model's does at its
 checkpoint's score threshold (0.05). Both processes share this machine's cores, as they
-would on a robot's computer. Records bench/results/node_stream.json.
+would on a robot's computer. Records bench/results/node_stream.json (a modality run again
+replaces its entries).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -181,8 +183,12 @@ def main() -> int:
     args = parser.parse_args()
     apply_default_ros_environment()
     rclpy.init()
-    results = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-               "torch_threads": torch.get_num_threads(), "preset": "tiny", "streams": {}, "keeps_up_hz": {}}
+    # A modality run again replaces its streams; the other modality's stay (run them one at a time).
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"streams": {}, "keeps_up_hz": {}}
+    for table in ("streams", "keeps_up_hz"):
+        results[table] = {key: row for key, row in results[table].items() if key.split()[0] not in args.modalities}
+    results.update({"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(), "preset": "tiny"})
     with tempfile.TemporaryDirectory() as folder:
         for modality in args.modalities:
             files = model_files(modality, "tiny", Path(folder), "int8" in args.backends)
