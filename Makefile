@@ -30,6 +30,7 @@ bench: setup
 	$(PY) bench/bench_synthetic.py
 	$(PY) bench/bench_models.py
 	$(PY) bench/bench_distillation.py
+	$(PY) bench/bench_pooling.py
 	$(PY) bench/bench_nodes.py
 	$(PY) bench/bench_node_stream.py
 	$(PY) bench/bench_data_loading.py
