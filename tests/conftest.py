@@ -120,3 +120,20 @@ def trained_lidar(tiny_world, tmp_path_factory):
                               "--max-steps", "60"], capture_output=True, text=True, timeout=600)
     assert trained.returncode == 0, trained.stderr[-2000:]
     return out / "model.pt"
+
+
+@pytest.fixture(scope="session")
+def trained_lidar_graphs(trained_lidar, tiny_world, tmp_path_factory):
+    """(float graph, int8 graph, the export's stdout) of trained_lidar: `vexkd-train export
+    --quantize int8`, calibrated on 2 training frames and checked on 2 others."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dataroot, _ = tiny_world
+    out = tmp_path_factory.mktemp("trained_lidar_graphs")
+    result = subprocess.run([str(Path(sys.executable).parent / "vexkd-train"), "export", "--checkpoint",
+                             str(trained_lidar), "--out", str(out), "--quantize", "int8", "--dataroot", str(dataroot),
+                             "--calibration-frames", "2"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out / "model.onnx", out / "model.int8.onnx", result.stdout

@@ -29,20 +29,17 @@ pytestmark = pytest.mark.ros
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tiny_world, trained_lidar, tmp_path_factory):
+def checkpoints(tiny_world, trained_lidar_graphs, tmp_path_factory):
     """Random-weight models with spread scores (support/node_checkpoints.py), as .pt and exported
     .onnx; and the trained LiDAR student's int8 graph (int8 is calibrated and checked on a
     model's training data: random weights have none)."""
     from vexkd_core.onnx_export import export_onnx
-    from vexkd_core.onnx_quantize import Calibration, export_int8
 
     folder = tmp_path_factory.mktemp("node_models")
     paths = spread_checkpoints(tiny_world, folder, ("lidar", "camera", "fusion"))
     paths.update({(modality, "onnxruntime"): export_onnx(path, folder / "onnx").onnx_path
                   for modality, path in paths.items()})
-    dataroot, world = tiny_world
-    paths["lidar", "int8"] = export_int8(export_onnx(trained_lidar, folder / "int8").onnx_path,
-                                         Calibration(Path(dataroot), world.version, 2)).onnx_path
+    paths["lidar", "int8"] = trained_lidar_graphs[1]
     return paths
 
 

@@ -107,25 +107,27 @@ def run_tool(*args) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "vexkd-train"), *map(str, args)], capture_output=True, text=True, timeout=600)
 
 
-def test_eval_scores_the_exported_graph_as_the_checkpoint(tiny_world, trained_lidar, tmp_path):
-    """A briefly trained LiDAR model (so that mAP is not 0 for both): export, then eval with
-    each backend; every metric within 0.002."""
+def test_eval_scores_the_exported_graphs_as_the_checkpoint(tiny_world, trained_lidar, trained_lidar_graphs, tmp_path):
+    """A briefly trained LiDAR model (so that mAP is not 0 for both), exported in float and
+    int8: eval with each backend; the float graph within 0.002 of the checkpoint per metric
+    and class, the int8 graph within 0.02 of the float one per metric."""
     dataroot, _ = tiny_world
-    exported = run_tool("export", "--checkpoint", trained_lidar, "--out", tmp_path / "onnx")
-    assert exported.returncode == 0, exported.stderr[-2000:]
-    assert "opset 18" in exported.stdout and "onnxruntime vs torch" in exported.stdout
+    float_graph, int8_graph, stdout = trained_lidar_graphs
+    assert "opset 18" in stdout and "onnxruntime vs torch" in stdout
     metrics = {}
-    files = {"torch": trained_lidar, "onnxruntime": tmp_path / "onnx" / "model.onnx"}
-    for backend, path in files.items():
-        result = run_tool("eval", "--backend", backend, "--checkpoint", path, "--dataroot", dataroot,
-                          "--out", tmp_path / backend)
+    files = {"torch": trained_lidar, "onnxruntime": float_graph, "int8": int8_graph}
+    for name, path in files.items():
+        result = run_tool("eval", "--backend", "torch" if name == "torch" else "onnxruntime", "--checkpoint", path,
+                          "--dataroot", dataroot, "--out", tmp_path / name)
         assert result.returncode == 0, result.stderr[-2000:]
-        metrics[backend] = json.loads((tmp_path / backend / "metrics.json").read_text())
+        metrics[name] = json.loads((tmp_path / name / "metrics.json").read_text())
     assert metrics["onnxruntime"]["backend"] == "onnxruntime with CPUExecutionProvider"
+    assert metrics["int8"]["backend"] == "onnxruntime with CPUExecutionProvider, int8 graph"
     torch_metrics, onnx_metrics = metrics["torch"], metrics["onnxruntime"]
     assert torch_metrics["detection"]["mAP"] > 0.01
     for task, name in (("detection", "mAP"), ("detection", "NDS"), ("map", "mIoU")):
         assert abs(torch_metrics[task][name] - onnx_metrics[task][name]) <= 0.002, (task, name)
+        assert abs(onnx_metrics[task][name] - metrics["int8"][task][name]) <= 0.02, (task, name)
     for name, ap in torch_metrics["detection"]["per_class_ap"].items():
         assert abs(ap - onnx_metrics["detection"]["per_class_ap"][name]) <= 0.002, name
 
