@@ -46,8 +46,8 @@ from vexkd_ros.conversions import (array_to_cloud, intrinsics_to_camera_info, ma
 from vexkd_ros.detector_node import DetectorNode  # noqa: E402
 from vexkd_ros.node_outputs import STAGES  # noqa: E402
 from vexkd_ros.environment import apply_default_ros_environment, single_threaded_blas  # noqa: E402
-from bench_data_loading import VERSION, synth_world  # noqa: E402
-from bench_training_memory import TINY_WORLD, WORLD  # noqa: E402
+from bench_data_loading import VERSION  # noqa: E402
+from bench_training_memory import preset_world  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "nodes.json"
 # Backends as this benchmark names them -> the node's `backend` parameter (int8: an int8 graph).
@@ -97,9 +97,8 @@ def model_files(modality: str, preset_name: str, folder: Path, int8: bool = Fals
                                  modality)
     files = {"torch": checkpoint, "onnxruntime": export_onnx(checkpoint, folder).onnx_path}
     if int8:
-        world, _ = synth_world(*(("training-memory-tiny", TINY_WORLD) if preset_name == "tiny"
-                                 else ("training-memory-1600x900", WORLD)))
-        files["int8"] = export_int8(files["onnxruntime"], Calibration(world, VERSION, 8), bounds={}).onnx_path
+        files["int8"] = export_int8(files["onnxruntime"], Calibration(preset_world(preset_name), VERSION, 8),
+                                    bounds={}).onnx_path
     return files
 
 

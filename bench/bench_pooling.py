@@ -45,8 +45,8 @@ MODALITIES = {"lidar": "pillar_cell", "camera": "frustum_cell"}
 def frames(preset_name: str, count: int) -> list[dict]:
     """The network inputs (batch 1) of the first `count` val samples of the preset's world."""
     sys.path.insert(0, str(REPO / "bench"))
-    from bench_data_loading import VERSION, synth_world
-    from bench_training_memory import TINY_WORLD, WORLD
+    from bench_data_loading import VERSION
+    from bench_training_memory import preset_world
 
     from vexkd_core.config import preset
     from vexkd_core.data.dataset import model_source
@@ -54,10 +54,8 @@ def frames(preset_name: str, count: int) -> list[dict]:
     from vexkd_core.models.camera_encoder import LiftGeometry
     from vexkd_core.models.vexkd import network_inputs
 
-    world, _ = synth_world(*(("training-memory-tiny", TINY_WORLD) if preset_name == "tiny"
-                             else ("training-memory-1600x900", WORLD)))
     config = preset(preset_name)
-    source = model_source(world, VERSION, "val", config, augmented=False)
+    source = model_source(preset_world(preset_name), VERSION, "val", config, augmented=False)
     lift = LiftGeometry(config.model.camera, config.grid.bev, (config.grid.z_min_m, config.grid.z_max_m))
     return [network_inputs(collate([preprocess(source.sample(index), config)[0]]), "fusion", config.grid.bev, lift)
             for index in range(count)]

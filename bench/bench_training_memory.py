@@ -58,6 +58,13 @@ NARROW = ["model.bev_channels=32", "model.decoder_channels=[32,64]", "model.deco
           "model.head_channels=32", "model.camera.backbone=small", "model.camera.feature_channels=64",
           "model.lidar.pillar_channels=32", "model.fusion.layers=1", "model.fusion.heads=4",
           "model.fusion.ffn_channels=64"]
+def preset_world(preset_name: str) -> Path:
+    """The shared synthetic world of a preset's sensors (written once under data/bench/):
+    TINY_WORLD for `tiny`, WORLD (1600x900) for `nuscenes`."""
+    return synth_world(*(("training-memory-tiny", TINY_WORLD) if preset_name == "tiny"
+                         else ("training-memory-1600x900", WORLD)))[0]
+
+
 SETTINGS = {"default": {}, "chosen": {"VEXKD_ALLOCATOR": "fixed-mmap"},
             "mmap-1m": {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}, "trim": {}}
 MB = 2**20
@@ -188,11 +195,11 @@ def main() -> None:
     if args.child:
         arguments, trim, rows_file = json.loads(args.child)
         return child(arguments, trim, Path(rows_file))
-    world, _ = synth_world("training-memory-1600x900", WORLD)
+    world = preset_world("nuscenes")
     if not any(world.glob("vexkd_gt_database_*")):  # the preset's GT-paste reads it
         subprocess.run([str(Path(sys.executable).parent / "vexkd-data"), "gt-database", "--dataroot", str(world),
                         "--version", VERSION], check=True, capture_output=True)
-    tiny_world, _ = synth_world("training-memory-tiny", TINY_WORLD) if "tiny" in args.stages else (None, None)
+    tiny_world = preset_world("tiny") if "tiny" in args.stages else None
     figures = json.loads(args.results.read_text()) if args.results.is_file() else {}
     stages = figures.setdefault("stages", {})
     with tempfile.TemporaryDirectory(prefix="vexkd-training-memory-") as scratch:

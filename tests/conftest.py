@@ -104,21 +104,26 @@ def tiny_nusc(tiny_world):
         return NuScenes(version=tiny_world[1].version, dataroot=str(tiny_world[0]), verbose=False)
 
 
+def run_vexkd_train(*args) -> str:
+    """`vexkd-train ARGS` in its own process; the test fails with its stderr if it fails."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    result = subprocess.run([str(Path(sys.executable).parent / "vexkd-train"), *map(str, args)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
 @pytest.fixture(scope="session")
 def trained_lidar(tiny_world, tmp_path_factory):
     """model.pt of a LiDAR student trained 60 steps on the tiny world's train split (2 sweeps):
     for the checks that need a model that has learned something (its mAP above 0, int8
     ranges calibrated on its training data)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    dataroot, _ = tiny_world
     out = tmp_path_factory.mktemp("trained_lidar")
-    trained = subprocess.run([str(Path(sys.executable).parent / "vexkd-train"), "student", "--modality", "lidar",
-                              "--dataroot", str(dataroot), "--out", str(out), "--set", "model.lidar.sweeps=2",
-                              "--max-steps", "60"], capture_output=True, text=True, timeout=600)
-    assert trained.returncode == 0, trained.stderr[-2000:]
+    run_vexkd_train("student", "--modality", "lidar", "--dataroot", tiny_world[0], "--out", out,
+                    "--set", "model.lidar.sweeps=2", "--max-steps", 60)
     return out / "model.pt"
 
 
@@ -126,14 +131,7 @@ def trained_lidar(tiny_world, tmp_path_factory):
 def trained_lidar_graphs(trained_lidar, tiny_world, tmp_path_factory):
     """(float graph, int8 graph, the export's stdout) of trained_lidar: `vexkd-train export
     --quantize int8`, calibrated on 2 training frames and checked on 2 others."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    dataroot, _ = tiny_world
     out = tmp_path_factory.mktemp("trained_lidar_graphs")
-    result = subprocess.run([str(Path(sys.executable).parent / "vexkd-train"), "export", "--checkpoint",
-                             str(trained_lidar), "--out", str(out), "--quantize", "int8", "--dataroot", str(dataroot),
-                             "--calibration-frames", "2"], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return out / "model.onnx", out / "model.int8.onnx", result.stdout
+    stdout = run_vexkd_train("export", "--checkpoint", trained_lidar, "--out", out, "--quantize", "int8",
+                             "--dataroot", tiny_world[0], "--calibration-frames", 2)
+    return out / "model.onnx", out / "model.int8.onnx", stdout

@@ -77,6 +77,7 @@ def test_the_camera_graph_keeps_its_bev_map_float_through_the_first_decoder_conv
     from vexkd_core.data.dataset import model_source
     from vexkd_core.models.vexkd import build_model
     from vexkd_core.onnx_quantize import float_nodes, frame_feeds, quantize
+    from vexkd_core.onnx_runtime import OnnxPredictor
 
     config = preset("tiny")
     torch.manual_seed(0)
@@ -95,7 +96,8 @@ def test_the_camera_graph_keeps_its_bev_map_float_through_the_first_decoder_conv
     assert not any(name.startswith(("/backbone/", "/neck/", "/depth_and_context/")) for name in kept)
     dataroot, world = tiny_world
     source = model_source(dataroot, world.version, "train", config, augmented=False)
-    quantize(float_graph, tmp_path / "camera.int8.onnx", "camera", frame_feeds(source, [0, 1], config, "camera"))
+    quantize(float_graph, tmp_path / "camera.int8.onnx", "camera",
+             frame_feeds(OnnxPredictor.from_file(float_graph), source, [0, 1]))
     quantized = onnx.load(str(tmp_path / "camera.int8.onnx")).graph
     for node in (node for node in quantized.node if node.op_type == "Conv"):
         assert weight_is_int8(quantized, node) == (node.name not in kept), node.name

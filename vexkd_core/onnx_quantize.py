@@ -38,12 +38,10 @@ import numpy as np
 from vexkd_core.config import Config, from_dict
 from vexkd_core.data.dataset import model_source
 from vexkd_core.data.preprocess import collate, preprocess
-from vexkd_core.models.camera_encoder import LiftGeometry
-from vexkd_core.models.vexkd import network_inputs
 from vexkd_core.modalities import reads
 from vexkd_core.io import atomic_write_bytes, atomic_write_json
 from vexkd_core.onnx_runtime import OnnxPredictor
-from vexkd_core.onnx_sidecar import graph_feed, read_sidecar, sidecar_path
+from vexkd_core.onnx_sidecar import read_sidecar, sidecar_path
 from vexkd_core.training_data import FIELD as TRAINING_DATA
 from vexkd_core.training_data import TrainingData
 
@@ -80,48 +78,40 @@ def float_nodes(graph, modality: str) -> list[str]:
     pooling = {node.name for node in nodes if node.name.startswith("/pool/")}
     if not pooling:
         raise QuantizationError("the graph has no nodes under a `pool` module: its float islands cannot be found")
-    kept = pooling | _nearest_convolutions(nodes, [output.name for output in graph.output], downstream=False)
-    if reads(modality, "lidar"):
-        kept |= _ancestors(nodes, pooling)
+    logits = _walk(nodes, [output.name for output in graph.output], downstream=False, through_convolutions=False)
+    kept = pooling | {node.name for node in logits if node.op_type == "Conv"}
+    if reads(modality, "lidar"):  # what the pooling reads: the point encoder
+        read = [tensor for node in nodes if node.name in pooling for tensor in node.input]
+        kept |= {node.name for node in _walk(nodes, read, downstream=False, through_convolutions=True, skip=pooling)}
     else:
         first_stage = {node.name for node in nodes if node.name.startswith("/bev_smooth/")}
         if not first_stage:
             raise QuantizationError("the camera graph has no `bev_smooth` nodes (its first BEV stage)")
         after = [tensor for node in nodes if node.name in first_stage for tensor in node.output]
-        kept |= first_stage | _nearest_convolutions(nodes, after, downstream=True, skip=first_stage)
+        kept |= first_stage | {node.name for node in _walk(nodes, after, downstream=True, through_convolutions=False,
+                                                           skip=first_stage) if node.op_type == "Conv"}
     return sorted(kept)
 
 
-def _nearest_convolutions(nodes, tensors: list[str], downstream: bool, skip: set[str] = frozenset()) -> set[str]:
-    """The first Conv nodes met walking from `tensors` down the graph (to the nodes that read
-    them) or up it (to the nodes that wrote them), through any nodes that are not Convs;
+def _walk(nodes, tensors: list[str], downstream: bool, through_convolutions: bool,
+          skip: set[str] = frozenset()) -> list:
+    """The nodes met walking from `tensors` down the graph (to the nodes that read them) or up
+    it (to the nodes that wrote them); a Conv ends its path unless `through_convolutions`;
     nodes in `skip` are not entered."""
     neighbours = {}
     for node in nodes:
         for tensor in (node.input if downstream else node.output):
             neighbours.setdefault(tensor, []).append(node)
-    found, seen, stack = set(), set(skip), list(tensors)
+    met, seen, stack = [], set(skip), list(tensors)
     while stack:
         for node in neighbours.get(stack.pop(), []):
             if node.name in seen:
                 continue
             seen.add(node.name)
-            if node.op_type == "Conv":
-                found.add(node.name)
-            else:
+            met.append(node)
+            if through_convolutions or node.op_type != "Conv":
                 stack.extend(node.output if downstream else node.input)
-    return found
-
-
-def _ancestors(nodes, names: set[str]) -> set[str]:
-    producer, found = {output: node for node in nodes for output in node.output}, set()
-    stack = [name for node in nodes if node.name in names for name in node.input]
-    while stack:
-        node = producer.get(stack.pop())
-        if node is not None and node.name not in found and node.name not in names:
-            found.add(node.name)
-            stack.extend(node.input)
-    return found
+    return met
 
 
 def calibration_source(calibration: Calibration, config: Config, recorded: TrainingData | None):
@@ -145,14 +135,10 @@ def spread_indices(count: int, frames: int) -> tuple[list[int], list[int]]:
     return picked[0::2], picked[1::2]
 
 
-def frame_feeds(source, indices: list[int], config: Config, modality: str):
-    """The graph's inputs (numpy) for each sample index: the inference path's preprocessing."""
-    lift = LiftGeometry(config.model.camera, config.grid.bev, (config.grid.z_min_m, config.grid.z_max_m)) \
-        if reads(modality, "camera") else None
+def frame_feeds(predictor: OnnxPredictor, source, indices: list[int]):
+    """The graph's inputs for each sample index, as `predictor` (the float graph) feeds them."""
     for index in indices:
-        batch = collate([preprocess(source.sample(index), config)[0]])
-        feed = graph_feed(network_inputs(batch, modality, config.grid.bev, lift), config)
-        yield {name: value.numpy() for name, value in feed.items()}
+        yield predictor.feed(collate([preprocess(source.sample(index), predictor.config)[0]]))
 
 
 def _own_copies_of_shared_weights(graph) -> None:
@@ -216,10 +202,11 @@ def export_int8(float_graph: Path, calibration: Calibration, bounds: dict[str, f
     recorded = TrainingData.from_payload(float_sidecar[TRAINING_DATA]) if TRAINING_DATA in float_sidecar else None
     source = calibration_source(calibration, config, recorded)
     calibrate, check = spread_indices(len(source), calibration.frames)
+    reference = OnnxPredictor.from_file(float_graph)
     with tempfile.TemporaryDirectory(prefix="vexkd-int8-", dir=float_graph.parent) as scratch:
         candidate = Path(scratch) / float_graph.with_suffix(".int8.onnx").name
         with _quiet_quantizer():
-            kept = quantize(float_graph, candidate, modality, frame_feeds(source, calibrate, config, modality))
+            kept = quantize(float_graph, candidate, modality, frame_feeds(reference, source, calibrate))
         graph = candidate.read_bytes()
         sidecar = {key: value for key, value in float_sidecar.items() if key != "check_max_difference"}
         sidecar.update(precision="int8", graph_sha256=hashlib.sha256(graph).hexdigest(), quantization={
@@ -228,7 +215,7 @@ def export_int8(float_graph: Path, calibration: Calibration, bounds: dict[str, f
             "calibration": {"dataset": calibration.dataroot.name, "version": calibration.version,
                             "split": source.split, "samples": calibrate}})
         atomic_write_json(sidecar_path(candidate), sidecar)
-        measured = fidelity(OnnxPredictor.from_file(float_graph), OnnxPredictor.from_file(candidate),
+        measured = fidelity(reference, OnnxPredictor.from_file(candidate),
                             [source.sample(index) for index in check])
         sidecar["quantization"]["fidelity"] = {**measured, "check_samples": check, "bounds": bounds,
                                                "boxes_passing_whatever_the_count": FEW_BOXES}

@@ -107,9 +107,14 @@ class OnnxPredictor(Predictor):
         served = "onnxruntime with " + ", ".join(self.session.get_providers())
         return served if self.precision == "float32" else f"{served}, {self.precision} graph"
 
-    def infer(self, batch: Batch, timer: StageTimer) -> dict[str, torch.Tensor]:
+    def feed(self, batch: Batch, timer: StageTimer | None = None) -> dict:
+        """The graph's inputs (numpy, by name) for a batch: what infer() runs the graph on, and
+        what int8 calibration (onnx_quantize.py) feeds it."""
+        timer = timer if timer is not None else StageTimer()
         inputs = timer.measure("inputs", network_inputs, batch, self.modality, self.config.grid.bev, self.lift)
         feed = timer.measure("layout", graph_feed, inputs, self.config)
-        feed = {name: feed[name].numpy() for name in self.input_names}
-        outputs = timer.measure("network", self.session.run, self.output_names, feed)
+        return {name: feed[name].numpy() for name in self.input_names}
+
+    def infer(self, batch: Batch, timer: StageTimer) -> dict[str, torch.Tensor]:
+        outputs = timer.measure("network", self.session.run, self.output_names, self.feed(batch, timer))
         return {name: torch.from_numpy(value) for name, value in zip(self.output_names, outputs)}
