@@ -11,7 +11,7 @@ from vexkd_core.checkpoint import load_checkpoint, model_from_checkpoint, save_c
 from vexkd_core.config import load_config
 from vexkd_core.data.dataset import TrainingSet, collate_training, model_source
 from vexkd_core.data.nuscenes_source import NuScenesSource
-from vexkd_core.distill.distiller import MODES, Distiller
+from vexkd_core.distill.distiller import GENERATED, MODES, Distiller
 from vexkd_core.distill.losses import MaskedDistillLoss, attention_map
 from vexkd_core.models.vexkd import build_model
 from vexkd_train.masks import MaskSettings, build_generators, load_masks, train_masks
@@ -51,12 +51,30 @@ def checksum(module: torch.nn.Module) -> float:
 def test_generators_start_from_the_teachers_fusion_query(teacher_and_masks):
     teacher, _, _ = model_from_checkpoint(teacher_and_masks[0])
     learned = build_generators(teacher, MaskSettings(blocks=1))
-    random = build_generators(teacher, MaskSettings(blocks=1, random_query=True))
+    random = build_generators(teacher, MaskSettings(blocks=1, query="random"))
+    fused = build_generators(teacher, MaskSettings(blocks=1, query="fused"))
     for key in learned:
         assert torch.equal(learned[key].query, teacher.fuser.bev_query)
         assert torch.equal(learned[key].position, teacher.fuser.bev_position)
         assert not torch.allclose(random[key].query, teacher.fuser.bev_query)
+        # The fused map is each sample's query: the generator has no query of its own to learn.
+        assert fused[key].query is None and torch.equal(fused[key].position, teacher.fuser.bev_position)
     assert set(learned) == {"detection/low", "detection/high", "segmentation/low", "segmentation/high"}
+
+
+def test_a_fused_map_generator_reads_each_samples_fused_map(teacher_and_masks, source):
+    teacher, _, _ = model_from_checkpoint(teacher_and_masks[0])
+    generator = build_generators(teacher, MaskSettings(blocks=1, query="fused"))["detection/high"].eval()
+    batch, _ = one_batch(source)
+    with torch.no_grad():
+        output = teacher(batch)
+        assert output.fused is not None and output.fused.shape[-2:] == generator.query_size
+        masks = generator(output.high, output.fused)
+        # Another fused map (the same feature) gives other masks: the query is the map.
+        other = generator(output.high, output.fused.flip(-1))
+    assert masks.shape[1] == generator.mask_count and not torch.allclose(masks, other)
+    with pytest.raises(ValueError, match="needs the teacher's fused map"):
+        generator(output.high)
 
 
 def test_mask_training_changes_the_generators_but_not_the_teacher(teacher_and_masks):
@@ -81,7 +99,8 @@ def test_every_distill_mode_trains_a_step_with_a_finite_loss_and_right_gradients
     teacher, _, _ = model_from_checkpoint(checkpoint)
     teacher_before = checksum(teacher)
     student = build_model(CONFIG, "lidar").train()
-    generators = load_masks(masks, teacher) if mode in ("vexkd", "random-query") else None
+    generators = None if mode not in GENERATED else build_generators(teacher, MaskSettings(blocks=1, query="fused")) \
+        if mode == "fused-query" else load_masks(masks, teacher)
     distiller = Distiller(teacher, student, mode, ("low", "high"), "mse", {"low": 1.0, "high": 1.0}, generators)
     # The trainer optimises the student's and the distiller's parameters: none may be both.
     assert not {id(p) for p in distiller.parameters()} & {id(p) for p in student.parameters()}
@@ -89,7 +108,7 @@ def test_every_distill_mode_trains_a_step_with_a_finite_loss_and_right_gradients
     output = student(batch)
     losses = distiller(student, batch, output, targets)
     # Generated masks stay per task; the hand-made baselines have one set per level.
-    assert set(losses) == (GENERATED_LOSSES if mode in ("vexkd", "random-query") else {"distill_low", "distill_high"})
+    assert set(losses) == (GENERATED_LOSSES if mode in GENERATED else {"distill_low", "distill_high"})
     # A generated mask may take no cell of this sample (these generators had a step or two):
     # then its level and task have nothing to compare (see the empty-mask test below).
     assert all(torch.isfinite(v) and v >= 0 for v in losses.values()) and sum(losses.values()) > 0, losses

@@ -246,3 +246,84 @@ def test_a_distilled_run_is_redone_when_its_teacher_is_retrained(tiny_world, tmp
     teacher_spec = runs.teacher_spec()
     runs.checkpoint(baseline.name).write_bytes(b"lidar, retrained")
     assert runs.teacher_spec() != teacher_spec
+
+
+def test_the_study_trains_a_model_per_task_and_reads_the_test_world(tiny_world, tmp_path):
+    """The study's camera table at two steps a run: a detection student per row (no map
+    student), evaluated on the test world too; results.md carries its paired gains."""
+    from vexkd_core.config import load_config
+    from vexkd_train.experiment import Experiment
+    from vexkd_train.experiment_plan import Suite
+
+    dataroot, world = tiny_world
+    suite = Suite(epochs=1, mask_epochs=1, seeds=(0,), max_steps=2, tables=("study-camera",), training_split=False,
+                  per_task=True)
+    results = Experiment(dataroot, world.version, tmp_path, load_config("tiny"), suite, progress=False,
+                         test_world=dataroot).run()
+    rows = results["tables"]["study-camera"]
+    assert list(rows) == ["no FD", "whole map", "generated, random query", "generated, fusion query (VeXKD)"]
+    assert all(entry["mIoU"] is None and entry["mAP"] is not None for entry in rows.values())
+    trained = {path.parent.name for path in (tmp_path / "runs").glob("camera*/model.pt")}
+    assert trained == {"camera-det-baseline-s0", "camera-det-full-low+high-at-b3-s0",
+                       "camera-det-random-query-low+high-at-b3-s0", "camera-det-vexkd-low+high-at-b3-s0"}
+    # The same checkpoints on the test world (here the tiny world again: the same figures).
+    test = results["test"]["tables"]["study-camera"]
+    assert test["whole map"]["mAP"]["values"] == rows["whole map"]["mAP"]["values"]
+    assert results["test"]["val_samples"] == world.val_scenes * world.samples_per_scene
+    markdown_text = (tmp_path / "results.md").read_text()
+    assert "## Mask study: camera student, detection" in markdown_text
+    assert "## Camera student (detection): mask choice, test world (1 seed)" in markdown_text
+
+
+def test_the_studys_controls_and_the_fused_map_query_train(tiny_world, tmp_path):
+    """A LiDAR-only teacher trained as long as the teacher from the seed-0 LiDAR student (the
+    self-distillation control), a teacher from a seed no student uses with its fused-map mask
+    generators, and per-task students distilled from each."""
+    from vexkd_core.checkpoint import load_checkpoint
+    from vexkd_core.config import load_config
+    from vexkd_train.experiment_plan import UNUSED_SEED, MaskRun, Student, Suite
+    from vexkd_train.experiment_runs import Runs
+
+    dataroot, world = tiny_world
+    suite = Suite(epochs=1, mask_epochs=1, seeds=(0,), max_steps=2)
+    runs = Runs(dataroot, world.version, tmp_path, load_config("tiny"), suite, progress=False)
+    self_distilled = Student("lidar", "full", fuser="none", tasks="map")
+    assert runs.student(self_distilled)["detection"] is None
+    teacher = load_checkpoint(runs.teacher("none"))
+    assert teacher["modality"] == "lidar"  # trained on from the LiDAR student, no camera
+    fused = Student("lidar", "fused-query", tasks="detection", teacher_seed=UNUSED_SEED)
+    metrics = runs.student(fused)
+    assert metrics["map"] is None and 0.0 <= metrics["detection"]["mAP"] <= 1.0
+    other = load_checkpoint(runs.teacher("mgfm", UNUSED_SEED))
+    assert other["modality"] == "fusion" and other["config"]["train"]["seed"] == UNUSED_SEED
+    masks = runs.masks(MaskRun(query="fused", teacher_seed=UNUSED_SEED))
+    assert masks == tmp_path / "runs" / f"masks-fused-b3-t{UNUSED_SEED}" / "masks.pt"
+    spec = runs.student_spec(fused)
+    assert spec["inputs"]["teacher"][0] == f"runs/teacher-t{UNUSED_SEED}/model.pt"
+    with pytest.raises(ValueError, match="no student may use it"):
+        run_experiment(dataroot, world.version, tmp_path, "quick", seeds=(0, UNUSED_SEED))
+    with pytest.raises(ValueError, match="generated masks need an MGFM teacher"):
+        Student("lidar", "vexkd", fuser="none")
+
+
+def test_per_task_rows_take_detection_and_map_from_their_own_students():
+    from vexkd_train.experiment_plan import Student, STUDY_TABLES
+    from vexkd_train.experiment_report import summarised
+
+    plan = tables((0, 1), names=STUDY_TABLES, per_task=True)
+    lidar = plan["study-lidar"]
+    assert {student.tasks for _, student in lidar} == {"detection", "map"}
+    assert {student.tasks for _, student in plan["study-camera"]} == {"detection"}
+    assert all(sum(1 for label, s in lidar if label == row and s.seed == 0) == 2 for row, _ in lidar)
+
+    def run(student: Student) -> dict:
+        detection = {"mAP": 0.1 + student.seed, "NDS": 0.2, "per_class_ap": dict.fromkeys(DETECTION_CLASSES, 0.1)}
+        segmentation = {"mIoU": 0.5 + student.seed, "iou": {"drivable_area": 0.5}}
+        return {"detection": detection if student.tasks == "detection" else None,
+                "map": segmentation if student.tasks == "map" else None,
+                "latency_ms": {"total": 10.0}, "parameters": 5}
+
+    rows = summarised(lidar, run)
+    assert rows["no FD"]["mAP"]["values"] == [0.1, 1.1] and rows["no FD"]["mIoU"]["values"] == [0.5, 1.5]
+    assert rows["whole map"]["baseline"] == "no FD" and rows["no FD"]["baseline"] is None
+    assert rows["self-distillation: whole map from a LiDAR-only teacher"]["baseline"] == "no FD"

@@ -287,9 +287,9 @@ def test_convfuser_teacher_trains_evaluates_and_takes_random_query_masks(tiny_wo
     masks = [BIN / "vexkd-train", "masks", "--teacher", checkpoint, "--dataroot", dataroot, "--out", tmp_path / "m",
              "--max-epochs", "1", "--blocks", "1", "--masks-per-generator", "2"]
     refused = subprocess.run(masks, capture_output=True, text=True)
-    assert refused.returncode == 2 and "--random-query" in refused.stderr
+    assert refused.returncode == 2 and "--query random" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
-    random = subprocess.run(masks + ["--random-query"], capture_output=True, text=True)
+    random = subprocess.run(masks + ["--query", "random"], capture_output=True, text=True)
     assert random.returncode == 0, random.stderr[-2000:]
 
 
@@ -323,8 +323,8 @@ def test_masks_of_a_teacher_saved_before_the_fuser_option_load(tiny_world, tmp_p
     teacher, _, _ = model_from_checkpoint(path)
     assert set(load_masks(masks, teacher)) == {"detection/low", "detection/high", "segmentation/low",
                                                "segmentation/high"}
-    with pytest.raises(CheckpointError, match="fusion-query generators, not random-query"):
-        load_masks(masks, teacher, random_query=True)
+    with pytest.raises(CheckpointError, match="generators of the teacher query, not of the random query"):
+        load_masks(masks, teacher, query="random")
 
 
 def test_wrong_inputs_to_eval_and_teacher_are_one_line(tiny_world, tmp_path):

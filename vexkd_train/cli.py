@@ -16,8 +16,10 @@ from pathlib import Path
 from vexkd_core.cli import CliError, OneLineParser, run_cli
 from vexkd_core.distill.distiller import MODES
 from vexkd_core.distill.losses import DISTANCES
+from vexkd_core.distill.mask_generator import QUERIES
 from vexkd_core.inference import BACKENDS
 from vexkd_core.models.fusion import FUSERS
+from vexkd_train.experiment_plan import SUITES, TABLES
 from vexkd_train.masks import KINDS, MaskSettings
 
 
@@ -57,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     student.add_argument("--modality", choices=("lidar", "camera"), required=True)
     _training_arguments(student)
     student.add_argument("--teacher", type=Path, help="teacher checkpoint (needed unless --distill none)")
-    student.add_argument("--masks", type=Path, help="mask generators (for --distill vexkd / random-query)")
+    student.add_argument("--masks", type=Path, help="mask generators (for --distill vexkd / random-query / fused-query)")
     student.add_argument("--distill", choices=MODES, default="none")
     student.add_argument("--levels", default="low,high", help="feature levels to distil: low, high or low,high")
     student.add_argument("--loss", choices=DISTANCES, default="at", help="feature distance")
@@ -73,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="soft: MasKD's sigmoid masks with token weights (default); decided: 0/1 cells, ours")
     masks.add_argument("--masks-per-generator", type=int, default=MaskSettings.masks_per_generator)
     masks.add_argument("--blocks", type=int, default=MaskSettings.blocks, help="transformer blocks (paper: 3)")
-    masks.add_argument("--random-query", action="store_true", help="ablation: do not start from the MGFM query")
+    masks.add_argument("--query", choices=QUERIES, default="teacher",
+                       help="what the generators' query is: the teacher's MGFM query (the paper's), random (the "
+                            "ablation; the only one for a ConvFuser teacher) or each sample's fused BEV map")
     masks.add_argument("--area-budget", type=float, default=MaskSettings.area_budget,
                        help="decided masks: share of the map the masks of a generator cover together, in equal parts")
     masks.add_argument("--max-epochs", type=int, help="default: the recipe's for the teacher's preset (tiny: 8)")
@@ -89,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--export-split", metavar="SPLIT",
                        help="also write <out>/masks_<SPLIT>.npz: every sample's generated masks")
     experiment = commands.add_parser("experiment", help="the paper's comparison and ablation tables, resumable")
-    experiment.add_argument("--suite", choices=("quick", "paper"), default="quick")
+    experiment.add_argument("--suite", choices=tuple(SUITES), default="quick",
+                            help="quick (seconds), paper (the paper's tables, 3 seeds) or study (the mask study, "
+                                 "docs/mask_study.md)")
     experiment.add_argument("--dataroot", type=Path, required=True)
     experiment.add_argument("--version", default="v1.0-trainval")
     experiment.add_argument("--config", default="tiny", help="tiny, nuscenes, or a YAML file")
@@ -99,10 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--ablation-seeds", type=int, nargs="+",
                             help="seeds of the generator-blocks and distance tables (default: --seeds)")
     experiment.add_argument("--tables", nargs="+", metavar="TABLE",
-                            help="only these tables and what they need: comparison components masks blocks "
-                                 "distance fusers camera (default: all)")
+                            help=f"only these tables and what they need: {' '.join(TABLES)} (default: the "
+                                 "suite's)")
     experiment.add_argument("--heldout", type=Path, metavar="DATAROOT",
                             help="also evaluate the main tables' checkpoints on this dataset's val split")
+    experiment.add_argument("--test-world", type=Path, metavar="DATAROOT",
+                            help="the study's untouched test world: its tables' checkpoints are also evaluated on "
+                                 "this dataset's val split (never used to choose a design)")
     experiment.add_argument("--jobs", type=int, default=1,
                             help="students trained side by side, each process on an equal share of the cores")
     evaluation = commands.add_parser("eval", help="nuScenes detection metrics, map mIoU, latency")
@@ -203,7 +212,7 @@ def run_masks(args: argparse.Namespace) -> None:
         config = from_dict(load_checkpoint(args.teacher)["config"])
         given = {"epochs": args.max_epochs, "max_steps": args.max_steps}
         settings = MaskSettings.recipe(args.mask_kind, config.name, masks_per_generator=args.masks_per_generator,
-                                       blocks=args.blocks, random_query=args.random_query,
+                                       blocks=args.blocks, query=args.query,
                                        area_budget=args.area_budget, batch_size=args.batch_size,
                                        **{name: value for name, value in given.items() if value is not None})
         settings.validate()  # before reading a dataset that may take a minute to index
@@ -229,7 +238,7 @@ def run_experiment_command(args: argparse.Namespace) -> None:
     try:
         run_experiment(args.dataroot, args.version, args.out, args.suite, args.config, args.set,
                        seeds=args.seeds, ablation_seeds=args.ablation_seeds,
-                       heldout=args.heldout, jobs=args.jobs, only=args.tables)
+                       heldout=args.heldout, test_world=args.test_world, jobs=args.jobs, only=args.tables)
     except _user_errors() as error:
         raise CliError(str(error)) from None
     print(f"wrote {args.out / 'results.md'} and {args.out / 'results.json'}")

@@ -16,8 +16,8 @@ from vexkd_core.config import Config, load_config
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.distill.distiller import freeze
 from vexkd_core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from vexkd_train.experiment_plan import (FUSER_LABELS, HELDOUT_TABLES, SENSOR_CASES, SUITES, MaskRun, Student,
-                                         TABLES, Suite, tables)
+from vexkd_train.experiment_plan import (FUSER_LABELS, HELDOUT_TABLES, SENSOR_CASES, STUDY_TABLES, SUITES,
+                                         UNUSED_SEED, MaskRun, Student, TABLES, Suite, tables)
 from vexkd_train.experiment_report import markdown, summarise, summarised
 from vexkd_train.experiment_runs import Runs, teacher_name
 from vexkd_train.mask_reports import measure_agreement
@@ -28,17 +28,21 @@ from vexkd_train.stages import Stages
 PICTURED = (("LiDAR", Student("lidar")), ("LiDAR+VeXKD", Student("lidar", "vexkd")), ("camera", Student("camera")),
             ("camera+VeXKD", Student("camera", "vexkd")))
 # The generators whose selectivity report results.md shows, when the tables use them.
-SELECTIVITY_SHOWN = {"fusion query (VeXKD)": MaskRun(), "random query": MaskRun(random_query=True)}
+SELECTIVITY_SHOWN = {"fusion query (VeXKD)": MaskRun(), "random query": MaskRun(query="random"),
+                     "fused map as query": MaskRun(query="fused")}
 
 
 @dataclass(frozen=True)
 class ExtraEvaluations:
     """What a student's run is also evaluated on (picklable: side-by-side processes run it):
-    the training split for the comparison's rows, the held-out world for HELDOUT_TABLES' rows."""
+    the training split for the comparison's rows, the held-out world for HELDOUT_TABLES' rows,
+    the study's test world for the study's rows."""
 
     on_training_split: frozenset[Student]
     on_heldout: frozenset[Student]
     heldout: Path | None
+    on_test: frozenset[Student] = frozenset()
+    test: Path | None = None
 
     def __call__(self, runs: Runs, student: Student) -> dict:
         metrics = runs.student(student)
@@ -46,17 +50,19 @@ class ExtraEvaluations:
             runs.training_split_metrics(runs.name(student))
         if student in self.on_heldout:
             runs.heldout_metrics(runs.name(student), self.heldout)
+        if student in self.on_test:
+            runs.test_metrics(runs.name(student), self.test)
         return metrics
 
 
 class Experiment:
     def __init__(self, dataroot: Path, version: str, out: Path, config: Config, suite: Suite, progress: bool = True,
-                 heldout: Path | None = None, stages: Stages | None = None):
+                 heldout: Path | None = None, stages: Stages | None = None, test_world: Path | None = None):
         if config.train.tasks != "both":
             raise ValueError(f"the experiment's tables report detection and map together: it needs train.tasks=both, "
                              f"not {config.train.tasks}")
-        self.out, self.suite, self.progress, self.heldout = out, suite, progress, heldout
-        self.plan = tables(suite.seeds, suite.ablation_seeds, suite.tables)
+        self.out, self.suite, self.progress, self.heldout, self.test_world = out, suite, progress, heldout, test_world
+        self.plan = tables(suite.seeds, suite.ablation_seeds, suite.tables, suite.per_task)
         if suite.short_names:
             students = {student for rows in self.plan.values() for _, student in rows}
             if len({student.short_name for student in students}) < len(students):
@@ -72,12 +78,19 @@ class Experiment:
         """The teachers the tables distil from: the ConvFuser only for the fuser comparison."""
         return tuple(FUSER_LABELS) if "fusers" in self.plan else ("mgfm",)
 
+    def _teachers(self) -> list[tuple[str, int]]:
+        """(fuser, seed of the LiDAR student it starts from) of every teacher the tables need."""
+        distilled = [(student.fuser, student.teacher_seed) for student in self.students() if student.distill != "none"]
+        return list(dict.fromkeys([(fuser, 0) for fuser in self._fusers()] + distilled))
+
     def extra_evaluations(self) -> ExtraEvaluations:
         comparison = frozenset(student for _, student in self.plan.get("comparison", [])) \
             if self.suite.training_split else frozenset()
         heldout = frozenset(student for table in HELDOUT_TABLES for _, student in self.plan.get(table, [])) \
             if self.heldout is not None else frozenset()
-        return ExtraEvaluations(comparison, heldout, self.heldout)
+        test = frozenset(student for table in STUDY_TABLES for _, student in self.plan.get(table, [])) \
+            if self.test_world is not None else frozenset()
+        return ExtraEvaluations(comparison, heldout, self.heldout, test, self.test_world)
 
     def train(self, jobs: int = 1) -> None:
         """Every run of the tables. With `jobs` > 1: the baselines side by side (they need
@@ -86,8 +99,8 @@ class Experiment:
         students, task = self.students(), self.extra_evaluations()
         if jobs > 1:
             self.runs.in_processes([s for s in students if s.distill == "none"], jobs, task)
-        for fuser in self._fusers():
-            self.runs.teacher(fuser)
+        for fuser, seed in self._teachers():
+            self.runs.teacher(fuser, seed)
         for run in dict.fromkeys(student.masks for student in students if student.masks):
             self.runs.masks(run)
         if jobs > 1:
@@ -106,7 +119,7 @@ class Experiment:
                                 lambda student: runs.training_split_metrics(runs.name(student)))
             results["training_split"] = {"teacher": summarise([runs.training_split_metrics("teacher")]), **fitted}
         val = NuScenesSource(runs.dataroot, runs.version, "val", 0, nusc=runs.train_source.nusc)
-        results["val_objects"] = val.objects_per_class()
+        results["val_objects"], results["val_samples"] = val.objects_per_class(), len(val)
         used = {student.masks for student in self.students()}
         results["selectivity"] = {label: json.loads((runs.folder(runs.name(run)) / "selectivity.json").read_text())
                                   for label, run in SELECTIVITY_SHOWN.items() if run in used}
@@ -115,7 +128,9 @@ class Experiment:
         if "fusers" in self.plan:
             results["robustness"] = self.robustness()
         if self.heldout is not None:
-            results["heldout"] = self.heldout_results()
+            results["heldout"] = self.world_results(self.heldout, "heldout", HELDOUT_TABLES)
+        if self.test_world is not None and any(table in self.plan for table in STUDY_TABLES):
+            results["test"] = self.world_results(self.test_world, "test", STUDY_TABLES)
         atomic_write_json(self.out / "results.json", results)
         self.pictures(results)
         atomic_write_text(self.out / "results.md", markdown(results))
@@ -126,7 +141,7 @@ class Experiment:
         ablation only tests the query if they differ (it runs the teacher over val)."""
         runs = self.runs
         teacher_path = runs.teacher()
-        fusion_path, random_path = (runs.masks(run) for run in (MaskRun(), MaskRun(random_query=True)))
+        fusion_path, random_path = (runs.masks(run) for run in (MaskRun(), MaskRun(query="random")))
         spec = {"teacher": runs.stamp(teacher_path), "fusion_query": runs.stamp(fusion_path),
                 "random_query": runs.stamp(random_path), "data": runs.identity(runs.dataroot), "code": runs.code}
 
@@ -148,17 +163,19 @@ class Experiment:
                                               dropped) if dropped else runs.metrics(teacher_name(fuser))])
             for label, dropped in SENSOR_CASES.items()} for fuser in FUSER_LABELS}
 
-    def heldout_results(self) -> dict:
-        """Teacher and the rows of HELDOUT_TABLES on the val split of a second world: more
-        objects per class than one small val split gives."""
+    def world_results(self, world: Path, tag: str, shown: tuple[str, ...]) -> dict:
+        """Teacher and the rows of the `shown` tables on the val split of a second world (the
+        held-out world: more objects per class than one small val split gives; the study's
+        test world)."""
         runs = self.runs
-        held = {"dataroot": str(self.heldout),
-                "teacher": summarise([runs.heldout_metrics("teacher", self.heldout)]), "tables": {}}
-        for table in HELDOUT_TABLES:
+        held = {"dataroot": str(world), "teacher": summarise([runs.evaluation("teacher", world, "val", tag)]),
+                "tables": {}}
+        for table in shown:
             if table in self.plan:
-                held["tables"][table] = summarised(self.plan[table], lambda student: runs.heldout_metrics(
-                    runs.name(student), self.heldout))
-        held["val_objects"] = NuScenesSource(self.heldout, runs.version, "val", 0).objects_per_class()
+                held["tables"][table] = summarised(self.plan[table], lambda student: runs.evaluation(
+                    runs.name(student), world, "val", tag))
+        val = NuScenesSource(world, runs.version, "val", 0)
+        held["val_objects"], held["val_samples"] = val.objects_per_class(), len(val)
         return held
 
     def pictures(self, results: dict) -> None:
@@ -179,7 +196,7 @@ class Experiment:
 def run_experiment(dataroot: Path, version: str, out: Path, suite_name: str, config_name: str = "tiny",
                    overrides: list[str] = (), progress: bool = True, seeds: tuple[int, ...] | None = None,
                    ablation_seeds: tuple[int, ...] | None = None, heldout: Path | None = None, jobs: int = 1,
-                   only: tuple[str, ...] | None = None) -> dict:
+                   only: tuple[str, ...] | None = None, test_world: Path | None = None) -> dict:
     """Run a suite; `seeds` replaces the suite's seeds and `ablation_seeds` those of the blocks and
     distance tables (default: `seeds`). Finished runs of other seeds stay reusable. `heldout`: a
     second dataset whose val split the main tables' checkpoints are also evaluated on. `jobs`:
@@ -195,9 +212,12 @@ def run_experiment(dataroot: Path, version: str, out: Path, suite_name: str, con
         suite = replace(suite, ablation_seeds=tuple(ablation_seeds))
     if not suite.seeds or suite.ablation_seeds == ():
         raise ValueError("at least one seed is needed")
+    if UNUSED_SEED in suite.seeds + (suite.ablation_seeds or ()):
+        raise ValueError(f"seed {UNUSED_SEED} starts the study's second teacher: no student may use it")
     if only is not None:
         unknown = [name for name in only if name not in TABLES]
         if unknown or not only:
             raise ValueError(f"tables are among {', '.join(TABLES)}, not {', '.join(unknown) or 'none'}")
         suite = replace(suite, tables=tuple(dict.fromkeys(only)))
-    return Experiment(dataroot, version, out, load_config(config_name, overrides), suite, progress, heldout).run(jobs)
+    return Experiment(dataroot, version, out, load_config(config_name, overrides), suite, progress, heldout,
+                      test_world=test_world).run(jobs)

@@ -6,21 +6,33 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from vexkd_core.distill.distiller import GENERATED
 from vexkd_core.modalities import reads
+
+QUERY_NAMES = {"teacher": "learned", "random": "random", "fused": "fused"}  # in run names
 
 
 @dataclass(frozen=True)
 class MaskRun:
-    """One mask-generator run: generators of `blocks` blocks, with the fusion query or a random one."""
+    """One mask-generator run: generators of `blocks` blocks whose query is `query`
+    (mask_generator.QUERIES: the teacher's, random, or the fused map)."""
 
     blocks: int = 3
-    random_query: bool = False
+    query: str = "teacher"
+    teacher_seed: int = 0  # the MGFM teacher's (Student.teacher_seed)
 
     @property
     def name(self) -> str:
-        return f"masks-{'random' if self.random_query else 'learned'}-b{self.blocks}"
+        return f"masks-{QUERY_NAMES[self.query]}-b{self.blocks}" + (f"-t{self.teacher_seed}" if self.teacher_seed
+                                                                      else "")
 
     short_name = "masks"  # in a suite of one mask run (the demo's)
+
+
+TASK_NAMES = {"both": "", "detection": "-det", "map": "-map"}  # train.tasks -> in run names
+# The teacher's fuser -> in run names; "none": a LiDAR-only model trained as long as the
+# teacher from the same start (the self-distillation control).
+TEACHER_NAMES = {"mgfm": "", "convfuser": "-convfuser", "none": "-lidarteacher"}
 
 
 @dataclass(frozen=True)
@@ -33,20 +45,27 @@ class Student:
     loss: str = "at"
     blocks: int = 3
     seed: int = 0
-    fuser: str = "mgfm"  # the teacher's fuser (the paper's MGFM / ConvFuser comparison)
+    fuser: str = "mgfm"  # the teacher's fuser (TEACHER_NAMES: MGFM, ConvFuser, or a LiDAR-only teacher)
     depth_supervision: bool = True  # camera students: BEVDepth's depth loss (model.camera.depth_loss_weight)
+    tasks: str = "both"  # train.tasks: one head (the paper trains a model per task) or both
+    teacher_seed: int = 0  # the seed of the LiDAR student the teacher starts from (and of its data order)
 
     def __post_init__(self) -> None:
         if not self.depth_supervision and reads(self.modality, "lidar"):  # a model with LiDAR has no depth loss
             raise ValueError(f"depth supervision is a camera student's; a {self.modality} student has none to leave out")
+        if self.tasks not in TASK_NAMES:
+            raise ValueError(f"tasks must be one of {', '.join(TASK_NAMES)}, not '{self.tasks}'")
+        if self.fuser == "none" and self.distill in GENERATED:
+            raise ValueError("generated masks need an MGFM teacher's query: a LiDAR-only teacher has none")
 
     @property
     def name(self) -> str:
         depth = "" if self.depth_supervision else "-nodepth"
+        tasks = TASK_NAMES[self.tasks]
         if self.distill == "none":
-            return f"{self.modality}{depth}-baseline-s{self.seed}"
-        teacher = "" if self.fuser == "mgfm" else f"-{self.fuser}"
-        return (f"{self.modality}{depth}-{self.distill}-{'+'.join(self.levels)}-{self.loss}-b{self.blocks}"
+            return f"{self.modality}{depth}{tasks}-baseline-s{self.seed}"
+        teacher = TEACHER_NAMES[self.fuser] + (f"-t{self.teacher_seed}" if self.teacher_seed else "")
+        return (f"{self.modality}{depth}{tasks}-{self.distill}-{'+'.join(self.levels)}-{self.loss}-b{self.blocks}"
                 f"{teacher}-s{self.seed}")
 
     @property
@@ -56,18 +75,24 @@ class Student:
 
     @property
     def baseline(self) -> "Student":
-        """The undistilled student a distilled one is compared with: same modality, seed and
-        depth supervision (the same data order too, so gains pair seed by seed)."""
-        return Student(self.modality, seed=self.seed, depth_supervision=self.depth_supervision)
+        """The undistilled student a distilled one is compared with: same modality, seed, tasks
+        and depth supervision (the same data order too, so gains pair seed by seed)."""
+        return Student(self.modality, seed=self.seed, depth_supervision=self.depth_supervision, tasks=self.tasks)
 
     @property
     def masks(self) -> MaskRun | None:
-        if self.distill in ("vexkd", "random-query"):
-            return MaskRun(self.blocks, random_query=self.distill == "random-query")
+        if self.distill in GENERATED:
+            return MaskRun(self.blocks, GENERATED[self.distill], self.teacher_seed)
         return None
 
 
-TABLES = ("comparison", "components", "masks", "blocks", "distance", "fusers", "camera")
+PAPER_TABLES = ("comparison", "components", "masks", "blocks", "distance", "fusers", "camera")
+STUDY_TABLES = ("study-lidar", "study-camera")  # the mask study's (docs/mask_study.md)
+TABLES = PAPER_TABLES + STUDY_TABLES
+# The study's second teacher starts from the LiDAR student of this seed, which no student uses.
+UNUSED_SEED = 100
+# Per-task suites train one student per task of this tuple for each row (default: both).
+TABLE_TASKS = {"study-camera": ("detection",)}
 
 
 @dataclass(frozen=True)
@@ -77,7 +102,7 @@ class Suite:
     seeds: tuple[int, ...]
     max_steps: int = 0  # 0: full epochs (the quick suite caps steps to stay seconds long)
     ablation_seeds: tuple[int, ...] | None = None  # blocks and distance tables; None: `seeds`
-    tables: tuple[str, ...] = TABLES  # the tables to run, of TABLES
+    tables: tuple[str, ...] = PAPER_TABLES  # the tables to run, of TABLES
     # Every model that reads cameras starts its image backbone, neck and depth network from
     # this checkpoint's (`--image-encoder-from`); None: from random weights.
     image_encoder_from: Path | None = None
@@ -87,20 +112,30 @@ class Suite:
     # them names itself in the spec (DISTILLED_TRAINING_REVISION).
     redo_on_code_change: bool = False
     short_names: bool = False  # runs/<Student.short_name>: for suites of one run of each kind
+    # True: every row is a detection student (its mAP, NDS) and a map student (its mIoU), as
+    # the paper trains a model per task; False: one multi-task student per row.
+    per_task: bool = False
 
 
+PACKAGE = Path(__file__).resolve().parent.parent
 SUITES = {"quick": Suite(epochs=1, mask_epochs=1, seeds=(0,), max_steps=2),
-          "paper": Suite(epochs=15, mask_epochs=None, seeds=(0, 1, 2))}
+          "paper": Suite(epochs=15, mask_epochs=None, seeds=(0, 1, 2)),
+          # The mask study (docs/mask_study.md): the paper's schedule, a model per task, camera
+          # models from the demo's pretrained image stages; seeds are added run by run.
+          "study": Suite(epochs=15, mask_epochs=None, seeds=(0, 1, 2, 3, 4, 5, 6, 7), tables=STUDY_TABLES,
+                         image_encoder_from=PACKAGE / "pretrained" / "camera_world_seed3.pt", training_split=False,
+                         per_task=True)}
 FUSER_LABELS = {"mgfm": "MGFM", "convfuser": "ConvFuser"}
 SENSOR_CASES = {"both": None, "LiDAR only": "camera", "camera only": "lidar"}  # label -> sensor dropped
-HELDOUT_TABLES = ("comparison", "components", "masks", "camera")  # also evaluated on the held-out world
+# Also evaluated on the held-out world (and the study's on the test world).
+HELDOUT_TABLES = ("comparison", "components", "masks", "camera", *STUDY_TABLES)
 
 
 def tables(seeds: tuple[int, ...], ablation_seeds: tuple[int, ...] | None = None,
-           names: tuple[str, ...] = TABLES) -> dict[str, list[tuple[str, Student]]]:
+           names: tuple[str, ...] = PAPER_TABLES, per_task: bool = False) -> dict[str, list[tuple[str, Student]]]:
     """Row label -> student, per table of `names` (the paper's ablations are on the LiDAR
     student). `ablation_seeds` (default: `seeds`) are those of the generator-blocks and
-    distance tables."""
+    distance tables. `per_task`: a row's students are one per task (TABLE_TASKS)."""
     def each(label: str, student: Student, chosen: tuple[int, ...] = seeds) -> list[tuple[str, Student]]:
         return [(label, replace(student, seed=seed)) for seed in chosen]
 
@@ -133,4 +168,21 @@ def tables(seeds: tuple[int, ...], ablation_seeds: tuple[int, ...] | None = None
         + each("camera student without depth supervision", camera_without_depth)
         + each("camera student without depth supervision + VeXKD", replace(camera_without_depth, distill="vexkd")),
     }
-    return {name: rows for name, rows in every.items() if name in names}
+    lidar_masks = [(label, Student("lidar", mode)) for label, mode in (
+        ("no FD", "none"), ("whole map", "full"), ("GT-centred Gaussian", "gaussian"),
+        ("top activation", "activation"), ("generated, random query", "random-query"),
+        ("generated, fused map as query", "fused-query"), ("generated, fusion query (VeXKD)", "vexkd"))]
+    camera_masks = [(label, Student("camera", mode)) for label, mode in (
+        ("no FD", "none"), ("whole map", "full"), ("generated, random query", "random-query"),
+        ("generated, fusion query (VeXKD)", "vexkd"))]
+    # What is cross-modal: whole-map FD from a LiDAR-only model trained as long as the teacher
+    # (self-distillation), and from a teacher whose start no student shares.
+    controls = [("self-distillation: whole map from a LiDAR-only teacher", Student("lidar", "full", fuser="none")),
+                ("whole map, teacher from an unused seed", Student("lidar", "full", teacher_seed=UNUSED_SEED))]
+    every["study-lidar"] = [row for label, student in lidar_masks + controls for row in each(label, student)]
+    every["study-camera"] = [row for label, student in camera_masks for row in each(label, student)]
+    chosen = {name: rows for name, rows in every.items() if name in names}
+    if per_task:
+        chosen = {name: [(label, replace(student, tasks=task)) for label, student in rows
+                         for task in TABLE_TASKS.get(name, ("detection", "map"))] for name, rows in chosen.items()}
+    return chosen

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from vexkd_core.classes import DETECTION_CLASSES
 from vexkd_core.distill.selectivity import agreement_table, selectivity_table
+from vexkd_train.study_report import study_sections
 
 if TYPE_CHECKING:
     from vexkd_train.experiment_plan import Student
@@ -20,7 +21,9 @@ TITLES = {"comparison": "Teacher and students", "components": "Components (LiDAR
           "masks": "Mask choice (LiDAR student)", "blocks": "Mask-generator blocks (LiDAR student)",
           "distance": "Distillation distance (LiDAR student)",
           "fusers": "Teacher fusion: MGFM against BEVFusion's ConvFuser",
-          "camera": "Camera student: depth supervision and VeXKD"}
+          "camera": "Camera student: depth supervision and VeXKD",
+          "study-lidar": "Mask study: LiDAR student, a model per task",
+          "study-camera": "Mask study: camera student, detection"}
 
 
 def spread(values: list[float]) -> float:
@@ -30,29 +33,44 @@ def spread(values: list[float]) -> float:
 def summarised(rows: list[tuple[str, Student]], metrics_of) -> dict[str, dict]:
     """Row label -> summary over the row's seeds, with `metrics_of(student)` giving one run's
     metrics, and `baseline`: the label of the table's row that holds the student's baseline
-    (None for a baseline, or where the table has none)."""
-    grouped: dict[str, list[dict]] = {}
+    (None for a baseline, or where the table has none). A row of per-task students takes each
+    seed's detection metrics from its detection student and map metrics from its map student."""
+    grouped: dict[str, dict[int, list[dict]]] = {}
     labels = {replace(student, seed=0): label for label, student in rows}
     baselines = {}
     for label, student in rows:
-        grouped.setdefault(label, []).append(metrics_of(student))
+        grouped.setdefault(label, {}).setdefault(student.seed, []).append(metrics_of(student))
         baseline = labels.get(replace(student.baseline, seed=0))
         baselines[label] = baseline if baseline != label else None
-    return {label: {**summarise(runs), "baseline": baselines[label]} for label, runs in grouped.items()}
+    return {label: {**summarise([merged(runs) for runs in by_seed.values()]), "baseline": baselines[label]}
+            for label, by_seed in grouped.items()}
+
+
+def merged(runs: list[dict]) -> dict:
+    """One seed's metrics of a row from its students' runs: detection from the run that has it,
+    the map from the run that has it (the same run for a multi-task student)."""
+    detection = next((run for run in runs if run.get("detection")), runs[0])
+    segmentation = next((run for run in runs if run.get("map")), runs[0])
+    return {**detection, "map": segmentation.get("map")}
 
 
 def summarise(runs: list[dict]) -> dict:
     """Mean and spread (population std) over seeds of mAP, NDS, mIoU, with the per-seed values
-    (in seed order, so gains can be paired seed by seed); latency and size."""
+    (in seed order, so gains can be paired seed by seed); latency and size. A metric of a task
+    the runs were not trained for is None."""
     def stats(values: list[float]) -> dict:
         return {"mean": statistics.fmean(values), "std": spread(values), "values": values}
 
-    return {"mAP": stats([r["detection"]["mAP"] for r in runs]), "NDS": stats([r["detection"]["NDS"] for r in runs]),
-            "mIoU": stats([r["map"]["mIoU"] for r in runs]), "seeds": len(runs),
+    def metric(task: str, key: str) -> dict | None:
+        return None if any(not run.get(task) for run in runs) else stats([run[task][key] for run in runs])
+
+    detected, mapped = all(run.get("detection") for run in runs), all(run.get("map") for run in runs)
+    return {"mAP": metric("detection", "mAP"), "NDS": metric("detection", "NDS"), "mIoU": metric("map", "mIoU"),
+            "seeds": len(runs),
             "per_class_ap": {name: stats([r["detection"]["per_class_ap"][name] for r in runs])
-                             for name in DETECTION_CLASSES},
+                             for name in DETECTION_CLASSES} if detected else {},
             "per_class_iou": {name: stats([r["map"]["iou"][name] for r in runs])
-                              for name in runs[0]["map"].get("iou", {})},
+                              for name in runs[0]["map"].get("iou", {})} if mapped else {},
             "latency_ms": statistics.fmean(r["latency_ms"]["total"] for r in runs),
             "step_seconds": statistics.fmean(r.get("step_seconds", math.nan) for r in runs),
             "parameters": runs[0]["parameters"]}
@@ -111,7 +129,7 @@ def sections(results: dict) -> list[str]:
             lines += _metric_table(f"## {TITLES[table]}, held-out world", rows)
         lines += _per_class_table({"teacher": held["teacher"], **_per_class_rows(held["tables"])},
                                   held["val_objects"])
-    return lines
+    return lines + study_sections(results)
 
 
 def _per_class_rows(tables: dict) -> dict:
@@ -133,6 +151,8 @@ def _metric_table(title: str, rows: dict) -> list[str]:
 
 
 def _cell(entry: dict, key: str, base: dict | None) -> str:
+    if entry[key] is None:
+        return "-"
     several = entry["seeds"] > 1
     text = f"{entry[key]['mean']:.4f}" + (f" +- {entry[key]['std']:.4f}" if several else "")
     if not base:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from vexkd_core.checkpoint import model_from_checkpoint
 from vexkd_core.config import Config
 from vexkd_core.data.dataset import model_source
 from vexkd_core.data.nuscenes_source import NuScenesSource
@@ -22,7 +23,7 @@ from vexkd_core.fingerprint import code_digest, dataset_identity, file_stamp
 from vexkd_core.modalities import reads
 from vexkd_core.models.vexkd import initial_model
 from vexkd_train.evaluate import evaluate
-from vexkd_train.experiment_plan import MaskRun, Student, Suite
+from vexkd_train.experiment_plan import TEACHER_NAMES, MaskRun, Student, Suite
 from vexkd_train.loop import median_step_seconds
 from vexkd_train.masks import MASKS_FORMAT, MaskSettings, train_masks
 from vexkd_train.stages import StageTime, Stages
@@ -36,8 +37,9 @@ DISTILLED_TRAINING_REVISION = 2
 PACKAGE = Path(__file__).resolve().parent.parent
 
 
-def teacher_name(fuser: str) -> str:
-    return "teacher" if fuser == "mgfm" else f"teacher-{fuser}"
+def teacher_name(fuser: str, seed: int = 0) -> str:
+    """The teacher with `fuser` (TEACHER_NAMES) started from the LiDAR student of `seed`."""
+    return "teacher" + TEACHER_NAMES[fuser] + (f"-t{seed}" if seed else "")
 
 
 class Runs:
@@ -91,21 +93,24 @@ class Runs:
         is redone when they are retrained; asking for them finishes those runs first."""
         inputs = self._image_encoder_spec(student.modality)
         if student.distill != "none":
-            inputs["teacher"] = self.stamp(self.teacher(student.fuser))
+            inputs["teacher"] = self.stamp(self.teacher(student.fuser, student.teacher_seed))
             inputs["distilled_training_revision"] = DISTILLED_TRAINING_REVISION
         if student.masks:
             inputs["masks"] = self.stamp(self.masks(student.masks))
         return {"student": asdict(student), "config": self.config.to_dict(), "inputs": inputs, **self._common_spec()}
 
-    def teacher_config(self, fuser: str) -> Config:
-        return replace(self.config, model=replace(self.config.model, fuser=fuser))
+    def teacher_config(self, fuser: str, seed: int = 0) -> Config:
+        """A fused teacher's config, or (fuser "none") the LiDAR-only model's; its data order is `seed`'s."""
+        model = self.config.model if fuser == "none" else replace(self.config.model, fuser=fuser)
+        return replace(self.config, model=model, train=replace(self.config.train, seed=seed))
 
-    def teacher_spec(self, fuser: str = "mgfm") -> dict:
+    def teacher_spec(self, fuser: str = "mgfm", seed: int = 0) -> dict:
         """Needs the LiDAR baseline's checkpoint (the teacher starts from it): teacher() makes it first."""
-        lidar = self.checkpoint(self.name(Student("lidar")))
-        inputs = {"lidar": self.stamp(lidar), **self._image_encoder_spec("fusion")}
-        return {"teacher": "init from the seed-0 LiDAR student", "config": self.teacher_config(fuser).to_dict(),
-                "inputs": inputs, **self._common_spec()}
+        lidar = self.checkpoint(self.name(Student("lidar", seed=seed)))
+        inputs = {"lidar": self.stamp(lidar), **self._image_encoder_spec("fusion" if fuser != "none" else "lidar")}
+        started = f"init from the seed-{seed} LiDAR student" + ("" if fuser != "none" else ", trained on LiDAR alone")
+        return {"teacher": started, "config": self.teacher_config(fuser, seed).to_dict(), "inputs": inputs,
+                **self._common_spec()}
 
     def _options(self, name: str) -> RunOptions:
         return RunOptions(self.folder(name), max_epochs=self.suite.epochs, max_steps=self.suite.max_steps,
@@ -126,7 +131,7 @@ class Runs:
         name = self.name(student)
 
         def train_student() -> None:
-            config = replace(self.config, train=replace(self.config.train, seed=student.seed))
+            config = replace(self.config, train=replace(self.config.train, seed=student.seed, tasks=student.tasks))
             if not student.depth_supervision:
                 config = replace(config, model=replace(config.model, camera=replace(config.model.camera,
                                                                                    depth_loss_weight=0.0)))
@@ -134,35 +139,41 @@ class Runs:
             self._start(model, student.modality)
             distiller = None
             if student.distill != "none":
-                distiller = build_distiller(self.teacher(student.fuser), model, student.distill, student.levels,
-                                            student.loss, {"low": 1.0, "high": 1.0},
+                distiller = build_distiller(self.teacher(student.fuser, student.teacher_seed), model, student.distill,
+                                            student.levels, student.loss, {"low": 1.0, "high": 1.0},
                                             self.masks(student.masks) if student.masks else None)
             train(model, config, self.train_source, student.modality, self._options(name), distiller)
 
         self.stages.run(f"train {name}", self.student_spec(student), [self.checkpoint(name)], train_student)
         return self.metrics(name)
 
-    def teacher(self, fuser: str = "mgfm") -> Path:
-        name = teacher_name(fuser)
-        self.student(Student("lidar"))
+    def teacher(self, fuser: str = "mgfm", seed: int = 0) -> Path:
+        """The teacher with `fuser` started from the LiDAR student of `seed`: a fused model, or
+        (fuser "none") that student trained on for as long as a teacher is, on LiDAR alone."""
+        name, lidar = teacher_name(fuser, seed), Student("lidar", seed=seed)
+        self.student(lidar)
 
         def train_teacher() -> None:
-            config = self.teacher_config(fuser)
+            config = self.teacher_config(fuser, seed)
+            if fuser == "none":
+                teacher, _, _ = model_from_checkpoint(self.checkpoint(self.name(lidar)), expected_modality="lidar")
+                train(teacher, config, self.train_source, "lidar", self._options(name))
+                return
             teacher = initial_model(config, "fusion")
-            initialise_from_lidar(teacher, self.checkpoint(self.name(Student("lidar"))))
+            initialise_from_lidar(teacher, self.checkpoint(self.name(lidar)))
             self._start(teacher, "fusion")
             train(teacher, config, self.train_source, "fusion", self._options(name))
 
-        self._shared_input(name, self.teacher_spec(fuser), [self.checkpoint(name)], train_teacher)
+        self._shared_input(name, self.teacher_spec(fuser, seed), [self.checkpoint(name)], train_teacher)
         self.metrics(name)
         return self.checkpoint(name)
 
     def masks(self, run: MaskRun) -> Path:
         name, folder = self.name(run), self.folder(self.name(run))
         epochs = {} if self.suite.mask_epochs is None else {"epochs": self.suite.mask_epochs}
-        settings = MaskSettings.recipe("soft", self.config.name, blocks=run.blocks, random_query=run.random_query,
+        settings = MaskSettings.recipe("soft", self.config.name, blocks=run.blocks, query=run.query,
                                        **epochs)
-        teacher = self.teacher()
+        teacher = self.teacher(seed=run.teacher_seed)
         spec = {"masks": asdict(settings), "format": MASKS_FORMAT, "inputs": {"teacher": self.stamp(teacher)},
                 **self._common_spec()}
         self._shared_input(name, spec, [folder / "masks.pt"], lambda: train_masks(
@@ -194,6 +205,9 @@ class Runs:
 
     def heldout_metrics(self, name: str, heldout: Path) -> dict:
         return self.evaluation(name, heldout, "val", "heldout")
+
+    def test_metrics(self, name: str, test_world: Path) -> dict:
+        return self.evaluation(name, test_world, "val", "test")
 
     def in_processes(self, students: list[Student], jobs: int, task) -> None:
         """`task(runs, student)` for every student, in `jobs` processes of an equal share of the

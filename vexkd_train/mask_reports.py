@@ -33,7 +33,7 @@ def measure_agreement(teacher, first: dict[str, MaskGenerator], second: dict[str
     for _, _, output in teacher_outputs(teacher, source, device, "mask agreement", progress):
         for key, meter in meters.items():
             feature = getattr(output, key.split("/")[1])
-            meter.add(first[key].eval()(feature)[0], second[key].eval()(feature)[0])
+            meter.add(first[key].eval()(feature, output.fused)[0], second[key].eval()(feature, output.fused)[0])
     return {key: meter.summary() for key, meter in meters.items()}
 
 
@@ -54,7 +54,7 @@ def measure_selectivity(teacher, generators: dict[str, MaskGenerator], source: N
                    else map_targets(sample, Augmentation(), grid).numpy().max(axis=0) > 0.5}
         for key, generator in generators.items():
             task, level = key.split("/")
-            meters[key].add(generator.eval()(getattr(output, level))[0], regions[task])
+            meters[key].add(generator.eval()(getattr(output, level), output.fused)[0], regions[task])
     return as_report(meters)
 
 
@@ -71,9 +71,12 @@ def query_movement(started: dict[str, torch.Tensor], generators: dict[str, MaskG
                    teacher_query: torch.Tensor | None) -> dict[str, dict[str, float]]:
     """How far mask training moved each generator's query from where it `started` (|q - q0| /
     |q0|), and its mean per-cell cosine to the teacher's MGFM query (None for a ConvFuser
-    teacher): near 0 and 1, the masks owe little to what the query learned in mask training."""
+    teacher): near 0 and 1, the masks owe little to what the query learned in mask training.
+    Generators whose query is each sample's fused map have none to move (left out)."""
     movement = {}
     for key, generator in generators.items():
+        if generator.query is None:
+            continue
         query = generator.query.detach()
         cosine = None if teacher_query is None else \
             float(torch.nn.functional.cosine_similarity(query, teacher_query.to(query), dim=1).mean())

@@ -31,17 +31,18 @@ from vexkd_core.checkpoint import model_from_checkpoint, read_payload, write_pay
 from vexkd_core.data.dataset import TrainingSet, require_map_ground_truth
 from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.distill.distiller import freeze
-from vexkd_core.distill.mask_generator import (GENERATORS, LEVELS, MaskGenerator, area_error, decide, dice_overlap,
-                                               max_normalised)
+from vexkd_core.distill.mask_generator import (GENERATORS, LEVELS, QUERIES, MaskGenerator, area_error, decide,
+                                               dice_overlap, max_normalised)
 from vexkd_core.errors import CheckpointError
 from vexkd_core.io import atomic_npz, atomic_write_json
 from vexkd_core.models.fusion import MGFM
 from vexkd_train.loop import Objective, RunOptions, Schedule, device_of, parameter_checksum, run
 from vexkd_train.mask_reports import query_movement, teacher_outputs, write_selectivity
 
-# Raised whenever generators of the previous format would load but mean something else (7:
-# soft masks and the mask kind in the settings; 4 and 6: decided masks; 5 was withdrawn).
-MASKS_FORMAT = 7
+# Raised whenever generators of the previous format would load but mean something else (8:
+# the query named in the settings, the fused map one of them; 7: soft masks and the mask kind
+# in the settings; 4 and 6: decided masks; 5 was withdrawn).
+MASKS_FORMAT = 8
 KINDS = tuple(GENERATORS)
 
 
@@ -50,7 +51,7 @@ class MaskSettings:
     kind: str = "soft"
     masks_per_generator: int = 6  # MasKD uses 6-8 tokens
     blocks: int = 3
-    random_query: bool = False
+    query: str = "teacher"  # mask_generator.QUERIES: the teacher's (the paper's), random, or the fused map
     diversity_weight: float = 1.0
     area_budget: float = 0.25  # decided masks: the share of the map the masks of a generator cover together
     area_weight: float = 5.0  # decided masks
@@ -87,6 +88,8 @@ class MaskSettings:
             raise ValueError("--masks-per-generator must be at least 1")
         if self.blocks < 1:
             raise ValueError("--blocks must be at least 1")
+        if self.query not in QUERIES:
+            raise ValueError(f"--query must be one of {', '.join(QUERIES)}, not '{self.query}'")
         if not 0.0 < self.area_budget <= 1.0:
             raise ValueError(f"--area-budget must be in (0, 1], not {self.area_budget}")
         if self.epochs < 1:
@@ -107,7 +110,7 @@ def build_generators(teacher, settings: MaskSettings, seed: int = 0) -> dict[str
     query_size = (grid.height // fusion.downsample, grid.width // fusion.downsample)
     generators = {f"{task}/{level}": GENERATORS[settings.kind].from_teacher(
         teacher.fuser, channels[level], settings.masks_per_generator, settings.blocks, fusion.heads, fusion.points,
-        fusion.ffn_channels, random_query=settings.random_query, seed=seed, query_size=query_size,
+        fusion.ffn_channels, query=settings.query, seed=seed, query_size=query_size,
         query_dim=config.model.bev_channels) for task in config.train.task_names for level in LEVELS}
     if settings.kind == "decided":
         for generator in generators.values():
@@ -175,11 +178,11 @@ def step_losses(teacher, generators: dict[str, MaskGenerator], batch, targets,
         task, level = key.split("/")
         feature = getattr(output, level)
         if settings.kind == "soft":
-            losses[key] = soft_masks_loss(teacher, key, feature, generator(feature), generator.token_weights(feature),
-                                          targets, unmasked[task], detection_targets)
+            losses[key] = soft_masks_loss(teacher, key, feature, generator(feature, output.fused),
+                                          generator.token_weights(feature), targets, unmasked[task], detection_targets)
         else:
-            losses[key] = decided_masks_loss(teacher, key, feature, generator.shares(feature), targets, settings,
-                                             unmasked[task], detection_targets)
+            losses[key] = decided_masks_loss(teacher, key, feature, generator.shares(feature, output.fused), targets,
+                                             settings, unmasked[task], detection_targets)
     return losses
 
 
@@ -249,7 +252,8 @@ def train_masks(teacher_checkpoint: Path, source: NuScenesSource, out: Path, set
                         decay_to_stop=True, checkpoint_every=config.train.checkpoint_every,
                         optimizer=settings.optimizer, warmup_fraction=settings.warmup_fraction,
                         final_fraction=settings.final_fraction)
-    started = {key: generator.query.detach().clone() for key, generator in generators.items()}
+    started = {key: generator.query.detach().clone() for key, generator in generators.items()
+               if generator.query is not None}
     run(objective, TrainingSet(source, config, augment=config.train.augment), schedule, options)
     path = save_masks(out / "masks.pt", generators, settings, config.to_dict(), teacher_checkpoint)
     teacher_query = teacher.fuser.bev_query.detach() if isinstance(teacher.fuser, MGFM) else None
@@ -266,9 +270,9 @@ def save_masks(path: Path, generators: dict[str, MaskGenerator], settings: MaskS
         "generators": {key: generator.state_dict() for key, generator in generators.items()}})
 
 
-def load_masks(path: Path, teacher, random_query: bool | None = None) -> dict[str, MaskGenerator]:
+def load_masks(path: Path, teacher, query: str | None = None) -> dict[str, MaskGenerator]:
     """Generators for `teacher`, which must be the teacher they were trained with; with
-    `random_query` given, they must also be of that kind (fusion query or random)."""
+    `query` given (of QUERIES), they must also start from that query."""
     payload = read_payload(path, "mask generators")
     if payload.get("kind") != "mask_generators":
         raise CheckpointError(f"{path} holds no vexkd mask generators")
@@ -278,9 +282,8 @@ def load_masks(path: Path, teacher, random_query: bool | None = None) -> dict[st
     if payload["teacher_config"] != teacher.config.to_dict():
         raise CheckpointError(f"{path} was trained for a teacher with another config")
     settings = MaskSettings(**payload["settings"])
-    if random_query is not None and settings.random_query != random_query:
-        kind = lambda random: "random-query" if random else "fusion-query"  # noqa: E731
-        raise CheckpointError(f"{path} holds {kind(settings.random_query)} generators, not {kind(random_query)} ones")
+    if query is not None and settings.query != query:
+        raise CheckpointError(f"{path} holds generators of the {settings.query} query, not of the {query} query")
     generators = build_generators(teacher, settings)
     for key, generator in generators.items():
         generator.load_state_dict(payload["generators"][key])
@@ -302,6 +305,6 @@ def export_masks(teacher_checkpoint: Path, masks_path: Path, source: NuScenesSou
         for sample, _, output in teacher_outputs(teacher, source, device, "export masks", progress):
             for key, generator in generators.items():
                 task, level = key.split("/")
-                add(f"{sample.token}/{task}/{level}", generator(getattr(output, level))[0].cpu().numpy().astype(
-                    np.float16))
+                add(f"{sample.token}/{task}/{level}", generator(getattr(output, level), output.fused)[0].cpu().numpy()
+                    .astype(np.float16))
     return Path(out)

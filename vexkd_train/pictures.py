@@ -51,7 +51,7 @@ def masks_picture(teacher, generators: dict, batch) -> np.ndarray:
     output = teacher(batch)
     rows = []
     for key, generator in generators.items():
-        masks = generator(getattr(output, key.split("/")[1]))[0].cpu().numpy()
+        masks = generator(getattr(output, key.split("/")[1]), output.fused)[0].cpu().numpy()
         rows.append([_panel(mask, f"{key} {t + 1}: {(mask > 0.5).mean():.1%}", (0.0, 1.0))
                      for t, mask in enumerate(masks)])
     grid = _grid(rows)

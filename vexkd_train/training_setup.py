@@ -48,7 +48,10 @@ def build_distiller(teacher_checkpoint: Path, student: BEVModel, mode: str, leve
                     weights: dict[str, float], masks: Path | None = None) -> Distiller:
     """The distiller of `student` from a teacher checkpoint (and mask generators for the
     generated modes); ValueError for inputs that cannot go together."""
-    teacher, teacher_config, _ = model_from_checkpoint(teacher_checkpoint, expected_modality="fusion")
+    # Generated masks read an MGFM teacher's query; the hand-made ones take any teacher, a
+    # LiDAR-only model too (the experiment's self-distillation control).
+    teacher, teacher_config, _ = model_from_checkpoint(teacher_checkpoint,
+                                                       expected_modality="fusion" if mode in GENERATED else None)
     config = student.config
     if (teacher_config.grid, teacher_config.map_grid) != (config.grid, config.map_grid):
         raise ValueError("the student's BEV grids differ from the teacher's: distillation compares the same cells")
@@ -56,5 +59,5 @@ def build_distiller(teacher_checkpoint: Path, student: BEVModel, mode: str, leve
         raise ValueError(f"--levels must be low, high or low,high, not '{','.join(levels)}'")
     if mode in GENERATED and masks is None:
         raise ValueError(f"--distill {mode} needs --masks (from vexkd-train masks)")
-    generators = load_masks(masks, teacher, random_query=mode == "random-query") if mode in GENERATED else None
+    generators = load_masks(masks, teacher, query=GENERATED[mode]) if mode in GENERATED else None
     return Distiller(teacher, student, mode, levels, distance, weights, generators)

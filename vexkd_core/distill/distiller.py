@@ -23,8 +23,9 @@ from .baselines import activation_mask, foreground_mask, full_mask, gaussian_mas
 from .losses import MaskedDistillLoss
 from .mask_generator import MaskGenerator
 
-MODES = ("none", "full", "foreground", "gaussian", "activation", "random-query", "vexkd")
-GENERATED = ("random-query", "vexkd")
+MODES = ("none", "full", "foreground", "gaussian", "activation", "random-query", "fused-query", "vexkd")
+# The generated modes, each with the query its generators start from (mask_generator.QUERIES).
+GENERATED = {"vexkd": "teacher", "random-query": "random", "fused-query": "fused"}
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -59,10 +60,11 @@ class Distiller(nn.Module):
                                      for level in levels})
 
     @torch.no_grad()
-    def masks(self, level: str, teacher_feature: torch.Tensor,
+    def masks(self, level: str, teacher_output: Output,
               heatmap_targets: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
         """Loss name suffix -> (masks (B, T, H, W), token weights (B, T) or None): one entry per
         task for generated masks, one shared entry for the hand-made baselines."""
+        teacher_feature = getattr(teacher_output, level)
         if self.mode == "full":
             return {"": (full_mask(teacher_feature), None)}
         if self.mode == "foreground":
@@ -72,7 +74,7 @@ class Distiller(nn.Module):
         if self.mode == "activation":
             return {"": (activation_mask(teacher_feature), None)}
         generators = {task: self.generators[f"{task}__{level}"] for task in self.task_weights}
-        return {f"_{task}": (generator(teacher_feature), generator.token_weights(teacher_feature))
+        return {f"_{task}": (generator(teacher_feature, teacher_output.fused), generator.token_weights(teacher_feature))
                 for task, generator in generators.items()}
 
     def forward(self, student: BEVModel, batch, output: Output, targets,
@@ -91,7 +93,7 @@ class Distiller(nn.Module):
         losses = {}
         for level in self.levels:
             teacher_feature = getattr(teacher_output, level)
-            for suffix, (masks, token_weights) in self.masks(level, teacher_feature, heatmap).items():
+            for suffix, (masks, token_weights) in self.masks(level, teacher_output, heatmap).items():
                 weight = self.weights[level] * (self.task_weights[suffix[1:]] if suffix else 1.0)
                 losses[f"distill_{level}{suffix}"] = weight * self.losses[level](getattr(output, level),
                                                                                  teacher_feature, masks, token_weights)

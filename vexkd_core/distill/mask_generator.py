@@ -1,10 +1,12 @@
 """BEV-query-guided mask generator (one per task x feature level).
 
-Its query starts as the trained teacher's MGFM BEV query and positional embedding (or
-random, for the ablation, and for a ConvFuser teacher, which has no query). N blocks of
-deformable cross-attention from the query into the frozen teacher's feature map, each with
-an FFN, give every query cell a state; a head turns the states into T masks, resized to the
-feature map. Two heads:
+Its query (QUERIES) is the trained teacher's MGFM BEV query, copied and then trained
+(`teacher`, the paper's); random with the same shape and scale (`random`, the ablation, and
+for a ConvFuser teacher, which has no query); or, per sample, the teacher's fused BEV map,
+the MGFM's output (`fused`: what the query became for this scene, not trained). The
+positional embedding is the teacher's, copied. N blocks of deformable cross-attention from
+the query into the frozen teacher's feature map, each with an FFN, give every query cell a
+state; a head turns the states into T masks, resized to the feature map. Two heads:
 
 - `SoftMaskGenerator` (the default, MasKD's masks): m_t = sigmoid(w_t . state), a logit with
   no bias on a shift-free normalised state, so a constant mask is not representable; masks
@@ -29,6 +31,7 @@ from vexkd_core.models.deformable_attention import DeformableAttention
 from vexkd_core.models.fusion import MGFM, reference_points
 
 LEVELS = ("low", "high")
+QUERIES = ("teacher", "random", "fused")
 
 
 class MaskBlock(nn.Module):
@@ -46,12 +49,13 @@ class MaskBlock(nn.Module):
 class MaskGenerator(nn.Module):
     """The query and its blocks; subclasses add the head that makes masks of the states."""
 
-    def __init__(self, feature_channels: int, query: torch.Tensor, position: torch.Tensor, query_size: tuple[int, int],
-                 masks: int, blocks: int, heads: int, points: int, ffn_channels: int):
+    def __init__(self, feature_channels: int, query: torch.Tensor | None, position: torch.Tensor,
+                 query_size: tuple[int, int], masks: int, blocks: int, heads: int, points: int, ffn_channels: int):
+        """`query` None: each sample's fused BEV map is the query (`fused`)."""
         super().__init__()
-        dim = query.shape[1]
+        dim = position.shape[1]
         self.query_size, self.mask_count = query_size, masks
-        self.query = nn.Parameter(query.detach().clone())
+        self.query = None if query is None else nn.Parameter(query.detach().clone())
         self.position = nn.Parameter(position.detach().clone())
         self.value_projection = nn.Conv2d(feature_channels, dim, 1)
         self.blocks = nn.ModuleList(MaskBlock(dim, heads, points, ffn_channels) for _ in range(blocks))
@@ -59,34 +63,44 @@ class MaskGenerator(nn.Module):
 
     @classmethod
     def from_teacher(cls, fusion: nn.Module, feature_channels: int, masks: int, blocks: int, heads: int, points: int,
-                     ffn_channels: int, random_query: bool = False, seed: int = 0,
+                     ffn_channels: int, query: str = "teacher", seed: int = 0,
                      query_size: tuple[int, int] = (0, 0), query_dim: int = 0) -> "MaskGenerator":
-        """The VeXKD generator: query and position copied from the teacher's MGFM (or random
-        with the same shape and scale, for the ablation). A fuser without a query (ConvFuser)
-        takes a random query of `query_size` cells x `query_dim` channels."""
+        """A generator whose `query` (of QUERIES) and position come from the teacher's MGFM.
+        A fuser without a query (ConvFuser) takes a random one of `query_size` cells x
+        `query_dim` channels."""
+        if query not in QUERIES:
+            raise ValueError(f"the generators' query must be one of {', '.join(QUERIES)}, not '{query}'")
         if isinstance(fusion, MGFM):
-            query, position = fusion.bev_query.detach(), fusion.bev_position.detach()
+            learned, position = fusion.bev_query.detach(), fusion.bev_position.detach()
             query_size = (fusion.height, fusion.width)
             # The ablation's random query keeps the learned one's shape and scale.
-            shape, scales = query.shape, (query.std(), position.std())
-        elif not random_query:
-            raise ValueError("this teacher's fuser has no BEV query to start the mask generators from: "
-                             "use --random-query")
+            shape, scales = learned.shape, (learned.std(), position.std())
+        elif query != "random":
+            raise ValueError("this teacher's fuser has no BEV query (and no fused map on a query grid) to start the "
+                             "mask generators from: use --query random")
         else:
             shape, scales = (query_size[0] * query_size[1], query_dim), (0.02, 0.02)  # the MGFM's initial scale
-        if random_query:
+        if query == "random":
             generator = torch.Generator().manual_seed(seed)
-            query = torch.randn(shape, generator=generator) * scales[0]
+            learned = torch.randn(shape, generator=generator) * scales[0]
             position = torch.randn(shape, generator=generator) * scales[1]
         # Copied raw: the MGFM's query (std ~0.02) is a few % of what a generator's first
-        # attention adds (docs/lab_notes.md on the layer-normalised copy, withdrawn).
-        return cls(feature_channels, query, position, query_size, masks, blocks, heads, points, ffn_channels)
+        # attention adds (docs/lab_notes.md on the layer-normalised copy, withdrawn). The fused
+        # map is layer-normalised (unit scale per cell): there the query weighs as much as that.
+        return cls(feature_channels, None if query == "fused" else learned, position, query_size, masks, blocks,
+                   heads, points, ffn_channels)
 
-    def states(self, feature: torch.Tensor) -> torch.Tensor:
-        """feature (B, C, H, W) -> the query cells' states (B, cells, dim) after the blocks."""
+    def states(self, feature: torch.Tensor, fused: torch.Tensor | None = None) -> torch.Tensor:
+        """feature (B, C, H, W) -> the query cells' states (B, cells, dim) after the blocks.
+        `fused` (B, dim, h, w): the teacher's fused BEV map, the query of a `fused` generator."""
         batch = feature.shape[0]
         value = self.value_projection(feature)
-        query = self.query.expand(batch, -1, -1)
+        if self.query is not None:
+            query = self.query.expand(batch, -1, -1)
+        elif fused is None:
+            raise ValueError("a generator whose query is the fused BEV map needs the teacher's fused map")
+        else:  # the MGFM's output on its own query grid (its size unless the MGFM upsamples)
+            query = F.adaptive_avg_pool2d(fused, self.query_size).flatten(2).transpose(1, 2)
         position = self.position.expand(batch, -1, -1)
         reference = self.reference.expand(batch, -1, -1)
         for block in self.blocks:
@@ -106,10 +120,10 @@ class MaskGenerator(nn.Module):
 class SoftMaskGenerator(MaskGenerator):
     kind = "soft"
 
-    def __init__(self, feature_channels: int, query: torch.Tensor, position: torch.Tensor, query_size: tuple[int, int],
-                 masks: int, blocks: int, heads: int, points: int, ffn_channels: int):
+    def __init__(self, feature_channels: int, query: torch.Tensor | None, position: torch.Tensor,
+                 query_size: tuple[int, int], masks: int, blocks: int, heads: int, points: int, ffn_channels: int):
         super().__init__(feature_channels, query, position, query_size, masks, blocks, heads, points, ffn_channels)
-        dim = query.shape[1]
+        dim = position.shape[1]
         # No shift in the norm and no bias in the head: the logit is a linear function of
         # the state's content, so a mask cannot be constant unless every cell's state is alike.
         self.norm = nn.LayerNorm(dim, bias=False)
@@ -122,9 +136,9 @@ class SoftMaskGenerator(MaskGenerator):
             nn.init.normal_(layer.weight, 0.0, math.sqrt(2.0 / (layer.kernel_size[0] ** 2 * layer.out_channels)))
             nn.init.zeros_(layer.bias)
 
-    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+    def forward(self, feature: torch.Tensor, fused: torch.Tensor | None = None) -> torch.Tensor:
         """feature (B, C, H, W) -> masks (B, T, H, W) in (0, 1)."""
-        return self._on_feature_map(self.head(self.norm(self.states(feature))), feature).sigmoid()
+        return self._on_feature_map(self.head(self.norm(self.states(feature, fused))), feature).sigmoid()
 
     def token_weights(self, feature: torch.Tensor) -> torch.Tensor:
         return self.weighting(feature).flatten(1).softmax(1)
@@ -133,10 +147,10 @@ class SoftMaskGenerator(MaskGenerator):
 class DecidedMaskGenerator(MaskGenerator):
     kind = "decided"
 
-    def __init__(self, feature_channels: int, query: torch.Tensor, position: torch.Tensor, query_size: tuple[int, int],
-                 masks: int, blocks: int, heads: int, points: int, ffn_channels: int):
+    def __init__(self, feature_channels: int, query: torch.Tensor | None, position: torch.Tensor,
+                 query_size: tuple[int, int], masks: int, blocks: int, heads: int, points: int, ffn_channels: int):
         super().__init__(feature_channels, query, position, query_size, masks, blocks, heads, points, ffn_channels)
-        self.head = nn.Linear(query.shape[1], masks + 1)  # the last logit is the background's
+        self.head = nn.Linear(position.shape[1], masks + 1)  # the last logit is the background's
 
     def start_at_area(self, area: float) -> "DecidedMaskGenerator":
         """Bias the background so that, before training, the masks' shares together are about
@@ -147,15 +161,15 @@ class DecidedMaskGenerator(MaskGenerator):
             self.head.bias[-1] = math.log(self.mask_count * max(1 - area, 1e-3) / area)
         return self
 
-    def shares(self, feature: torch.Tensor) -> torch.Tensor:
+    def shares(self, feature: torch.Tensor, fused: torch.Tensor | None = None) -> torch.Tensor:
         """feature (B, C, H, W) -> each mask's share of every cell (B, T, H, W): the softmax over
         the T masks and the background."""
-        return self._on_feature_map(self.head(self.states(feature)), feature).softmax(1)[:, :-1]
+        return self._on_feature_map(self.head(self.states(feature, fused)), feature).softmax(1)[:, :-1]
 
-    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+    def forward(self, feature: torch.Tensor, fused: torch.Tensor | None = None) -> torch.Tensor:
         """feature (B, C, H, W) -> masks (B, T, H, W) of 0 and 1: each cell is the mask's with
         the largest share, or no mask's where the background's is larger."""
-        return decide(self.shares(feature))
+        return decide(self.shares(feature, fused))
 
 
 GENERATORS = {"soft": SoftMaskGenerator, "decided": DecidedMaskGenerator}

@@ -50,6 +50,9 @@ class Output:
     high: torch.Tensor  # (B, C_high, H, W)
     # (B, N, D, h, w): the camera encoder's, for depth supervision; None without a camera encoder
     depth_logits: torch.Tensor | None = None
+    # (B, C, H, W): the fuser's output, the decoder's input; None without a fuser. The mask
+    # generators whose query is the fused map read it (mask_generator.QUERIES).
+    fused: torch.Tensor | None = None
 
     def of_task(self, task: str):
         """The predictions of the head of `task` (a train.task_names name)."""
@@ -189,7 +192,7 @@ class BEVModel(nn.Module):
             else None
         map_logits = _run(timer, "map_head", self.heads["segmentation"], high) if "segmentation" in self.heads \
             else None
-        return Output(detection, map_logits, low, high, depth_logits)
+        return Output(detection, map_logits, low, high, depth_logits, bev if self.fuser is not None else None)
 
     def _decode(self, bev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         low = self.decoder.first_stage(bev)

@@ -1,0 +1,68 @@
+"""Paired comparisons over seeds: how large a row's gain over its baseline is, how sure, and
+the smallest gain the experiment could have detected.
+
+Students of the same seed share their initialisation and data order, so a row is compared with
+its baseline seed by seed: the differences d_i are what varies. With n seeds, mean d and
+sample standard deviation s:
+
+- the 95 % interval of the mean gain is mean +- t(0.975, n-1) s / sqrt(n);
+- the minimum detectable difference (two-sided 5 % test, 80 % power) is
+  (t(0.975, n-1) + t(0.80, n-1)) s / sqrt(n): a true gain this large is found four times in
+  five; a smaller one mostly is not, so a row inside it is "no difference shown", not "no
+  difference".
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass
+
+from scipy.stats import t as student_t
+
+CONFIDENCE = 0.95
+POWER = 0.80
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    mean: float
+    low: float  # the 95 % interval of the mean difference
+    high: float
+    sd: float  # sample standard deviation of the seed-by-seed differences
+    seeds: int
+    detectable: float  # minimum detectable difference at 80 % power
+
+    @property
+    def shown(self) -> bool:
+        """The interval excludes zero: a difference at the 5 % level."""
+        return self.low > 0 or self.high < 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def paired_difference(values: list[float], reference: list[float]) -> PairedDifference:
+    """`values` against `reference`, both in seed order; with one seed the interval and the
+    detectable difference are unknown (nan)."""
+    if len(values) != len(reference) or not values:
+        raise ValueError(f"a paired difference needs the same seeds on both sides, not {len(values)} "
+                         f"against {len(reference)}")
+    differences = [value - base for value, base in zip(values, reference)]
+    n, mean = len(differences), statistics.fmean(differences)
+    if n < 2:
+        return PairedDifference(mean, math.nan, math.nan, math.nan, n, math.nan)
+    sd = statistics.stdev(differences)
+    error = sd / math.sqrt(n)
+    critical = student_t.ppf(0.5 + CONFIDENCE / 2, n - 1)
+    return PairedDifference(mean, mean - critical * error, mean + critical * error, sd, n,
+                            (critical + student_t.ppf(POWER, n - 1)) * error)
+
+
+def seeds_needed(sd: float, target: float, most: int = 200) -> int | None:
+    """The fewest seeds whose minimum detectable difference is at most `target` for differences
+    of standard deviation `sd` (None: more than `most`)."""
+    for n in range(2, most + 1):
+        error = sd / math.sqrt(n)
+        if (student_t.ppf(0.5 + CONFIDENCE / 2, n - 1) + student_t.ppf(POWER, n - 1)) * error <= target:
+            return n
+    return None
