@@ -107,28 +107,44 @@ def test_quick_suite_end_to_end_then_resumes_without_retraining(tiny_world, tmp_
 
 
 def test_one_table_runs_alone_with_only_what_it_needs(tiny_world, tmp_path):
-    """`experiment --tables masks`: the mask-choice table, its selectivity reports and its
-    held-out rows; no ConvFuser teacher, no camera student, no pictures of absent students.
-    An unknown table is one line."""
+    """`experiment --tables study-camera`: the mask study's camera table alone, a detection
+    student per row (the study's tables are a model per task in any suite), evaluated on the
+    held-out and the test world too; no ConvFuser teacher, no LiDAR student but the teacher's
+    start, no pictures of absent students; the study's gains and masks pictures. An unknown
+    table is one line."""
     import subprocess
     import sys
     from pathlib import Path
 
+    import cv2
+
     dataroot, world = tiny_world
     command = [Path(sys.executable).parent / "vexkd-train", "experiment", "--suite", "quick", "--dataroot", dataroot,
-               "--out", tmp_path, "--heldout", dataroot, "--tables"]
-    finished = subprocess.run(command + ["masks"], capture_output=True, text=True)
+               "--out", tmp_path, "--heldout", dataroot, "--test-world", dataroot, "--tables"]
+    finished = subprocess.run(command + ["study-camera"], capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr[-2000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert list(results["tables"]) == ["masks"] and list(results["heldout"]["tables"]) == ["masks"]
-    assert len(results["tables"]["masks"]) == 7 and set(results["selectivity"]) == {
-        "fusion query (VeXKD)", "random query"}
+    assert list(results["tables"]) == list(results["heldout"]["tables"]) == list(results["test"]["tables"]) \
+        == ["study-camera"]
+    rows = results["tables"]["study-camera"]
+    assert list(rows) == ["no FD", "whole map", "generated, random query", "generated, fusion query (VeXKD)"]
+    assert all(entry["mIoU"] is None and entry["mAP"] is not None for entry in rows.values())
     assert "robustness" not in results and list(results["training_split"]) == ["teacher"]
     runs = {path.name for path in (tmp_path / "runs").iterdir()}
-    assert "teacher-convfuser" not in runs and not any(name.startswith("camera") for name in runs)
+    assert {name for name in runs if name.startswith(("camera", "lidar"))} == {
+        "lidar-baseline-s0", "camera-det-baseline-s0", "camera-det-full-low+high-at-b3-s0",
+        "camera-det-random-query-low+high-at-b3-s0", "camera-det-vexkd-low+high-at-b3-s0"}
+    assert "teacher-convfuser" not in runs
+    # The same checkpoints on the test world (here the tiny world again: the same figures).
+    assert results["test"]["tables"]["study-camera"]["whole map"]["mAP"]["values"] == rows["whole map"]["mAP"]["values"]
+    assert results["test"]["val_samples"] == world.val_scenes * world.samples_per_scene
     markdown = (tmp_path / "results.md").read_text()
-    assert "## Mask choice (LiDAR student)" in markdown and "masks.png" not in markdown
-    refused = subprocess.run(command + ["masks", "fuser"], capture_output=True, text=True)
+    assert "## Mask study: camera student, detection" in markdown and "(masks.png)" not in markdown
+    assert "## Camera student (detection): mask choice, test world (1 seed)" in markdown
+    assert cv2.imread(str(tmp_path / "study_gains.png")) is not None
+    for name in ("learned", "random"):  # a picture per generator set the table used: a row per task and level
+        assert cv2.imread(str(tmp_path / f"masks_{name}.png")).shape[0] == 4 * 200
+    refused = subprocess.run(command + ["study-camera", "fuser"], capture_output=True, text=True)
     assert refused.returncode == 2 and "not fuser" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
 
@@ -248,33 +264,6 @@ def test_a_distilled_run_is_redone_when_its_teacher_is_retrained(tiny_world, tmp
     assert runs.teacher_spec() != teacher_spec
 
 
-def test_the_study_trains_a_model_per_task_and_reads_the_test_world(tiny_world, tmp_path):
-    """The study's camera table at two steps a run: a detection student per row (no map
-    student), evaluated on the test world too; results.md carries its paired gains."""
-    from vexkd_core.config import load_config
-    from vexkd_train.experiment import Experiment
-    from vexkd_train.experiment_plan import Suite
-
-    dataroot, world = tiny_world
-    suite = Suite(epochs=1, mask_epochs=1, seeds=(0,), max_steps=2, tables=("study-camera",), training_split=False,
-                  per_task=True)
-    results = Experiment(dataroot, world.version, tmp_path, load_config("tiny"), suite, progress=False,
-                         test_world=dataroot).run()
-    rows = results["tables"]["study-camera"]
-    assert list(rows) == ["no FD", "whole map", "generated, random query", "generated, fusion query (VeXKD)"]
-    assert all(entry["mIoU"] is None and entry["mAP"] is not None for entry in rows.values())
-    trained = {path.parent.name for path in (tmp_path / "runs").glob("camera*/model.pt")}
-    assert trained == {"camera-det-baseline-s0", "camera-det-full-low+high-at-b3-s0",
-                       "camera-det-random-query-low+high-at-b3-s0", "camera-det-vexkd-low+high-at-b3-s0"}
-    # The same checkpoints on the test world (here the tiny world again: the same figures).
-    test = results["test"]["tables"]["study-camera"]
-    assert test["whole map"]["mAP"]["values"] == rows["whole map"]["mAP"]["values"]
-    assert results["test"]["val_samples"] == world.val_scenes * world.samples_per_scene
-    markdown_text = (tmp_path / "results.md").read_text()
-    assert "## Mask study: camera student, detection" in markdown_text
-    assert "## Camera student (detection): mask choice, test world (1 seed)" in markdown_text
-
-
 def test_the_studys_controls_and_the_fused_map_query_train(tiny_world, tmp_path):
     """A LiDAR-only teacher trained as long as the teacher from the seed-0 LiDAR student (the
     self-distillation control), a teacher from a seed no student uses with its fused-map mask
@@ -310,8 +299,11 @@ def test_per_task_rows_take_detection_and_map_from_their_own_students():
     from vexkd_train.experiment_plan import Student, STUDY_TABLES
     from vexkd_train.experiment_report import summarised
 
-    plan = tables((0, 1), names=STUDY_TABLES, per_task=True)
+    plan = tables((0, 1), names=STUDY_TABLES)  # a model per task in any suite
     lidar = plan["study-lidar"]
+    assert [student.tasks for _, student in tables((0,), names=("comparison",), per_task=True)["comparison"]] \
+        == ["detection", "map"] * 4 and {s.tasks for _, s in tables((0,), names=("comparison",))["comparison"]} \
+        == {"both"}
     assert {student.tasks for _, student in lidar} == {"detection", "map"}
     assert {student.tasks for _, student in plan["study-camera"]} == {"detection"}
     assert all(sum(1 for label, s in lidar if label == row and s.seed == 0) == 2 for row, _ in lidar)

@@ -17,7 +17,7 @@ from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.distill.distiller import freeze
 from vexkd_core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from vexkd_train.experiment_plan import (FUSER_LABELS, HELDOUT_TABLES, SENSOR_CASES, STUDY_TABLES, SUITES,
-                                         UNUSED_SEED, MaskRun, Student, TABLES, Suite, tables)
+                                         QUERY_NAMES, UNUSED_SEED, MaskRun, Student, TABLES, Suite, tables)
 from vexkd_train.experiment_report import markdown, summarise, summarised
 from vexkd_train.experiment_runs import Runs, teacher_name
 from vexkd_train.mask_reports import measure_agreement
@@ -180,15 +180,30 @@ class Experiment:
 
     def pictures(self, results: dict) -> None:
         """masks.png and features.png for the first val sample, with the comparison's students;
-        robustness.png of the teachers with a sensor missing, with the fuser comparison."""
-        from .pictures import robustness_picture, write_distillation_pictures
+        robustness.png of the teachers with a sensor missing, with the fuser comparison; the
+        study's gains (study_gains.png, on the test world when there is one) and the masks of
+        each of its generator sets (masks_<query>.png)."""
+        from .pictures import gains_picture, robustness_picture, write_distillation_pictures, write_masks_pictures
 
         if "robustness" in results:
             atomic_write_bytes(self.out / "robustness.png", robustness_picture(results["robustness"]))
+        study = {table: rows for table, rows in results.get("test", results)["tables"].items()
+                 if table in STUDY_TABLES}
+        if study:
+            world = "test world" if "test" in results else "val"
+            atomic_write_bytes(self.out / "study_gains.png", gains_picture(study, world))
+            runs = self.runs
+            generators = {QUERY_NAMES[run.query]: runs.masks(run) for run in dict.fromkeys(
+                student.masks for student in self.students() if student.masks and not student.masks.teacher_seed)}
+            write_masks_pictures(runs.dataroot, runs.version, runs.teacher(), generators, self.out,
+                                 nusc=runs.train_source.nusc)
         if "comparison" not in results["tables"]:
             return
         runs = self.runs
-        students = {label: runs.checkpoint(runs.name(student)) for label, student in PICTURED}
+        # A per-task suite's comparison is of detection students (their features and masks' task).
+        pictured = [(label, replace(student, tasks="detection") if self.suite.per_task else student)
+                    for label, student in PICTURED]
+        students = {label: runs.checkpoint(runs.name(student)) for label, student in pictured}
         write_distillation_pictures(runs.dataroot, runs.version, runs.teacher(), runs.masks(MaskRun(blocks=3)),
                                     students, self.out, nusc=runs.train_source.nusc)
 

@@ -91,8 +91,9 @@ STUDY_TABLES = ("study-lidar", "study-camera")  # the mask study's (docs/mask_st
 TABLES = PAPER_TABLES + STUDY_TABLES
 # The study's second teacher starts from the LiDAR student of this seed, which no student uses.
 UNUSED_SEED = 100
-# Per-task suites train one student per task of this tuple for each row (default: both).
-TABLE_TASKS = {"study-camera": ("detection",)}
+# The study's tables are a model per task whatever the suite: a student per task of this tuple
+# for each row (the camera student's is detection, where its teacher knows far more than it).
+STUDY_TASKS = {"study-lidar": ("detection", "map"), "study-camera": ("detection",)}
 
 
 @dataclass(frozen=True)
@@ -112,19 +113,19 @@ class Suite:
     # them names itself in the spec (DISTILLED_TRAINING_REVISION).
     redo_on_code_change: bool = False
     short_names: bool = False  # runs/<Student.short_name>: for suites of one run of each kind
-    # True: every row is a detection student (its mAP, NDS) and a map student (its mIoU), as
-    # the paper trains a model per task; False: one multi-task student per row.
+    # True: every row of the paper's tables is a detection student (its mAP, NDS) and a map
+    # student (its mIoU), as the paper trains a model per task; False: one multi-task
+    # student per row. The study's tables are per task either way (STUDY_TASKS).
     per_task: bool = False
 
 
 PACKAGE = Path(__file__).resolve().parent.parent
 SUITES = {"quick": Suite(epochs=1, mask_epochs=1, seeds=(0,), max_steps=2),
-          "paper": Suite(epochs=15, mask_epochs=None, seeds=(0, 1, 2)),
+          "paper": Suite(epochs=15, mask_epochs=None, seeds=(0, 1, 2), per_task=True),
           # The mask study (docs/mask_study.md): the paper's schedule, a model per task, camera
           # models from the demo's pretrained image stages; seeds are added run by run.
           "study": Suite(epochs=15, mask_epochs=None, seeds=(0, 1, 2, 3, 4, 5, 6, 7), tables=STUDY_TABLES,
-                         image_encoder_from=PACKAGE / "pretrained" / "camera_world_seed3.pt", training_split=False,
-                         per_task=True)}
+                         image_encoder_from=PACKAGE / "pretrained" / "camera_world_seed3.pt", training_split=False)}
 FUSER_LABELS = {"mgfm": "MGFM", "convfuser": "ConvFuser"}
 SENSOR_CASES = {"both": None, "LiDAR only": "camera", "camera only": "lidar"}  # label -> sensor dropped
 # Also evaluated on the held-out world (and the study's on the test world).
@@ -135,7 +136,8 @@ def tables(seeds: tuple[int, ...], ablation_seeds: tuple[int, ...] | None = None
            names: tuple[str, ...] = PAPER_TABLES, per_task: bool = False) -> dict[str, list[tuple[str, Student]]]:
     """Row label -> student, per table of `names` (the paper's ablations are on the LiDAR
     student). `ablation_seeds` (default: `seeds`) are those of the generator-blocks and
-    distance tables. `per_task`: a row's students are one per task (TABLE_TASKS)."""
+    distance tables. `per_task`: a paper table's row is a student per task (the study's
+    always are, STUDY_TASKS)."""
     def each(label: str, student: Student, chosen: tuple[int, ...] = seeds) -> list[tuple[str, Student]]:
         return [(label, replace(student, seed=seed)) for seed in chosen]
 
@@ -182,7 +184,9 @@ def tables(seeds: tuple[int, ...], ablation_seeds: tuple[int, ...] | None = None
     every["study-lidar"] = [row for label, student in lidar_masks + controls for row in each(label, student)]
     every["study-camera"] = [row for label, student in camera_masks for row in each(label, student)]
     chosen = {name: rows for name, rows in every.items() if name in names}
-    if per_task:
-        chosen = {name: [(label, replace(student, tasks=task)) for label, student in rows
-                         for task in TABLE_TASKS.get(name, ("detection", "map"))] for name, rows in chosen.items()}
-    return chosen
+    def per_task_rows(name: str, rows: list[tuple[str, Student]]) -> list[tuple[str, Student]]:
+        tasks = STUDY_TASKS.get(name, ("detection", "map") if per_task else None)
+        return rows if tasks is None else [(label, replace(student, tasks=task)) for label, student in rows
+                                           for task in tasks]
+
+    return {name: per_task_rows(name, rows) for name, rows in chosen.items()}

@@ -47,7 +47,7 @@ def _grid(rows: list[list[np.ndarray]]) -> np.ndarray:
 def masks_picture(teacher, generators: dict, batch) -> np.ndarray:
     """One row per generator (task/level), one panel per mask, all on one 0..1 colour scale
     (a per-panel stretch would make a uniform mask look selective); each title gives the
-    mask's share of cells (the masks are decided: 0 or 1)."""
+    mask's share of cells above 0.5."""
     output = teacher(batch)
     rows = []
     for key, generator in generators.items():
@@ -76,25 +76,83 @@ def features_picture(teacher, students: dict[str, torch.nn.Module], batch) -> np
     return np.vstack(rows)
 
 
+def _first_val_batch(teacher_path: Path, dataroot, version: str, nusc=None):
+    """(teacher, the first val sample as a batch of one)."""
+    from vexkd_core.checkpoint import model_from_checkpoint
+    from vexkd_core.data.dataset import model_source
+    from vexkd_core.data.preprocess import collate, preprocess
+
+    teacher, config, _ = model_from_checkpoint(teacher_path, expected_modality="fusion")
+    source = model_source(dataroot, version, "val", config, False, nusc=nusc)
+    return teacher, collate([preprocess(source.sample(0), config)[0]])
+
+
+def _write_png(path: Path, picture: np.ndarray) -> Path:
+    from vexkd_core.io import atomic_write_bytes
+
+    return atomic_write_bytes(path, cv2.imencode(".png", picture)[1].tobytes())
+
+
 def write_distillation_pictures(dataroot, version: str, teacher_path: Path, masks_path: Path,
                                 students: dict[str, Path], out_dir: Path, nusc=None) -> list[Path]:
     """masks.png and features.png for the first val sample, written into `out_dir`."""
     from vexkd_core.checkpoint import model_from_checkpoint
-    from vexkd_core.data.dataset import model_source
-    from vexkd_core.data.preprocess import collate, preprocess
-    from vexkd_core.io import atomic_write_bytes
     from vexkd_train.masks import load_masks
 
-    teacher, config, _ = model_from_checkpoint(teacher_path, expected_modality="fusion")
-    source = model_source(dataroot, version, "val", config, False, nusc=nusc)
-    batch = collate([preprocess(source.sample(0), config)[0]])
+    teacher, batch = _first_val_batch(teacher_path, dataroot, version, nusc)
     models = {label: model_from_checkpoint(path)[0] for label, path in students.items()}
     generators = load_masks(masks_path, teacher)
-    written = []
-    for name, picture in (("masks.png", masks_picture(teacher, generators, batch)),
-                          ("features.png", features_picture(teacher, models, batch))):
-        written.append(atomic_write_bytes(out_dir / name, cv2.imencode(".png", picture)[1].tobytes()))
-    return written
+    return [_write_png(out_dir / "masks.png", masks_picture(teacher, generators, batch)),
+            _write_png(out_dir / "features.png", features_picture(teacher, models, batch))]
+
+
+def write_masks_pictures(dataroot, version: str, teacher_path: Path, masks: dict[str, Path], out_dir: Path,
+                         nusc=None) -> list[Path]:
+    """masks_<name>.png per generator set of `masks` (name -> masks.pt) for the first val sample."""
+    from vexkd_train.masks import load_masks
+
+    teacher, batch = _first_val_batch(teacher_path, dataroot, version, nusc)
+    return [_write_png(out_dir / f"masks_{name}.png", masks_picture(teacher, load_masks(path, teacher), batch))
+            for name, path in masks.items()]
+
+
+def gains_picture(tables: dict[str, dict], world: str) -> bytes:
+    """PNG of the study's gains on `world`: per table and metric, each row's mean gain over no
+    FD with its 95 % interval (bars) and its minimum detectable difference (grey band, +-):
+    an interval inside the band is an experiment too small to see that row's effect."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    from vexkd_train.study_report import METRICS, gains
+
+    panels = [(table, metric) for table, rows in tables.items() for metric in METRICS
+              if any(metric in found for found in gains(rows).values())]
+    figure, axes = pyplot.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.6), constrained_layout=True,
+                                   squeeze=False)
+    for axis, (table, metric) in zip(axes[0], panels):
+        found = {label: entry[metric] for label, entry in gains(tables[table]).items() if metric in entry}
+        labels = list(found)[::-1]
+        means = np.array([found[label]["mean"] for label in labels])
+        lows = np.array([found[label]["low"] for label in labels])
+        highs = np.array([found[label]["high"] for label in labels])
+        known = [found[label]["detectable"] for label in labels if np.isfinite(found[label]["detectable"])]
+        if known:  # one seed has no spread to size it by
+            detectable = float(np.median(known))
+            axis.axvspan(-detectable, detectable, color="0.88", label=f"median MDD {detectable:.3f}")
+            axis.legend(fontsize=7, loc="lower right")
+        error = None if np.isnan(lows).all() else np.vstack([means - lows, highs - means])
+        axis.errorbar(means, np.arange(len(labels)), xerr=error, fmt="o", capsize=3, color="tab:blue")
+        axis.axvline(0.0, color="black", linewidth=0.8)
+        axis.set_yticks(np.arange(len(labels)), labels, fontsize=8)
+        axis.set_title(f"{table}: {metric} gain, {world}", fontsize=9)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    pyplot.close(figure)
+    return buffer.getvalue()
 
 
 def robustness_picture(robustness: dict[str, dict[str, dict]]) -> bytes:
