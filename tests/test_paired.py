@@ -3,6 +3,7 @@ of the time, and a true gain as large as the minimum detectable difference is fo
 the time, checked by drawing seed-by-seed differences many times."""
 import math
 
+import cv2
 import numpy as np
 import pytest
 from scipy.stats import ttest_1samp
@@ -53,3 +54,33 @@ def test_seeds_needed_reaches_the_target_and_no_fewer_do():
     assert detectable(0.015, needed) <= 0.02 < detectable(0.015, needed - 1)
     assert seeds_needed(0.015, 0.02) < seeds_needed(0.03, 0.02)
     assert seeds_needed(1.0, 0.001, most=50) is None
+
+
+def _row(values: dict[str, list[float]], baseline: str | None) -> dict:
+    return {**{metric: {"values": seeds, "mean": float(np.mean(seeds)), "std": float(np.std(seeds))} if seeds else None
+               for metric, seeds in values.items()}, "seeds": 3, "baseline": baseline}
+
+
+def test_the_study_report_gives_each_row_its_interval_and_the_noise_by_world():
+    from vexkd_train.pictures import gains_picture
+    from vexkd_train.study_report import study_sections
+
+    def table(shift: float) -> dict:  # seeds differ by 0.05; "whole map" is `shift` better in each
+        base = [0.20, 0.25, 0.30]
+        return {"no FD": _row({"mAP": base, "NDS": base, "mIoU": base}, None),
+                "whole map": _row({"mAP": [v + shift + e for v, e in zip(base, (0.0, 0.01, -0.01))],
+                                   "NDS": base, "mIoU": [v + shift for v in base]}, "no FD")}
+
+    results = {"tables": {"study-lidar": table(0.03)}, "val_samples": 16,
+               "test": {"tables": {"study-lidar": table(0.03)}, "val_samples": 512}}
+    text = "\n".join(study_sections(results))
+    row = next(line for line in text.splitlines() if line.startswith("| whole map"))
+    # mAP gains 0.03, 0.04, 0.02: mean 0.03, sd 0.01, t(0.975, 2) = 4.303 -> +-0.0248; shown (bold)
+    assert "**+0.0300 [+0.0052, +0.0548]**" in row
+    # mIoU gains are 0.03 in every seed: no spread, an interval of one point, an MDD of 0
+    assert "**+0.0300 [+0.0300, +0.0300]**, 0.0000" in row
+    noise = [line for line in text.splitlines() if line.startswith(("| test world", "| training world's val"))]
+    assert len(noise) == 2 and "| 512 |" in noise[0] and "| 16 |" in noise[1]
+    picture = cv2.imdecode(np.frombuffer(gains_picture(results["test"]["tables"], "test world"), np.uint8),
+                           cv2.IMREAD_COLOR)
+    assert picture is not None and picture.shape[1] > picture.shape[0]
