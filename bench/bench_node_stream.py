@@ -49,6 +49,9 @@ from vexkd_ros.conversions import intrinsics_to_camera_info, matrices_to_tf_mess
 from vexkd_ros.conversions import ns_to_stamp, stamp_to_ns  # noqa: E402
 from vexkd_ros.environment import apply_default_ros_environment  # noqa: E402
 from vexkd_ros.node_outputs import STAGES  # noqa: E402
+
+INFER_PARTS = ("inputs", "layout", "network", "lidar_encoder", "camera_encoder", "fusion", "decoder",
+               "detection_head", "map_head")
 from vexkd_ros.scene_messages import LIDAR_TOPIC, camera_info_topic, image_topic  # noqa: E402
 from vexkd_ros.stack import NodeSpec  # noqa: E402
 
@@ -77,7 +80,9 @@ class Sensors:
                                       lambda m: self.answers.setdefault(stamp_to_ns(m.header.stamp), time.monotonic()),
                                       100)
         self.stage_ms: dict[str, list[float]] = {stage: [] for stage in STAGES}  # the node's own, per answer
-        for stage in STAGES:
+        # The infer stage's parts (the onnxruntime graph's inputs, layout, run; the torch network's modules).
+        self.stage_ms.update({f"infer/{part}": [] for part in INFER_PARTS})
+        for stage in self.stage_ms:
             self.node.create_subscription(Float64, f"/{node_name}/debug/processing_time_ms/{stage}",
                                           lambda m, s=stage: self.stage_ms[s].append(m.data), 100)
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from autoware_internal_debug_msgs.msg import Float64Stamped
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from std_msgs.msg import Float64
 from rcl_interfaces.srv import GetParameters
 from tf2_msgs.msg import TFMessage
 
@@ -54,6 +55,12 @@ def test_diagnostics_and_latency_as_a_consumer_reads_them(checkpoint, rclpy_cont
     harness.node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
     harness.node.create_subscription(Float64Stamped, f"/{NODE}/debug/pipeline_latency_ms",
                                      lambda m: latencies.__setitem__(stamp_to_ns(m.stamp), m.data), 10)
+    # The infer stage and its parts (this torch model's modules), each frame's on its own topic.
+    stages = {name: [] for name in ("infer", "infer/inputs", "infer/lidar_encoder", "infer/decoder",
+                                    "infer/detection_head", "infer/map_head")}
+    for name, received in stages.items():
+        harness.node.create_subscription(Float64, f"/{NODE}/debug/processing_time_ms/{name}",
+                                         lambda m, r=received: r.append(m.data), 10)
     frames = 5
     try:
         harness.wait_until_connected(process, "/LIDAR_TOP")
@@ -85,6 +92,11 @@ def test_diagnostics_and_latency_as_a_consumer_reads_them(checkpoint, rclpy_cont
         assert counted("triggers_in") == frames and counted("dropped") == 0
         assert float(report["pipeline_latency_ms"]) == pytest.approx(latencies[stamp], abs=1e-3)
         assert float(report["processing_time_ms"]) > 0 and report["last_error"] == ""
+        harness.spin_until(lambda: all(len(received) >= frames - 1 for received in stages.values()), 10,
+                           "the infer stage's parts")  # the parts' publishers are made at the first frame
+        parts = {name: received for name, received in stages.items() if name != "infer"}
+        assert all(0 < value <= max(stages["infer"]) for received in parts.values() for value in received)
+        assert sum(np.median(received) for received in parts.values()) <= np.median(stages["infer"]) * 1.05 + 0.5
         assert report["trained_on"] == TRAINED_ON.describe()
         published = dict(harness.node.get_publisher_names_and_types_by_node(NODE, "/"))
         recorded = NodeSpec("lidar", checkpoint).output_topics()  # what `vexkd-ros stack --record` keeps

@@ -84,6 +84,7 @@ class NodeOutputs:
         self.stage_times = {stage: node.create_publisher(Float64, f"~/debug/processing_time_ms/{stage}", OUTPUT_QOS)
                             for stage in STAGES}
         self.total_time = node.create_publisher(Float64, "~/debug/processing_time_ms", OUTPUT_QOS)
+        self.infer_part_times: dict[str, object] = {}  # part -> publisher, made as the backend names its parts
         self.latency = node.create_publisher(Float64Stamped, LATENCY_TOPIC, OUTPUT_QOS)
 
     def update(self, settings: DetectorSettings) -> None:
@@ -133,6 +134,11 @@ class NodeOutputs:
         for stage, publisher in self.stage_times.items():
             publisher.publish(Float64(data=milliseconds[stage]))
         self.total_time.publish(Float64(data=sum(milliseconds.values())))
+        for part, part_ms in result.infer_parts_ms.items():
+            if part not in self.infer_part_times:
+                self.infer_part_times[part] = self._node.create_publisher(
+                    Float64, f"~/debug/processing_time_ms/infer/{part}", OUTPUT_QOS)
+            self.infer_part_times[part].publish(Float64(data=part_ms))
         now_ns = self._node.get_clock().now().nanoseconds
         latency = pipeline_latency(now_ns, result.stamp_ns, time.monotonic() - arrived_s)
         if latency.counted_from != FROM_STAMP:

@@ -46,6 +46,10 @@ class Result:
     maps: dict[str, np.ndarray] = field(default_factory=dict)  # class -> [y, x] probability on `grid`
     grid: BEVGrid | None = None
     stage_ms: dict[str, float] = field(default_factory=dict)  # MODEL_STAGES
+    # What the infer stage is made of, the backend's own parts: the network inputs, the graph's
+    # layout and run (onnxruntime), or the network's modules (torch). Where inference time goes
+    # in a node, beside other threads and processes, differs from a quiet process.
+    infer_parts_ms: dict[str, float] = field(default_factory=dict)
 
 
 class Pipeline:
@@ -140,4 +144,6 @@ class Pipeline:
         boxes = settings.filter(prediction.boxes) if prediction.boxes is not None else None
         maps = {name: prediction.map_probability[MAP_CLASSES.index(name)] for name in settings.map_classes}
         return Result(stamp_ns, reference, notes, boxes=boxes, maps=maps, grid=self.config.map_grid.bev,
-                      stage_ms={stage: 1e3 * timer.seconds[stage][0] for stage in MODEL_STAGES})
+                      stage_ms={stage: 1e3 * timer.seconds[stage][0] for stage in MODEL_STAGES},
+                      infer_parts_ms={part: 1e3 * sum(seconds) for part, seconds in timer.seconds.items()
+                                      if part not in MODEL_STAGES})
