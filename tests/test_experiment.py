@@ -142,7 +142,7 @@ def test_one_table_runs_alone_with_only_what_it_needs(tiny_world, tmp_path):
     assert "## Mask study: camera student, detection" in markdown and "(masks.png)" not in markdown
     assert "## Camera student (detection): mask choice, test world (1 seed)" in markdown
     assert cv2.imread(str(tmp_path / "study_gains.png")) is not None
-    for name in ("learned", "random"):  # a picture per generator set the table used: a row per task and level
+    for name in ("learned-b3", "random-b3"):  # a picture per generator set the table used: a row per task and level
         assert cv2.imread(str(tmp_path / f"masks_{name}.png")).shape[0] == 4 * 200
     refused = subprocess.run(command + ["study-camera", "fuser"], capture_output=True, text=True)
     assert refused.returncode == 2 and "not fuser" in refused.stderr
@@ -268,6 +268,8 @@ def test_the_studys_controls_and_the_fused_map_query_train(tiny_world, tmp_path)
     """A LiDAR-only teacher trained as long as the teacher from the seed-0 LiDAR student (the
     self-distillation control), a teacher from a seed no student uses with its fused-map mask
     generators, and per-task students distilled from each."""
+    import torch
+
     from vexkd_core.checkpoint import load_checkpoint
     from vexkd_core.config import load_config
     from vexkd_train.experiment_plan import UNUSED_SEED, MaskRun, Student, Suite
@@ -280,19 +282,26 @@ def test_the_studys_controls_and_the_fused_map_query_train(tiny_world, tmp_path)
     assert runs.student(self_distilled)["detection"] is None
     teacher = load_checkpoint(runs.teacher("none"))
     assert teacher["modality"] == "lidar"  # trained on from the LiDAR student, no camera
+    start = load_checkpoint(runs.checkpoint("lidar-baseline-s0"))["model"]
+    assert any(not torch.equal(start[key], value) for key, value in teacher["model"].items())
     fused = Student("lidar", "fused-query", tasks="detection", teacher_seed=UNUSED_SEED)
     metrics = runs.student(fused)
     assert metrics["map"] is None and 0.0 <= metrics["detection"]["mAP"] <= 1.0
     other = load_checkpoint(runs.teacher("mgfm", UNUSED_SEED))
     assert other["modality"] == "fusion" and other["config"]["train"]["seed"] == UNUSED_SEED
+    # As long as a teacher: the same steps as the fused teacher's run.
+    steps = {name: len((runs.folder(name) / "log.csv").read_text().splitlines())
+             for name in ("teacher-lidarteacher", f"teacher-t{UNUSED_SEED}")}
+    assert len(set(steps.values())) == 1 and min(steps.values()) > 1, steps
     masks = runs.masks(MaskRun(query="fused", teacher_seed=UNUSED_SEED))
     assert masks == tmp_path / "runs" / f"masks-fused-b3-t{UNUSED_SEED}" / "masks.pt"
     spec = runs.student_spec(fused)
     assert spec["inputs"]["teacher"][0] == f"runs/teacher-t{UNUSED_SEED}/model.pt"
     with pytest.raises(ValueError, match="no student may use it"):
         run_experiment(dataroot, world.version, tmp_path, "quick", seeds=(0, UNUSED_SEED))
-    with pytest.raises(ValueError, match="generated masks need an MGFM teacher"):
-        Student("lidar", "vexkd", fuser="none")
+    for fuser in ("none", "convfuser"):
+        with pytest.raises(ValueError, match="generated masks are the MGFM teacher's"):
+            Student("lidar", "vexkd", fuser=fuser)
 
 
 def test_per_task_rows_take_detection_and_map_from_their_own_students():

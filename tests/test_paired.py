@@ -6,9 +6,9 @@ import math
 import cv2
 import numpy as np
 import pytest
-from scipy.stats import ttest_1samp
+from scipy.stats import ttest_1samp, ttest_rel
 
-from vexkd_train.paired import paired_difference, seeds_needed
+from vexkd_train.paired import holm, paired_difference, seeds_needed
 
 pytestmark = pytest.mark.unit
 
@@ -43,6 +43,15 @@ def test_coverage_and_power_hold_when_drawn(seeds):
     assert abs(found / draws - 0.80) < 0.045
 
 
+def test_the_p_value_is_the_paired_t_tests_and_holm_steps_down():
+    values, reference = [0.31, 0.28, 0.35, 0.30], [0.29, 0.27, 0.30, 0.31]
+    assert paired_difference(values, reference).p_value == pytest.approx(ttest_rel(values, reference).pvalue)
+    # Against 0.05 / 4, 0.05 / 3, ...: the second smallest (0.03 > 0.0167) stops the steps.
+    assert holm([0.01, 0.04, 0.03, 0.5]) == [True, False, False, False]
+    assert holm([0.001, 0.02, 0.04]) == [True, True, True]
+    assert holm([float("nan"), 0.001]) == [False, True]
+
+
 def test_seeds_needed_reaches_the_target_and_no_fewer_do():
     def detectable(sd: float, n: int) -> float:
         """The MDD of n seeds whose differences have sample standard deviation `sd`."""
@@ -69,7 +78,11 @@ def test_the_study_report_gives_each_row_its_interval_and_the_noise_by_world():
         base = [0.20, 0.25, 0.30]
         return {"no FD": _row({"mAP": base, "NDS": base, "mIoU": base}, None),
                 "whole map": _row({"mAP": [v + shift + e for v, e in zip(base, (0.0, 0.01, -0.01))],
-                                   "NDS": base, "mIoU": [v + shift for v in base]}, "no FD")}
+                                   "NDS": base, "mIoU": [v + shift for v in base]}, "no FD"),
+                "generated, random query": _row({"mAP": base, "NDS": base, "mIoU": base}, "no FD"),
+                "generated, fusion query (VeXKD)": _row({"mAP": base, "NDS": base,
+                                                         "mIoU": [v + e for v, e in zip(base, (0.01, 0.0, 0.02))]},
+                                                        "no FD")}
 
     results = {"tables": {"study-lidar": table(0.03)}, "val_samples": 16,
                "test": {"tables": {"study-lidar": table(0.03)}, "val_samples": 512}}
@@ -79,8 +92,13 @@ def test_the_study_report_gives_each_row_its_interval_and_the_noise_by_world():
     assert "**+0.0300 [+0.0052, +0.0548]**" in row
     # mIoU gains are 0.03 in every seed: no spread, an interval of one point, an MDD of 0
     assert "**+0.0300 [+0.0300, +0.0300]**, 0.0000" in row
+    # The study's questions that this table holds, judged on the test world: VeXKD against the whole
+    # map's mIoU (-0.02, -0.03, -0.01) and against the random query's (+0.01, 0, +0.02).
+    questions = [line for line in text.splitlines() if line.startswith("| do ") or line.startswith("| does ")]
+    assert len(questions) == 2 and "## The study's questions, test world (3 seeds)" in text
+    assert "| -0.0200 | [-0.0448, +0.0048] |" in questions[0] and "| +0.0100 |" in questions[1]
     noise = [line for line in text.splitlines() if line.startswith(("| test world", "| training world's val"))]
     assert len(noise) == 2 and "| 512 |" in noise[0] and "| 16 |" in noise[1]
     picture = cv2.imdecode(np.frombuffer(gains_picture(results["test"]["tables"], "test world"), np.uint8),
                            cv2.IMREAD_COLOR)
-    assert picture is not None and picture.shape[1] > picture.shape[0]
+    assert picture.shape[:2] == (460, 3 * 420)  # a panel per metric of the one table, 4.2 x 4.6 in at 100 dpi

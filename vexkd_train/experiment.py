@@ -17,7 +17,7 @@ from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.distill.distiller import freeze
 from vexkd_core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from vexkd_train.experiment_plan import (FUSER_LABELS, HELDOUT_TABLES, SENSOR_CASES, STUDY_TABLES, SUITES,
-                                         QUERY_NAMES, UNUSED_SEED, MaskRun, Student, TABLES, Suite, tables)
+                                         UNUSED_SEED, MaskRun, Student, TABLES, Suite, tables)
 from vexkd_train.experiment_report import markdown, summarise, summarised
 from vexkd_train.experiment_runs import Runs, teacher_name
 from vexkd_train.mask_reports import measure_agreement
@@ -182,7 +182,7 @@ class Experiment:
         """masks.png and features.png for the first val sample, with the comparison's students;
         robustness.png of the teachers with a sensor missing, with the fuser comparison; the
         study's gains (study_gains.png, on the test world when there is one) and the masks of
-        each of its generator sets (masks_<query>.png)."""
+        each of its generator sets (masks_<query>-b<blocks>.png)."""
         from .pictures import gains_picture, robustness_picture, write_distillation_pictures, write_masks_pictures
 
         if "robustness" in results:
@@ -193,8 +193,8 @@ class Experiment:
             world = "test world" if "test" in results else "val"
             atomic_write_bytes(self.out / "study_gains.png", gains_picture(study, world))
             runs = self.runs
-            generators = {QUERY_NAMES[run.query]: runs.masks(run) for run in dict.fromkeys(
-                student.masks for student in self.students() if student.masks and not student.masks.teacher_seed)}
+            generators = {run.name.removeprefix("masks-"): runs.masks(run) for run in dict.fromkeys(
+                student.masks for student in self.students() if student.masks)}
             write_masks_pictures(runs.dataroot, runs.version, runs.teacher(), generators, self.out,
                                  nusc=runs.train_source.nusc)
         if "comparison" not in results["tables"]:

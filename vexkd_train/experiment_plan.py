@@ -55,8 +55,8 @@ class Student:
             raise ValueError(f"depth supervision is a camera student's; a {self.modality} student has none to leave out")
         if self.tasks not in TASK_NAMES:
             raise ValueError(f"tasks must be one of {', '.join(TASK_NAMES)}, not '{self.tasks}'")
-        if self.fuser == "none" and self.distill in GENERATED:
-            raise ValueError("generated masks need an MGFM teacher's query: a LiDAR-only teacher has none")
+        if self.fuser != "mgfm" and self.distill in GENERATED:  # MaskRun trains on the MGFM teacher
+            raise ValueError(f"generated masks are the MGFM teacher's: not for a student of the {self.fuser} teacher")
 
     @property
     def name(self) -> str:

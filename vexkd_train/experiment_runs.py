@@ -122,9 +122,12 @@ class Runs:
 
     def _shared_input(self, name: str, spec: dict, outputs: list[Path], action) -> None:
         """A run other runs start from: never trained by a side-by-side process."""
+        self._refuse_unless_ready(name, spec, outputs)
+        self.stages.run(f"train {name}", spec, outputs, action)
+
+    def _refuse_unless_ready(self, name: str, spec: dict, outputs: list[Path]) -> None:
         if self.inputs_ready and not self.stages.is_done(f"train {name}", spec, outputs):
             raise RuntimeError(f"{name} should have been trained before the students side by side")
-        self.stages.run(f"train {name}", spec, outputs, action)
 
     def student(self, student: Student) -> dict:
         """The student's val metrics (training it first if needed), with its median step seconds."""
@@ -151,6 +154,8 @@ class Runs:
         """The teacher with `fuser` started from the LiDAR student of `seed`: a fused model, or
         (fuser "none") that student trained on for as long as a teacher is, on LiDAR alone."""
         name, lidar = teacher_name(fuser, seed), Student("lidar", seed=seed)
+        # The LiDAR student it starts from is a shared input too (not every suite's table row).
+        self._refuse_unless_ready(self.name(lidar), self.student_spec(lidar), [self.checkpoint(self.name(lidar))])
         self.student(lidar)
 
         def train_teacher() -> None:

@@ -9,7 +9,9 @@ sample standard deviation s:
 - the minimum detectable difference (two-sided 5 % test, 80 % power) is
   (t(0.975, n-1) + t(0.80, n-1)) s / sqrt(n): a true gain this large is found four times in
   five; a smaller one mostly is not, so a row inside it is "no difference shown", not "no
-  difference".
+  difference";
+- several comparisons read together are judged by Holm's step-down, so that the chance of
+  any false one stays at 5 %.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ class PairedDifference:
     sd: float  # sample standard deviation of the seed-by-seed differences
     seeds: int
     detectable: float  # minimum detectable difference at 80 % power
+    p_value: float  # two-sided paired t-test of no difference
 
     @property
     def shown(self) -> bool:
@@ -50,12 +53,25 @@ def paired_difference(values: list[float], reference: list[float]) -> PairedDiff
     differences = [value - base for value, base in zip(values, reference)]
     n, mean = len(differences), statistics.fmean(differences)
     if n < 2:
-        return PairedDifference(mean, math.nan, math.nan, math.nan, n, math.nan)
+        return PairedDifference(mean, math.nan, math.nan, math.nan, n, math.nan, math.nan)
     sd = statistics.stdev(differences)
     error = sd / math.sqrt(n)
     critical = student_t.ppf(0.5 + CONFIDENCE / 2, n - 1)
+    p_value = (0.0 if mean else 1.0) if error == 0 else float(2 * student_t.sf(abs(mean) / error, n - 1))
     return PairedDifference(mean, mean - critical * error, mean + critical * error, sd, n,
-                            (critical + student_t.ppf(POWER, n - 1)) * error)
+                            (critical + student_t.ppf(POWER, n - 1)) * error, p_value)
+
+
+def holm(p_values: list[float], family: float = 1 - CONFIDENCE) -> list[bool]:
+    """Which of several comparisons show a difference when the chance of any false one is held
+    at `family` (Holm's step-down: the k-th smallest p against family / (m - k + 1))."""
+    shown = [False] * len(p_values)
+    order = sorted(range(len(p_values)), key=lambda i: (math.isnan(p_values[i]), p_values[i]))  # unknown last
+    for rank, index in enumerate(order):
+        if math.isnan(p_values[index]) or p_values[index] > family / (len(p_values) - rank):
+            break
+        shown[index] = True
+    return shown
 
 
 def seeds_needed(sd: float, target: float, most: int = 200) -> int | None:

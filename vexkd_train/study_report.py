@@ -8,12 +8,23 @@ from __future__ import annotations
 import math
 import statistics
 
-from vexkd_train.paired import paired_difference, seeds_needed
+from vexkd_train.paired import holm, paired_difference, seeds_needed
 
 METRICS = ("mAP", "NDS", "mIoU")
 TITLES = {"study-lidar": "LiDAR student: mask choice and what is cross-modal",
           "study-camera": "Camera student (detection): mask choice"}
 TARGET = 0.02  # the minimum detectable difference the study is sized for (mAP and mIoU)
+VEXKD, WHOLE_MAP = "generated, fusion query (VeXKD)", "whole map"
+# The study's questions, fixed before its first distilled student trained (docs/mask_study.md):
+# (table, metric, row, against, what it asks), judged together on the test world by Holm.
+PRIMARY = (
+    ("study-camera", "mAP", VEXKD, WHOLE_MAP, "do masks beat the whole map where the teacher knows far more?"),
+    ("study-lidar", "mIoU", VEXKD, WHOLE_MAP, "do masks beat the whole map for the LiDAR student's map?"),
+    ("study-lidar", "mIoU", VEXKD, "generated, random query",
+     "does the teacher's query make better masks than a random one?"),
+    ("study-lidar", "mAP", WHOLE_MAP, "self-distillation: whole map from a LiDAR-only teacher",
+     "is the LiDAR student's detection gain cross-modal, more than self-distillation gives?"),
+)
 
 
 def study_worlds(results: dict) -> dict[str, dict]:
@@ -49,13 +60,50 @@ def study_sections(results: dict) -> list[str]:
              "and data order): the mean gain, its 95 % interval, and the minimum detectable difference (MDD: "
              "a true gain this large is found with 80 % power at the 5 % level). A row whose interval holds 0 "
              "shows no difference; that is not evidence of none when its MDD is large. mAP and NDS come from "
-             "detection students, mIoU from map students (a model per task). docs/mask_study.md reads them.", "",
+             "detection students, mIoU from map students (a model per task; latency, parameters and s/step "
+             "are the detection student's). Bold: the cell's own interval excludes 0; with some thirty "
+             "cells a table shows one or two such by chance, so the study's questions are the primary "
+             "comparisons below, judged together. docs/mask_study.md reads them.", "",
              "![Gains over no FD with 95 % intervals and the minimum detectable difference](study_gains.png)", ""]
+    lines += _primary_table(*next(iter(worlds.items())))
     for world, entry in worlds.items():
         for table, title in TITLES.items():
             if table in entry["tables"]:
                 lines += _gain_table(f"## {title}, {world}", entry["tables"][table])
     return lines + _noise_table(worlds)
+
+
+def primary_comparisons(tables: dict[str, dict]) -> list[dict]:
+    """PRIMARY's comparisons that `tables` hold, each a paired difference with `shown`: Holm's
+    verdict over those of them that have p-values."""
+    found = []
+    for table, metric, row, against, question in PRIMARY:
+        rows = tables.get(table, {})
+        if row in rows and against in rows and rows[row][metric] is not None:
+            difference = paired_difference(rows[row][metric]["values"], rows[against][metric]["values"]).to_dict()
+            found.append({"table": table, "metric": metric, "row": row, "against": against, "question": question,
+                          **difference})
+    for comparison, shown in zip(found, holm([comparison["p_value"] for comparison in found])):
+        comparison["shown"] = shown
+    return found
+
+
+def _primary_table(world: str, entry: dict) -> list[str]:
+    comparisons = primary_comparisons(entry["tables"])
+    if not comparisons:
+        return []
+    seeds = comparisons[0]["seeds"]
+    lines = [f"## The study's questions, {world} ({seeds} seed{'s' if seeds > 1 else ''})", "",
+             "Each a paired difference; shown: a difference under Holm's correction over the four (family-wise "
+             "5 %).", "",
+             "| question | table, metric | difference | 95 % interval | MDD | p | shown |", "|---|---|---|---|---|---|---|"]
+    for c in comparisons:
+        interval = "-" if math.isnan(c["low"]) else f"[{c['low']:+.4f}, {c['high']:+.4f}]"
+        detectable = "-" if math.isnan(c["detectable"]) else f"{c['detectable']:.4f}"
+        p_value = "-" if math.isnan(c["p_value"]) else f"{c['p_value']:.3f}"
+        lines.append(f"| {c['question']} ({c['row']} - {c['against']}) | {c['table']}, {c['metric']} | "
+                     f"{c['mean']:+.4f} | {interval} | {detectable} | {p_value} | {'yes' if c['shown'] else 'no'} |")
+    return lines + [""]
 
 
 def _gain_table(title: str, rows: dict) -> list[str]:
@@ -89,9 +137,11 @@ def _noise_table(worlds: dict[str, dict]) -> list[str]:
     """Per world and metric: the median over rows of a row's spread over seeds (sample std) and
     of a gain's; and the seeds a gain's median spread needs for an MDD of TARGET."""
     lines = ["## How much of the spread is evaluation noise", "",
-             "The same checkpoints on val splits of three sizes: the part of the seed-to-seed spread that "
-             "shrinks with more val samples is evaluation noise; what stays is training noise. Median over "
-             "the study's rows (all tables) of the sample standard deviation over seeds.", "",
+             "The same checkpoints on the val splits of three worlds of 16, 64 and 512 samples: the part of the "
+             "seed-to-seed spread that shrinks with more val samples is evaluation noise; what stays is training "
+             "noise. The worlds differ in more than size (their scenes, and so how hard they are), so this "
+             "reads the size's effect only roughly. Median over the study's rows (all tables) of the sample "
+             "standard deviation over seeds.", "",
              "| world | val samples | " + " | ".join(f"{metric}: row sd / gain sd / seeds for MDD {TARGET}"
                                                     for metric in METRICS) + " |",
              "|---|---|" + "---|" * len(METRICS)]
