@@ -23,10 +23,9 @@ from vexkd_core.config import load_config
 from vexkd_core.fingerprint import code_digest, dataset_identity, file_stamp
 from vexkd_core.io import atomic_write_text
 from vexkd_train.experiment import Experiment
-from vexkd_train.experiment_plan import MaskRun, Student, Suite
+from vexkd_train.experiment_plan import PACKAGE, PRETRAINED_IMAGE_STAGES, MaskRun, Student, Suite
 from vexkd_train.stages import Stages, timings_table
 
-PACKAGE = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 # Every model that reads cameras starts its image backbone, neck and depth network from a camera
 # student trained on another synthetic world (pretrained/README.md), as camera BEV detectors start
@@ -35,7 +34,7 @@ BIN = Path(sys.executable).parent
 # The teacher starts its LiDAR branch, decoder and heads from the LiDAR student (BEVFusion's
 # practice; without it the short CPU schedule leaves the fusion teacher behind).
 DEMO = Suite(epochs=15, mask_epochs=None, seeds=(0,), tables=("comparison",),
-             image_encoder_from=PACKAGE / "pretrained" / "camera_world_seed3.pt", training_split=False,
+             image_encoder_from=PRETRAINED_IMAGE_STAGES, training_split=False,
              redo_on_code_change=True, short_names=True)
 REPLAYED = (Student("lidar", "vexkd"), Student("camera", "vexkd"))  # the students whose nodes replay the bag
 REPLAY_PICTURES = ("bev.png", "cameras.jpg")

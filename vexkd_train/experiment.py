@@ -49,9 +49,9 @@ class ExtraEvaluations:
         if student in self.on_training_split:
             runs.training_split_metrics(runs.name(student))
         if student in self.on_heldout:
-            runs.heldout_metrics(runs.name(student), self.heldout)
+            runs.world_metrics(runs.name(student), self.heldout, "heldout")
         if student in self.on_test:
-            runs.test_metrics(runs.name(student), self.test)
+            runs.world_metrics(runs.name(student), self.test, "test")
         return metrics
 
 
@@ -168,12 +168,12 @@ class Experiment:
         held-out world: more objects per class than one small val split gives; the study's
         test world)."""
         runs = self.runs
-        held = {"dataroot": str(world), "teacher": summarise([runs.evaluation("teacher", world, "val", tag)]),
+        held = {"dataroot": str(world), "teacher": summarise([runs.world_metrics("teacher", world, tag)]),
                 "tables": {}}
         for table in shown:
             if table in self.plan:
-                held["tables"][table] = summarised(self.plan[table], lambda student: runs.evaluation(
-                    runs.name(student), world, "val", tag))
+                held["tables"][table] = summarised(self.plan[table], lambda student: runs.world_metrics(
+                    runs.name(student), world, tag))
         val = NuScenesSource(world, runs.version, "val", 0)
         held["val_objects"], held["val_samples"] = val.objects_per_class(), len(val)
         return held

@@ -120,12 +120,14 @@ class Suite:
 
 
 PACKAGE = Path(__file__).resolve().parent.parent
+# The image stages camera models start from in the demo and the study (pretrained/README.md).
+PRETRAINED_IMAGE_STAGES = PACKAGE / "pretrained" / "camera_world_seed3.pt"
 SUITES = {"quick": Suite(epochs=1, mask_epochs=1, seeds=(0,), max_steps=2),
           "paper": Suite(epochs=15, mask_epochs=None, seeds=(0, 1, 2), per_task=True),
           # The mask study (docs/mask_study.md): the paper's schedule, a model per task, camera
           # models from the demo's pretrained image stages; seeds are added run by run.
           "study": Suite(epochs=15, mask_epochs=None, seeds=(0, 1, 2, 3, 4, 5, 6, 7), tables=STUDY_TABLES,
-                         image_encoder_from=PACKAGE / "pretrained" / "camera_world_seed3.pt", training_split=False)}
+                         image_encoder_from=PRETRAINED_IMAGE_STAGES, training_split=False)}
 FUSER_LABELS = {"mgfm": "MGFM", "convfuser": "ConvFuser"}
 SENSOR_CASES = {"both": None, "LiDAR only": "camera", "camera only": "lidar"}  # label -> sensor dropped
 # Also evaluated on the held-out world (and the study's on the test world).

@@ -23,7 +23,7 @@ from vexkd_core.fingerprint import code_digest, dataset_identity, file_stamp
 from vexkd_core.modalities import reads
 from vexkd_core.models.vexkd import initial_model
 from vexkd_train.evaluate import evaluate
-from vexkd_train.experiment_plan import TEACHER_NAMES, MaskRun, Student, Suite
+from vexkd_train.experiment_plan import PACKAGE, TEACHER_NAMES, MaskRun, Student, Suite
 from vexkd_train.loop import median_step_seconds
 from vexkd_train.masks import MASKS_FORMAT, MaskSettings, train_masks
 from vexkd_train.stages import StageTime, Stages
@@ -34,7 +34,6 @@ from vexkd_train.training_setup import build_distiller, initialise_from_lidar, i
 # rather than reused. 2: the student's parameters are stepped once per step (before, the
 # distiller also held them, and AdamW stepped them twice: twice the learning rate).
 DISTILLED_TRAINING_REVISION = 2
-PACKAGE = Path(__file__).resolve().parent.parent
 
 
 def teacher_name(fuser: str, seed: int = 0) -> str:
@@ -208,11 +207,9 @@ class Runs:
         (or the reverse) is a generalisation gap, not a modelling result."""
         return self.evaluation(name, self.dataroot, "train", "training_split")
 
-    def heldout_metrics(self, name: str, heldout: Path) -> dict:
-        return self.evaluation(name, heldout, "val", "heldout")
-
-    def test_metrics(self, name: str, test_world: Path) -> dict:
-        return self.evaluation(name, test_world, "val", "test")
+    def world_metrics(self, name: str, world: Path, tag: str) -> dict:
+        """A run's metrics on the val split of a second world (tag: "heldout", or the study's "test")."""
+        return self.evaluation(name, world, "val", tag)
 
     def in_processes(self, students: list[Student], jobs: int, task) -> None:
         """`task(runs, student)` for every student, in `jobs` processes of an equal share of the
