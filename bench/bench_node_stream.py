@@ -37,6 +37,7 @@ import rclpy  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage, PointCloud2  # noqa: E402
+from autoware_internal_debug_msgs.msg import Float64Stamped  # noqa: E402
 from std_msgs.msg import Float64, Header  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 from vision_msgs.msg import Detection3DArray  # noqa: E402
@@ -79,6 +80,11 @@ class Sensors:
         self.node.create_subscription(Detection3DArray, f"/{node_name}/output/objects",
                                       lambda m: self.answers.setdefault(stamp_to_ns(m.header.stamp), time.monotonic()),
                                       100)
+        # The node's own pipeline latency per stamp (~/debug/pipeline_latency_ms: from the input's
+        # arrival in the node to its answer's publication); end-to-end less this is transport.
+        self.pipeline_ms: dict[int, float] = {}
+        self.node.create_subscription(Float64Stamped, f"/{node_name}/debug/pipeline_latency_ms",
+                                      lambda m: self.pipeline_ms.setdefault(stamp_to_ns(m.stamp), m.data), 100)
         self.stage_ms: dict[str, list[float]] = {stage: [] for stage in STAGES}  # the node's own, per answer
         # The infer stage's parts (the onnxruntime graph's inputs, layout, run; the torch network's modules).
         self.stage_ms.update({f"infer/{part}": [] for part in INFER_PARTS})
@@ -160,11 +166,13 @@ def stream(modality: str, model_file: Path, backend: str, rate_hz: float, frames
         sender_cores = (cpu_seconds(os.getpid()) - cpu_start[2]) / wall_s
         sensors.spin_for(2.0)
         latencies = [1e3 * (sensors.answers[s] - t) for s, t in sent.items() if s in sensors.answers]
+        in_node = [sensors.pipeline_ms[s] for s in sent if s in sensors.answers and s in sensors.pipeline_ms]
         answered = len(latencies)
         return {"rate_hz": rate_hz, "sent": len(sent), "answered": answered,
                 "answered_share": answered / len(sent),
                 "latency_ms_p50": statistics.median(latencies) if latencies else None,
                 "latency_ms_p90": float(np.percentile(latencies, 90)) if latencies else None,
+                "node_pipeline_ms_p50": statistics.median(in_node) if in_node else None,
                 "node_cpu_cores": node_cores, "sender_cpu_cores": sender_cores,
                 "node_stages_ms_p50": {stage: statistics.median(values[warmup_answers(values):])
                                        for stage, values in sensors.stage_ms.items() if values}}
@@ -207,7 +215,8 @@ def main() -> int:
                         kept_up[backend].append(rate_hz)
                     print(f"{modality:6s} {backend:11s} at {rate_hz:4.1f} Hz: answered {row['answered']} of "
                           f"{row['sent']} ({100 * row['answered_share']:.0f} %), end-to-end p50 "
-                          f"{row['latency_ms_p50']:.1f} ms, p90 {row['latency_ms_p90']:.1f} ms; CPU: node "
+                          f"{row['latency_ms_p50']:.1f} ms, p90 {row['latency_ms_p90']:.1f} ms (in the node, arrival "
+                          f"to publication: p50 {row['node_pipeline_ms_p50']:.1f} ms); CPU: node "
                           f"{row['node_cpu_cores']:.2f} cores, sender {row['sender_cpu_cores']:.2f}; node stages p50 "
                           + ", ".join(f"{k} {v:.0f}" for k, v in row["node_stages_ms_p50"].items()), flush=True)
             for backend, rates in kept_up.items():

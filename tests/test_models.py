@@ -12,7 +12,7 @@ from vexkd_core.data.dataset import model_source
 from vexkd_core.data.preprocess import Augmentation, collate, preprocess
 from vexkd_core.models.deformable_attention import DeformableAttention
 from vexkd_core.models.detection_head import DetectionHead
-from vexkd_core.models.lidar_encoder import LidarEncoder
+from vexkd_core.models.lidar_encoder import LidarEncoder, pillar_inputs
 from vexkd_core.models.vexkd import build_model
 from vexkd_core.structures import BEVGrid, Boxes3D
 
@@ -118,6 +118,22 @@ def test_pillar_scatter_puts_the_max_feature_in_the_right_cell():
         features = torch.cat([points[:2, 1:6], points[:2, 1:3] - 0.5, points[:2, 1:4] - points[:2, 1:4].mean(0)], 1)
         expected = torch.relu(encoder.norm(encoder.linear(features))).max(dim=0).values
     torch.testing.assert_close(bev[0, :, 4, 4], expected)
+
+
+def test_pillar_inputs_are_the_same_with_and_without_points_off_the_grid():
+    """A node's cloud is cropped to the grid before it comes here (no point to leave out), a
+    training batch's is not: both paths give every on-grid point the same cell and inputs."""
+    grid = BEVGrid.centered(4.0, 1.0)
+    generator = torch.Generator().manual_seed(0)
+    inside = torch.cat([torch.randint(0, 2, (200, 1), generator=generator).float(),
+                        torch.rand(200, 3, generator=generator) * 7.9 - 3.95, torch.rand(200, 2, generator=generator)], 1)
+    outside = inside[:50].clone()
+    outside[:, 1] += 9.0
+    mixed = torch.cat([outside[:25], inside, outside[25:]])
+    alone, with_outside = pillar_inputs(inside, grid, 2), pillar_inputs(mixed, grid, 2)
+    assert torch.equal(alone.cell, with_outside.cell) and torch.equal(alone.features, with_outside.features)
+    first = alone.cell == alone.cell[0]  # the mean offsets of one pillar's points sum to zero
+    torch.testing.assert_close(alone.features[first, 7:].sum(0), torch.zeros(3), atol=1e-5, rtol=0)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from tf2_msgs.msg import TFMessage
+import torch
 
 from vexkd_core.allocator import use_chosen_allocator
 from vexkd_core.data.sample import CAMERA_CHANNELS
@@ -76,6 +77,12 @@ class DetectorNode(Node):
         self.modality = modality
         settings = declare_and_read(self, modality)
         predictor = load_predictor(settings.checkpoint, settings.backend, settings.device, expected_modality=modality)
+        if settings.backend == "onnxruntime":
+            # torch only prepares the graph's inputs and decodes its outputs here: small ops
+            # that, on a pool of one thread per core beside onnxruntime's, waited at barriers
+            # for a core another process held (2 cores, another process busy: 1,000 ms a
+            # LiDAR frame instead of 86).
+            torch.set_num_threads(1)
         config = predictor.config
         self.tf = TransformBuffer()
         self.pipeline = Pipeline(predictor, modality, settings.sweeps, self.tf)

@@ -74,32 +74,38 @@ def pool_layout(cell: torch.Tensor, cells: int, reduce: str) -> PoolLayout:
     if reduce not in ("max", "sum"):
         raise ValueError(f"reduce must be max or sum, not '{reduce}'")
     device, widest = cell.device, WIDTHS[-1]
-    rows = torch.nonzero(cell < cells).squeeze(1)
-    order = rows[torch.argsort(cell[rows], stable=True)]
-    occupied, counts = torch.unique_consecutive(cell[order], return_counts=True)
+    if bool((cell < cells).all()):  # pillar_inputs has dropped the points off the grid
+        order = torch.argsort(cell, stable=True)
+    else:
+        rows = torch.nonzero(cell < cells).squeeze(1)
+        order = rows[torch.argsort(cell[rows], stable=True)]
+    # index_select and take below rather than [] indexing: the same gathers at half the cost
+    # for 1-D indices, and a node computes this layout on every frame.
+    occupied, counts = torch.unique_consecutive(cell.index_select(0, order), return_counts=True)
     starts = torch.cumsum(counts, 0) - counts
     # Each cell in chunks of at most `widest` rows (one chunk for all but the crowded cells).
     chunks = (counts + widest - 1) // widest
     owner = torch.repeat_interleave(torch.arange(len(occupied), device=device), chunks)
     index_in_cell = torch.arange(len(owner), device=device) - torch.repeat_interleave(torch.cumsum(chunks, 0) - chunks,
                                                                                       chunks)
-    chunk_start = starts[owner] + index_in_cell * widest
-    chunk_count = torch.clamp(counts[owner] - index_in_cell * widest, max=widest)
-    padding = order[chunk_start] if reduce == "max" else torch.full_like(chunk_start, len(cell))
+    chunk_start = starts.index_select(0, owner) + index_in_cell * widest
+    chunk_count = torch.clamp(counts.index_select(0, owner) - index_in_cell * widest, max=widest)
+    padding = order.index_select(0, chunk_start) if reduce == "max" else torch.full_like(chunk_start, len(cell))
+    last_row = max(len(order) - 1, 0)
 
     def block(chosen: torch.Tensor, width: int) -> torch.Tensor:
         slot = torch.arange(width, device=device)
-        position = torch.clamp(chunk_start[chosen, None] + slot, max=max(len(order) - 1, 0))
-        inside = slot < chunk_count[chosen, None]
-        return torch.where(inside, order[position], padding[chosen, None])
+        position = torch.clamp(chunk_start.index_select(0, chosen)[:, None] + slot, max=last_row)
+        inside = slot < chunk_count.index_select(0, chosen)[:, None]
+        return torch.where(inside, order.take(position), padding.index_select(0, chosen)[:, None])
 
-    whole = chunks[owner] == 1
+    whole = chunks.index_select(0, owner) == 1
     width_index = torch.searchsorted(torch.tensor(WIDTHS, device=device), chunk_count)
     picked = [torch.nonzero(whole & (width_index == i)).squeeze(1) for i in range(len(WIDTHS))]
     crowded = torch.nonzero(~whole).squeeze(1)
     return PoolLayout(tuple(block(chosen, width) for chosen, width in zip(picked, WIDTHS)),
-                      tuple(occupied[owner[chosen]] for chosen in picked),
-                      block(crowded, widest), occupied[owner[crowded]])
+                      tuple(occupied.index_select(0, owner.index_select(0, chosen)) for chosen in picked),
+                      block(crowded, widest), occupied.index_select(0, owner.index_select(0, crowded)))
 
 
 class CellPool(nn.Module):
