@@ -141,6 +141,11 @@ def test_one_table_runs_alone_with_only_what_it_needs(tiny_world, tmp_path):
     markdown = (tmp_path / "results.md").read_text()
     assert "## Mask study: camera student, detection" in markdown and "(masks.png)" not in markdown
     assert "## Camera student (detection): mask choice, test world (1 seed)" in markdown
+    # The test world's val split scored in parts of whole scenes (a part per val scene here).
+    parts = results["test"]["parts"]
+    assert len(parts) == world.val_scenes and all(list(part["tables"]) == ["study-camera"] for part in parts)
+    assert all(0 <= part["tables"]["study-camera"]["whole map"]["mAP"]["mean"] <= 1 for part in parts)
+    assert "## Evaluation noise inside the test world" in markdown
     assert cv2.imread(str(tmp_path / "study_gains.png")) is not None
     for name in ("learned-b3", "random-b3"):  # a picture per generator set the table used: a row per task and level
         assert cv2.imread(str(tmp_path / f"masks_{name}.png")).shape[0] == 4 * 200

@@ -102,3 +102,29 @@ def test_the_study_report_gives_each_row_its_interval_and_the_noise_by_world():
     picture = cv2.imdecode(np.frombuffer(gains_picture(results["test"]["tables"], "test world"), np.uint8),
                            cv2.IMREAD_COLOR)
     assert picture.shape[:2] == (460, 3 * 420)  # a panel per metric of the one table, 4.2 x 4.6 in at 100 dpi
+
+
+def test_the_noise_inside_the_test_world_is_the_gains_spread_between_its_parts():
+    """Two seeds, four parts: whole-split gains 0.02 and 0.03 (sd 0.00707); with the checkpoints
+    fixed the gain moves between parts by +-0.01 around its seed's value (sd 0.01155 in each
+    seed), so a whole-split gain carries 0.01155 / sqrt(4) = 0.00577 of evaluation noise: two
+    thirds of the seed variance."""
+    from vexkd_train.study_report import evaluation_noise, study_sections
+
+    def table(mAP_gains: list[float]) -> dict:
+        base = [0.20, 0.30]
+        return {"study-lidar": {"no FD": _row({"mAP": base, "NDS": None, "mIoU": None}, None),
+                                "whole map": _row({"mAP": [b + g for b, g in zip(base, mAP_gains)],
+                                                   "NDS": None, "mIoU": None}, "no FD")}}
+
+    parts = [{"tables": table([0.02 + e, 0.03 + e])} for e in (-0.01, 0.01, -0.01, 0.01)]
+    world = {"tables": table([0.02, 0.03]), "val_samples": 512, "parts": parts}
+    noise = evaluation_noise(world)
+    assert list(noise) == ["mAP"]
+    assert noise["mAP"]["between_seeds"] == pytest.approx(0.01 / math.sqrt(2))
+    assert noise["mAP"]["between_parts"] == pytest.approx(math.sqrt(0.0004 / 3))
+    assert noise["mAP"]["in_whole"] == pytest.approx(math.sqrt(0.0004 / 3) / 2)
+    assert noise["mAP"]["share"] == pytest.approx((0.0004 / 12) / 0.00005)
+    text = "\n".join(study_sections({"tables": world["tables"], "val_samples": 16, "test": world}))
+    assert "## Evaluation noise inside the test world" in text and "(about 128 samples each)" in text
+    assert "| mAP | 0.0071 | 0.0115 | 0.0058 | 67 % |" in text

@@ -30,6 +30,7 @@ MAP_THRESHOLDS = tuple(round(0.35 + 0.05 * i, 2) for i in range(7))
 VEHICLES = ("car", "truck", "bus", "trailer", "construction_vehicle")
 DEVKIT_MAX_BOXES = 500
 MOVING_SPEED = 0.2  # m/s, as CenterPoint assigns attributes
+MAP_COUNTS = "map_counts.npz"  # per-sample map IoU counts, beside metrics.json
 
 
 def default_attribute(name: str, velocity: np.ndarray) -> str:
@@ -61,24 +62,40 @@ def boxes_to_results(boxes: Boxes3D, lidar_to_global: np.ndarray, sample_token: 
 
 
 class MapIoU:
-    """IoU per class and threshold, accumulated over a whole split (BEVFusion's protocol)."""
+    """IoU per class and threshold, accumulated over a whole split (BEVFusion's protocol). The
+    counts are kept per sample too (map_counts.npz), so that a part of the split can be scored
+    without running the model again (vexkd_train.world_parts)."""
 
     def __init__(self):
-        shape = (len(MAP_CLASSES), len(MAP_THRESHOLDS))
-        self.intersection, self.union = np.zeros(shape), np.zeros(shape)
+        self.tokens: list[str] = []
+        self.intersections: list[np.ndarray] = []  # per sample, (classes, thresholds)
+        self.unions: list[np.ndarray] = []
 
-    def add(self, probability: np.ndarray, target: np.ndarray) -> None:
-        for t, threshold in enumerate(MAP_THRESHOLDS):
-            predicted = probability >= threshold
-            self.intersection[:, t] += (predicted & target).sum(axis=(1, 2))
-            self.union[:, t] += (predicted | target).sum(axis=(1, 2))
+    def add(self, probability: np.ndarray, target: np.ndarray, token: str) -> None:
+        predicted = probability[:, None] >= np.asarray(MAP_THRESHOLDS)[None, :, None, None]
+        self.tokens.append(token)
+        self.intersections.append((predicted & target[:, None]).sum(axis=(2, 3)))
+        self.unions.append((predicted | target[:, None]).sum(axis=(2, 3)))
+
+    def save(self, path: Path) -> None:
+        shape = (len(self.tokens), len(MAP_CLASSES), len(MAP_THRESHOLDS))
+        with atomic_npz(path) as add:
+            add("tokens", np.array(self.tokens, dtype=str))
+            add("intersection", np.array(self.intersections, dtype=np.int64).reshape(shape))
+            add("union", np.array(self.unions, dtype=np.int64).reshape(shape))
 
     def summary(self) -> dict:
-        iou = np.divide(self.intersection, self.union, out=np.zeros_like(self.union), where=self.union > 0)
-        best = iou.max(axis=1)
-        return {"iou": {name: float(value) for name, value in zip(MAP_CLASSES, best)},
-                "best_threshold": {name: MAP_THRESHOLDS[int(i)] for name, i in zip(MAP_CLASSES, iou.argmax(axis=1))},
-                "mIoU": float(best.mean())}
+        shape = (len(MAP_CLASSES), len(MAP_THRESHOLDS))
+        return map_summary(sum(self.intersections, np.zeros(shape)), sum(self.unions, np.zeros(shape)))
+
+
+def map_summary(intersection: np.ndarray, union: np.ndarray) -> dict:
+    """IoU per class at its best threshold and their mean, from counts summed over samples."""
+    iou = np.divide(intersection, union, out=np.zeros(union.shape), where=union > 0)
+    best = iou.max(axis=1)
+    return {"iou": {name: float(value) for name, value in zip(MAP_CLASSES, best)},
+            "best_threshold": {name: MAP_THRESHOLDS[int(i)] for name, i in zip(MAP_CLASSES, iou.argmax(axis=1))},
+            "mIoU": float(best.mean())}
 
 
 def detection_metrics(nusc, results: dict, split: str, out_dir: Path) -> dict:
@@ -94,6 +111,11 @@ def detection_metrics(nusc, results: dict, split: str, out_dir: Path) -> dict:
                                str(out_dir / "devkit"), verbose=False)
     with contextlib.redirect_stdout(io.StringIO()):
         metrics, _ = evaluation.evaluate()
+    return devkit_summary(metrics)
+
+
+def devkit_summary(metrics) -> dict:
+    """The devkit's DetectionMetrics as this project reports them."""
     summary = metrics.serialize()
     return {"mAP": summary["mean_ap"], "NDS": summary["nd_score"], "per_class_ap": summary["mean_dist_aps"],
             "tp_errors": summary["tp_errors"]}
@@ -128,12 +150,14 @@ def evaluate(checkpoint: Path, dataroot: Path, version: str, split: str, out_dir
                 results[sample.token] = best[:DEVKIT_MAX_BOXES]
             if prediction.map_probability is not None:
                 if sample.map_masks is not None:
-                    map_iou.add(prediction.map_probability, _map_target(sample, config))
+                    map_iou.add(prediction.map_probability, _map_target(sample, config), sample.token)
                 if save_map is not None:
                     save_map(sample.token, prediction.map_probability.astype(np.float16))
     tasks = config.train.task_names
     # A dataset without the map expansion scores a map head's detection alone.
     maps_skipped = source.maps_missing if "segmentation" in tasks else None
+    if "segmentation" in tasks and maps_skipped is None:
+        map_iou.save(out_dir / MAP_COUNTS)
     if "detection" in tasks:
         atomic_write_text(out_dir / "results.json", json.dumps({"meta": {
             "use_camera": reads(modality, "camera") and drop_sensor != "camera",

@@ -131,6 +131,7 @@ class Experiment:
             results["heldout"] = self.world_results(self.heldout, "heldout", HELDOUT_TABLES)
         if self.test_world is not None and any(table in self.plan for table in STUDY_TABLES):
             results["test"] = self.world_results(self.test_world, "test", STUDY_TABLES)
+            results["test"]["parts"] = self.world_parts(self.test_world, "test", STUDY_TABLES)
         atomic_write_json(self.out / "results.json", results)
         self.pictures(results)
         atomic_write_text(self.out / "results.md", markdown(results))
@@ -177,6 +178,19 @@ class Experiment:
         val = NuScenesSource(world, runs.version, "val", 0)
         held["val_objects"], held["val_samples"] = val.objects_per_class(), len(val)
         return held
+
+    def world_parts(self, world: Path, tag: str, shown: tuple[str, ...]) -> list[dict]:
+        """The rows of the `shown` tables on each part of a world's val split (world_parts), one
+        {"tables"} per part: how far the same checkpoints' gains move by evaluation alone. None
+        for a world of one val scene (no spread between parts)."""
+        runs = self.runs
+        names = sorted({runs.name(student) for table in shown for _, student in self.plan.get(table, [])})
+        by_run = {name: runs.world_part_metrics(name, world, tag) for name in names}
+        count = min(map(len, by_run.values()), default=0)
+        if count < 2:
+            return []
+        return [{"tables": {table: summarised(self.plan[table], lambda student: by_run[runs.name(student)][part])
+                            for table in shown if table in self.plan}} for part in range(count)]
 
     def pictures(self, results: dict) -> None:
         """masks.png and features.png for the first val sample, with the comparison's students;

@@ -18,16 +18,17 @@ from tqdm import tqdm
 from vexkd_core.checkpoint import model_from_checkpoint
 from vexkd_core.config import Config
 from vexkd_core.data.dataset import model_source
-from vexkd_core.data.nuscenes_source import NuScenesSource
+from vexkd_core.data.nuscenes_source import NuScenesSource, split_scene_names
 from vexkd_core.fingerprint import code_digest, dataset_identity, file_stamp
 from vexkd_core.modalities import reads
 from vexkd_core.models.vexkd import initial_model
-from vexkd_train.evaluate import evaluate
+from vexkd_train.evaluate import MAP_COUNTS, evaluate
 from vexkd_train.experiment_plan import PACKAGE, TEACHER_NAMES, MaskRun, Student, Suite
 from vexkd_train.loop import median_step_seconds
 from vexkd_train.masks import MASKS_FORMAT, MaskSettings, train_masks
 from vexkd_train.stages import StageTime, Stages
 from vexkd_train.trainer import RunOptions, train
+from vexkd_train.world_parts import PARTS, part_metrics
 from vexkd_train.training_setup import build_distiller, initialise_from_lidar, initialise_image_stages
 
 # In a distilled student's spec, so runs trained before a fix to distilled training are redone
@@ -55,6 +56,7 @@ class Runs:
         # Each dataset's identity is taken once: the suite's own reads leave the dataset as it
         # was, and taking it at every reuse check would hash its tables again each time.
         self.identities: dict[Path, str] = {}
+        self.worlds: dict[Path, object] = {}  # a second world's NuScenes tables, read once (world_part_metrics)
 
     def identity(self, dataroot: Path) -> str:
         if dataroot not in self.identities:
@@ -210,6 +212,28 @@ class Runs:
     def world_metrics(self, name: str, world: Path, tag: str) -> dict:
         """A run's metrics on the val split of a second world (tag: "heldout", or the study's "test")."""
         return self.evaluation(name, world, "val", tag)
+
+    def world_part_metrics(self, name: str, world: Path, tag: str) -> list[dict]:
+        """A run's metrics on each of PARTS parts of a second world's val split (world_parts),
+        each with the run's metrics on the whole split for what parts do not change (latency,
+        size). An evaluation from before per-sample map counts were kept is run again."""
+        whole = self.world_metrics(name, world, tag)
+        folder, checkpoint = self.folder(name), self.checkpoint(name)
+        evaluated = folder / f"eval_{tag}"
+        spec = {"checkpoint": self.stamp(checkpoint), "data": self.identity(world), "parts": PARTS, "code": self.code}
+
+        def measure() -> dict:
+            if whole["map"] is not None and not (evaluated / MAP_COUNTS).is_file():
+                evaluate(checkpoint, world, self.version, "val", evaluated, progress=self.progress)
+            if world not in self.worlds:
+                self.worlds[world] = NuScenesSource(world, self.version, "val", 0).nusc
+            nusc = self.worlds[world]
+            # A small world has fewer val scenes than PARTS: a part each.
+            return {"parts": part_metrics(evaluated, nusc, "val", min(PARTS, len(split_scene_names(nusc, "val"))))}
+
+        parts = self.stages.kept(f"evaluate {name} ({tag}, {PARTS} parts)", spec, folder / f"{tag}_parts.json",
+                                 measure)["parts"]
+        return [{**whole, **part} for part in parts]
 
     def in_processes(self, students: list[Student], jobs: int, task) -> None:
         """`task(runs, student)` for every student, in `jobs` processes of an equal share of the

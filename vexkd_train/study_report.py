@@ -1,7 +1,8 @@
 """The mask study's part of results.md: each row of the study's tables as a paired difference
 from its baseline with a 95 % interval and the minimum detectable difference (vexkd_train.paired),
 on each world the checkpoints were evaluated on; and how much of the seed-to-seed spread is
-evaluation noise (the same checkpoints' spread on a 16-, 64- and 512-sample val split).
+evaluation noise (the same checkpoints' spread on a 16-, 64- and 512-sample val split, and
+between parts of the test world's: vexkd_train.world_parts).
 """
 from __future__ import annotations
 
@@ -70,7 +71,9 @@ def study_sections(results: dict) -> list[str]:
         for table, title in TITLES.items():
             if table in entry["tables"]:
                 lines += _gain_table(f"## {title}, {world}", entry["tables"][table])
-    return lines + _noise_table(worlds)
+    lines += _noise_table(worlds)
+    test = results.get("test")
+    return lines + (_within_world_table(test) if test is not None and test.get("parts") else [])
 
 
 def primary_comparisons(tables: dict[str, dict]) -> list[dict]:
@@ -168,4 +171,63 @@ def _noise_table(worlds: dict[str, dict]) -> list[str]:
             cells.append(f"{statistics.median(row_sd[metric]):.4f} / {typical:.4f} / "
                          f"{needed if needed is not None else '> 200'}")
         lines.append(f"| {world} | {entry['val_samples'] or '?'} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def evaluation_noise(world: dict) -> dict[str, dict[str, float]]:
+    """Per metric, the median over the study's rows (each against its baseline) of: the gain's
+    sd between seeds on the whole val split; its sd between the split's parts with the
+    checkpoints fixed (pooled over seeds: evaluation alone); that over sqrt(parts), the
+    evaluation noise in a whole-split gain (the parts are disjoint and alike in size); and its
+    share of the variance between seeds (NaN until there are two seeds)."""
+    parts = world["parts"]
+    found: dict[str, dict[str, list[float]]] = {metric: {"seeds": [], "parts": []} for metric in METRICS}
+    for table in TITLES:
+        rows = world["tables"].get(table, {})
+        for label, entry in rows.items():
+            base = rows.get(entry.get("baseline") or "")
+            for metric in METRICS:
+                if base is None or entry[metric] is None or base[metric] is None:
+                    continue
+                by_part = [_seed_gains(part["tables"][table], label, metric) for part in parts]
+                within = [statistics.variance(seed_gains) for seed_gains in zip(*by_part)]
+                found[metric]["parts"].append(math.sqrt(statistics.fmean(within)))
+                whole = _seed_gains(rows, label, metric)
+                found[metric]["seeds"].append(statistics.stdev(whole) if len(whole) > 1 else math.nan)
+    noise = {}
+    for metric, spread in found.items():
+        if not spread["parts"]:
+            continue
+        between_parts = statistics.median(spread["parts"])
+        between_seeds = statistics.median(spread["seeds"]) if not any(map(math.isnan, spread["seeds"])) else math.nan
+        in_whole = between_parts / math.sqrt(len(parts))
+        noise[metric] = {"between_seeds": between_seeds, "between_parts": between_parts, "in_whole": in_whole,
+                         "share": in_whole ** 2 / between_seeds ** 2 if between_seeds > 0 else math.nan}
+    return noise
+
+
+def _seed_gains(rows: dict, label: str, metric: str) -> list[float]:
+    """The row's gain over its baseline, seed by seed."""
+    row, base = rows[label][metric]["values"], rows[rows[label]["baseline"]][metric]["values"]
+    return [value - baseline for value, baseline in zip(row, base)]
+
+
+def _within_world_table(world: dict) -> list[str]:
+    parts, samples = len(world["parts"]), world.get("val_samples")
+    noise = evaluation_noise(world)
+    if not noise:
+        return []
+    lines = ["## Evaluation noise inside the test world", "",
+             f"The test world's val split cut into {parts} parts of whole scenes"
+             f"{f' (about {samples // parts} samples each)' if samples else ''}, every checkpoint scored on each "
+             "part from its evaluation of the whole split. With the checkpoints fixed, a gain moves between parts "
+             f"by evaluation alone; divided by sqrt({parts}) that is the evaluation noise in a gain on the whole "
+             "split, set against how much the gain moves between training seeds there. Median over the study's "
+             "rows.", "",
+             "| metric | gain sd between seeds (whole split) | gain sd between parts (checkpoints fixed) | "
+             "evaluation noise in a whole-split gain | its share of the seed variance |", "|---|---|---|---|---|"]
+    for metric, entry in noise.items():
+        seeds = "-" if math.isnan(entry["between_seeds"]) else f"{entry['between_seeds']:.4f}"
+        share = "-" if math.isnan(entry["share"]) else f"{100 * entry['share']:.0f} %"
+        lines.append(f"| {metric} | {seeds} | {entry['between_parts']:.4f} | {entry['in_whole']:.4f} | {share} |")
     return lines + [""]
