@@ -120,7 +120,7 @@ def measure(modality: str, model_file: Path, backend: str, repeats: int) -> dict
             node._on_image(index, image)  # the camera node's image 0 is its trigger
         if reads(modality, "lidar"):
             node._on_cloud(cloud(stamp, k))
-        trigger, node.worker._pending = node.worker._pending, None
+        trigger, node.worker.preparing._pending = node.worker.preparing._pending, None
         result = node.pipeline.run(trigger, node.settings)
         if k > sweeps and not result.skipped:  # warm: full sweep history, allocator settled
             rows.append(node.outputs.publish(result, node.settings, trigger.arrived_s)[0])

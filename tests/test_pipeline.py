@@ -16,7 +16,7 @@ from vexkd_core.geometry import make_transform
 from vexkd_core.runtime.node_inputs import Calibration, CameraCache, CameraFrame, Sweep, SweepHistory
 from vexkd_core.runtime.pipeline import MODEL_STAGES, Pipeline, Trigger
 from vexkd_core.runtime.settings import DetectorSettings
-from vexkd_core.runtime.worker import NewestWorker
+from vexkd_core.runtime.worker import NewestWorker, TwoStageWorker
 
 pytestmark = pytest.mark.unit
 
@@ -151,6 +151,54 @@ def test_the_worker_takes_the_newest_trigger_and_counts_the_ones_it_dropped():
     finally:
         go.set()
         worker.stop()
+
+
+def test_the_two_stage_worker_prepares_the_next_item_while_it_finishes_one():
+    """The second item is prepared while the first is held in finish(); while both stages are
+    held, a burst keeps only its newest in each; an item prepare() turns into None stops there."""
+    finishing_first, release_finish = threading.Event(), threading.Event()
+    prepared_second, prepared_nothing, done = threading.Event(), threading.Event(), threading.Event()
+    finished = []
+
+    def prepare(item: int) -> int | None:
+        if item == 2:
+            prepared_second.set()
+        if item == 99:
+            prepared_nothing.set()
+            return None
+        return item * 10
+
+    def finish(item: int) -> None:
+        finished.append(item)
+        if item == 10:
+            finishing_first.set()
+            release_finish.wait(10)
+        if item == 500:
+            done.set()
+
+    worker = TwoStageWorker(prepare, finish, "test-two-stage")
+    try:
+        worker.offer(1)
+        worker.release()
+        assert finishing_first.wait(10)
+        worker.offer(2)
+        worker.release()
+        assert prepared_second.wait(10)  # prepared while item 1 is still being finished
+        for item in (3, 4, 99):  # 3 and 4 prepared or dropped as they come; 99 prepares to nothing
+            worker.offer(item)
+            worker.release()
+        assert prepared_nothing.wait(10)
+        worker.offer(50)
+        worker.release()
+        release_finish.set()
+        assert done.wait(10)
+        assert finished[0] == 10 and finished[-1] == 500 and 990 not in finished
+        assert finished == sorted(finished)  # never out of order
+        assert worker.offered == 6 and worker.dropped == 6 - len(finished) - 1  # 99 was taken, not dropped
+    finally:
+        release_finish.set()
+        worker.stop()
+    assert not worker.preparing._thread.is_alive() and not worker.finishing._thread.is_alive()
 
 
 @pytest.mark.parametrize("encoded", [True, False])

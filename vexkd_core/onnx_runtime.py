@@ -7,6 +7,8 @@ has them (onnxruntime-gpu), CPU otherwise; on cpu, CPU only.
 """
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -18,7 +20,7 @@ from vexkd_core.modalities import reads
 from vexkd_core.models.camera_encoder import LiftGeometry
 from vexkd_core.models.vexkd import network_inputs
 from vexkd_core.onnx_sidecar import check_sidecar_is_of, graph_feed, graph_input_names, read_sidecar, sidecar_path
-from vexkd_core.predictor import Predictor
+from vexkd_core.predictor import PreparedInput, Predictor
 from vexkd_core.timing import StageTimer
 from vexkd_core.training_data import training_data_line
 
@@ -115,6 +117,12 @@ class OnnxPredictor(Predictor):
         feed = timer.measure("layout", graph_feed, inputs, self.config)
         return {name: feed[name].numpy() for name in self.input_names}
 
-    def infer(self, batch: Batch, timer: StageTimer) -> dict[str, torch.Tensor]:
-        outputs = timer.measure("network", self.session.run, self.output_names, self.feed(batch, timer))
+    def prepare(self, sample, timer: StageTimer) -> PreparedInput:
+        prepared = super().prepare(sample, timer)
+        started = time.perf_counter()
+        feed = self.feed(prepared.batch, timer)
+        return replace(prepared, graph_feed=feed, infer_s=time.perf_counter() - started)
+
+    def infer(self, prepared: PreparedInput, timer: StageTimer) -> dict[str, torch.Tensor]:
+        outputs = timer.measure("network", self.session.run, self.output_names, prepared.graph_feed)
         return {name: torch.from_numpy(value) for name, value in zip(self.output_names, outputs)}

@@ -23,6 +23,16 @@ from vexkd_core.training_data import NOT_RECORDED
 
 
 @dataclass
+class PreparedInput:
+    """A sample made ready for the network (Predictor.prepare): its batch and, for an exported
+    graph, the graph's inputs already laid out; `infer_s`: the inference time spent on them
+    (finish() counts it in the infer stage)."""
+    batch: Batch
+    graph_feed: dict[str, np.ndarray] | None = None
+    infer_s: float = 0.0
+
+
+@dataclass
 class Prediction:
     boxes: Boxes3D | None  # in the sample's (key LiDAR) frame; None: the model does not detect (train.tasks)
     map_probability: np.ndarray | None  # (6, H, W) float32 on config.map_grid.bev, MAP_CLASSES order; None: no map
@@ -44,14 +54,26 @@ class Predictor:
     def __call__(self, sample: Sample, timer: StageTimer | None = None,
                  score_threshold: float | None = None) -> Prediction:
         timer = timer if timer is not None else StageTimer()
+        return self.finish(self.prepare(sample, timer), timer, score_threshold)
+
+    # A node runs prepare() of the next frame while finish() runs the network on this one
+    # (runtime.worker.TwoStageWorker): together they are __call__.
+    @torch.no_grad()
+    def prepare(self, sample: Sample, timer: StageTimer) -> PreparedInput:
+        """What runs before the network: preprocessing (the exported graph's predictor also
+        lays out the graph's inputs)."""
         inputs, _ = timer.measure("preprocess", preprocess, sample, self.config)
-        batch = collate([inputs]).to(self.device)
-        outputs = timer.measure("infer", self.infer, batch, timer)
+        return PreparedInput(collate([inputs]).to(self.device))
+
+    @torch.no_grad()
+    def finish(self, prepared: PreparedInput, timer: StageTimer, score_threshold: float | None = None) -> Prediction:
+        outputs = timer.measure("infer", self.infer, prepared, timer)
+        timer.seconds["infer"][-1] += prepared.infer_s  # the infer stage is the same whichever thread ran it
         return timer.measure("postprocess", self._postprocess, outputs, score_threshold)
 
-    def infer(self, batch: Batch, timer: StageTimer) -> dict[str, torch.Tensor]:
+    def infer(self, prepared: PreparedInput, timer: StageTimer) -> dict[str, torch.Tensor]:
         """The network's raw outputs by NETWORK_OUTPUTS name."""
-        return network_outputs(self.model(batch, timer))
+        return network_outputs(self.model(prepared.batch, timer))
 
     def _postprocess(self, outputs: dict[str, torch.Tensor], score_threshold: float | None) -> Prediction:
         model = self.config.model

@@ -2,14 +2,15 @@
 (the teacher), one class with the contract of Autoware's perception nodes.
 
 The node is the ROS adapter of vexkd_core.runtime.pipeline.Pipeline: callbacks convert
-messages into the pipeline's inputs (clouds at once, images kept encoded), one worker
-(vexkd_core.runtime.worker.NewestWorker) runs the pipeline on the newest trigger and drops
-older ones, so a slow model never builds a backlog, and node_outputs publishes the result
-under the trigger's stamp. Bad messages are logged with a throttled warning and skipped.
+messages into the pipeline's inputs (clouds at once, images kept encoded), a worker of two
+threads (vexkd_core.runtime.worker.TwoStageWorker) prepares the newest trigger while it runs
+the network on the one before, each dropping older ones, so a slow model never builds a
+backlog, and node_outputs publishes the result under the trigger's stamp. Bad messages are logged with a throttled warning and skipped.
 `ros2 param set` applies from the next frame on.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -31,10 +32,10 @@ from vexkd_core.errors import CheckpointError
 from vexkd_core.inference import load_predictor
 from vexkd_core.modalities import reads
 from vexkd_core.runtime.node_inputs import Calibration, CameraFrame, Sweep
-from vexkd_core.runtime.pipeline import Pipeline, Trigger
+from vexkd_core.runtime.pipeline import Pipeline, PreparedTrigger, Result, Trigger
 from vexkd_core.runtime.settings import DetectorSettings
 from vexkd_core.runtime.trigger_gate import TriggerGate
-from vexkd_core.runtime.worker import NewestWorker
+from vexkd_core.runtime.worker import TwoStageWorker
 
 from .cdr import LayoutError
 from .conversions import (MessageError, camera_info_to_distortion, camera_info_to_intrinsics, cloud_to_points,
@@ -88,7 +89,7 @@ class DetectorNode(Node):
         self.pipeline = Pipeline(predictor, modality, settings.sweeps, self.tf)
         self.settings: DetectorSettings = self.pipeline.resolve(settings)
         self.outputs = NodeOutputs(self, self.pipeline.detects, self.settings)
-        self.worker = NewestWorker(self._work, f"{self.get_name()}-worker")
+        self.worker = TwoStageWorker(self._prepare, self._finish, f"{self.get_name()}-worker")
         self.gate = TriggerGate()
         self.create_timer(GATE_POLL_S, self._release_held, clock=Clock(clock_type=ClockType.STEADY_TIME))
         # The worker starts only after the executor has handled every message that was ready
@@ -209,18 +210,33 @@ class DetectorNode(Node):
             self._release.trigger()
 
     # ------------------------------------------------------------------ the model
-    def _work(self, trigger: Trigger) -> None:
+    def _prepare(self, trigger: Trigger) -> PreparedTrigger | None:
+        """The worker's first thread: the frame up to the network's inputs."""
         if not self.outputs.has_subscribers():
-            return
-        settings = self.settings
-        try:
-            result = self.pipeline.run(trigger, settings)
+            return None
+        with self._frame_errors(trigger):
+            prepared = self.pipeline.prepare(trigger, self.settings)
+            if not isinstance(prepared, Result):
+                return prepared
+            for note in prepared.notes:  # skipped: nothing to finish
+                self.health.warn_text(note)
+        return None
+
+    def _finish(self, prepared: PreparedTrigger) -> None:
+        """The worker's second thread: the network, decoding and the outputs."""
+        with self._frame_errors(prepared.trigger):
+            result = self.pipeline.finish(prepared)
             for note in result.notes:
                 self.health.warn_text(note)
-            if not result.skipped:
-                milliseconds, latency = self.outputs.publish(result, settings, trigger.arrived_s)
-                self.health.published(latency, sum(milliseconds.values()))
-        except Exception as error:  # noqa: BLE001 - one bad frame must not stop the node
+            milliseconds, latency = self.outputs.publish(result, prepared.settings, prepared.trigger.arrived_s)
+            self.health.published(latency, sum(milliseconds.values()))
+
+    @contextlib.contextmanager
+    def _frame_errors(self, trigger: Trigger):
+        """One bad frame must not stop the node: its error is logged and reported."""
+        try:
+            yield
+        except Exception as error:  # noqa: BLE001
             if self.worker.stopping or not self.context.ok():
                 return  # shutting down mid-frame: the publishers are gone
             text = f"frame {trigger.stamp_ns * 1e-9:.9f} failed: {type(error).__name__}: {error}"

@@ -22,7 +22,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from std_msgs.msg import Header
 
-from vexkd_core.runtime.worker import NewestWorker
+from vexkd_core.runtime.worker import TwoStageWorker
 
 from .node_outputs import FROM_STAMP, PipelineLatency
 
@@ -32,7 +32,7 @@ DIAGNOSTICS_QOS = QoSProfile(depth=10)
 
 
 class NodeHealth:
-    def __init__(self, node: Node, worker: NewestWorker, trained_on: str):
+    def __init__(self, node: Node, worker: TwoStageWorker, trained_on: str):
         self._node, self._worker, self._trained_on = node, worker, trained_on
         self._lock = threading.Lock()
         self.frames_out = 0

@@ -17,7 +17,7 @@ from vexkd_core.classes import MAP_CLASSES
 from vexkd_core.data.sample import Sample
 from vexkd_core.data.sweeps import without_ego_points
 from vexkd_core.modalities import reads
-from vexkd_core.predictor import Predictor
+from vexkd_core.predictor import PreparedInput, Predictor
 from vexkd_core.structures import BEVGrid, Boxes3D
 from vexkd_core.timing import StageTimer
 
@@ -50,6 +50,17 @@ class Result:
     # layout and run (onnxruntime), or the network's modules (torch). Where inference time goes
     # in a node, beside other threads and processes, differs from a quiet process.
     infer_parts_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class PreparedTrigger:
+    """A trigger made ready for the network (Pipeline.prepare), with what finish() needs."""
+    trigger: Trigger
+    settings: DetectorSettings
+    reference: str  # the outputs' frame
+    notes: list[str]
+    timer: StageTimer
+    model_input: PreparedInput
 
 
 class Pipeline:
@@ -118,6 +129,12 @@ class Pipeline:
 
     def run(self, trigger: Trigger, settings: DetectorSettings) -> Result:
         """The model on one trigger; `settings` as resolve() returns them."""
+        prepared = self.prepare(trigger, settings)
+        return prepared if isinstance(prepared, Result) else self.finish(prepared)
+
+    def prepare(self, trigger: Trigger, settings: DetectorSettings) -> PreparedTrigger | Result:
+        """run()'s first half, up to the network's inputs (a node's second thread runs the
+        network on the frame before meanwhile); a Result when the frame is skipped."""
         started, timer = time.perf_counter(), StageTimer()
         stamp_ns = trigger.stamp_ns
         reference = self._reference(trigger, settings)
@@ -140,10 +157,16 @@ class Pipeline:
         sample = Sample(token=f"{trigger.frame_id}@{stamp_ns}", timestamp_us=stamp_ns // 1000, points=points,
                         cameras=cameras, lidar_to_global=np.eye(4))
         timer.seconds["convert"] = [trigger.convert_s + time.perf_counter() - started]
-        prediction = self.predictor(sample, timer, score_threshold=settings.lowest_threshold())
+        return PreparedTrigger(trigger, settings, reference, notes, timer, self.predictor.prepare(sample, timer))
+
+    def finish(self, prepared: PreparedTrigger) -> Result:
+        """run()'s second half: the network, decoding and thresholds."""
+        settings, timer = prepared.settings, prepared.timer
+        prediction = self.predictor.finish(prepared.model_input, timer, score_threshold=settings.lowest_threshold())
         boxes = settings.filter(prediction.boxes) if prediction.boxes is not None else None
         maps = {name: prediction.map_probability[MAP_CLASSES.index(name)] for name in settings.map_classes}
-        return Result(stamp_ns, reference, notes, boxes=boxes, maps=maps, grid=self.config.map_grid.bev,
+        return Result(prepared.trigger.stamp_ns, prepared.reference, prepared.notes, boxes=boxes, maps=maps,
+                      grid=self.config.map_grid.bev,
                       stage_ms={stage: 1e3 * timer.seconds[stage][0] for stage in MODEL_STAGES},
                       infer_parts_ms={part: 1e3 * sum(seconds) for part, seconds in timer.seconds.items()
                                       if part not in MODEL_STAGES})
