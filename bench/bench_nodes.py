@@ -103,6 +103,14 @@ def model_files(modality: str, preset_name: str, folder: Path, int8: bool = Fals
 
 
 def measure(modality: str, model_file: Path, backend: str, repeats: int) -> dict:
+    threads = torch.get_num_threads()  # an onnxruntime node sets torch to one thread for the process
+    try:
+        return _measure(modality, model_file, backend, repeats)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(modality: str, model_file: Path, backend: str, repeats: int) -> dict:
     node = DetectorNode(modality, parameter_overrides=[Parameter("checkpoint", value=str(model_file)),
                                                        Parameter("backend", value=NODE_BACKEND[backend])])
     node.stop()  # frames are processed in the foreground below, every one timed

@@ -104,11 +104,13 @@ def test_the_study_report_gives_each_row_its_interval_and_the_noise_by_world():
     assert picture.shape[:2] == (460, 3 * 420)  # a panel per metric of the one table, 4.2 x 4.6 in at 100 dpi
 
 
-def test_the_noise_inside_the_test_world_is_the_gains_spread_between_its_parts():
-    """Two seeds, four parts: whole-split gains 0.02 and 0.03 (sd 0.00707); with the checkpoints
-    fixed the gain moves between parts by +-0.01 around its seed's value (sd 0.01155 in each
-    seed), so a whole-split gain carries 0.01155 / sqrt(4) = 0.00577 of evaluation noise: two
-    thirds of the seed variance."""
+def test_the_noise_inside_the_test_world_parts_shared_from_seed_specific_spread():
+    """Two seeds, four parts; gain g[s, p] = seed effect (0.02, 0.03) + part effect shared by
+    both seeds (-0.01, +0.01, -0.01, +0.01) + seed x part interaction (+-0.004, opposite in
+    the two seeds). Whole-split gains 0.02 and 0.03 (sd 0.00707). Shared part sd 0.01155, its
+    sampling error 0.01155 / sqrt(4); interaction variance 8 x 0.004^2 / 3 (residual df
+    (2 - 1)(4 - 1)), of which a quarter reaches a whole-split gain: 21 % of the seed
+    variance. The shared part effect moves no seed against another and counts for none."""
     from vexkd_train.study_report import evaluation_noise, study_sections
 
     def table(mAP_gains: list[float]) -> dict:
@@ -117,14 +119,22 @@ def test_the_noise_inside_the_test_world_is_the_gains_spread_between_its_parts()
                                 "whole map": _row({"mAP": [b + g for b, g in zip(base, mAP_gains)],
                                                    "NDS": None, "mIoU": None}, "no FD")}}
 
-    parts = [{"tables": table([0.02 + e, 0.03 + e])} for e in (-0.01, 0.01, -0.01, 0.01)]
+    shared, interaction = (-0.01, 0.01, -0.01, 0.01), (0.004, -0.004, -0.004, 0.004)
+    parts = [{"tables": table([0.02 + b + e, 0.03 + b - e])} for b, e in zip(shared, interaction)]
     world = {"tables": table([0.02, 0.03]), "val_samples": 512, "parts": parts}
-    noise = evaluation_noise(world)
-    assert list(noise) == ["mAP"]
-    assert noise["mAP"]["between_seeds"] == pytest.approx(0.01 / math.sqrt(2))
-    assert noise["mAP"]["between_parts"] == pytest.approx(math.sqrt(0.0004 / 3))
-    assert noise["mAP"]["in_whole"] == pytest.approx(math.sqrt(0.0004 / 3) / 2)
-    assert noise["mAP"]["share"] == pytest.approx((0.0004 / 12) / 0.00005)
+    noise = evaluation_noise(world)["mAP"]
+    assert noise["between_seeds"] == pytest.approx(0.01 / math.sqrt(2))
+    assert noise["shared"] == pytest.approx(math.sqrt(0.0004 / 3))
+    assert noise["sampling"] == pytest.approx(math.sqrt(0.0004 / 3) / 2)
+    assert noise["interaction"] == pytest.approx(math.sqrt(8 * 0.004 ** 2 / 3))
+    assert noise["share"] == pytest.approx((8 * 0.004 ** 2 / 3 / 4) / 0.00005)
     text = "\n".join(study_sections({"tables": world["tables"], "val_samples": 16, "test": world}))
     assert "## Evaluation noise inside the test world" in text and "(about 128 samples each)" in text
-    assert "| mAP | 0.0071 | 0.0115 | 0.0058 | 67 % |" in text
+    assert "| mAP | 0.0071 | 0.0115 | 0.0058 | 0.0065 | 21 % |" in text
+    # Without an interaction the seeds' spread holds no evaluation noise, however much parts differ.
+    alike = [{"tables": table([0.02 + b, 0.03 + b])} for b in shared]
+    assert evaluation_noise({**world, "parts": alike})["mAP"]["share"] == pytest.approx(0.0, abs=1e-12)
+    # One seed: the shared spread is measured, the interaction and its share are not.
+    single = evaluation_noise({"tables": table([0.02]),
+                               "parts": [{"tables": table([0.02 + b])} for b in shared]})["mAP"]
+    assert single["shared"] == pytest.approx(math.sqrt(0.0004 / 3)) and math.isnan(single["share"])

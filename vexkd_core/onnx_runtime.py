@@ -117,6 +117,7 @@ class OnnxPredictor(Predictor):
         feed = timer.measure("layout", graph_feed, inputs, self.config)
         return {name: feed[name].numpy() for name in self.input_names}
 
+    @torch.no_grad()
     def prepare(self, sample, timer: StageTimer) -> PreparedInput:
         prepared = super().prepare(sample, timer)
         started = time.perf_counter()

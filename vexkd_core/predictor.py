@@ -62,7 +62,7 @@ class Predictor:
     def prepare(self, sample: Sample, timer: StageTimer) -> PreparedInput:
         """What runs before the network: preprocessing (the exported graph's predictor also
         lays out the graph's inputs)."""
-        inputs, _ = timer.measure("preprocess", preprocess, sample, self.config)
+        inputs, _ = timer.measure("preprocess", preprocess, sample, self.config, on_device=False)
         return PreparedInput(collate([inputs]).to(self.device))
 
     @torch.no_grad()

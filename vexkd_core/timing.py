@@ -14,12 +14,15 @@ class StageTimer:
 
     seconds: dict[str, list[float]] = field(default_factory=dict)
 
-    def measure(self, name: str, function, *args):
-        if torch.cuda.is_available():
+    def measure(self, name: str, function, *args, on_device: bool = True):
+        """`on_device` False: a host-only stage, timed without synchronising CUDA (which would
+        wait for the network another thread runs meanwhile)."""
+        synchronize = on_device and torch.cuda.is_available()
+        if synchronize:
             torch.cuda.synchronize()
         started = time.perf_counter()
         result = function(*args)
-        if torch.cuda.is_available():
+        if synchronize:
             torch.cuda.synchronize()
         self.seconds.setdefault(name, []).append(time.perf_counter() - started)
         return result

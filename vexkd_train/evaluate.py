@@ -72,7 +72,9 @@ class MapIoU:
         self.unions: list[np.ndarray] = []
 
     def add(self, probability: np.ndarray, target: np.ndarray, token: str) -> None:
-        predicted = probability[:, None] >= np.asarray(MAP_THRESHOLDS)[None, :, None, None]
+        # Thresholds in the probability's own dtype: float32(0.35) >= 0.35 in float64 is False.
+        thresholds = np.asarray(MAP_THRESHOLDS, dtype=probability.dtype)
+        predicted = probability[:, None] >= thresholds[None, :, None, None]
         self.tokens.append(token)
         self.intersections.append((predicted & target[:, None]).sum(axis=(2, 3)))
         self.unions.append((predicted | target[:, None]).sum(axis=(2, 3)))

@@ -181,8 +181,8 @@ class Experiment:
 
     def world_parts(self, world: Path, tag: str, shown: tuple[str, ...]) -> list[dict]:
         """The rows of the `shown` tables on each part of a world's val split (world_parts), one
-        {"tables"} per part: how far the same checkpoints' gains move by evaluation alone. None
-        for a world of one val scene (no spread between parts)."""
+        {"tables"} per part: how far the same checkpoints' gains move by evaluation alone. No
+        parts ([]) for a world of one val scene (no spread between parts)."""
         runs = self.runs
         names = sorted({runs.name(student) for table in shown for _, student in self.plan.get(table, [])})
         by_run = {name: runs.world_part_metrics(name, world, tag) for name in names}

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import statistics
 
+import numpy as np
+
 from vexkd_train.paired import holm, paired_difference, seeds_needed
 
 METRICS = ("mAP", "NDS", "mIoU")
@@ -175,13 +177,22 @@ def _noise_table(worlds: dict[str, dict]) -> list[str]:
 
 
 def evaluation_noise(world: dict) -> dict[str, dict[str, float]]:
-    """Per metric, the median over the study's rows (each against its baseline) of: the gain's
-    sd between seeds on the whole val split; its sd between the split's parts with the
-    checkpoints fixed (pooled over seeds: evaluation alone); that over sqrt(parts), the
-    evaluation noise in a whole-split gain (the parts are disjoint and alike in size); and its
-    share of the variance between seeds (NaN until there are two seeds)."""
+    """Per metric, the median over the study's rows (each against its baseline) of a gain's
+    spread, from its values g[seed, part] on the parts of the val split (checkpoints fixed):
+    - between_seeds: the sd between seeds of the gain on the whole split;
+    - shared: the sd between parts of the seeds' mean gain: parts that suit the row more or
+      less, alike for every seed, so they move no seed against another; over sqrt(parts) it
+      is the sampling error of the mean gain from this split's size (`sampling`);
+    - interaction: the sd of what is left, g less its seed's and its part's means (a two-way
+      table's residual, (S - 1)(P - 1) degrees of freedom): a checkpoint doing better on
+      some scenes than another seed's checkpoint does. Only this evaluation noise reaches
+      the spread between seeds: interaction^2 / parts of its variance (`share`, NaN with one
+      seed).
+    Approximate: it takes a whole-split metric for the mean of its parts', which mAP and NDS
+    (nonlinear; a class absent from a part scores 0 for both checkpoints) and mIoU (its best
+    threshold chosen per part) are not exactly."""
     parts = world["parts"]
-    found: dict[str, dict[str, list[float]]] = {metric: {"seeds": [], "parts": []} for metric in METRICS}
+    found: dict[str, list[dict[str, float]]] = {metric: [] for metric in METRICS}
     for table in TITLES:
         rows = world["tables"].get(table, {})
         for label, entry in rows.items():
@@ -189,21 +200,30 @@ def evaluation_noise(world: dict) -> dict[str, dict[str, float]]:
             for metric in METRICS:
                 if base is None or entry[metric] is None or base[metric] is None:
                     continue
-                by_part = [_seed_gains(part["tables"][table], label, metric) for part in parts]
-                within = [statistics.variance(seed_gains) for seed_gains in zip(*by_part)]
-                found[metric]["parts"].append(math.sqrt(statistics.fmean(within)))
-                whole = _seed_gains(rows, label, metric)
-                found[metric]["seeds"].append(statistics.stdev(whole) if len(whole) > 1 else math.nan)
-    noise = {}
-    for metric, spread in found.items():
-        if not spread["parts"]:
-            continue
-        between_parts = statistics.median(spread["parts"])
-        between_seeds = statistics.median(spread["seeds"]) if not any(map(math.isnan, spread["seeds"])) else math.nan
-        in_whole = between_parts / math.sqrt(len(parts))
-        noise[metric] = {"between_seeds": between_seeds, "between_parts": between_parts, "in_whole": in_whole,
-                         "share": in_whole ** 2 / between_seeds ** 2 if between_seeds > 0 else math.nan}
-    return noise
+                gains = np.array([_seed_gains(part["tables"][table], label, metric) for part in parts]).T
+                found[metric].append(_gain_spread(gains, _seed_gains(rows, label, metric)))
+    return {metric: {key: _median([row[key] for row in spreads]) for key in spreads[0]}
+            for metric, spreads in found.items() if spreads}
+
+
+def _gain_spread(gains: np.ndarray, whole: list[float]) -> dict[str, float]:
+    """evaluation_noise's figures of one row: `gains` (seeds, parts), `whole` its gains on the
+    whole split, seed by seed."""
+    seeds, parts = gains.shape
+    shared = float(np.std(gains.mean(axis=0), ddof=1))
+    between_seeds = statistics.stdev(whole) if seeds > 1 else math.nan
+    interaction = math.nan
+    if seeds > 1:
+        residual = gains - gains.mean(axis=1, keepdims=True) - gains.mean(axis=0, keepdims=True) + gains.mean()
+        interaction = math.sqrt(float((residual ** 2).sum()) / ((seeds - 1) * (parts - 1)))
+    share = interaction ** 2 / parts / between_seeds ** 2 if between_seeds > 0 else math.nan
+    return {"between_seeds": between_seeds, "shared": shared, "sampling": shared / math.sqrt(parts),
+            "interaction": interaction, "share": share}
+
+
+def _median(values: list[float]) -> float:
+    known = [value for value in values if not math.isnan(value)]
+    return statistics.median(known) if known else math.nan
 
 
 def _seed_gains(rows: dict, label: str, metric: str) -> list[float]:
@@ -220,14 +240,23 @@ def _within_world_table(world: dict) -> list[str]:
     lines = ["## Evaluation noise inside the test world", "",
              f"The test world's val split cut into {parts} parts of whole scenes"
              f"{f' (about {samples // parts} samples each)' if samples else ''}, every checkpoint scored on each "
-             "part from its evaluation of the whole split. With the checkpoints fixed, a gain moves between parts "
-             f"by evaluation alone; divided by sqrt({parts}) that is the evaluation noise in a gain on the whole "
-             "split, set against how much the gain moves between training seeds there. Median over the study's "
-             "rows.", "",
-             "| metric | gain sd between seeds (whole split) | gain sd between parts (checkpoints fixed) | "
-             "evaluation noise in a whole-split gain | its share of the seed variance |", "|---|---|---|---|---|"]
+             "part from its evaluation of the whole split, and each row's gain taken apart as a two-way table "
+             "(seeds x parts): how much the gain moves between parts alike for every seed (over "
+             f"sqrt({parts}): the sampling error of a mean gain from a split of this size), and how much a "
+             "checkpoint's gain moves between parts unlike another seed's (the seed x part interaction, the "
+             "only evaluation noise in the spread between seeds: its share of the seed variance). Median over "
+             "the study's rows; approximate, as a whole-split mAP or mIoU is not exactly the mean of its parts'.",
+             "",
+             "| metric | gain sd between seeds (whole split) | between parts, alike for all seeds | its sampling "
+             "error in a whole-split mean gain | seed x part sd | evaluation noise's share of the seed variance |",
+             "|---|---|---|---|---|---|"]
     for metric, entry in noise.items():
-        seeds = "-" if math.isnan(entry["between_seeds"]) else f"{entry['between_seeds']:.4f}"
-        share = "-" if math.isnan(entry["share"]) else f"{100 * entry['share']:.0f} %"
-        lines.append(f"| {metric} | {seeds} | {entry['between_parts']:.4f} | {entry['in_whole']:.4f} | {share} |")
+        cells = [_figure(entry["between_seeds"]), _figure(entry["shared"]), _figure(entry["sampling"]),
+                 _figure(entry["interaction"]),
+                 "-" if math.isnan(entry["share"]) else f"{100 * entry['share']:.0f} %"]
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
     return lines + [""]
+
+
+def _figure(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.4f}"
