@@ -1,6 +1,8 @@
 """A world's val split scored in parts of whole scenes from one evaluation (vexkd_train.world_parts):
 one part is the whole split's figures exactly; parts cover every sample once, never split a
 scene."""
+import json
+
 import numpy as np
 import pytest
 
@@ -40,3 +42,15 @@ def test_parts_are_whole_scenes_and_cover_the_split(evaluated, tiny_nusc, tiny_w
     assert (counts["intersection"] <= counts["union"]).all()
     with pytest.raises(ValueError, match="cannot be cut"):
         scene_parts(tiny_nusc, tokens, len(groups) + 1)
+
+
+def test_a_split_without_detections_scores_zero_in_every_part(tiny_nusc, tiny_world, tmp_path):
+    """The devkit cannot evaluate an empty set: evaluate() scores it 0 without it, and so does
+    each part (the devkit is not run on the parts either)."""
+    from vexkd_train.evaluate import detection_metrics
+
+    nothing = detection_metrics(tiny_nusc, {}, "val", tmp_path)
+    (tmp_path / "metrics.json").write_text(json.dumps({"detection": nothing, "map": None}))
+    parts = part_metrics(tmp_path, tiny_nusc, "val", parts=2)
+    assert [part["detection"]["mAP"] for part in parts] == [0.0, 0.0] and not (tmp_path / "devkit").exists()
+    assert sum(part["samples"] for part in parts) == tiny_world[1].val_scenes * tiny_world[1].samples_per_scene
