@@ -18,7 +18,7 @@ from tqdm import tqdm
 from vexkd_core.checkpoint import model_from_checkpoint
 from vexkd_core.config import Config
 from vexkd_core.data.dataset import model_source
-from vexkd_core.data.nuscenes_source import NuScenesSource, split_scene_names
+from vexkd_core.data.nuscenes_source import NuScenesSource, open_nuscenes, split_scene_names
 from vexkd_core.fingerprint import code_digest, dataset_identity, file_stamp
 from vexkd_core.modalities import reads
 from vexkd_core.models.vexkd import initial_model
@@ -28,8 +28,8 @@ from vexkd_train.loop import median_step_seconds
 from vexkd_train.masks import MASKS_FORMAT, MaskSettings, train_masks
 from vexkd_train.stages import StageTime, Stages
 from vexkd_train.trainer import RunOptions, train
-from vexkd_train.world_parts import PARTS, part_metrics
 from vexkd_train.training_setup import build_distiller, initialise_from_lidar, initialise_image_stages
+from vexkd_train.world_parts import PARTS, part_metrics
 
 # In a distilled student's spec, so runs trained before a fix to distilled training are redone
 # rather than reused. 2: the student's parameters are stepped once per step (before, the
@@ -226,7 +226,7 @@ class Runs:
             if whole["map"] is not None and not (evaluated / MAP_COUNTS).is_file():
                 evaluate(checkpoint, world, self.version, "val", evaluated, progress=self.progress)
             if world not in self.worlds:
-                self.worlds[world] = NuScenesSource(world, self.version, "val", 0).nusc
+                self.worlds[world] = open_nuscenes(world, self.version)
             nusc = self.worlds[world]
             # A small world has fewer val scenes than PARTS: a part each.
             return {"parts": part_metrics(evaluated, nusc, "val", min(PARTS, len(split_scene_names(nusc, "val"))))}

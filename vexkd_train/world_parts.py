@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vexkd_core.data.nuscenes_source import split_scene_names
+from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_train.evaluate import MAP_COUNTS, devkit_summary, map_summary
 
 PARTS = 8
@@ -41,7 +41,7 @@ def part_metrics(eval_dir: Path, nusc, split: str, parts: int = PARTS) -> list[d
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     found: list[dict] = [{"detection": None, "map": None, "samples": 0} for _ in range(parts)]
     if metrics["detection"] is not None and "note" in metrics["detection"]:  # no detections at all: 0 in each
-        for entry, group in zip(found, scene_parts(nusc, _split_tokens(nusc, split), parts)):
+        for entry, group in zip(found, scene_parts(nusc, NuScenesSource(nusc.dataroot, nusc.version, split, 0, nusc=nusc).tokens, parts)):
             entry.update(detection=metrics["detection"], samples=len(group))
     elif metrics["detection"] is not None:
         for entry, detection in zip(found, _detection_by_part(eval_dir, nusc, split, parts)):
@@ -55,12 +55,6 @@ def part_metrics(eval_dir: Path, nusc, split: str, parts: int = PARTS) -> list[d
             entry.update(map=map_summary(counts["intersection"][chosen].sum(axis=0),
                                          counts["union"][chosen].sum(axis=0)), samples=len(chosen))
     return found
-
-
-def _split_tokens(nusc, split: str) -> list[str]:
-    names = set(split_scene_names(nusc, split))
-    return [sample["token"] for sample in nusc.sample
-            if nusc.get("scene", sample["scene_token"])["name"] in names]
 
 
 def _detection_by_part(eval_dir: Path, nusc, split: str, parts: int) -> list[dict]:
