@@ -277,7 +277,7 @@ def test_the_studys_controls_and_the_fused_map_query_train(tiny_world, tmp_path)
 
     from vexkd_core.checkpoint import load_checkpoint
     from vexkd_core.config import load_config
-    from vexkd_train.experiment_plan import UNUSED_SEED, MaskRun, Student, Suite
+    from vexkd_train.experiment_plan import UNUSED_SEED, MaskRun, Student, Suite, Teacher
     from vexkd_train.experiment_runs import Runs
 
     dataroot, world = tiny_world
@@ -285,14 +285,14 @@ def test_the_studys_controls_and_the_fused_map_query_train(tiny_world, tmp_path)
     runs = Runs(dataroot, world.version, tmp_path, load_config("tiny"), suite, progress=False)
     self_distilled = Student("lidar", "full", fuser="none", tasks="map")
     assert runs.student(self_distilled)["detection"] is None
-    teacher = load_checkpoint(runs.teacher("none"))
+    teacher = load_checkpoint(runs.teacher(Teacher("none")))
     assert teacher["modality"] == "lidar"  # trained on from the LiDAR student, no camera
     start = load_checkpoint(runs.checkpoint("lidar-baseline-s0"))["model"]
     assert any(not torch.equal(start[key], value) for key, value in teacher["model"].items())
     fused = Student("lidar", "fused-query", tasks="detection", teacher_seed=UNUSED_SEED)
     metrics = runs.student(fused)
     assert metrics["map"] is None and 0.0 <= metrics["detection"]["mAP"] <= 1.0
-    other = load_checkpoint(runs.teacher("mgfm", UNUSED_SEED))
+    other = load_checkpoint(runs.teacher(Teacher(seed=UNUSED_SEED)))
     assert other["modality"] == "fusion" and other["config"]["train"]["seed"] == UNUSED_SEED
     # As long as a teacher: the same steps as the fused teacher's run.
     steps = {name: len((runs.folder(name) / "log.csv").read_text().splitlines())
@@ -309,6 +309,33 @@ def test_the_studys_controls_and_the_fused_map_query_train(tiny_world, tmp_path)
             Student("lidar", "vexkd", fuser=fuser)
 
 
+def test_a_map_student_distils_from_a_teacher_of_the_map_alone(tiny_world, tmp_path):
+    """The paper trains a model per task: a map-only teacher starts from the map-only LiDAR
+    student, has the map head alone, and its mask generators are the map's only."""
+    from vexkd_core.checkpoint import load_checkpoint, read_payload
+    from vexkd_core.config import load_config
+    from vexkd_train.experiment_plan import Student, Suite
+    from vexkd_train.experiment_runs import Runs
+
+    dataroot, world = tiny_world
+    runs = Runs(dataroot, world.version, tmp_path, load_config("tiny"), Suite(epochs=1, mask_epochs=1, seeds=(0,),
+                                                                              max_steps=2), progress=False)
+    student = Student("lidar", "vexkd", tasks="map", teacher_tasks="map")
+    metrics = runs.student(student)
+    assert metrics["detection"] is None and 0.0 <= metrics["map"]["mIoU"] <= 1.0
+    teacher = load_checkpoint(runs.teacher(student.teacher))
+    assert runs.teacher(student.teacher) == tmp_path / "runs" / "teacher-maponly" / "model.pt"
+    assert teacher["modality"] == "fusion" and teacher["config"]["train"]["tasks"] == "map"
+    assert not (tmp_path / "runs" / "teacher").exists()  # the multi-task teacher is not needed
+    spec = runs.teacher_spec(student.teacher)
+    assert spec["inputs"]["lidar"][0] == "runs/lidar-map-baseline-s0/model.pt"
+    generators = read_payload(runs.masks(student.masks))["generators"]
+    assert sorted(generators) == ["segmentation/high", "segmentation/low"]
+    assert runs.student_spec(student)["inputs"]["masks"][0] == "runs/masks-learned-b3-maponly/masks.pt"
+    with pytest.raises(ValueError, match="a map teacher has nothing to distil"):
+        Student("lidar", "full", tasks="detection", teacher_tasks="map")
+
+
 def test_per_task_rows_take_detection_and_map_from_their_own_students():
     from vexkd_train.experiment_plan import Student, STUDY_TABLES
     from vexkd_train.experiment_report import summarised
@@ -320,6 +347,15 @@ def test_per_task_rows_take_detection_and_map_from_their_own_students():
         == {"both"}
     assert {student.tasks for _, student in lidar} == {"detection", "map"}
     assert {student.tasks for _, student in plan["study-camera"]} == {"detection"}
+    map_teacher = {label: student for label, student in plan["study-map-teacher"] if student.seed == 0}
+    assert {student.tasks for student in map_teacher.values()} == {"map"}
+    # The multi-task teacher's runs keep the names (and so the records) they had before
+    # teachers of one task; the map-only teacher's are runs of their own.
+    assert map_teacher["whole map, multi-task teacher"].name == "lidar-map-full-low+high-at-b3-s0"
+    assert map_teacher["whole map"].name == "lidar-map-full-low+high-at-b3-maponly-s0"
+    assert map_teacher["self-distillation: whole map from a LiDAR-only map model"].teacher.name \
+        == "teacher-lidarteacher-maponly"
+    assert map_teacher["no FD"].name == "lidar-map-baseline-s0"
     assert all(sum(1 for label, s in lidar if label == row and s.seed == 0) == 2 for row, _ in lidar)
 
     def run(student: Student) -> dict:

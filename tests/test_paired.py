@@ -85,7 +85,7 @@ def test_the_study_report_gives_each_row_its_interval_and_the_noise_by_world():
                                                         "no FD")}
 
     results = {"tables": {"study-lidar": table(0.03)}, "val_samples": 16,
-               "test": {"tables": {"study-lidar": table(0.03)}, "val_samples": 512}}
+               "test": {"tables": {"study-lidar": table(0.03), "study-map-teacher": table(0.03)}, "val_samples": 512}}
     text = "\n".join(study_sections(results))
     row = next(line for line in text.splitlines() if line.startswith("| whole map"))
     # mAP gains 0.03, 0.04, 0.02: mean 0.03, sd 0.01, t(0.975, 2) = 4.303 -> +-0.0248; shown (bold)
@@ -94,14 +94,19 @@ def test_the_study_report_gives_each_row_its_interval_and_the_noise_by_world():
     assert "**+0.0300 [+0.0300, +0.0300]**, 0.0000" in row
     # The study's questions that this table holds, judged on the test world: VeXKD against the whole
     # map's mIoU (-0.02, -0.03, -0.01) and against the random query's (+0.01, 0, +0.02).
-    questions = [line for line in text.splitlines() if line.startswith("| do ") or line.startswith("| does ")]
+    questions = [line for line in text.splitlines() if line.startswith(("| do masks", "| does the teacher's"))]
     assert len(questions) == 2 and "## The study's questions, test world (3 seeds)" in text
     assert "| -0.0200 | [-0.0448, +0.0048] |" in questions[0] and "| +0.0100 |" in questions[1]
+    # The map-only teacher's family, judged on its own: the three of its four questions its table holds.
+    assert "## The map-only teacher's questions, test world (3 seeds)" in text
+    assert "over the 3 of this family" in text and "over the 2 of this family" in text
+    helps = next(line for line in text.splitlines() if line.startswith("| does a map-only teacher's whole map"))
+    assert "| study-map-teacher, mIoU | +0.0300 |" in helps
     noise = [line for line in text.splitlines() if line.startswith(("| test world", "| training world's val"))]
     assert len(noise) == 2 and "| 512 |" in noise[0] and "| 16 |" in noise[1]
     picture = cv2.imdecode(np.frombuffer(gains_picture(results["test"]["tables"], "test world"), np.uint8),
                            cv2.IMREAD_COLOR)
-    assert picture.shape[:2] == (460, 3 * 420)  # a panel per metric of the one table, 4.2 x 4.6 in at 100 dpi
+    assert picture.shape[:2] == (460, 6 * 420)  # a panel per metric of each table, 4.2 x 4.6 in at 100 dpi
 
 
 def test_the_noise_inside_the_test_world_parts_shared_from_seed_specific_spread():

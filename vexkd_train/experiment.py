@@ -17,9 +17,9 @@ from vexkd_core.data.nuscenes_source import NuScenesSource
 from vexkd_core.distill.distiller import freeze
 from vexkd_core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from vexkd_train.experiment_plan import (FUSER_LABELS, HELDOUT_TABLES, SENSOR_CASES, STUDY_TABLES, SUITES,
-                                         UNUSED_SEED, MaskRun, Student, TABLES, Suite, tables)
+                                         UNUSED_SEED, MaskRun, Student, TABLES, Suite, Teacher, tables)
 from vexkd_train.experiment_report import markdown, summarise, summarised
-from vexkd_train.experiment_runs import Runs, teacher_name
+from vexkd_train.experiment_runs import Runs
 from vexkd_train.mask_reports import measure_agreement
 from vexkd_train.masks import load_masks
 from vexkd_train.stages import Stages
@@ -29,7 +29,9 @@ PICTURED = (("LiDAR", Student("lidar")), ("LiDAR+VeXKD", Student("lidar", "vexkd
             ("camera+VeXKD", Student("camera", "vexkd")))
 # The generators whose selectivity report results.md shows, when the tables use them.
 SELECTIVITY_SHOWN = {"fusion query (VeXKD)": MaskRun(), "random query": MaskRun(query="random"),
-                     "fused map as query": MaskRun(query="fused")}
+                     "fused map as query": MaskRun(query="fused"),
+                     "fusion query (VeXKD) of the map-only teacher": MaskRun(teacher_tasks="map"),
+                     "random query of the map-only teacher": MaskRun(query="random", teacher_tasks="map")}
 
 
 @dataclass(frozen=True)
@@ -78,10 +80,10 @@ class Experiment:
         """The teachers the tables distil from: the ConvFuser only for the fuser comparison."""
         return tuple(FUSER_LABELS) if "fusers" in self.plan else ("mgfm",)
 
-    def _teachers(self) -> list[tuple[str, int]]:
-        """(fuser, seed of the LiDAR student it starts from) of every teacher the tables need."""
-        distilled = [(student.fuser, student.teacher_seed) for student in self.students() if student.distill != "none"]
-        return list(dict.fromkeys([(fuser, 0) for fuser in self._fusers()] + distilled))
+    def _teachers(self) -> list[Teacher]:
+        """Every teacher the tables need."""
+        distilled = [student.teacher for student in self.students() if student.distill != "none"]
+        return list(dict.fromkeys([Teacher(fuser) for fuser in self._fusers()] + distilled))
 
     def extra_evaluations(self) -> ExtraEvaluations:
         comparison = frozenset(student for _, student in self.plan.get("comparison", [])) \
@@ -99,8 +101,8 @@ class Experiment:
         students, task = self.students(), self.extra_evaluations()
         if jobs > 1:
             self.runs.in_processes([s for s in students if s.distill == "none"], jobs, task)
-        for fuser, seed in self._teachers():
-            self.runs.teacher(fuser, seed)
+        for teacher in self._teachers():
+            self.runs.teacher(teacher)
         for run in dict.fromkeys(student.masks for student in students if student.masks):
             self.runs.masks(run)
         if jobs > 1:
@@ -158,10 +160,10 @@ class Experiment:
         on one sensor collapses without it."""
         runs = self.runs
         for fuser in FUSER_LABELS:
-            runs.teacher(fuser)
+            runs.teacher(Teacher(fuser))
         return {FUSER_LABELS[fuser]: {
-            label: summarise([runs.evaluation(teacher_name(fuser), runs.dataroot, "val", f"val_without_{dropped}",
-                                              dropped) if dropped else runs.metrics(teacher_name(fuser))])
+            label: summarise([runs.evaluation(Teacher(fuser).name, runs.dataroot, "val", f"val_without_{dropped}",
+                                              dropped) if dropped else runs.metrics(Teacher(fuser).name)])
             for label, dropped in SENSOR_CASES.items()} for fuser in FUSER_LABELS}
 
     def world_results(self, world: Path, tag: str, shown: tuple[str, ...]) -> dict:
@@ -207,10 +209,12 @@ class Experiment:
             world = "test world" if "test" in results else "val"
             atomic_write_bytes(self.out / "study_gains.png", gains_picture(study, world))
             runs = self.runs
-            generators = {run.name.removeprefix("masks-"): runs.masks(run) for run in dict.fromkeys(
-                student.masks for student in self.students() if student.masks)}
-            write_masks_pictures(runs.dataroot, runs.version, runs.teacher(), generators, self.out,
-                                 nusc=runs.train_source.nusc)
+            by_teacher: dict[Teacher, dict[str, Path]] = {}  # generators load only with their own teacher
+            for run in dict.fromkeys(student.masks for student in self.students() if student.masks):
+                by_teacher.setdefault(run.teacher, {})[run.name.removeprefix("masks-")] = runs.masks(run)
+            for teacher, generators in by_teacher.items():
+                write_masks_pictures(runs.dataroot, runs.version, runs.teacher(teacher), generators, self.out,
+                                     nusc=runs.train_source.nusc)
         if "comparison" not in results["tables"]:
             return
         runs = self.runs

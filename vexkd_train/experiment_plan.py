@@ -12,6 +12,38 @@ from vexkd_core.modalities import reads
 QUERY_NAMES = {"teacher": "learned", "random": "random", "fused": "fused"}  # in run names
 
 
+TASK_NAMES = {"both": "", "detection": "-det", "map": "-map"}  # train.tasks -> in run names
+# The teacher's fuser -> in run names; "none": a LiDAR-only model trained as long as the
+# teacher from the same start (the self-distillation control).
+TEACHER_NAMES = {"mgfm": "", "convfuser": "-convfuser", "none": "-lidarteacher"}
+TEACHER_TASK_NAMES = {"both": "", "detection": "-detonly", "map": "-maponly"}  # the teacher's train.tasks
+
+
+def teacher_suffix(fuser: str = "mgfm", tasks: str = "both", seed: int = 0) -> str:
+    """What names a teacher in the names of its runs and of the runs distilled from it: its
+    fuser, its tasks and the seed of the LiDAR student it starts from."""
+    return TEACHER_NAMES[fuser] + TEACHER_TASK_NAMES[tasks] + (f"-t{seed}" if seed else "")
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """One teacher run: a fused model with `fuser` (or, fuser "none", a LiDAR-only model trained
+    as long), started from the LiDAR student of `seed` and `tasks` and trained on `tasks`
+    (BEVFusion's practice: pre-train the LiDAR branch, then fine-tune fused)."""
+
+    fuser: str = "mgfm"
+    seed: int = 0
+    tasks: str = "both"
+
+    @property
+    def name(self) -> str:
+        return "teacher" + teacher_suffix(self.fuser, self.tasks, self.seed)
+
+    @property
+    def start(self) -> "Student":
+        return Student("lidar", seed=self.seed, tasks=self.tasks)
+
+
 @dataclass(frozen=True)
 class MaskRun:
     """One mask-generator run: generators of `blocks` blocks whose query is `query`
@@ -20,19 +52,18 @@ class MaskRun:
     blocks: int = 3
     query: str = "teacher"
     teacher_seed: int = 0  # the MGFM teacher's (Student.teacher_seed)
+    teacher_tasks: str = "both"  # the MGFM teacher's train.tasks: its generators are one per task it has
 
     @property
     def name(self) -> str:
-        return f"masks-{QUERY_NAMES[self.query]}-b{self.blocks}" + (f"-t{self.teacher_seed}" if self.teacher_seed
-                                                                      else "")
+        return f"masks-{QUERY_NAMES[self.query]}-b{self.blocks}" + teacher_suffix(tasks=self.teacher_tasks,
+                                                                                 seed=self.teacher_seed)
+
+    @property
+    def teacher(self) -> Teacher:
+        return Teacher(seed=self.teacher_seed, tasks=self.teacher_tasks)
 
     short_name = "masks"  # in a suite of one mask run (the demo's)
-
-
-TASK_NAMES = {"both": "", "detection": "-det", "map": "-map"}  # train.tasks -> in run names
-# The teacher's fuser -> in run names; "none": a LiDAR-only model trained as long as the
-# teacher from the same start (the self-distillation control).
-TEACHER_NAMES = {"mgfm": "", "convfuser": "-convfuser", "none": "-lidarteacher"}
 
 
 @dataclass(frozen=True)
@@ -49,12 +80,20 @@ class Student:
     depth_supervision: bool = True  # camera students: BEVDepth's depth loss (model.camera.depth_loss_weight)
     tasks: str = "both"  # train.tasks: one head (the paper trains a model per task) or both
     teacher_seed: int = 0  # the seed of the LiDAR student the teacher starts from (and of its data order)
+    # The teacher's train.tasks: a multi-task teacher, or one of a task (started from the LiDAR
+    # student of that task), as the paper trains a model per task.
+    teacher_tasks: str = "both"
 
     def __post_init__(self) -> None:
         if not self.depth_supervision and reads(self.modality, "lidar"):  # a model with LiDAR has no depth loss
             raise ValueError(f"depth supervision is a camera student's; a {self.modality} student has none to leave out")
         if self.tasks not in TASK_NAMES:
             raise ValueError(f"tasks must be one of {', '.join(TASK_NAMES)}, not '{self.tasks}'")
+        if self.teacher_tasks not in TASK_NAMES:
+            raise ValueError(f"teacher_tasks must be one of {', '.join(TASK_NAMES)}, not '{self.teacher_tasks}'")
+        if self.teacher_tasks not in ("both", self.tasks):
+            raise ValueError(f"a {self.teacher_tasks} teacher has nothing to distil for a student of "
+                             f"train.tasks={self.tasks}")
         if self.fuser != "mgfm" and self.distill in GENERATED:  # MaskRun trains on the MGFM teacher
             raise ValueError(f"generated masks are the MGFM teacher's: not for a student of the {self.fuser} teacher")
 
@@ -64,7 +103,7 @@ class Student:
         tasks = TASK_NAMES[self.tasks]
         if self.distill == "none":
             return f"{self.modality}{depth}{tasks}-baseline-s{self.seed}"
-        teacher = TEACHER_NAMES[self.fuser] + (f"-t{self.teacher_seed}" if self.teacher_seed else "")
+        teacher = teacher_suffix(self.fuser, self.teacher_tasks, self.teacher_seed)
         return (f"{self.modality}{depth}{tasks}-{self.distill}-{'+'.join(self.levels)}-{self.loss}-b{self.blocks}"
                 f"{teacher}-s{self.seed}")
 
@@ -80,20 +119,26 @@ class Student:
         return Student(self.modality, seed=self.seed, depth_supervision=self.depth_supervision, tasks=self.tasks)
 
     @property
+    def teacher(self) -> Teacher:
+        return Teacher(self.fuser, self.teacher_seed, self.teacher_tasks)
+
+    @property
     def masks(self) -> MaskRun | None:
         if self.distill in GENERATED:
-            return MaskRun(self.blocks, GENERATED[self.distill], self.teacher_seed)
+            return MaskRun(self.blocks, GENERATED[self.distill], self.teacher_seed, self.teacher_tasks)
         return None
 
 
 PAPER_TABLES = ("comparison", "components", "masks", "blocks", "distance", "fusers", "camera")
-STUDY_TABLES = ("study-lidar", "study-camera")  # the mask study's (docs/mask_study.md)
+# The mask study's (docs/mask_study.md); study-map-teacher was added after seed 2, when the
+# multi-task teacher was found to map worse than the map-only students it was distilled into.
+STUDY_TABLES = ("study-lidar", "study-camera", "study-map-teacher")
 TABLES = PAPER_TABLES + STUDY_TABLES
 # The study's second teacher starts from the LiDAR student of this seed, which no student uses.
 UNUSED_SEED = 100
 # The study's tables are a model per task whatever the suite: a student per task of this tuple
 # for each row (the camera student's is detection, where its teacher knows far more than it).
-STUDY_TASKS = {"study-lidar": ("detection", "map"), "study-camera": ("detection",)}
+STUDY_TASKS = {"study-lidar": ("detection", "map"), "study-camera": ("detection",), "study-map-teacher": ("map",)}
 
 
 @dataclass(frozen=True)
@@ -185,6 +230,17 @@ def tables(seeds: tuple[int, ...], ablation_seeds: tuple[int, ...] | None = None
                 ("whole map, teacher from an unused seed", Student("lidar", "full", teacher_seed=UNUSED_SEED))]
     every["study-lidar"] = [row for label, student in lidar_masks + controls for row in each(label, student)]
     every["study-camera"] = [row for label, student in camera_masks for row in each(label, student)]
+    # The map student from a teacher of the map alone, started from the map-only LiDAR student
+    # (the paper trains a model per task): the mask table and the self-distillation control
+    # again, beside the multi-task teacher's whole map (the same runs as study-lidar's).
+    map_teacher = [("no FD", Student("lidar", tasks="map")),
+                   ("whole map, multi-task teacher", Student("lidar", "full", tasks="map"))] + [
+        (label, Student("lidar", mode, tasks="map", teacher_tasks="map")) for label, mode in (
+            ("whole map", "full"), ("GT-centred Gaussian", "gaussian"), ("top activation", "activation"),
+            ("generated, random query", "random-query"), ("generated, fusion query (VeXKD)", "vexkd"))] + [
+        ("self-distillation: whole map from a LiDAR-only map model",
+         Student("lidar", "full", fuser="none", tasks="map", teacher_tasks="map"))]
+    every["study-map-teacher"] = [row for label, student in map_teacher for row in each(label, student)]
     chosen = {name: rows for name, rows in every.items() if name in names}
     def per_task_rows(name: str, rows: list[tuple[str, Student]]) -> list[tuple[str, Student]]:
         tasks = STUDY_TASKS.get(name, ("detection", "map") if per_task else None)

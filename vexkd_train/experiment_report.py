@@ -23,7 +23,8 @@ TITLES = {"comparison": "Teacher and students", "components": "Components (LiDAR
           "fusers": "Teacher fusion: MGFM against BEVFusion's ConvFuser",
           "camera": "Camera student: depth supervision and VeXKD",
           "study-lidar": "Mask study: LiDAR student, a model per task",
-          "study-camera": "Mask study: camera student, detection"}
+          "study-camera": "Mask study: camera student, detection",
+          "study-map-teacher": "Mask study: LiDAR map student from a map-only teacher"}
 
 
 def spread(values: list[float]) -> float:

@@ -23,7 +23,7 @@ from vexkd_core.fingerprint import code_digest, dataset_identity, file_stamp
 from vexkd_core.modalities import reads
 from vexkd_core.models.vexkd import initial_model
 from vexkd_train.evaluate import MAP_COUNTS, evaluate
-from vexkd_train.experiment_plan import PACKAGE, TEACHER_NAMES, MaskRun, Student, Suite
+from vexkd_train.experiment_plan import PACKAGE, MaskRun, Student, Suite, Teacher
 from vexkd_train.loop import median_step_seconds
 from vexkd_train.masks import MASKS_FORMAT, MaskSettings, train_masks
 from vexkd_train.stages import StageTime, Stages
@@ -35,11 +35,6 @@ from vexkd_train.world_parts import PARTS, part_metrics
 # rather than reused. 2: the student's parameters are stepped once per step (before, the
 # distiller also held them, and AdamW stepped them twice: twice the learning rate).
 DISTILLED_TRAINING_REVISION = 2
-
-
-def teacher_name(fuser: str, seed: int = 0) -> str:
-    """The teacher with `fuser` (TEACHER_NAMES) started from the LiDAR student of `seed`."""
-    return "teacher" + TEACHER_NAMES[fuser] + (f"-t{seed}" if seed else "")
 
 
 class Runs:
@@ -94,23 +89,31 @@ class Runs:
         is redone when they are retrained; asking for them finishes those runs first."""
         inputs = self._image_encoder_spec(student.modality)
         if student.distill != "none":
-            inputs["teacher"] = self.stamp(self.teacher(student.fuser, student.teacher_seed))
+            inputs["teacher"] = self.stamp(self.teacher(student.teacher))
             inputs["distilled_training_revision"] = DISTILLED_TRAINING_REVISION
         if student.masks:
             inputs["masks"] = self.stamp(self.masks(student.masks))
-        return {"student": asdict(student), "config": self.config.to_dict(), "inputs": inputs, **self._common_spec()}
+        # teacher_tasks came after runs were recorded: left out at its default, those runs stay
+        # reusable (the teacher's stamp names the teacher either way).
+        fields = {key: value for key, value in asdict(student).items() if (key, value) != ("teacher_tasks", "both")}
+        return {"student": fields, "config": self.config.to_dict(), "inputs": inputs, **self._common_spec()}
 
-    def teacher_config(self, fuser: str, seed: int = 0) -> Config:
-        """A fused teacher's config, or (fuser "none") the LiDAR-only model's; its data order is `seed`'s."""
-        model = self.config.model if fuser == "none" else replace(self.config.model, fuser=fuser)
-        return replace(self.config, model=model, train=replace(self.config.train, seed=seed))
+    def teacher_config(self, teacher: Teacher) -> Config:
+        """A fused teacher's config, or (fuser "none") the LiDAR-only model's; its data order is
+        its seed's, its heads those of its tasks."""
+        model = self.config.model if teacher.fuser == "none" else replace(self.config.model, fuser=teacher.fuser)
+        return replace(self.config, model=model, train=replace(self.config.train, seed=teacher.seed,
+                                                               tasks=teacher.tasks))
 
-    def teacher_spec(self, fuser: str = "mgfm", seed: int = 0) -> dict:
-        """Needs the LiDAR baseline's checkpoint (the teacher starts from it): teacher() makes it first."""
-        lidar = self.checkpoint(self.name(Student("lidar", seed=seed)))
-        inputs = {"lidar": self.stamp(lidar), **self._image_encoder_spec("fusion" if fuser != "none" else "lidar")}
-        started = f"init from the seed-{seed} LiDAR student" + ("" if fuser != "none" else ", trained on LiDAR alone")
-        return {"teacher": started, "config": self.teacher_config(fuser, seed).to_dict(), "inputs": inputs,
+    def teacher_spec(self, teacher: Teacher = Teacher()) -> dict:
+        """Needs the LiDAR student's checkpoint (the teacher starts from it): teacher() makes it first."""
+        lidar = self.checkpoint(self.name(teacher.start))
+        inputs = {"lidar": self.stamp(lidar),
+                  **self._image_encoder_spec("fusion" if teacher.fuser != "none" else "lidar")}
+        of_tasks = "" if teacher.tasks == "both" else f" {teacher.tasks}"
+        started = (f"init from the seed-{teacher.seed}{of_tasks} LiDAR student"
+                   + ("" if teacher.fuser != "none" else ", trained on LiDAR alone"))
+        return {"teacher": started, "config": self.teacher_config(teacher).to_dict(), "inputs": inputs,
                 **self._common_spec()}
 
     def _options(self, name: str) -> RunOptions:
@@ -143,7 +146,7 @@ class Runs:
             self._start(model, student.modality)
             distiller = None
             if student.distill != "none":
-                distiller = build_distiller(self.teacher(student.fuser, student.teacher_seed), model, student.distill,
+                distiller = build_distiller(self.teacher(student.teacher), model, student.distill,
                                             student.levels, student.loss, {"low": 1.0, "high": 1.0},
                                             self.masks(student.masks) if student.masks else None)
             train(model, config, self.train_source, student.modality, self._options(name), distiller)
@@ -151,26 +154,25 @@ class Runs:
         self.stages.run(f"train {name}", self.student_spec(student), [self.checkpoint(name)], train_student)
         return self.metrics(name)
 
-    def teacher(self, fuser: str = "mgfm", seed: int = 0) -> Path:
-        """The teacher with `fuser` started from the LiDAR student of `seed`: a fused model, or
-        (fuser "none") that student trained on for as long as a teacher is, on LiDAR alone."""
-        name, lidar = teacher_name(fuser, seed), Student("lidar", seed=seed)
+    def teacher(self, teacher: Teacher = Teacher()) -> Path:
+        """The teacher's checkpoint, training it (and the LiDAR student it starts from) first if needed."""
+        name, lidar = teacher.name, teacher.start
         # The LiDAR student it starts from is a shared input too (not every suite's table row).
         self._refuse_unless_ready(self.name(lidar), self.student_spec(lidar), [self.checkpoint(self.name(lidar))])
         self.student(lidar)
 
         def train_teacher() -> None:
-            config = self.teacher_config(fuser, seed)
-            if fuser == "none":
-                teacher, _, _ = model_from_checkpoint(self.checkpoint(self.name(lidar)), expected_modality="lidar")
-                train(teacher, config, self.train_source, "lidar", self._options(name))
+            config = self.teacher_config(teacher)
+            if teacher.fuser == "none":
+                model, _, _ = model_from_checkpoint(self.checkpoint(self.name(lidar)), expected_modality="lidar")
+                train(model, config, self.train_source, "lidar", self._options(name))
                 return
-            teacher = initial_model(config, "fusion")
-            initialise_from_lidar(teacher, self.checkpoint(self.name(lidar)))
-            self._start(teacher, "fusion")
-            train(teacher, config, self.train_source, "fusion", self._options(name))
+            model = initial_model(config, "fusion")
+            initialise_from_lidar(model, self.checkpoint(self.name(lidar)))
+            self._start(model, "fusion")
+            train(model, config, self.train_source, "fusion", self._options(name))
 
-        self._shared_input(name, self.teacher_spec(fuser, seed), [self.checkpoint(name)], train_teacher)
+        self._shared_input(name, self.teacher_spec(teacher), [self.checkpoint(name)], train_teacher)
         self.metrics(name)
         return self.checkpoint(name)
 
@@ -179,7 +181,7 @@ class Runs:
         epochs = {} if self.suite.mask_epochs is None else {"epochs": self.suite.mask_epochs}
         settings = MaskSettings.recipe("soft", self.config.name, blocks=run.blocks, query=run.query,
                                        **epochs)
-        teacher = self.teacher(seed=run.teacher_seed)
+        teacher = self.teacher(run.teacher)
         spec = {"masks": asdict(settings), "format": MASKS_FORMAT, "inputs": {"teacher": self.stamp(teacher)},
                 **self._common_spec()}
         self._shared_input(name, spec, [folder / "masks.pt"], lambda: train_masks(
