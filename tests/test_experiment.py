@@ -334,6 +334,8 @@ def test_a_map_student_distils_from_a_teacher_of_the_map_alone(tiny_world, tmp_p
     assert runs.student_spec(student)["inputs"]["masks"][0] == "runs/masks-learned-b3-maponly/masks.pt"
     with pytest.raises(ValueError, match="a map teacher has nothing to distil"):
         Student("lidar", "full", tasks="detection", teacher_tasks="map")
+    with pytest.raises(ValueError, match="needs a teacher with a detection head"):
+        Student("lidar", "gaussian", tasks="map", teacher_tasks="map")
 
 
 def test_per_task_rows_take_detection_and_map_from_their_own_students():
@@ -351,7 +353,9 @@ def test_per_task_rows_take_detection_and_map_from_their_own_students():
     assert {student.tasks for student in map_teacher.values()} == {"map"}
     # The multi-task teacher's runs keep the names (and so the records) they had before
     # teachers of one task; the map-only teacher's are runs of their own.
-    assert map_teacher["whole map, multi-task teacher"].name == "lidar-map-full-low+high-at-b3-s0"
+    assert {s.name for label, s in lidar if label == "whole map" and s.seed == 0} \
+        == {"lidar-det-full-low+high-at-b3-s0", "lidar-map-full-low+high-at-b3-s0"}
+    assert "GT-centred Gaussian" not in map_teacher  # its boxes need a detection head
     assert map_teacher["whole map"].name == "lidar-map-full-low+high-at-b3-maponly-s0"
     assert map_teacher["self-distillation: whole map from a LiDAR-only map model"].teacher.name \
         == "teacher-lidarteacher-maponly"

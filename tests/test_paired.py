@@ -50,6 +50,8 @@ def test_the_p_value_is_the_paired_t_tests_and_holm_steps_down():
     assert holm([0.01, 0.04, 0.03, 0.5]) == [True, False, False, False]
     assert holm([0.001, 0.02, 0.04]) == [True, True, True]
     assert holm([float("nan"), 0.001]) == [False, True]
+    # Two of four comparisons fixed in advance made: each is judged as one of four.
+    assert holm([0.02, 0.013], size=4) == [False, False] and holm([0.016, 0.012], size=4) == [True, True]
 
 
 def test_seeds_needed_reaches_the_target_and_no_fewer_do():
@@ -99,7 +101,7 @@ def test_the_study_report_gives_each_row_its_interval_and_the_noise_by_world():
     assert "| -0.0200 | [-0.0448, +0.0048] |" in questions[0] and "| +0.0100 |" in questions[1]
     # The map-only teacher's family, judged on its own: the three of its four questions its table holds.
     assert "## The map-only teacher's questions, test world (3 seeds)" in text
-    assert "over the 3 of this family" in text and "over the 2 of this family" in text
+    assert text.count("over the 4 questions of this family") == 2  # each family's Holm counts all four
     helps = next(line for line in text.splitlines() if line.startswith("| does a map-only teacher's whole map"))
     assert "| study-map-teacher, mIoU | +0.0300 |" in helps
     noise = [line for line in text.splitlines() if line.startswith(("| test world", "| training world's val"))]

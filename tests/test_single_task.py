@@ -70,6 +70,15 @@ def test_a_map_student_is_distilled_through_the_segmentation_masks_only(tiny_wor
     assert set(losses) == {"distill_low_segmentation", "distill_high_segmentation"}
 
 
+def test_box_masks_need_a_detection_head_in_the_student_or_the_teacher():
+    map_only = load_config("tiny", FAST + ["train.tasks=map"])
+    student, both = build_model(map_only, "lidar"), load_config("tiny", FAST)
+    for mode in ("gaussian", "foreground"):
+        with pytest.raises(ValueError, match="needs one"):
+            Distiller(build_model(map_only, "fusion"), student, mode, ("high",), "at", {"high": 1.0})
+        Distiller(build_model(both, "fusion"), student, mode, ("high",), "at", {"high": 1.0})  # its teacher's boxes
+
+
 def test_masks_of_a_detection_teacher_cannot_distil_a_map_student():
     teacher = build_model(load_config("tiny", FAST + ["train.tasks=detection"]), "fusion")
     generators = build_generators(teacher, MaskSettings())

@@ -115,6 +115,8 @@ class Experiment:
         self.train(jobs)
         runs = self.runs
         results = {"teacher": summarise([runs.metrics("teacher")]),
+                   "other_teachers": {teacher.name: summarise([runs.metrics(teacher.name)])
+                                      for teacher in self._teachers() if teacher != Teacher()},
                    "tables": {table: summarised(rows, runs.student) for table, rows in self.plan.items()}}
         if self.suite.training_split:
             fitted = summarised(self.plan.get("comparison", []),
@@ -172,6 +174,8 @@ class Experiment:
         test world)."""
         runs = self.runs
         held = {"dataroot": str(world), "teacher": summarise([runs.world_metrics("teacher", world, tag)]),
+                "other_teachers": {teacher.name: summarise([runs.world_metrics(teacher.name, world, tag)])
+                                   for teacher in self._teachers() if teacher != Teacher()},
                 "tables": {}}
         for table in shown:
             if table in self.plan:
@@ -198,7 +202,7 @@ class Experiment:
         """masks.png and features.png for the first val sample, with the comparison's students;
         robustness.png of the teachers with a sensor missing, with the fuser comparison; the
         study's gains (study_gains.png, on the test world when there is one) and the masks of
-        each of its generator sets (masks_<query>-b<blocks>.png)."""
+        each of its generator sets (masks_<mask run's name less "masks-">.png)."""
         from .pictures import gains_picture, robustness_picture, write_distillation_pictures, write_masks_pictures
 
         if "robustness" in results:

@@ -94,9 +94,8 @@ def markdown(results: dict) -> str:
 def sections(results: dict) -> list[str]:
     """Every table of `results` as markdown lines; the demo's report holds them too."""
     teacher = results["teacher"]
-    summary = (f"Teacher: mAP {teacher['mAP']['mean']:.4f}, NDS {teacher['NDS']['mean']:.4f}, "
-               f"mIoU {teacher['mIoU']['mean']:.4f}, {teacher['latency_ms']:.0f} ms, "
-               f"{teacher['parameters'] / 1e6:.2f} M parameters.")
+    summary = (f"Teacher: {teacher_figures(teacher)}, {teacher['latency_ms']:.0f} ms, "
+               f"{teacher['parameters'] / 1e6:.2f} M parameters.{other_teachers(results)}")
     lines = []
     if "comparison" in results["tables"]:  # the pictures are of the comparison's students
         lines += ["![Generated masks per task and level (first val sample)](masks.png)", "",
@@ -122,15 +121,29 @@ def sections(results: dict) -> list[str]:
     lines += _per_class_iou_table(validation)
     if "heldout" in results:
         held, held_teacher = results["heldout"], results["heldout"]["teacher"]
-        introduction = (f"The same checkpoints, evaluated on a second world. Teacher: mAP "
-                        f"{held_teacher['mAP']['mean']:.4f}, NDS {held_teacher['NDS']['mean']:.4f}, "
-                        f"mIoU {held_teacher['mIoU']['mean']:.4f}.")
+        introduction = (f"The same checkpoints, evaluated on a second world. Teacher: {teacher_figures(held_teacher)}."
+                        f"{other_teachers(held)}")
         lines += [f"# Held-out world: val split of {held['dataroot']}", "", introduction, ""]
         for table, rows in held["tables"].items():
             lines += _metric_table(f"## {TITLES[table]}, held-out world", rows)
         lines += _per_class_table({"teacher": held["teacher"], **_per_class_rows(held["tables"])},
                                   held["val_objects"])
+    if "test" in results:
+        test = results["test"]
+        lines += [f"Teachers on the test world: teacher: {teacher_figures(test['teacher'])}.{other_teachers(test)}", ""]
     return lines + study_sections(results)
+
+
+def teacher_figures(entry: dict) -> str:
+    """A teacher's mAP, NDS and mIoU (of the tasks it has)."""
+    return ", ".join(f"{metric} {entry[metric]['mean']:.4f}" for metric in ("mAP", "NDS", "mIoU")
+                     if entry[metric] is not None)
+
+
+def other_teachers(results: dict) -> str:
+    """The teachers other than the default one that the tables distil from, by run name (a
+    LiDAR-only control, one from another seed, one of a task alone)."""
+    return "".join(f" {name}: {teacher_figures(entry)}." for name, entry in results.get("other_teachers", {}).items())
 
 
 def _per_class_rows(tables: dict) -> dict:

@@ -62,13 +62,15 @@ def paired_difference(values: list[float], reference: list[float]) -> PairedDiff
                             (critical + student_t.ppf(POWER, n - 1)) * error, p_value)
 
 
-def holm(p_values: list[float], family: float = 1 - CONFIDENCE) -> list[bool]:
+def holm(p_values: list[float], family: float = 1 - CONFIDENCE, size: int | None = None) -> list[bool]:
     """Which of several comparisons show a difference when the chance of any false one is held
-    at `family` (Holm's step-down: the k-th smallest p against family / (m - k + 1))."""
+    at `family` (Holm's step-down: the k-th smallest p against family / (m - k + 1)). `size`
+    (m): the comparisons fixed in advance, when some of them could not be made (default: these)."""
     shown = [False] * len(p_values)
+    size = len(p_values) if size is None else size
     order = sorted(range(len(p_values)), key=lambda i: (math.isnan(p_values[i]), p_values[i]))  # unknown last
     for rank, index in enumerate(order):
-        if math.isnan(p_values[index]) or p_values[index] > family / (len(p_values) - rank):
+        if math.isnan(p_values[index]) or p_values[index] > family / (size - rank):
             break
         shown[index] = True
     return shown

@@ -74,9 +74,9 @@ def study_sections(results: dict) -> list[str]:
              "a true gain this large is found with 80 % power at the 5 % level). A row whose interval holds 0 "
              "shows no difference; that is not evidence of none when its MDD is large. mAP and NDS come from "
              "detection students, mIoU from map students (a model per task; latency, parameters and s/step "
-             "are the detection student's). Bold: the cell's own interval excludes 0; with some thirty "
-             "cells a table shows one or two such by chance, so the study's questions are the primary "
-             "comparisons below, judged together. docs/mask_study.md reads them.", "",
+             "are the detection student's where a row has one). Bold: the cell's own interval excludes 0; "
+             "with some thirty cells a table shows one or two such by chance, so the study's questions are "
+             "the primary comparisons below, each family judged together. docs/mask_study.md reads them.", "",
              "![Gains over no FD with 95 % intervals and the minimum detectable difference](study_gains.png)", ""]
     for family, questions in QUESTIONS.items():
         lines += _primary_table(family, questions, *next(iter(worlds.items())))
@@ -99,7 +99,7 @@ def primary_comparisons(tables: dict[str, dict], questions: tuple[tuple[str, ...
             difference = paired_difference(rows[row][metric]["values"], rows[against][metric]["values"]).to_dict()
             found.append({"table": table, "metric": metric, "row": row, "against": against, "question": question,
                           **difference})
-    for comparison, shown in zip(found, holm([comparison["p_value"] for comparison in found])):
+    for comparison, shown in zip(found, holm([comparison["p_value"] for comparison in found], size=len(questions))):
         comparison["shown"] = shown
     return found
 
@@ -110,8 +110,8 @@ def _primary_table(family: str, questions: tuple, world: str, entry: dict) -> li
         return []
     seeds = comparisons[0]["seeds"]
     lines = [f"## {family}, {world} ({seeds} seed{'s' if seeds > 1 else ''})", "",
-             f"Each a paired difference; shown: a difference under Holm's correction over the {len(comparisons)} "
-             "of this family (family-wise 5 %).", "",
+             f"Each a paired difference; shown: a difference under Holm's correction over the {len(questions)} "
+             "questions of this family (family-wise 5 %).", "",
              "| question | table, metric | difference | 95 % interval | MDD | p | shown |", "|---|---|---|---|---|---|---|"]
     for c in comparisons:
         interval = "-" if math.isnan(c["low"]) else f"[{c['low']:+.4f}, {c['high']:+.4f}]"

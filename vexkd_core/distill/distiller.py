@@ -51,6 +51,10 @@ class Distiller(nn.Module):
         weights_by_task = {"detection": train.detection_weight, "segmentation": train.map_weight}
         total = sum(weights_by_task[task] for task in train.task_names)
         self.task_weights = {task: weights_by_task[task] / total for task in train.task_names}
+        if mode in ("foreground", "gaussian") and "detection" not in train.task_names \
+                and "detection" not in teacher.config.train.task_names:
+            raise ValueError(f"--distill {mode} places its masks on the ground-truth boxes, whose targets come from a "
+                             "detection head: the student or the teacher needs one (train.tasks)")
         missing = [task for task in self.task_weights if mode in GENERATED and f"{task}/low" not in generators]
         if missing:
             raise ValueError(f"the masks have no {' or '.join(missing)} generators for this student's tasks "
