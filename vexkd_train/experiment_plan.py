@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from vexkd_core.distill.distiller import GENERATED
+from vexkd_core.distill.distiller import BOX_MODES, GENERATED
 from vexkd_core.modalities import reads
 
 QUERY_NAMES = {"teacher": "learned", "random": "random", "fused": "fused"}  # in run names
@@ -94,8 +94,7 @@ class Student:
         if self.teacher_tasks not in ("both", self.tasks):
             raise ValueError(f"a {self.teacher_tasks} teacher has nothing to distil for a student of "
                              f"train.tasks={self.tasks}")
-        if self.distill in ("foreground", "gaussian") and "detection" not in (self.tasks, self.teacher_tasks) \
-                and "both" not in (self.tasks, self.teacher_tasks):
+        if self.distill in BOX_MODES and self.tasks == self.teacher_tasks == "map":  # no detection head in either
             raise ValueError(f"{self.distill} masks lie on the ground-truth boxes: a map student needs a teacher "
                              "with a detection head for them")
         if self.fuser != "mgfm" and self.distill in GENERATED:  # MaskRun trains on the MGFM teacher

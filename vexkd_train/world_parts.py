@@ -41,7 +41,8 @@ def part_metrics(eval_dir: Path, nusc, split: str, parts: int = PARTS) -> list[d
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     found: list[dict] = [{"detection": None, "map": None, "samples": 0} for _ in range(parts)]
     if metrics["detection"] is not None and "note" in metrics["detection"]:  # no detections at all: 0 in each
-        for entry, group in zip(found, scene_parts(nusc, NuScenesSource(nusc.dataroot, nusc.version, split, 0, nusc=nusc).tokens, parts)):
+        tokens = NuScenesSource(nusc.dataroot, nusc.version, split, 0, nusc=nusc).tokens
+        for entry, group in zip(found, scene_parts(nusc, tokens, parts)):
             entry.update(detection=metrics["detection"], samples=len(group))
     elif metrics["detection"] is not None:
         for entry, detection in zip(found, _detection_by_part(eval_dir, nusc, split, parts)):

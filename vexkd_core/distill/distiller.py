@@ -26,6 +26,7 @@ from .mask_generator import MaskGenerator
 MODES = ("none", "full", "foreground", "gaussian", "activation", "random-query", "fused-query", "vexkd")
 # The generated modes, each with the query its generators start from (mask_generator.QUERIES).
 GENERATED = {"vexkd": "teacher", "random-query": "random", "fused-query": "fused"}
+BOX_MODES = ("foreground", "gaussian")  # masks placed on the ground-truth boxes: need a detection head's targets
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -51,7 +52,7 @@ class Distiller(nn.Module):
         weights_by_task = {"detection": train.detection_weight, "segmentation": train.map_weight}
         total = sum(weights_by_task[task] for task in train.task_names)
         self.task_weights = {task: weights_by_task[task] / total for task in train.task_names}
-        if mode in ("foreground", "gaussian") and "detection" not in train.task_names \
+        if mode in BOX_MODES and "detection" not in train.task_names \
                 and "detection" not in teacher.config.train.task_names:
             raise ValueError(f"--distill {mode} places its masks on the ground-truth boxes, whose targets come from a "
                              "detection head: the student or the teacher needs one (train.tasks)")
@@ -86,7 +87,7 @@ class Distiller(nn.Module):
         """`box_targets`: the student's detection targets of this batch, when the trainer has them."""
         with torch.no_grad():
             teacher_output = self.teacher(batch)
-            if box_targets is None and self.mode in ("foreground", "gaussian"):
+            if box_targets is None and self.mode in BOX_MODES:
                 # GT-derived masks need detection targets: from the student's head, else the teacher's.
                 # (Chosen here, not kept as an attribute: a module attribute would make the student a
                 # submodule, and its parameters the distiller's, optimised twice.)
