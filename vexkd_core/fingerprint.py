@@ -7,6 +7,10 @@ each stage's spec and redo the stage's outputs when they change:
 - `code_digest(*paths)`: of the Python source under folders (or of single files);
 - `file_stamp(path)`: of an input file such as a checkpoint (or of the files under a folder);
 - `dataset_identity(dataroot, version)`: of a dataset in the nuScenes schema as it is on disk.
+
+A ledger of finished runs kept in the repository (vexkd_train/ledger.py) must recognise its inputs on
+another machine, where every file is new: `content_stamp` and `dataset_contents` know them by their
+contents alone.
 """
 from __future__ import annotations
 
@@ -53,6 +57,14 @@ def file_stamp(path: Path, root: Path | None = None) -> list:
     return [name, *_size_and_time(path)] if path.is_file() else [name, "missing"]
 
 
+def content_stamp(path: Path, root: Path | None = None) -> list:
+    """Name (relative to `root` when under it, else the file's own name) and sha256 of a file:
+    the same on any machine that made the same bytes, as seeded training does here."""
+    path = Path(path)
+    name = str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else path.name
+    return [name, "sha256", hashlib.sha256(path.read_bytes()).hexdigest()]
+
+
 def _size_and_time(path: Path) -> list[int]:
     stat = path.stat()
     return [stat.st_size, stat.st_mtime_ns]
@@ -77,8 +89,20 @@ def dataset_identity(dataroot: str | os.PathLike, version: str) -> str:
     return digest(entries)
 
 
-def _identity_files(dataroot: Path, version: str) -> list[Path]:
-    patterns = ((dataroot / version, "*.json"), (dataroot / "maps" / "expansion", "*.json"), (dataroot, "*.json"))
+def dataset_contents(dataroot: str | os.PathLike, version: str) -> str:
+    """Digest of a dataset's tables and map files by their contents, whatever their mtimes or the
+    writer's marker: a synthetic world written again from the same seed gives the same digest.
+    Slower than dataset_identity on real nuScenes (every table read), so taken only for a ledger."""
+    dataroot = Path(dataroot)
+    entries: list[list] = [[version]]
+    for path in _identity_files(dataroot, version, top_level=False):
+        entries.append([str(path.relative_to(dataroot)), hashlib.sha256(path.read_bytes()).hexdigest()])
+    return digest(entries)
+
+
+def _identity_files(dataroot: Path, version: str, top_level: bool = True) -> list[Path]:
+    patterns = ((dataroot / version, "*.json"), (dataroot / "maps" / "expansion", "*.json"),
+                *([(dataroot, "*.json")] if top_level else []))
     return [path for folder, pattern in patterns for path in sorted(folder.glob(pattern)) if path.is_file()]
 
 

@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "this dataset's val split (never used to choose a design)")
     experiment.add_argument("--jobs", type=int, default=1,
                             help="students trained side by side, each process on an equal share of the cores")
+    experiment.add_argument("--ledger", type=Path, metavar="FOLDER",
+                            help="keep each finished student's results here, and reuse those made from the same "
+                                 "inputs: commit it to resume the suite on another machine (docs/mask_study.md)")
     evaluation = commands.add_parser("eval", help="nuScenes detection metrics, map mIoU, latency")
     evaluation.add_argument("--checkpoint", type=Path, required=True)
     evaluation.add_argument("--dataroot", type=Path, required=True)
@@ -238,7 +241,8 @@ def run_experiment_command(args: argparse.Namespace) -> None:
     try:
         run_experiment(args.dataroot, args.version, args.out, args.suite, args.config, args.set,
                        seeds=args.seeds, ablation_seeds=args.ablation_seeds,
-                       heldout=args.heldout, test_world=args.test_world, jobs=args.jobs, only=args.tables)
+                       heldout=args.heldout, test_world=args.test_world, jobs=args.jobs, only=args.tables,
+                       ledger=args.ledger)
     except _user_errors() as error:
         raise CliError(str(error)) from None
     print(f"wrote {args.out / 'results.md'} and {args.out / 'results.json'}")

@@ -38,28 +38,37 @@ SELECTIVITY_SHOWN = {"fusion query (VeXKD)": MaskRun(), "random query": MaskRun(
 class ExtraEvaluations:
     """What a student's run is also evaluated on (picklable: side-by-side processes run it):
     the training split for the comparison's rows, the held-out world for HELDOUT_TABLES' rows,
-    the study's test world for the study's rows."""
+    the study's test world (whole and in parts) for the study's rows. Then everything measured
+    of it goes to the ledger, if the runs keep one. `starts`: students teachers start from,
+    trained here whatever the ledger holds."""
 
     on_training_split: frozenset[Student]
     on_heldout: frozenset[Student]
     heldout: Path | None
     on_test: frozenset[Student] = frozenset()
     test: Path | None = None
+    starts: frozenset[Student] = frozenset()
 
     def __call__(self, runs: Runs, student: Student) -> dict:
-        metrics = runs.student(student)
+        name = runs.name(student)
+        metrics = runs.student(student, need_checkpoint=student in self.starts)
+        results = {"metrics": {key: value for key, value in metrics.items() if key != "step_seconds"},
+                   "step_seconds": metrics["step_seconds"]}
         if student in self.on_training_split:
-            runs.training_split_metrics(runs.name(student))
+            results["training_split"] = runs.training_split_metrics(name)
         if student in self.on_heldout:
-            runs.world_metrics(runs.name(student), self.heldout, "heldout")
+            results["heldout"] = runs.world_metrics(name, self.heldout, "heldout")
         if student in self.on_test:
-            runs.world_metrics(runs.name(student), self.test, "test")
+            results["test"] = runs.world_metrics(name, self.test, "test")
+            results["test_parts"] = runs.world_part_metrics(name, self.test, "test")
+        runs.keep_in_ledger(student, results)
         return metrics
 
 
 class Experiment:
     def __init__(self, dataroot: Path, version: str, out: Path, config: Config, suite: Suite, progress: bool = True,
-                 heldout: Path | None = None, stages: Stages | None = None, test_world: Path | None = None):
+                 heldout: Path | None = None, stages: Stages | None = None, test_world: Path | None = None,
+                 ledger: Path | None = None):
         if config.train.tasks != "both":
             raise ValueError(f"the experiment's tables report detection and map together: it needs train.tasks=both, "
                              f"not {config.train.tasks}")
@@ -69,7 +78,7 @@ class Experiment:
             students = {student for rows in self.plan.values() for _, student in rows}
             if len({student.short_name for student in students}) < len(students):
                 raise ValueError("short run names need one student of each modality and distillation")
-        self.runs = Runs(dataroot, version, out, config, suite, progress, stages=stages)
+        self.runs = Runs(dataroot, version, out, config, suite, progress, stages=stages, ledger=ledger)
 
     def students(self) -> list[Student]:
         """Every student of the tables, once, seed by seed: the first seed's tables complete first."""
@@ -92,7 +101,8 @@ class Experiment:
             if self.heldout is not None else frozenset()
         test = frozenset(student for table in STUDY_TABLES for _, student in self.plan.get(table, [])) \
             if self.test_world is not None else frozenset()
-        return ExtraEvaluations(comparison, heldout, self.heldout, test, self.test_world)
+        starts = frozenset(teacher.start for teacher in self._teachers())
+        return ExtraEvaluations(comparison, heldout, self.heldout, test, self.test_world, starts)
 
     def train(self, jobs: int = 1) -> None:
         """Every run of the tables. With `jobs` > 1: the baselines side by side (they need
@@ -233,11 +243,14 @@ class Experiment:
 def run_experiment(dataroot: Path, version: str, out: Path, suite_name: str, config_name: str = "tiny",
                    overrides: list[str] = (), progress: bool = True, seeds: tuple[int, ...] | None = None,
                    ablation_seeds: tuple[int, ...] | None = None, heldout: Path | None = None, jobs: int = 1,
-                   only: tuple[str, ...] | None = None, test_world: Path | None = None) -> dict:
+                   only: tuple[str, ...] | None = None, test_world: Path | None = None,
+                   ledger: Path | None = None) -> dict:
     """Run a suite; `seeds` replaces the suite's seeds and `ablation_seeds` those of the blocks and
     distance tables (default: `seeds`). Finished runs of other seeds stay reusable. `heldout`: a
     second dataset whose val split the main tables' checkpoints are also evaluated on. `jobs`:
-    students trained side by side. `only`: run these tables (of TABLES) and what they need."""
+    students trained side by side. `only`: run these tables (of TABLES) and what they need. `ledger`:
+    a folder of finished students to reuse and add to (vexkd_train.ledger): a suite resumes on
+    another machine."""
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, not {jobs}")
     if suite_name not in SUITES:
@@ -257,4 +270,4 @@ def run_experiment(dataroot: Path, version: str, out: Path, suite_name: str, con
             raise ValueError(f"tables are among {', '.join(TABLES)}, not {', '.join(unknown) or 'none'}")
         suite = replace(suite, tables=tuple(dict.fromkeys(only)))
     return Experiment(dataroot, version, out, load_config(config_name, overrides), suite, progress, heldout,
-                      test_world=test_world).run(jobs)
+                      test_world=test_world, ledger=ledger).run(jobs)

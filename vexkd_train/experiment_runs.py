@@ -2,7 +2,9 @@
 students, the teacher (started from the LiDAR student, BEVFusion's practice), the mask
 generators, and their evaluations. A run's spec holds its settings, the identity of the dataset
 on disk and the stamps of the checkpoints it started from, so an interrupted suite resumes where
-it stopped, and a rewritten dataset or a retrained teacher redoes what depended on it.
+it stopped, and a rewritten dataset or a retrained teacher redoes what depended on it. With a
+ledger (vexkd_train.ledger), a suite also resumes on another machine: a student the ledger holds
+is not trained again, and its results come from there.
 """
 from __future__ import annotations
 
@@ -19,11 +21,12 @@ from vexkd_core.checkpoint import model_from_checkpoint
 from vexkd_core.config import Config
 from vexkd_core.data.dataset import model_source
 from vexkd_core.data.nuscenes_source import NuScenesSource, open_nuscenes, split_scene_names
-from vexkd_core.fingerprint import code_digest, dataset_identity, file_stamp
+from vexkd_core.fingerprint import code_digest, content_stamp, dataset_contents, dataset_identity, file_stamp
 from vexkd_core.modalities import reads
 from vexkd_core.models.vexkd import initial_model
 from vexkd_train.evaluate import MAP_COUNTS, evaluate
 from vexkd_train.experiment_plan import PACKAGE, MaskRun, Student, Suite, Teacher
+from vexkd_train.ledger import Ledger
 from vexkd_train.loop import median_step_seconds
 from vexkd_train.masks import MASKS_FORMAT, MaskSettings, train_masks
 from vexkd_train.stages import StageTime, Stages
@@ -39,10 +42,11 @@ DISTILLED_TRAINING_REVISION = 2
 
 class Runs:
     def __init__(self, dataroot: Path, version: str, out: Path, config: Config, suite: Suite, progress: bool = True,
-                 inputs_ready: bool = False, stages: Stages | None = None):
+                 inputs_ready: bool = False, stages: Stages | None = None, ledger: Path | None = None):
         """`inputs_ready`: the teachers and mask generators are trained already (the side-by-side
         runs' processes, which must never train them, as two could at once). `stages`: whose
-        bookkeeping to join (the demo's, whose other steps are stages too)."""
+        bookkeeping to join (the demo's, whose other steps are stages too). `ledger`: the folder
+        of a Ledger that finished students are kept in and reused from."""
         self.dataroot, self.version, self.out, self.config, self.suite = dataroot, version, out, config, suite
         self.progress, self.inputs_ready = progress, inputs_ready
         self.stages = stages or Stages(out / "stages", announce=progress)
@@ -52,6 +56,10 @@ class Runs:
         # was, and taking it at every reuse check would hash its tables again each time.
         self.identities: dict[Path, str] = {}
         self.worlds: dict[Path, object] = {}  # a second world's NuScenes tables, read once (world_part_metrics)
+        self.ledger_folder = ledger
+        self.ledger = Ledger(ledger) if ledger is not None else None
+        self.from_ledger: dict[str, dict] = {}  # run name -> its results, for students the ledger holds
+        self.contents: dict[tuple, object] = {}  # content stamps and dataset contents, taken once
 
     def identity(self, dataroot: Path) -> str:
         if dataroot not in self.identities:
@@ -61,6 +69,19 @@ class Runs:
     def stamp(self, path: Path) -> list:
         """An input file's stamp, its path relative to `out` so a moved suite stays reusable."""
         return file_stamp(path, root=self.out)
+
+    def content(self, path: Path) -> list:
+        """An input file's stamp by its contents (a ledger's specs), hashed once while the file is unchanged."""
+        key = ("file", *file_stamp(path))
+        if key not in self.contents:
+            self.contents[key] = content_stamp(path, root=self.out)
+        return self.contents[key]
+
+    def dataset_contents(self, dataroot: Path) -> str:
+        key = ("dataset", dataroot)
+        if key not in self.contents:
+            self.contents[key] = dataset_contents(dataroot, self.version)
+        return self.contents[key]
 
     def name(self, run: Student | MaskRun) -> str:
         return run.short_name if self.suite.short_names else run.name
@@ -74,29 +95,33 @@ class Runs:
     def val_source(self) -> NuScenesSource:
         return model_source(self.dataroot, self.version, "val", self.config, False, nusc=self.train_source.nusc)
 
-    def _common_spec(self) -> dict:
+    def _common_spec(self, portable: bool = False) -> dict:
         """What shapes every run; the seed list is left out so adding seeds reuses finished runs."""
+        data = self.dataset_contents(self.dataroot) if portable else self.identity(self.dataroot)
         return {"schedule": {"epochs": self.suite.epochs, "mask_epochs": self.suite.mask_epochs,
                              "max_steps": self.suite.max_steps},
-                "data": self.identity(self.dataroot), "code": self.code}
+                "data": data, "code": self.code}
 
-    def _image_encoder_spec(self, modality: str) -> dict:
+    def _image_encoder_spec(self, modality: str, stamp=None) -> dict:
         start = self.suite.image_encoder_from
-        return {"image_encoder": self.stamp(start)} if start is not None and reads(modality, "camera") else {}
+        stamp = stamp or self.stamp
+        return {"image_encoder": stamp(start)} if start is not None and reads(modality, "camera") else {}
 
-    def student_spec(self, student: Student) -> dict:
+    def student_spec(self, student: Student, portable: bool = False) -> dict:
         """A distilled student's spec holds its teacher's (and mask generators') stamps, so it
-        is redone when they are retrained; asking for them finishes those runs first."""
-        inputs = self._image_encoder_spec(student.modality)
+        is redone when they are retrained; asking for them finishes those runs first.
+        `portable`: every input known by its contents, the same on any machine (a ledger's key)."""
+        stamp = self.content if portable else self.stamp
+        inputs = self._image_encoder_spec(student.modality, stamp)
         if student.distill != "none":
-            inputs["teacher"] = self.stamp(self.teacher(student.teacher))
+            inputs["teacher"] = stamp(self.teacher(student.teacher))
             inputs["distilled_training_revision"] = DISTILLED_TRAINING_REVISION
         if student.masks:
-            inputs["masks"] = self.stamp(self.masks(student.masks))
+            inputs["masks"] = stamp(self.masks(student.masks))
         # teacher_tasks came after runs were recorded: left out at its default, those runs stay
         # reusable (the teacher's stamp names the teacher either way).
         fields = {key: value for key, value in asdict(student).items() if (key, value) != ("teacher_tasks", "both")}
-        return {"student": fields, "config": self.config.to_dict(), "inputs": inputs, **self._common_spec()}
+        return {"student": fields, "config": self.config.to_dict(), "inputs": inputs, **self._common_spec(portable)}
 
     def teacher_config(self, teacher: Teacher) -> Config:
         """A fused teacher's config, or (fuser "none") the LiDAR-only model's; its data order is
@@ -133,9 +158,12 @@ class Runs:
         if self.inputs_ready and not self.stages.is_done(f"train {name}", spec, outputs):
             raise RuntimeError(f"{name} should have been trained before the students side by side")
 
-    def student(self, student: Student) -> dict:
-        """The student's val metrics (training it first if needed), with its median step seconds."""
+    def student(self, student: Student, need_checkpoint: bool = False) -> dict:
+        """The student's val metrics (training it first if needed), with its median step seconds.
+        A student the ledger holds is not trained unless its checkpoint is needed (a teacher's start)."""
         name = self.name(student)
+        if not need_checkpoint and self._held_by_ledger(student):
+            return self.metrics(name)
 
         def train_student() -> None:
             config = replace(self.config, train=replace(self.config.train, seed=student.seed, tasks=student.tasks))
@@ -159,7 +187,7 @@ class Runs:
         name, lidar = teacher.name, teacher.start
         # The LiDAR student it starts from is a shared input too (not every suite's table row).
         self._refuse_unless_ready(self.name(lidar), self.student_spec(lidar), [self.checkpoint(self.name(lidar))])
-        self.student(lidar)
+        self.student(lidar, need_checkpoint=True)
 
         def train_teacher() -> None:
             config = self.teacher_config(teacher)
@@ -188,8 +216,44 @@ class Runs:
             teacher, self.train_source, folder, settings, progress=self.progress, report_source=self.val_source()))
         return folder / "masks.pt"
 
+    def _held_by_ledger(self, student: Student) -> bool:
+        """Whether the student's results come from the ledger: it holds the run, made from the
+        same inputs, and this machine has no finished run of it (which would be used instead)."""
+        name = self.name(student)
+        if name in self.from_ledger:
+            return True
+        if self.ledger is None or self.stages.is_done(f"train {name}", self.student_spec(student),
+                                                      [self.checkpoint(name)]):
+            return False
+        results = self.ledger.results(name, self.student_spec(student, portable=True))
+        if results is None:
+            return False
+        self.from_ledger[name] = results
+        self.stages.join([StageTime(f"train {name}", results["train_seconds"], reused=True)])
+        if self.progress:
+            print(f"[stages] train {name}: reused from the ledger", flush=True)
+        return True
+
+    def keep_in_ledger(self, student: Student, results: dict) -> None:
+        """Records a student trained here, with its `results` ({tag: metrics or parts}), in the ledger."""
+        name = self.name(student)
+        if self.ledger is None or name in self.from_ledger:
+            return
+        seconds = self.stages.seconds(f"train {name}")
+        self.ledger.keep(name, self.student_spec(student, portable=True),
+                         {**results, "train_seconds": seconds})
+
+    def _ledger_results(self, name: str, key: str):
+        results = self.from_ledger[name]
+        if key not in results:
+            raise ValueError(f"the ledger's run {name} was not evaluated for '{key}': train it again here "
+                             f"(remove its entry from {self.ledger_folder})")
+        return results[key]
+
     def metrics(self, name: str) -> dict:
         """A trained run's val metrics, with the median seconds of its training steps."""
+        if name in self.from_ledger:
+            return {**self._ledger_results(name, "metrics"), "step_seconds": self._ledger_results(name, "step_seconds")}
         return {**self.evaluation(name, self.dataroot, "val"),
                 "step_seconds": median_step_seconds(self.folder(name) / "log.csv")}
 
@@ -198,6 +262,8 @@ class Runs:
         """A trained run evaluated on a split of a dataset (with a sensor dropped), kept in
         runs/<name>/<tag>.json while the checkpoint, the dataset as it is on disk, the split
         and the dropped sensor stay the same."""
+        if name in self.from_ledger:
+            return self._ledger_results(name, tag)
         folder, checkpoint = self.folder(name), self.checkpoint(name)
         spec = {"checkpoint": self.stamp(checkpoint), "dataroot": str(dataroot), "data": self.identity(dataroot),
                 "split": split, "drop_sensor": drop_sensor, "code": self.code}
@@ -219,6 +285,8 @@ class Runs:
         """A run's metrics on each of PARTS parts of a second world's val split (world_parts),
         each with the run's metrics on the whole split for what parts do not change (latency,
         size). An evaluation from before per-sample map counts were kept is run again."""
+        if name in self.from_ledger:
+            return self._ledger_results(name, f"{tag}_parts")
         whole = self.world_metrics(name, world, tag)
         folder, checkpoint = self.folder(name), self.checkpoint(name)
         evaluated = folder / f"eval_{tag}"
@@ -245,7 +313,7 @@ class Runs:
             return
         threads = max(1, len(os.sched_getaffinity(0)) // jobs)
         arguments = dict(dataroot=self.dataroot, version=self.version, out=self.out, config=self.config,
-                         suite=self.suite, progress=False, inputs_ready=True)
+                         suite=self.suite, progress=False, inputs_ready=True, ledger=self.ledger_folder)
         pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_start_worker, initargs=(threads, arguments))
         try:

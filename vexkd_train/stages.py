@@ -59,6 +59,11 @@ class Stages:
         return record.is_file() and json.loads(record.read_text())["spec"] == as_stored(spec) and \
             all(Path(path).exists() for path in outputs)
 
+    def seconds(self, name: str) -> float:
+        """The seconds a recorded stage took (NaN if it has no record)."""
+        record = self._record(name)
+        return json.loads(record.read_text()).get("seconds", math.nan) if record.is_file() else math.nan
+
     def run(self, name: str, spec, outputs: list[Path], action: Callable[[], object]) -> bool:
         """Runs `action` unless an earlier run made `outputs` from the same spec; returns whether it ran."""
         record = self._record(name)
@@ -67,8 +72,7 @@ class Stages:
             # the timings list it once.
             if name not in {timing.name for timing in self.timings}:
                 self._say(f"{name}: reused from an earlier run")
-                seconds = json.loads(record.read_text()).get("seconds", math.nan)
-                self.timings.append(StageTime(name, seconds, reused=True))
+                self.timings.append(StageTime(name, self.seconds(name), reused=True))
             return False
         self._say(f"{name} ...")
         record.unlink(missing_ok=True)

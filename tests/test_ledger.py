@@ -1,0 +1,77 @@
+"""A suite resumes on a new machine from its ledger: the worlds written again and the teachers
+retrained come out the same, so the students the ledger holds are not trained again and the
+tables are the same; a student whose inputs changed is not taken from it."""
+import hashlib
+import json
+import shutil
+from dataclasses import replace
+
+import pytest
+
+from vexkd_core.fingerprint import dataset_contents, dataset_identity
+from vexkd_train.experiment import run_experiment
+from vexkd_train.ledger import Ledger
+
+pytestmark = pytest.mark.slow
+
+STUDENTS = {"camera-det-baseline-s0", "camera-det-full-low+high-at-b3-s0", "camera-det-random-query-low+high-at-b3-s0",
+            "camera-det-vexkd-low+high-at-b3-s0"}
+
+
+def sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_suite_resumes_on_a_new_machine_from_its_ledger(tiny_world, tmp_path):
+    from vexkd_core.config import load_config
+    from vexkd_core.data.synthetic import write_dataset
+    from vexkd_train.experiment_plan import SUITES, Student
+    from vexkd_train.experiment_runs import Runs
+
+    _, world = tiny_world
+    # A new machine has the same checkout and commands, and none of the files: the world is written
+    # again from its seed (new files, same tables) and the suite's folder starts empty.
+    dataroot, out, ledger, first = tmp_path / "world", tmp_path / "out", tmp_path / "ledger", tmp_path / "first"
+    write_dataset(replace(world, out=dataroot), progress=False)
+    identity, contents = dataset_identity(dataroot, world.version), dataset_contents(dataroot, world.version)
+    before = run_experiment(dataroot, world.version, out, "quick", progress=False, test_world=dataroot,
+                            only=("study-camera",), ledger=ledger)
+    # One entry per student of the table, with what its rows read: val, the test world and its parts.
+    assert {path.stem for path in ledger.iterdir()} == STUDENTS
+    entry = json.loads((ledger / "camera-det-vexkd-low+high-at-b3-s0.json").read_text())
+    assert set(entry["results"]) == {"metrics", "step_seconds", "test", "test_parts", "train_seconds"}
+    assert entry["spec"]["inputs"]["teacher"][:2] == ["runs/teacher/model.pt", "sha256"]
+
+    out.rename(first)
+    shutil.rmtree(dataroot)
+    write_dataset(replace(world, out=dataroot), progress=False)
+    assert dataset_identity(dataroot, world.version) != identity
+    assert dataset_contents(dataroot, world.version) == contents
+    after = run_experiment(dataroot, world.version, out, "quick", progress=False, test_world=dataroot,
+                           only=("study-camera",), ledger=ledger)
+    # Seeded training made the same LiDAR start, teacher and generators, byte for byte ...
+    for run in ("lidar-baseline-s0/model.pt", "teacher/model.pt", "masks-learned-b3/masks.pt",
+                "masks-random-b3/masks.pt"):
+        assert sha256(out / "runs" / run) == sha256(first / "runs" / run), run
+    # ... so no student trained again, and the tables are the first machine's.
+    assert not any((out / "runs" / name).exists() for name in STUDENTS)
+    # (compared as JSON, where NaN, a class a part lacks, equals itself; the teacher is evaluated
+    # again, so only its latency may differ)
+    for table in (lambda results: results["tables"], lambda results: results["test"]["tables"],
+                  lambda results: results["test"]["parts"]):
+        assert json.dumps(table(after), sort_keys=True) == json.dumps(table(before), sort_keys=True)
+
+    # A teacher that came out different is a new input: its students are trained again.
+    runs = Runs(dataroot, world.version, out, load_config("tiny"), SUITES["quick"], progress=False, ledger=ledger)
+    student = Student("camera", "vexkd", tasks="detection")
+    spec = runs.student_spec(student, portable=True)
+    assert Ledger(ledger).results(runs.name(student), spec) is not None
+    assert spec["inputs"]["teacher"] == ["runs/teacher/model.pt", "sha256", sha256(out / "runs" / "teacher" / "model.pt")]
+    other_teacher = {**spec, "inputs": {**spec["inputs"], "teacher": ["runs/teacher/model.pt", "sha256", "0" * 64]}}
+    assert Ledger(ledger).results(runs.name(student), other_teacher) is None
+
+
+def test_a_damaged_entry_is_one_clear_error(tmp_path):
+    (tmp_path / "run.json").write_text('{"format": 1, "spec"')
+    with pytest.raises(ValueError, match="run.json is not JSON.*restore it from git"):
+        Ledger(tmp_path).results("run", {})
