@@ -1,6 +1,7 @@
 """A suite resumes on a new machine from its ledger: the worlds written again and the teachers
 retrained come out the same, so the students the ledger holds are not trained again and the
-tables are the same; a student whose inputs changed is not taken from it."""
+tables are the same; a student whose inputs changed, or whose evaluation was of another
+world, is not taken from it."""
 import hashlib
 import json
 import shutil
@@ -39,7 +40,9 @@ def test_a_suite_resumes_on_a_new_machine_from_its_ledger(tiny_world, tmp_path):
     # One entry per student of the table, with what its rows read: val, the test world and its parts.
     assert {path.stem for path in ledger.iterdir()} == STUDENTS
     entry = json.loads((ledger / "camera-det-vexkd-low+high-at-b3-s0.json").read_text())
-    assert set(entry["results"]) == {"metrics", "step_seconds", "test", "test_parts", "train_seconds"}
+    assert set(entry["results"]) == {"metrics", "step_seconds", "test", "test_parts", "train_seconds", "worlds",
+                                     "parts"}
+    assert entry["results"]["worlds"] == {"test": contents}
     assert entry["spec"]["inputs"]["teacher"][:2] == ["runs/teacher/model.pt", "sha256"]
 
     out.rename(first)
@@ -69,6 +72,12 @@ def test_a_suite_resumes_on_a_new_machine_from_its_ledger(tiny_world, tmp_path):
     assert spec["inputs"]["teacher"] == ["runs/teacher/model.pt", "sha256", sha256(out / "runs" / "teacher" / "model.pt")]
     other_teacher = {**spec, "inputs": {**spec["inputs"], "teacher": ["runs/teacher/model.pt", "sha256", "0" * 64]}}
     assert Ledger(ledger).results(runs.name(student), other_teacher) is None
+    # Asked for its figures on another test world (a world of another seed), the student trains here.
+    other_world = tmp_path / "other_world"
+    write_dataset(replace(world, out=other_world, seed=world.seed + 1), progress=False)
+    assert dataset_contents(other_world, world.version) != contents
+    runs.student(student, evaluated_on={"test": other_world})
+    assert (out / "runs" / runs.name(student) / "model.pt").is_file()
 
 
 def test_a_damaged_entry_is_one_clear_error(tmp_path):

@@ -62,7 +62,7 @@ def content_stamp(path: Path, root: Path | None = None) -> list:
     the same on any machine that made the same bytes, as seeded training does here."""
     path = Path(path)
     name = str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else path.name
-    return [name, "sha256", hashlib.sha256(path.read_bytes()).hexdigest()]
+    return [name, "sha256", _sha256(path)]
 
 
 def _size_and_time(path: Path) -> list[int]:
@@ -90,19 +90,35 @@ def dataset_identity(dataroot: str | os.PathLike, version: str) -> str:
 
 
 def dataset_contents(dataroot: str | os.PathLike, version: str) -> str:
-    """Digest of a dataset's tables and map files by their contents, whatever their mtimes or the
-    writer's marker: a synthetic world written again from the same seed gives the same digest.
-    Slower than dataset_identity on real nuScenes (every table read), so taken only for a ledger."""
+    """Digest of a dataset by its contents alone, whatever its files' mtimes: a synthetic world
+    written again with the same settings gives the same digest. Its tables and map files always;
+    for a synthetic world also the writer's settings (less its folder and worker count) and every
+    sensor file, since a change to a renderer rewrites those and no table. A real nuScenes release
+    is known by its tables (its million sensor files are not read). Slow (a synthetic world's
+    every file is read: seconds for a few GB), so taken only for a ledger."""
+    from vexkd_core.data.synthetic.writer import MARKER
+
     dataroot = Path(dataroot)
     entries: list[list] = [[version]]
-    for path in _identity_files(dataroot, version, top_level=False):
-        entries.append([str(path.relative_to(dataroot)), hashlib.sha256(path.read_bytes()).hexdigest()])
+    for path in _identity_files(dataroot, version, with_marker=False):
+        entries.append([str(path.relative_to(dataroot)), _sha256(path)])
+    marker = dataroot / MARKER
+    if marker.is_file():
+        settings = json.loads(marker.read_text()).get("config", {})
+        entries.append(["writer settings", {key: value for key, value in settings.items()
+                                            if key not in ("out", "workers")}])
+        entries += [[str(path.relative_to(dataroot)), _sha256(path)] for folder in _sensor_folders(dataroot)
+                    for path in sorted(folder.rglob("*")) if path.is_file()]
     return digest(entries)
 
 
-def _identity_files(dataroot: Path, version: str, top_level: bool = True) -> list[Path]:
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _identity_files(dataroot: Path, version: str, with_marker: bool = True) -> list[Path]:
     patterns = ((dataroot / version, "*.json"), (dataroot / "maps" / "expansion", "*.json"),
-                *([(dataroot, "*.json")] if top_level else []))
+                *([(dataroot, "*.json")] if with_marker else []))
     return [path for folder, pattern in patterns for path in sorted(folder.glob(pattern)) if path.is_file()]
 
 
@@ -110,7 +126,7 @@ def _file_identity(path: Path) -> list:
     size, mtime_ns = _size_and_time(path)
     if size > WHOLE_HASH_LIMIT:
         return [size, "mtime_ns", mtime_ns]
-    return [size, "sha256", hashlib.sha256(path.read_bytes()).hexdigest()]
+    return [size, "sha256", _sha256(path)]
 
 
 def _sensor_folders(dataroot: Path) -> list[Path]:

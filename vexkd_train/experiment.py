@@ -39,29 +39,40 @@ class ExtraEvaluations:
     """What a student's run is also evaluated on (picklable: side-by-side processes run it):
     the training split for the comparison's rows, the held-out world for HELDOUT_TABLES' rows,
     the study's test world (whole and in parts) for the study's rows. Then everything measured
-    of it goes to the ledger, if the runs keep one. `starts`: students teachers start from,
-    trained here whatever the ledger holds."""
+    of it goes to the ledger, if the runs keep one. `trained_here`: students whose checkpoints
+    are needed (teachers start from them, pictures show them), trained whatever the ledger holds."""
 
     on_training_split: frozenset[Student]
     on_heldout: frozenset[Student]
     heldout: Path | None
     on_test: frozenset[Student] = frozenset()
     test: Path | None = None
-    starts: frozenset[Student] = frozenset()
+    trained_here: frozenset[Student] = frozenset()
+
+    def evaluated_on(self, runs: Runs, student: Student) -> dict[str, Path]:
+        """{tag: world} of the student's evaluations beyond its val split."""
+        worlds = {}
+        if student in self.on_training_split:
+            worlds["training_split"] = runs.dataroot
+        if student in self.on_heldout:
+            worlds["heldout"] = self.heldout
+        if student in self.on_test:
+            worlds["test"] = self.test
+        return worlds
 
     def __call__(self, runs: Runs, student: Student) -> dict:
-        name = runs.name(student)
-        metrics = runs.student(student, need_checkpoint=student in self.starts)
+        name, worlds = runs.name(student), self.evaluated_on(runs, student)
+        metrics = runs.student(student, need_checkpoint=student in self.trained_here, evaluated_on=worlds)
         results = {"metrics": {key: value for key, value in metrics.items() if key != "step_seconds"},
                    "step_seconds": metrics["step_seconds"]}
-        if student in self.on_training_split:
+        if "training_split" in worlds:
             results["training_split"] = runs.training_split_metrics(name)
-        if student in self.on_heldout:
-            results["heldout"] = runs.world_metrics(name, self.heldout, "heldout")
-        if student in self.on_test:
-            results["test"] = runs.world_metrics(name, self.test, "test")
+        for tag in ("heldout", "test"):
+            if tag in worlds:
+                results[tag] = runs.world_metrics(name, worlds[tag], tag)
+        if "test" in worlds:
             results["test_parts"] = runs.world_part_metrics(name, self.test, "test")
-        runs.keep_in_ledger(student, results)
+        runs.keep_in_ledger(student, results, worlds)
         return metrics
 
 
@@ -101,8 +112,17 @@ class Experiment:
             if self.heldout is not None else frozenset()
         test = frozenset(student for table in STUDY_TABLES for _, student in self.plan.get(table, [])) \
             if self.test_world is not None else frozenset()
-        starts = frozenset(teacher.start for teacher in self._teachers())
-        return ExtraEvaluations(comparison, heldout, self.heldout, test, self.test_world, starts)
+        return ExtraEvaluations(comparison, heldout, self.heldout, test, self.test_world, self._trained_here())
+
+    def _trained_here(self) -> frozenset[Student]:
+        """Students whose checkpoints this run needs: the teachers' starts and the pictured students."""
+        starts = {teacher.start for teacher in self._teachers()}
+        return frozenset(starts | ({student for _, student in self._pictured()} if "comparison" in self.plan else set()))
+
+    def _pictured(self) -> list[tuple[str, Student]]:
+        """The comparison's students the pictures show; a per-task suite's are its detection students."""
+        return [(label, replace(student, tasks="detection") if self.suite.per_task else student)
+                for label, student in PICTURED]
 
     def train(self, jobs: int = 1) -> None:
         """Every run of the tables. With `jobs` > 1: the baselines side by side (they need
@@ -232,10 +252,7 @@ class Experiment:
         if "comparison" not in results["tables"]:
             return
         runs = self.runs
-        # A per-task suite's comparison is of detection students (their features and masks' task).
-        pictured = [(label, replace(student, tasks="detection") if self.suite.per_task else student)
-                    for label, student in PICTURED]
-        students = {label: runs.checkpoint(runs.name(student)) for label, student in pictured}
+        students = {label: runs.checkpoint(runs.name(student)) for label, student in self._pictured()}
         write_distillation_pictures(runs.dataroot, runs.version, runs.teacher(), runs.masks(MaskRun(blocks=3)),
                                     students, self.out, nusc=runs.train_source.nusc)
 

@@ -13,6 +13,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -56,10 +57,11 @@ class Runs:
         # was, and taking it at every reuse check would hash its tables again each time.
         self.identities: dict[Path, str] = {}
         self.worlds: dict[Path, object] = {}  # a second world's NuScenes tables, read once (world_part_metrics)
-        self.ledger_folder = ledger
         self.ledger = Ledger(ledger) if ledger is not None else None
         self.from_ledger: dict[str, dict] = {}  # run name -> its results, for students the ledger holds
-        self.contents: dict[tuple, object] = {}  # content stamps and dataset contents, taken once
+        # A ledger's keys, taken once: input files by (path, size, mtime), worlds by folder.
+        self.content_stamps: dict[tuple, list] = {}
+        self.world_contents: dict[Path, str] = {}
 
     def identity(self, dataroot: Path) -> str:
         if dataroot not in self.identities:
@@ -70,18 +72,18 @@ class Runs:
         """An input file's stamp, its path relative to `out` so a moved suite stays reusable."""
         return file_stamp(path, root=self.out)
 
-    def content(self, path: Path) -> list:
+    def content_stamp(self, path: Path) -> list:
         """An input file's stamp by its contents (a ledger's specs), hashed once while the file is unchanged."""
-        key = ("file", *file_stamp(path))
-        if key not in self.contents:
-            self.contents[key] = content_stamp(path, root=self.out)
-        return self.contents[key]
+        key = tuple(map(str, file_stamp(path)))
+        if key not in self.content_stamps:
+            self.content_stamps[key] = content_stamp(path, root=self.out)
+        return self.content_stamps[key]
 
-    def dataset_contents(self, dataroot: Path) -> str:
-        key = ("dataset", dataroot)
-        if key not in self.contents:
-            self.contents[key] = dataset_contents(dataroot, self.version)
-        return self.contents[key]
+    def world_content(self, dataroot: Path) -> str:
+        """A dataset's digest by its contents (a ledger's specs and evaluations)."""
+        if dataroot not in self.world_contents:
+            self.world_contents[dataroot] = dataset_contents(dataroot, self.version)
+        return self.world_contents[dataroot]
 
     def name(self, run: Student | MaskRun) -> str:
         return run.short_name if self.suite.short_names else run.name
@@ -97,21 +99,20 @@ class Runs:
 
     def _common_spec(self, portable: bool = False) -> dict:
         """What shapes every run; the seed list is left out so adding seeds reuses finished runs."""
-        data = self.dataset_contents(self.dataroot) if portable else self.identity(self.dataroot)
+        data = self.world_content(self.dataroot) if portable else self.identity(self.dataroot)
         return {"schedule": {"epochs": self.suite.epochs, "mask_epochs": self.suite.mask_epochs,
                              "max_steps": self.suite.max_steps},
                 "data": data, "code": self.code}
 
-    def _image_encoder_spec(self, modality: str, stamp=None) -> dict:
+    def _image_encoder_spec(self, modality: str, stamp: Callable[[Path], list]) -> dict:
         start = self.suite.image_encoder_from
-        stamp = stamp or self.stamp
         return {"image_encoder": stamp(start)} if start is not None and reads(modality, "camera") else {}
 
     def student_spec(self, student: Student, portable: bool = False) -> dict:
         """A distilled student's spec holds its teacher's (and mask generators') stamps, so it
         is redone when they are retrained; asking for them finishes those runs first.
         `portable`: every input known by its contents, the same on any machine (a ledger's key)."""
-        stamp = self.content if portable else self.stamp
+        stamp = self.content_stamp if portable else self.stamp
         inputs = self._image_encoder_spec(student.modality, stamp)
         if student.distill != "none":
             inputs["teacher"] = stamp(self.teacher(student.teacher))
@@ -134,7 +135,7 @@ class Runs:
         """Needs the LiDAR student's checkpoint (the teacher starts from it): teacher() makes it first."""
         lidar = self.checkpoint(self.name(teacher.start))
         inputs = {"lidar": self.stamp(lidar),
-                  **self._image_encoder_spec("fusion" if teacher.fuser != "none" else "lidar")}
+                  **self._image_encoder_spec("fusion" if teacher.fuser != "none" else "lidar", self.stamp)}
         of_tasks = "" if teacher.tasks == "both" else f" {teacher.tasks}"
         started = (f"init from the seed-{teacher.seed}{of_tasks} LiDAR student"
                    + ("" if teacher.fuser != "none" else ", trained on LiDAR alone"))
@@ -158,11 +159,16 @@ class Runs:
         if self.inputs_ready and not self.stages.is_done(f"train {name}", spec, outputs):
             raise RuntimeError(f"{name} should have been trained before the students side by side")
 
-    def student(self, student: Student, need_checkpoint: bool = False) -> dict:
+    def student(self, student: Student, need_checkpoint: bool = False,
+                evaluated_on: dict[str, Path] | None = None) -> dict:
         """The student's val metrics (training it first if needed), with its median step seconds.
-        A student the ledger holds is not trained unless its checkpoint is needed (a teacher's start)."""
+        A student the ledger holds, evaluated as `evaluated_on` asks ({tag: world}, see
+        _take_from_ledger), is not trained unless its checkpoint is needed (a teacher's start,
+        a pictured student)."""
         name = self.name(student)
-        if not need_checkpoint and self._held_by_ledger(student):
+        if need_checkpoint:
+            self.from_ledger.pop(name, None)
+        elif self._take_from_ledger(student, evaluated_on or {}):
             return self.metrics(name)
 
         def train_student() -> None:
@@ -216,9 +222,11 @@ class Runs:
             teacher, self.train_source, folder, settings, progress=self.progress, report_source=self.val_source()))
         return folder / "masks.pt"
 
-    def _held_by_ledger(self, student: Student) -> bool:
-        """Whether the student's results come from the ledger: it holds the run, made from the
-        same inputs, and this machine has no finished run of it (which would be used instead)."""
+    def _take_from_ledger(self, student: Student, evaluated_on: dict[str, Path]) -> bool:
+        """Whether the student's results come from the ledger (then kept in from_ledger): this
+        machine has no finished run of it (which would be used instead), and the ledger holds one
+        made from the same inputs, with an evaluation of each tag of `evaluated_on` made on that
+        same world (by contents; the test world's also in PARTS parts)."""
         name = self.name(student)
         if name in self.from_ledger:
             return True
@@ -226,34 +234,30 @@ class Runs:
                                                       [self.checkpoint(name)]):
             return False
         results = self.ledger.results(name, self.student_spec(student, portable=True))
-        if results is None:
+        if results is None or results.get("parts") != PARTS:
+            return False
+        worlds = results.get("worlds", {})
+        if any(worlds.get(tag) != self.world_content(world) for tag, world in evaluated_on.items()):
             return False
         self.from_ledger[name] = results
-        self.stages.join([StageTime(f"train {name}", results["train_seconds"], reused=True)])
-        if self.progress:
-            print(f"[stages] train {name}: reused from the ledger", flush=True)
+        self.stages.say(f"train {name}: reused from the ledger")
         return True
 
-    def keep_in_ledger(self, student: Student, results: dict) -> None:
-        """Records a student trained here, with its `results` ({tag: metrics or parts}), in the ledger."""
+    def keep_in_ledger(self, student: Student, results: dict, evaluated_on: dict[str, Path]) -> None:
+        """Records a student trained here in the ledger: `results` ({tag: metrics, and the test
+        world's parts}), measured on the worlds of `evaluated_on` ({tag: world})."""
         name = self.name(student)
         if self.ledger is None or name in self.from_ledger:
             return
-        seconds = self.stages.seconds(f"train {name}")
+        worlds = {tag: self.world_content(world) for tag, world in evaluated_on.items()}
         self.ledger.keep(name, self.student_spec(student, portable=True),
-                         {**results, "train_seconds": seconds})
-
-    def _ledger_results(self, name: str, key: str):
-        results = self.from_ledger[name]
-        if key not in results:
-            raise ValueError(f"the ledger's run {name} was not evaluated for '{key}': train it again here "
-                             f"(remove its entry from {self.ledger_folder})")
-        return results[key]
+                         {**results, "worlds": worlds, "parts": PARTS,
+                          "train_seconds": self.stages.seconds(f"train {name}")})
 
     def metrics(self, name: str) -> dict:
         """A trained run's val metrics, with the median seconds of its training steps."""
         if name in self.from_ledger:
-            return {**self._ledger_results(name, "metrics"), "step_seconds": self._ledger_results(name, "step_seconds")}
+            return {**self.from_ledger[name]["metrics"], "step_seconds": self.from_ledger[name]["step_seconds"]}
         return {**self.evaluation(name, self.dataroot, "val"),
                 "step_seconds": median_step_seconds(self.folder(name) / "log.csv")}
 
@@ -263,7 +267,7 @@ class Runs:
         runs/<name>/<tag>.json while the checkpoint, the dataset as it is on disk, the split
         and the dropped sensor stay the same."""
         if name in self.from_ledger:
-            return self._ledger_results(name, tag)
+            return self.from_ledger[name][tag]
         folder, checkpoint = self.folder(name), self.checkpoint(name)
         spec = {"checkpoint": self.stamp(checkpoint), "dataroot": str(dataroot), "data": self.identity(dataroot),
                 "split": split, "drop_sensor": drop_sensor, "code": self.code}
@@ -286,7 +290,7 @@ class Runs:
         each with the run's metrics on the whole split for what parts do not change (latency,
         size). An evaluation from before per-sample map counts were kept is run again."""
         if name in self.from_ledger:
-            return self._ledger_results(name, f"{tag}_parts")
+            return self.from_ledger[name][f"{tag}_parts"]
         whole = self.world_metrics(name, world, tag)
         folder, checkpoint = self.folder(name), self.checkpoint(name)
         evaluated = folder / f"eval_{tag}"
@@ -313,7 +317,8 @@ class Runs:
             return
         threads = max(1, len(os.sched_getaffinity(0)) // jobs)
         arguments = dict(dataroot=self.dataroot, version=self.version, out=self.out, config=self.config,
-                         suite=self.suite, progress=False, inputs_ready=True, ledger=self.ledger_folder)
+                         suite=self.suite, progress=False, inputs_ready=True,
+                         ledger=self.ledger.folder if self.ledger else None)
         pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_start_worker, initargs=(threads, arguments))
         try:

@@ -30,6 +30,11 @@ class StageTime:
     reused: bool
 
 
+def json_file(folder: Path, name: str) -> Path:
+    """`<folder>/<name>.json`, the name made safe for a file name."""
+    return Path(folder) / (re.sub(r"[^\w.+-]", "_", name) + ".json")
+
+
 def as_stored(spec):
     """A spec as it reads back from its record: through JSON, so tuples compare equal to lists."""
     return json.loads(json.dumps(spec, default=str))
@@ -43,9 +48,9 @@ class Stages:
         self.started = time.monotonic()
 
     def _record(self, name: str) -> Path:
-        return self.records / (re.sub(r"[^\w.+-]", "_", name) + ".json")
+        return json_file(self.records, name)
 
-    def _say(self, text: str) -> None:
+    def say(self, text: str) -> None:
         if self.announce:
             print(f"[stages] {text}", flush=True)
 
@@ -71,15 +76,15 @@ class Stages:
             # A stage many others start from (the LiDAR student) is asked for again and again:
             # the timings list it once.
             if name not in {timing.name for timing in self.timings}:
-                self._say(f"{name}: reused from an earlier run")
+                self.say(f"{name}: reused from an earlier run")
                 self.timings.append(StageTime(name, self.seconds(name), reused=True))
             return False
-        self._say(f"{name} ...")
+        self.say(f"{name} ...")
         record.unlink(missing_ok=True)
         started = time.monotonic()
         action()
         seconds = time.monotonic() - started
-        self._say(f"{name}: {seconds:.0f} s")
+        self.say(f"{name}: {seconds:.0f} s")
         atomic_write_json(record, {"spec": as_stored(spec), "seconds": seconds})
         self.timings.append(StageTime(name, seconds, reused=False))
         return True
