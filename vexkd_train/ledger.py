@@ -8,7 +8,7 @@ file per run, under the run's name.
 
 An entry is reused only for the same run: it is keyed by the run's portable spec, its spec with
 each input file (teacher, mask generators, pretrained image stages) known by its contents and
-each dataset by its tables' contents (vexkd_core.fingerprint.content_stamp, dataset_contents).
+each dataset by its contents (vexkd_core.fingerprint.content_stamp, dataset_contents).
 The new machine writes the worlds and trains the teachers and generators again; seeded training
 makes them byte for byte the same on a machine with the same cores and torch build
 (tests/test_ledger.py), so their students' entries match; a teacher that came out different
