@@ -67,11 +67,11 @@ class ExtraEvaluations:
                    "step_seconds": metrics["step_seconds"]}
         if "training_split" in worlds:
             results["training_split"] = runs.training_split_metrics(name)
-        for tag in ("heldout", "test"):
-            if tag in worlds:
-                results[tag] = runs.world_metrics(name, worlds[tag], tag)
+        if "heldout" in worlds:
+            results["heldout"] = runs.world_metrics(name, worlds["heldout"], "heldout")
         if "test" in worlds:
-            results["test_parts"] = runs.world_part_metrics(name, self.test, "test")
+            results["test"] = runs.world_metrics(name, worlds["test"], "test")
+            results["test_parts"] = runs.world_part_metrics(name, worlds["test"], "test")
         runs.keep_in_ledger(student, results, worlds)
         return metrics
 

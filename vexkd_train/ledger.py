@@ -46,5 +46,5 @@ class Ledger:
 
     def keep(self, name: str, spec: dict, results: dict) -> Path:
         """Records a finished run; an earlier entry of the name (another spec) is replaced."""
-        return atomic_write_json(json_file(self.folder, name), {"format": FORMAT, "run": name, "spec": as_stored(spec),
-                                                    "results": results})
+        entry = {"format": FORMAT, "run": name, "spec": as_stored(spec), "results": results}
+        return atomic_write_json(json_file(self.folder, name), entry)
